@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages byoi's tests and scripts need. Idempotent:
+# packages already present are not fetched again.
+set -euo pipefail
+pkgs=(
+  qemu-utils        # qemu-img, qemu-io: qcow2 fixtures and the conversion judge
+  gdisk             # sgdisk: GPT fixtures and the relocation judge
+  fdisk             # sfdisk: partition table judge
+  util-linux        # blkid, losetup, partx
+  xorriso           # ISO9660 extraction (the kernel here has no isofs)
+  genisoimage       # isoinfo
+  dosfstools        # mkfs.vfat, fsck.fat
+  mtools            # FAT access without mounting
+  cloud-init        # its Python ConfigDrive reader judges our config-2
+  e2fsprogs         # mkfs.ext4 for in-use tests
+  qemu-system-x86   # boot acceptance
+  ovmf              # UEFI firmware for boot acceptance
+  mmdebstrap        # builds the boot test image
+  grub-efi-amd64-bin grub-pc-bin  # GRUB for the test image (both firmwares)
+  openssh-client    # ssh-keygen / ssh for the boot check
+  curl time file    # benchmarks and the static-binary check
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
