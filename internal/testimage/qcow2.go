@@ -51,7 +51,7 @@ func Qcow2(raw []byte, clusterBits uint) ([]byte, error) {
 		if err := zw.Close(); err != nil {
 			return nil, err
 		}
-		if int64(zbuf.Len()) < cs-512 {
+		if int64(zbuf.Len()) < cs {
 			entries[i] = entry{off: int64(data.Len()), n: int64(zbuf.Len()), compressed: true}
 			data.Write(zbuf.Bytes())
 			continue
