@@ -395,3 +395,116 @@ func TestVFATDeterministic(t *testing.T) {
 		t.Error("two VFAT builds of the same content differ")
 	}
 }
+
+// TestBlkidOnLoopDevice checks what cloud-init's device search sees: blkid on
+// a block device whose logical sector size is the one FormatFor chose the
+// format for (4096 for VFAT: a 4Kn disk).
+func TestBlkidOnLoopDevice(t *testing.T) {
+	for _, ss := range []int64{512, 4096} {
+		f := FormatFor(ss)
+		t.Run(f.String(), func(t *testing.T) {
+			img, err := Build(context.Background(), Content{UUID: "u", Hostname: "h"}, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dev := testutil.LoopDevice(t, writeImage(t, img), int(ss))
+			out := testutil.Run(t, "blkid", "-p", "-o", "export", dev)
+			if !strings.Contains(out, "TYPE="+f.String()+"\n") || !strings.Contains(out, "LABEL="+Label+"\n") {
+				t.Errorf("blkid -p %s (sector size %d): want TYPE=%s LABEL=%s, got:\n%s", dev, ss, f, Label, out)
+			}
+		})
+	}
+}
+
+// TestVFATTypeBoundary builds drives whose cluster count falls around the
+// FAT12/FAT16 boundary (4085 clusters): fsck.fat must accept each and mtools
+// must read the user data back byte-exact.
+func TestVFATTypeBoundary(t *testing.T) {
+	testutil.RequireCommand(t, "fsck.fat", "mtype")
+	// Clusters used besides user data: openstack/, latest/, meta_data.json.
+	for _, udClusters := range []int{4060, 4081, 4100} {
+		ud := binaryUserData(udClusters*4096 - 100)
+		img, err := Build(context.Background(), Content{UUID: "u", UserData: ud}, VFAT)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := writeImage(t, img)
+		out := testutil.Run(t, "fsck.fat", "-n", "-v", p)
+		bits := "12"
+		if udClusters+3 > 4084-16 {
+			bits = "16"
+		}
+		if !strings.Contains(out, bits+" bit entries") {
+			t.Errorf("%d user data clusters: want FAT%s:\n%s", udClusters, bits, out)
+		}
+		got := testutil.Run(t, "mtype", "-i", p, "::/openstack/latest/user_data")
+		if got != string(ud) {
+			t.Errorf("%d user data clusters: mtype returns %d bytes, want %d identical", udClusters, len(got), len(ud))
+		}
+	}
+}
+
+// TestISOLeavesNoTemporaryFiles: go-diskfs stages the tree (user data
+// included) on disk; Build must remove it, on success and on error.
+func TestISOLeavesNoTemporaryFiles(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	if _, err := Build(context.Background(), Content{UUID: "u", UserData: []byte("secret")}, ISO9660); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, _ = buildISO(ctx, []file{{path: MetaDataPath, data: []byte("{}")}})
+	left, err := os.ReadDir(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range left {
+		t.Errorf("left behind in TMPDIR: %s", e.Name())
+	}
+}
+
+func TestShortNames(t *testing.T) {
+	var sib []*fatNode
+	for _, tc := range []struct{ long, short string }{
+		{"openstack", "OPENST~1"},
+		{"latest", "LATEST"},
+		{"meta_data.json", "META_D~1.JSO"},
+		{"user_data", "USER_D~1"},
+		{"USER_DATA", "USER_D~2"},
+		{"README", "README"},
+		{"a b.c.txt", "ABC~1.TXT"},
+	} {
+		s := shortName(tc.long, sib)
+		if got := shortString(s); got != tc.short {
+			t.Errorf("shortName(%q) = %q, want %q", tc.long, got, tc.short)
+		}
+		sib = append(sib, &fatNode{name: tc.long, short: s})
+	}
+	// Checksum from the FAT specification's algorithm, computed by hand for
+	// "README     ": a known-answer guard against a changed rotate.
+	var sum byte
+	for _, c := range []byte("README     ") {
+		sum = ((sum & 1) << 7) + (sum >> 1) + c
+	}
+	if got := lfnChecksum(pad83("README", "")); got != sum {
+		t.Errorf("lfnChecksum = %#x, want %#x", got, sum)
+	}
+}
+
+// FuzzBuildVFAT: any content either builds into an image of whole 4096-byte
+// sectors within MaxSize or returns an error; it never panics.
+func FuzzBuildVFAT(f *testing.F) {
+	f.Add("u", "host", "ssh-ed25519 AAAA", "k", "v", []byte("#cloud-config\n"), 0)
+	f.Add("", "", "", "", "", []byte(nil), -1)
+	f.Fuzz(func(t *testing.T, uuid, host, key, mk, mv string, ud []byte, li int) {
+		c := Content{UUID: uuid, Hostname: host, SSHKey: key, UserData: ud, LaunchIndex: li, Meta: map[string]string{mk: mv}}
+		img, err := Build(context.Background(), c, VFAT)
+		if err != nil {
+			return
+		}
+		if len(img)%4096 != 0 || len(img) > MaxSize || len(img) == 0 {
+			t.Fatalf("image of %d bytes", len(img))
+		}
+	})
+}
