@@ -197,18 +197,15 @@ func ParseJob(data []byte) (*Job, error) {
 	if len(data) > MaxJobSize {
 		return nil, invalid("", "job is %d bytes, more than the %d MiB limit", len(data), MaxJobSize>>20)
 	}
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(data, &top); err != nil || top == nil {
-		if err := checkJSON(data, rawObjectType); err != nil {
-			return nil, err
-		}
-		return nil, invalid("", "job must be a JSON object")
+	reinstall, err := isReinstall(data)
+	if err != nil {
+		return nil, err
 	}
 	var (
 		job    *Job
 		fields map[string]string
 	)
-	if _, ok := top["operatingSystem"]; ok {
+	if reinstall {
 		var body reinstallJob
 		if err := decodeStrict(data, &body); err != nil {
 			return nil, err
@@ -321,6 +318,34 @@ func (b *reinstallJob) job() (*Job, error) {
 	return j, nil
 }
 
+// isReinstall reports whether the top-level object has an
+// "operatingSystem" member, the mark of the reinstall shape. It reads the
+// top level only, without keeping the values.
+func isReinstall(data []byte) (bool, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	tok, err := dec.Token()
+	if err != nil {
+		return false, jsonSyntaxError(err, dec)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return false, invalid("", "job must be a JSON object")
+	}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return false, jsonSyntaxError(err, dec)
+		}
+		if tok == "operatingSystem" {
+			return true, nil
+		}
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return false, jsonSyntaxError(err, dec)
+		}
+	}
+	return false, nil
+}
+
 // decodeStrict checks data against v's shape with checkJSON (exact field
 // names, no duplicates, JSON kinds, no trailing data) and then decodes it
 // with DisallowUnknownFields.
@@ -365,9 +390,6 @@ func checkJSON(data []byte, t reflect.Type) error {
 	}
 	return nil
 }
-
-// rawObjectType makes checkJSON check only the syntax of an object's members.
-var rawObjectType = reflect.TypeFor[map[string]json.RawMessage]()
 
 // checkValue checks one value whose first token is still to be read.
 func checkValue(dec *json.Decoder, t reflect.Type, path string) error {
@@ -449,11 +471,6 @@ func checkObject(dec *json.Decoder, t reflect.Type, path string) error {
 		seen[key] = true
 		var ft reflect.Type
 		switch {
-		case t == rawObjectType: // syntax check only
-			if err := skipValue(dec); err != nil {
-				return err
-			}
-			continue
 		case fields != nil:
 			var ok bool
 			if ft, ok = fields[key]; !ok {
@@ -467,14 +484,6 @@ func checkObject(dec *json.Decoder, t reflect.Type, path string) error {
 		}
 	}
 	if _, err := dec.Token(); err != nil { // '}'
-		return jsonSyntaxError(err, dec)
-	}
-	return nil
-}
-
-func skipValue(dec *json.Decoder) error {
-	var raw json.RawMessage
-	if err := dec.Decode(&raw); err != nil {
 		return jsonSyntaxError(err, dec)
 	}
 	return nil
