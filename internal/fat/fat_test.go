@@ -1,0 +1,93 @@
+package fat
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/byoi/byoi/internal/testutil"
+)
+
+// mkfs makes a FAT image with mkfs.fat and fills it with mtools.
+func mkfs(t testing.TB, fatBits string, sizeKiB string) []byte {
+	t.Helper()
+	testutil.RequireCommand(t, "mkfs.fat", "mmd", "mcopy")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "esp.img")
+	testutil.Run(t, "mkfs.fat", "-C", "-F", fatBits, "-n", "ESP", img, sizeKiB)
+	f := filepath.Join(dir, "grubx64.efi")
+	os.WriteFile(f, []byte("grub"), 0o644)
+	testutil.Run(t, "mmd", "-i", img, "::/EFI", "::/EFI/debian", "::/EFI/BOOT", "::/EFI/a-rather-long-directory-name")
+	testutil.Run(t, "mcopy", "-i", img, f, "::/EFI/debian/grubx64.efi")
+	testutil.Run(t, "mcopy", "-i", img, f, "::/EFI/BOOT/BOOTX64.EFI")
+	testutil.Run(t, "mcopy", "-i", img, f, "::/EFI/a-rather-long-directory-name/Some Long File Name.efi")
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestLookup(t *testing.T) {
+	for _, c := range []struct{ bits, kib string }{{"12", "2048"}, {"16", "32768"}, {"32", "65536"}} {
+		t.Run("FAT"+c.bits, func(t *testing.T) {
+			b := mkfs(t, c.bits, c.kib)
+			fs, err := Open(bytes.NewReader(b), int64(len(b)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := map[string]int{"12": 12, "16": 16, "32": 32}[c.bits]; fs.Type != want {
+				t.Errorf("type FAT%d, want FAT%d", fs.Type, want)
+			}
+			if fs.Label != "ESP" {
+				t.Errorf("label %q", fs.Label)
+			}
+			for path, want := range map[string]bool{
+				`\efi\debian\grubx64.efi`:                                   true,
+				`/EFI/DEBIAN/GRUBX64.EFI`:                                   true,
+				`\EFI\BOOT\bootx64.efi`:                                     true,
+				`/efi/A-Rather-Long-Directory-Name/some long file name.EFI`: true,
+				`\efi\debian\shimx64.efi`:                                   false,
+				`\efi\nothing\grubx64.efi`:                                  false,
+				`\efi\debian\grubx64.efi\x`:                                 false,
+			} {
+				e, ok, err := fs.Lookup(path)
+				if err != nil {
+					t.Fatalf("%s: %v", path, err)
+				}
+				if ok != want {
+					t.Errorf("%s: found %v, want %v", path, ok, want)
+				}
+				if ok && (e.Dir || e.Size != 4) {
+					t.Errorf("%s: %+v", path, e)
+				}
+			}
+		})
+	}
+}
+
+func TestNotFAT(t *testing.T) {
+	for _, b := range [][]byte{make([]byte, 4096), bytes.Repeat([]byte{0xff}, 4096)} {
+		if _, err := Open(bytes.NewReader(b), int64(len(b))); err == nil {
+			t.Error("garbage accepted")
+		}
+	}
+}
+
+// FuzzLookup opens arbitrary bytes as FAT and looks paths up: errors are
+// fine, panics and hangs are not.
+func FuzzLookup(f *testing.F) {
+	if _, err := testutil.LookPath("mkfs.fat"); err == nil {
+		b := mkfs(f, "12", "1024")
+		f.Add(b[:64<<10], `\EFI\debian\grubx64.efi`)
+	}
+	f.Add(make([]byte, 1024), "/a")
+	f.Fuzz(func(t *testing.T, b []byte, path string) {
+		fs, err := Open(bytes.NewReader(b), int64(len(b)))
+		if err != nil {
+			return
+		}
+		fs.Lookup(path)
+	})
+}
