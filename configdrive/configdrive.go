@@ -86,9 +86,9 @@ func (f Format) String() string {
 }
 
 // FormatFor picks the filesystem for a disk with the given logical sector
-// size. ISO9660 addresses 2 KiB blocks, which a 4096-byte-sector (4Kn) device
-// cannot serve (the kernel's isofs refuses a block size smaller than the
-// device's logical block), so 4Kn disks get VFAT with 4096-byte sectors;
+// size. ISO9660 addresses 2 KiB logical blocks, which Linux cannot read from
+// a 4096-byte-sector (4Kn) device (fs/isofs/inode.c: "Logical zone size(%d) <
+// hardware blocksize(%u)"), so 4Kn disks get VFAT with 4096-byte sectors;
 // everything else gets ISO9660.
 func FormatFor(sectorSize int64) Format {
 	if sectorSize == 4096 {
@@ -207,7 +207,7 @@ func build(ctx context.Context, files []file, f Format) ([]byte, error) {
 
 // tooLarge is the error for content that needs more than MaxSize.
 func tooLarge(need int64) error {
-	return fmt.Errorf("%w: the config drive needs %d bytes, more than the limit of %d bytes (64 MiB): shorten the user data",
+	return fmt.Errorf("%w: the config drive needs about %d bytes, more than the limit of %d bytes (64 MiB): shorten the user data",
 		ErrTooLarge, need, int64(MaxSize))
 }
 

@@ -87,10 +87,11 @@ func buildFAT(ctx context.Context, files []file) ([]byte, error) {
 			} else {
 				size = int64(len(c.data))
 			}
-			c.clusters = uint32(roundUp(size, fatSector) / fatSector)
-			if int64(next)-2+int64(c.clusters) > MaxSize/fatSector {
-				return tooLarge(int64(next-2+c.clusters) * fatSector)
+			nc := roundUp(size, fatSector) / fatSector
+			if used := int64(next) - 2 + nc; used > MaxSize/fatSector {
+				return tooLarge(used * fatSector)
 			}
+			c.clusters = uint32(nc)
 			if c.clusters > 0 {
 				c.first = next
 				next += c.clusters
