@@ -17,6 +17,7 @@ type Device struct {
 	path       string
 	size       int64
 	sectorSize int64
+	physSize   int64
 	isBlock    bool
 }
 
@@ -54,6 +55,7 @@ func Open(path string, opts OpenOptions) (*Device, error) {
 			return nil, fmt.Errorf("open disk: %w", err)
 		}
 		d.size = st.Size()
+		d.physSize = d.sectorSize
 	case st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0:
 		d.isBlock = true
 		if err := d.openBlock(opts); err != nil {
@@ -73,6 +75,10 @@ func (d *Device) Size() int64 { return d.size }
 
 // SectorSize is the logical sector size in bytes.
 func (d *Device) SectorSize() int64 { return d.sectorSize }
+
+// PhysicalSectorSize is the physical sector size in bytes (BLKPBSZGET);
+// for a regular file it equals SectorSize.
+func (d *Device) PhysicalSectorSize() int64 { return d.physSize }
 
 // IsBlockDevice tells whether this is a real block device (not a file).
 func (d *Device) IsBlockDevice() bool { return d.isBlock }
@@ -138,3 +144,60 @@ func (d *Device) writeZeros(ctx context.Context, off, n int64) error {
 	}
 	return nil
 }
+
+// ErrRereadDeferred is wrapped by RereadPartitions when the partition table
+// was written but the kernel could not re-read it because the disk (or one
+// of its partitions) is busy. The new table takes effect at the next boot,
+// so the agent reports it as a note, not a failure.
+var ErrRereadDeferred = errors.New("partition table written, kernel re-read deferred: reboot applies it")
+
+// ErrLocked is wrapped by Lock when another process holds the disk's lock.
+var ErrLocked = errors.New("disk is locked")
+
+// Discard tells the device that [off, off+n) is unused (BLKDISCARD; hole
+// punching on a file). off and n must be multiples of the logical sector
+// size. What discarded sectors read back is device-specific: use ZeroRange
+// when zeros matter.
+func (d *Device) Discard(ctx context.Context, off, n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	if off < 0 || off+n > d.size {
+		return fmt.Errorf("discard %d bytes at %d: %w", n, off, ErrPastEnd)
+	}
+	if off%d.sectorSize != 0 || n%d.sectorSize != 0 {
+		return fmt.Errorf("discard %d bytes at %d on %s: not aligned to the %d-byte sector", n, off, d.path, d.sectorSize)
+	}
+	return d.discard(ctx, off, n)
+}
+
+// FlushBuffers writes out and drops the kernel's buffer cache of the
+// device (BLKFLSBUF), so later reads see what is on the disk. On a
+// regular file it is fsync.
+func (d *Device) FlushBuffers() error {
+	if !d.isBlock {
+		return d.Sync()
+	}
+	return d.flushBuffers()
+}
+
+// RereadPartitions asks the kernel to re-read the partition table
+// (BLKRRPART), retrying with backoff while the disk is busy (udev probing
+// it right after a write). If it stays busy (a partition is mounted or
+// held), the error wraps ErrRereadDeferred. On a regular file it does
+// nothing.
+func (d *Device) RereadPartitions(ctx context.Context) error {
+	if !d.isBlock {
+		return nil
+	}
+	return d.rereadPartitions(ctx)
+}
+
+// Lock takes an exclusive, non-blocking flock on the device for the whole
+// job, so two byoi processes never write the same disk. It fails at once,
+// wrapping ErrLocked and naming the holder when /proc/locks tells it, if
+// another open file holds the lock. Close releases it.
+func (d *Device) Lock() error { return d.lock() }
+
+// Unlock releases the lock taken by Lock.
+func (d *Device) Unlock() error { return d.unlock() }
