@@ -1,0 +1,360 @@
+package imaging
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lima-vm/go-qcow2reader/image/qcow2"
+)
+
+// ConvertOptions tune ConvertQcow2.
+type ConvertOptions struct {
+	// Workers converting chunks in parallel (default: 2 per CPU, 4..8).
+	Workers int
+	// ChunkSize is the unit of work, rounded up to a multiple of the
+	// cluster size and of 64 KiB (default 4 MiB). Memory is about
+	// Workers * ChunkSize.
+	ChunkSize int64
+	// Progress gets the virtual bytes done and the virtual size. Calls are
+	// serialised.
+	Progress Progress
+	Logger   *slog.Logger
+}
+
+// q2ZeroBlock is the granularity at which data that reads as zeros is
+// zeroed on the target instead of written (64 KiB: a multiple of every
+// sector size, large enough that BLKZEROOUT / hole punching pays off).
+const q2ZeroBlock = 64 << 10
+
+var q2Zeros [q2ZeroBlock]byte
+
+// q2TailStaged is implemented by a Staged that lives on the target itself:
+// ConvertQcow2 must not clear the target's last MiB before it has read it.
+type q2TailStaged interface {
+	tailRegion() (off, n int64)
+}
+
+// ConvertQcow2 writes the virtual disk of the qcow2 image src (srcSize
+// bytes) onto dst: every byte of [0, virtual size) of dst ends equal to the
+// image, ranges that read as zeros are zeroed with dst.ZeroRange (never left
+// with old data). It validates the image first (CheckQcow2: nothing is
+// written to a refused image's target). Fail-safe like the raw writer: the
+// partition tables are cleared first, everything but the first MiB is
+// written and synced, then the first MiB, then synced again; on failure the
+// target is wiped of partition tables (WipeAfterFailure). Conversion errors
+// are *WriteError{Format: "qcow2"}; a corrupt image found while converting
+// also matches ErrQcow2.
+//
+// When src is a Staged on dst's tail (Stage), the tail is left alone until
+// the image has been read: the last MiB is cleared after the conversion.
+func ConvertQcow2(ctx context.Context, src io.ReaderAt, srcSize int64, dst Target, opts ConvertOptions) error {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	RegisterDecompressors()
+	info, err := CheckQcow2(src, srcSize, "", dst.Size())
+	if err != nil {
+		return err
+	}
+	size := dst.Size()
+	keepOff := size // start of the region of dst we must not touch before reading
+	if ts, ok := src.(q2TailStaged); ok {
+		off, n := ts.tailRegion()
+		if n > 0 {
+			if off < info.VirtualSize {
+				return fmt.Errorf("convert qcow2: staged image at %d overlaps the virtual disk (%d bytes)", off, info.VirtualSize)
+			}
+			keepOff = off
+		}
+	}
+	q := &qcow2Source{r: src, size: srcSize, clusterSize: info.ClusterSize}
+	img, err := qcow2.Open(q, nil) // nil: never open a backing file (CheckQcow2 refused them)
+	if err != nil {
+		return &Qcow2Error{Reason: "cannot be opened", Err: err}
+	}
+	if err := img.Readable(); err != nil {
+		return &Qcow2Error{Reason: "cannot be read", Err: err}
+	}
+
+	workers := opts.Workers
+	if workers <= 0 {
+		workers = min(max(2*runtime.GOMAXPROCS(0), 4), 8)
+	}
+	chunk := opts.ChunkSize
+	if chunk <= 0 {
+		chunk = 4 << 20
+	}
+	unit := max(info.ClusterSize, q2ZeroBlock)
+	chunk = (chunk + unit - 1) / unit * unit
+	vsize := info.VirtualSize
+	log.Info("converting qcow2", "virtual_size", vsize, "cluster_size", info.ClusterSize,
+		"compression", info.Compression, "workers", workers, "chunk", chunk)
+	start := time.Now()
+
+	fail := func(err error) error {
+		if werr := WipeAfterFailure(ctx, dst, vsize); werr != nil {
+			log.Error("wipe after failed qcow2 conversion", "err", werr)
+			err = fmt.Errorf("%w (and the wipe failed: %v)", err, werr)
+		}
+		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			return fmt.Errorf("convert qcow2: %w", err)
+		}
+		return &WriteError{Format: "qcow2", Err: err}
+	}
+
+	// Clear the old partition tables (fail-safe order, failsafe.go). With
+	// the image staged on the tail only the head can be cleared now.
+	if keepOff < size {
+		err = dst.ZeroRange(ctx, 0, min(int64(HeadSize), size))
+	} else {
+		err = ClearTables(ctx, dst)
+	}
+	if err != nil {
+		return fail(err)
+	}
+
+	c := &q2Converter{
+		ctx: ctx, img: img, dst: dst, vsize: vsize, chunk: chunk,
+		head:     make([]byte, min(int64(HeadSize), vsize)),
+		progress: opts.Progress,
+	}
+	c.run(workers)
+	if c.err != nil {
+		return fail(c.err)
+	}
+	if err := dst.Sync(); err != nil {
+		return fail(fmt.Errorf("sync: %w", err))
+	}
+	if keepOff < size {
+		// The staged image has been read: now clear the old backup table
+		// area, the part of the last MiB the image does not cover.
+		tail := max(size-HeadSize, vsize)
+		if tail < size {
+			if err := dst.ZeroRange(ctx, tail, size-tail); err != nil {
+				return fail(fmt.Errorf("clear old backup partition table: %w", err))
+			}
+		}
+	}
+	// The first MiB last: until now the target has no partition table.
+	if _, err := dst.WriteAt(c.head, 0); err != nil {
+		return fail(err)
+	}
+	if err := dst.Sync(); err != nil {
+		return fail(fmt.Errorf("sync: %w", err))
+	}
+	el := time.Since(start)
+	log.Info("qcow2 converted", "virtual_size", vsize, "written", c.written.Load(),
+		"zeroed", c.zeroed.Load(), "elapsed", el.Round(time.Millisecond))
+	return nil
+}
+
+// q2Converter runs the workers of one ConvertQcow2.
+type q2Converter struct {
+	ctx   context.Context
+	img   *qcow2.Qcow2
+	dst   Target
+	vsize int64
+	chunk int64
+	head  []byte // the first MiB, written last
+
+	next    atomic.Int64 // next chunk index
+	stop    atomic.Bool
+	written atomic.Int64
+	zeroed  atomic.Int64
+
+	mu       sync.Mutex
+	err      error
+	done     int64
+	progress Progress
+}
+
+func (c *q2Converter) setErr(err error) {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.mu.Unlock()
+	c.stop.Store(true)
+}
+
+func (c *q2Converter) run(workers int) {
+	nchunks := (c.vsize + c.chunk - 1) / c.chunk
+	workers = int(min(int64(workers), nchunks))
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, c.chunk)
+			known := make([]bool, c.chunk/q2ZeroBlock)
+			for !c.stop.Load() {
+				i := c.next.Add(1) - 1
+				if i >= nchunks {
+					return
+				}
+				if err := c.ctx.Err(); err != nil {
+					c.setErr(err)
+					return
+				}
+				off := i * c.chunk
+				end := min(off+c.chunk, c.vsize)
+				if err := c.convertChunk(off, end, buf, known); err != nil {
+					c.setErr(err)
+					return
+				}
+				if c.progress != nil {
+					c.mu.Lock()
+					c.done += end - off
+					c.progress(c.done, c.vsize)
+					c.mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// readErr makes an error from go-qcow2reader a refusal of the image.
+func q2ReadErr(err error, off int64) error {
+	var qe *Qcow2Error
+	if errors.As(err, &qe) {
+		return err
+	}
+	return &Qcow2Error{Reason: fmt.Sprintf("corrupt data at guest offset %d", off), Err: err}
+}
+
+// convertChunk converts [start, end) of the virtual disk: start is aligned
+// to the chunk size (a multiple of the cluster size and of q2ZeroBlock).
+func (c *q2Converter) convertChunk(start, end int64, buf []byte, known []bool) error {
+	buf = buf[:end-start]
+	nb := (len(buf) + q2ZeroBlock - 1) / q2ZeroBlock
+	known = known[:nb]
+	clear(known)
+	for pos := start; pos < end; {
+		ext, err := c.img.Extent(pos, end-pos)
+		if err != nil {
+			return q2ReadErr(err, pos)
+		}
+		extEnd := min(ext.Start+ext.Length, end)
+		if ext.Start != pos || extEnd <= pos {
+			return q2ReadErr(fmt.Errorf("extent [%d,+%d) does not continue at %d", ext.Start, ext.Length, pos), pos)
+		}
+		a, b := int(pos-start), int(extEnd-start)
+		if ext.Zero {
+			// Whole zeroBlocks are marked, partial ones cleared.
+			for i := a / q2ZeroBlock; i*q2ZeroBlock < b; i++ {
+				bs, be := i*q2ZeroBlock, min((i+1)*q2ZeroBlock, len(buf))
+				if bs >= a && be <= b {
+					known[i] = true
+				} else {
+					clear(buf[max(bs, a):min(be, b)])
+				}
+			}
+		} else {
+			n, err := c.img.ReadAt(buf[a:b], pos)
+			if n != b-a || (err != nil && !errors.Is(err, io.EOF)) {
+				if err == nil || errors.Is(err, io.EOF) {
+					err = io.ErrUnexpectedEOF
+				}
+				return q2ReadErr(err, pos)
+			}
+		}
+		pos = extEnd
+	}
+	// Emit runs of data and of zeros, block by block.
+	runStart, runZero := 0, false
+	for i := 0; i <= nb; i++ {
+		var z bool
+		if i < nb {
+			bs, be := i*q2ZeroBlock, min((i+1)*q2ZeroBlock, len(buf))
+			z = known[i] || bytes.Equal(buf[bs:be], q2Zeros[:be-bs])
+			if i == 0 {
+				runZero = z
+				continue
+			}
+			if z == runZero {
+				continue
+			}
+		}
+		rs, re := runStart*q2ZeroBlock, min(i*q2ZeroBlock, len(buf))
+		if err := c.emit(start+int64(rs), buf[rs:re], runZero); err != nil {
+			return err
+		}
+		runStart, runZero = i, z
+	}
+	return nil
+}
+
+// emit writes data (or zeroes its range) at off; what falls in the first
+// MiB goes to the held-back head instead.
+func (c *q2Converter) emit(off int64, data []byte, zero bool) error {
+	if off < int64(len(c.head)) {
+		n := min(int64(len(data)), int64(len(c.head))-off)
+		if !zero {
+			copy(c.head[off:], data[:n])
+		}
+		off += n
+		data = data[n:]
+		if len(data) == 0 {
+			return nil
+		}
+	}
+	if zero {
+		if err := c.dst.ZeroRange(c.ctx, off, int64(len(data))); err != nil {
+			return fmt.Errorf("zero %d bytes at %d: %w", len(data), off, err)
+		}
+		c.zeroed.Add(int64(len(data)))
+		return nil
+	}
+	if _, err := c.dst.WriteAt(data, off); err != nil {
+		return fmt.Errorf("write %d bytes at %d: %w", len(data), off, err)
+	}
+	c.written.Add(int64(len(data)))
+	return nil
+}
+
+// qcow2Source is what go-qcow2reader reads the image through: reads past
+// the staged size are errors (never zeros, never a panic), and the backing
+// file fields of the header always read as zeros, so even a header changed
+// after CheckQcow2 cannot make go-qcow2reader open a local file. It has no
+// Name method, so relative backing names cannot be resolved either.
+type qcow2Source struct {
+	r           io.ReaderAt
+	size        int64
+	clusterSize int64
+}
+
+// Header bytes 8..19: backing_file_offset and backing_file_size.
+const q2BackingStart, q2BackingEnd = 8, 20
+
+func (q *qcow2Source) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off >= q.size {
+		return 0, &Qcow2Error{Reason: fmt.Sprintf("read of %d bytes at %#x lies past the end of the file (%d bytes)", len(p), off, q.size)}
+	}
+	want := len(p)
+	if int64(want) > q.size-off {
+		p = p[:q.size-off]
+	}
+	n, err := q.r.ReadAt(p, off)
+	if off < q2BackingEnd {
+		for i := max(q2BackingStart-off, 0); i < int64(n) && off+i < q2BackingEnd; i++ {
+			p[i] = 0
+		}
+	}
+	if n == want {
+		return n, nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		err = &Qcow2Error{Reason: fmt.Sprintf("read of %d bytes at %#x runs past the end of the file (%d bytes)", want, off, q.size)}
+	}
+	return n, err
+}
