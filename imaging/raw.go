@@ -298,11 +298,12 @@ func (w *rawWriter) stream(ctx context.Context, src io.Reader, off int64) (int64
 					fail(&WriteError{Format: "raw", Err: err})
 					return
 				}
-				w.end.Store(c.off + int64(c.n))
-				release(c)
+				end := c.off + int64(c.n)
+				release(c) // c may be reused from here on
+				w.end.Store(end)
 				if w.opts.Progress != nil && time.Since(last) >= progressEvery {
 					last = time.Now()
-					w.opts.Progress(c.off+int64(c.n), w.opts.DeclaredSize)
+					w.opts.Progress(end, w.opts.DeclaredSize)
 				}
 			case <-ctx.Done():
 				return
