@@ -1,0 +1,276 @@
+package blockdev
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/byoi/byoi/internal/testutil"
+)
+
+// openTarget returns a disk of size bytes with sector size ss: a regular
+// file, or (loop) a loop device backed by one. It returns the backing file.
+func openTarget(t *testing.T, loop bool, size int64, ss int) (*Device, string) {
+	t.Helper()
+	file := testutil.SparseFile(t, size)
+	path := file
+	opts := OpenOptions{SectorSize: int64(ss)}
+	if loop {
+		path = testutil.LoopDevice(t, file, ss)
+		opts = OpenOptions{}
+	}
+	d, err := Open(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d, file
+}
+
+// TestDeviceOps runs the same checks on a regular file and on a loop
+// device, with 512- and 4096-byte sectors.
+func TestDeviceOps(t *testing.T) {
+	ctx := context.Background()
+	const size = 4 << 20
+	for _, loop := range []bool{false, true} {
+		for _, ss := range []int{512, 4096} {
+			t.Run(fmt.Sprintf("loop=%v/sector=%d", loop, ss), func(t *testing.T) {
+				d, file := openTarget(t, loop, size, ss)
+				if d.IsBlockDevice() != loop {
+					t.Errorf("IsBlockDevice %v", d.IsBlockDevice())
+				}
+				if d.Size() != size || d.SectorSize() != int64(ss) {
+					t.Errorf("size %d sector %d, want %d %d", d.Size(), d.SectorSize(), size, ss)
+				}
+				if loop {
+					// sysfs is the independent judge of the physical size.
+					sysPBS := readIntOr("/sys/block/"+filepath.Base(d.Path())+"/queue/physical_block_size", -1)
+					if d.PhysicalSectorSize() != sysPBS {
+						t.Errorf("physical sector %d, sysfs says %d", d.PhysicalSectorSize(), sysPBS)
+					}
+				}
+				if d.PhysicalSectorSize() < d.SectorSize() {
+					t.Errorf("physical sector %d < logical %d", d.PhysicalSectorSize(), d.SectorSize())
+				}
+
+				fill := bytes.Repeat([]byte{0xAA}, size)
+				if _, err := d.WriteAt(fill, 0); err != nil {
+					t.Fatal(err)
+				}
+				if err := d.Sync(); err != nil {
+					t.Fatal(err)
+				}
+				off, n := int64(1000), int64(3*ss+17) // unaligned at both ends
+				if err := d.ZeroRange(ctx, off, n); err != nil {
+					t.Fatal(err)
+				}
+				if err := d.Sync(); err != nil {
+					t.Fatal(err)
+				}
+				want := bytes.Clone(fill)
+				clear(want[off : off+n])
+				got := make([]byte, size)
+				if _, err := d.ReadAt(got, 0); err != nil {
+					t.Fatal(err)
+				}
+				checkBytes(t, "device", got, want)
+				onFile, err := os.ReadFile(file) // the backing file judges what reached "disk"
+				if err != nil {
+					t.Fatal(err)
+				}
+				checkBytes(t, "backing file", onFile, want)
+
+				if err := d.Discard(ctx, int64(ss), int64(4*ss)); err != nil {
+					t.Errorf("Discard: %v", err)
+				}
+				if err := d.Discard(ctx, 1, int64(ss)); err == nil {
+					t.Error("unaligned Discard accepted")
+				}
+				if err := d.Discard(ctx, 0, size+int64(ss)); !errors.Is(err, ErrPastEnd) {
+					t.Errorf("Discard past end: %v", err)
+				}
+				if err := d.FlushBuffers(); err != nil {
+					t.Errorf("FlushBuffers: %v", err)
+				}
+				if err := d.RereadPartitions(ctx); err != nil {
+					t.Errorf("RereadPartitions on an unused disk: %v", err)
+				}
+
+				if err := d.Lock(); err != nil {
+					t.Fatalf("Lock: %v", err)
+				}
+				other, err := Open(d.Path(), OpenOptions{ReadOnly: true, SectorSize: int64(ss)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer other.Close()
+				err = other.Lock()
+				if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "locked by another byoi process") ||
+					!strings.Contains(err.Error(), "pid "+strconv.Itoa(os.Getpid())) {
+					t.Errorf("second Lock: %v", err)
+				}
+				if err := d.Unlock(); err != nil {
+					t.Fatal(err)
+				}
+				if err := other.Lock(); err != nil {
+					t.Errorf("Lock after Unlock: %v", err)
+				}
+			})
+		}
+	}
+}
+
+func checkBytes(t *testing.T, what string, got, want []byte) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d bytes, want %d", what, len(got), len(want))
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("%s: byte %d is %#x, want %#x", what, i, got[i], want[i])
+		}
+	}
+}
+
+// TestOpenHeldExclusively: a block device another program opened O_EXCL
+// is refused with a clear message.
+func TestOpenHeldExclusively(t *testing.T) {
+	dev := testutil.LoopDevice(t, testutil.SparseFile(t, 4<<20), 0)
+	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	d, err := Open(dev, OpenOptions{})
+	if err == nil {
+		d.Close()
+		t.Fatal("Open of a device held O_EXCL succeeded")
+	}
+	if !errors.Is(err, ErrInUse) || !errors.Is(err, unix.EBUSY) || !strings.Contains(err.Error(), "opened exclusively by another program") {
+		t.Errorf("Open: %v", err)
+	}
+	t.Logf("Open: %v", err)
+}
+
+// TestLoopMountedPartition: a loop device whose partition is mounted is in
+// use (naming the mount point), cannot be opened for writing, and a
+// partition table re-read is deferred to the next boot.
+func TestLoopMountedPartition(t *testing.T) {
+	sfdisk := testutil.RequireCommand(t, "sfdisk", "mkfs.ext4", "mount", "umount")
+	file := testutil.SparseFile(t, 32<<20)
+	cmd := exec.Command(sfdisk, "--quiet", file)
+	cmd.Stdin = strings.NewReader("label: gpt\nstart=2048, type=L\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk: %v: %s", err, out)
+	}
+	dev := testutil.LoopDevice(t, file, 0)
+	part := dev + "p1"
+	if !waitFor(part) {
+		// A kernel built without partition parsers (no CONFIG_EFI_PARTITION)
+		// does not scan the table: partx adds the partition with BLKPG.
+		testutil.RequireCommand(t, "partx")
+		testutil.Run(t, "partx", "--add", dev)
+		if !waitFor(part) {
+			t.Fatalf("%s did not appear", part)
+		}
+	}
+	testutil.Run(t, "mkfs.ext4", "-q", "-F", part)
+	mnt := t.TempDir()
+	if _, errOut, err := testutil.RunErr("mount", part, mnt); err != nil {
+		testutil.Unavailable(t, "mount %s: %v: %s", part, err, errOut)
+	}
+	t.Cleanup(func() {
+		if _, errOut, err := testutil.RunErr("umount", mnt); err != nil {
+			t.Errorf("umount %s: %v: %s", mnt, err, errOut)
+		}
+	})
+
+	s := System{}
+	for _, p := range []string{dev, part} {
+		reason, err := s.InUseByPath(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := "partition " + filepath.Base(part) + " is mounted at " + mnt
+		if reason != want {
+			t.Errorf("InUseByPath(%s) = %q, want %q", p, reason, want)
+		}
+	}
+	disks, err := s.Disks(ScanOptions{IncludeLoop: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range disks {
+		if d.Path == dev && !d.InUse {
+			t.Errorf("Disks: %s not in use", dev)
+		}
+	}
+
+	d, err := Open(dev, OpenOptions{})
+	if err == nil {
+		d.Close()
+		t.Fatal("Open of a disk with a mounted partition succeeded")
+	}
+	if !errors.Is(err, ErrInUse) || !errors.Is(err, unix.EBUSY) || !strings.Contains(err.Error(), mnt) {
+		t.Errorf("Open: %v", err)
+	}
+	t.Logf("Open: %v", err)
+
+	ro, err := Open(dev, OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	err = ro.RereadPartitions(context.Background())
+	if !errors.Is(err, ErrRereadDeferred) {
+		t.Errorf("RereadPartitions with a mounted partition: %v", err)
+	}
+	t.Logf("RereadPartitions: %v", err)
+}
+
+// TestLockRegularFile needs no root: two opens of one file, one lock.
+func TestLockRegularFile(t *testing.T) {
+	p := testutil.SparseFile(t, 1<<20)
+	a, err := Open(p, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(p, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := a.Lock(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Lock(); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second lock: %v", err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Lock(); err != nil {
+		t.Errorf("lock after the holder closed: %v", err)
+	}
+}
+
+// waitFor waits up to a second for a device node to appear.
+func waitFor(path string) bool {
+	for i := 0; i < 20; i++ {
+		if _, err := os.Stat(path); err == nil {
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return false
+}
