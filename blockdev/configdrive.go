@@ -24,8 +24,8 @@ const probeSize = 64 << 10
 // path like "/dev/sda") and its partitions, that carry a filesystem
 // labelled config-2: cloud-init may read such a stale drive instead of the
 // one byoi writes, so the agent warns about them. Each device is opened
-// read-only and only its first 64 KiB are read; devices that cannot be
-// read (an empty CD drive) are passed over. Labels recognised: ISO9660
+// read-only and only its first 64 KiB are read; empty devices (size 0 in
+// sysfs), nbd devices and devices that cannot be read are passed over. Labels recognised: ISO9660
 // volume identifier, FAT12/16 and FAT32 volume label, ext2/3/4 volume name.
 func (s System) FindConfigDriveLabels(exclude string) ([]string, error) {
 	exclude = filepath.Base(exclude)
@@ -33,9 +33,15 @@ func (s System) FindConfigDriveLabels(exclude string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	for _, disk := range names { // a partition excludes its whole disk
+		if _, err := os.Stat(filepath.Join(s.sysRoot(), "block", disk, exclude, "partition")); err == nil {
+			exclude = disk
+		}
+	}
 	var found []string
 	for _, disk := range names {
-		if disk == exclude {
+		// nbd devices without a server hang or spam the kernel log.
+		if disk == exclude || strings.HasPrefix(disk, "nbd") {
 			continue
 		}
 		devs := []string{disk}
@@ -49,6 +55,13 @@ func (s System) FindConfigDriveLabels(exclude string) ([]string, error) {
 			}
 		}
 		for _, n := range devs {
+			dir := filepath.Join(s.sysRoot(), "block", disk)
+			if n != disk {
+				dir = filepath.Join(dir, n)
+			}
+			if readIntOr(filepath.Join(dir, "size"), 0) == 0 {
+				continue // empty drive, detached loop device
+			}
 			p := filepath.Join(s.devRoot(), n)
 			if strings.EqualFold(fsLabelOf(p), configDriveLabel) {
 				found = append(found, p)

@@ -73,6 +73,10 @@ func TestFindConfigDriveLabels(t *testing.T) {
 	if want := "sdb2 sdc1 sdd sde1"; strings.Join(rel, " ") != want {
 		t.Errorf("config-2 found on %v, want %s", rel, want)
 	}
+	got, err = s.FindConfigDriveLabels(filepath.Join(s.DevRoot, "sdb1"))
+	if err != nil || len(got) != 4 || strings.Contains(strings.Join(got, " "), "sdb2") {
+		t.Errorf("excluding by partition sdb1: %v, %v", got, err)
+	}
 	got, err = s.FindConfigDriveLabels("")
 	if err != nil || len(got) != 5 {
 		t.Errorf("without exclude: %v, %v", got, err)

@@ -138,6 +138,7 @@ func (f fakeSystem) build(t *testing.T, withDev bool) System {
 			pd := filepath.Join(b, p.name)
 			write(t, filepath.Join(pd, "dev"), p.dev+"\n")
 			write(t, filepath.Join(pd, "partition"), strconv.Itoa(i+1)+"\n")
+			write(t, filepath.Join(pd, "size"), "2048\n")
 			if err := os.MkdirAll(filepath.Join(pd, "holders"), 0o755); err != nil {
 				t.Fatal(err)
 			}

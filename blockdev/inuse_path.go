@@ -53,3 +53,17 @@ func (s System) InUseByPath(devPath string) (reason string, err error) {
 	}
 	return u.reason(u.diskOf[name]), nil
 }
+
+// CheckNotInUse returns an error wrapping ErrInUse, naming the reason,
+// when the disk at devPath (or the disk of the partition at devPath) is in
+// use; nil when it is free. It is InUseByPath for callers that refuse.
+func (s System) CheckNotInUse(devPath string) error {
+	reason, err := s.InUseByPath(devPath)
+	if err != nil {
+		return err
+	}
+	if reason != "" {
+		return fmt.Errorf("disk %s: %w: %s", devPath, ErrInUse, reason)
+	}
+	return nil
+}

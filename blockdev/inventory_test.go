@@ -267,6 +267,12 @@ func TestInUseFake(t *testing.T) {
 	if got, err := s.InUseByPath(filepath.Join(s.DevRoot, "mapper", "vg0-lv0")); err != nil || !strings.Contains(got, "/var/lib/data") {
 		t.Errorf("InUseByPath(mapper) = %q, %v", got, err)
 	}
+	if err := s.CheckNotInUse(filepath.Join(s.DevRoot, "sda")); !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), "/srv/my data") {
+		t.Errorf("CheckNotInUse(sda): %v", err)
+	}
+	if err := s.CheckNotInUse(filepath.Join(s.DevRoot, "sdd")); err != nil {
+		t.Errorf("CheckNotInUse(sdd): %v", err)
+	}
 	if _, err := s.InUse("sdz"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("InUse(sdz): %v", err)
 	}
@@ -293,6 +299,27 @@ func TestUnescapeMount(t *testing.T) {
 	for in, want := range map[string]string{`/a\040b`: "/a b", `/x\134y`: `/x\y`, `/t\011`: "/t\t", `/bad\04`: `/bad\04`, "/": "/"} {
 		if got := unescapeMount(in); got != want {
 			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestTransportOf(t *testing.T) {
+	for _, tc := range []struct{ name, path, want string }{
+		{"nvme0n1", "/devices/virtual/nvme-subsystem/nvme-subsys0/nvme0n1", "nvme"},
+		{"nvme0n1", "/devices/pci0000:00/0000:00:01.1/0000:02:00.0/nvme/nvme0/nvme0n1", "nvme"},
+		{"sda", "/devices/pci0000:00/0000:00:17.0/ata1/host0/target0:0:0/0:0:0:0/block/sda", "sata"},
+		{"sda", "/devices/pci0000:00/0000:00:03.0/0000:04:00.0/host1/port-1:0/end_device-1:0/target1:0:0/1:0:0:0/block/sda", "sas"},
+		{"sdb", "/devices/pci0000:00/0000:00:03.0/0000:04:00.0/host1/sas_host/host1/block/sdb", "sas"},
+		{"sdc", "/devices/pci0000:00/0000:00:14.0/usb1/1-4/1-4:1.0/host6/target6:0:0/6:0:0:0/block/sdc", "usb"},
+		{"sda", "/devices/pci0000:00/0000:00:02.0/0000:03:00.0/host0/target0:2:0/0:2:0:0/block/sda", "scsi"},
+		{"sda", "/devices/pci0000:00/0000:00:04.0/virtio2/host2/target2:0:0/2:0:0:0/block/sda", "virtio"},
+		{"vda", "/devices/pci0000:00/0000:00:02.0/virtio1/block/vda", "virtio"},
+		{"mmcblk0", "/devices/platform/mmc0/mmc0:0001/block/mmcblk0", "mmc"},
+		{"xvda", "/devices/vbd-51712/block/xvda", "xen"},
+		{"loop0", "/devices/virtual/block/loop0", "virtual"},
+	} {
+		if got := transportOf(tc.name, tc.path, false); got != tc.want {
+			t.Errorf("transportOf(%s, %s) = %q, want %q", tc.name, tc.path, got, tc.want)
 		}
 	}
 }

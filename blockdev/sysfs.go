@@ -247,14 +247,16 @@ func (s System) readDisk(name string, virtual bool) (Disk, error) {
 // in that path.
 func transportOf(name, devpath string, virtual bool) string {
 	switch {
-	case virtual || strings.Contains(devpath, "/virtual/"):
-		return "virtual"
+	// NVMe namespaces with native multipath live under
+	// /sys/devices/virtual/nvme-subsystem/: test the name first.
 	case strings.HasPrefix(name, "nvme"):
 		return "nvme"
 	case strings.HasPrefix(name, "mmcblk"):
 		return "mmc"
 	case strings.HasPrefix(name, "xvd"):
 		return "xen"
+	case virtual || strings.Contains(devpath, "/virtual/"):
+		return "virtual"
 	case strings.Contains(devpath, "/usb"):
 		return "usb"
 	case strings.HasPrefix(name, "vd") || strings.Contains(devpath, "/virtio"):
