@@ -142,9 +142,13 @@ func WriteRaw(ctx context.Context, src io.Reader, dst Target, opts RawOptions) (
 			return res, w.fail(ctx, err)
 		}
 	}
-	if opts.DeclaredSize > 0 && total != opts.DeclaredSize {
+	// A truncated download must never count as a success.
+	if opts.DeclaredSize > 0 && total < opts.DeclaredSize {
 		err := fmt.Errorf("image ended after %d of %d bytes: %w", total, opts.DeclaredSize, io.ErrUnexpectedEOF)
 		return res, w.fail(ctx, err)
+	}
+	if opts.DeclaredSize > 0 && total > opts.DeclaredSize {
+		return res, w.fail(ctx, fmt.Errorf("image is %d bytes, more than the %d bytes announced", total, opts.DeclaredSize))
 	}
 	if opts.Verify != nil {
 		if err := opts.Verify(); err != nil {

@@ -195,10 +195,17 @@ func TestWriteRaw(t *testing.T) {
 					DeclaredSize: imgSize,
 					TargetName:   path,
 					Hash:         h,
-					Verify:       rawVerify(h, want[:]),
-					BufferSize:   256 << 10,
-					Buffers:      3,
-					Logger:       rawLogger(t),
+					Verify: func() error {
+						// The head is held back until the checksum matched.
+						head := make([]byte, HeadSize)
+						if _, err := dst.ReadAt(head, 0); err != nil || !allZero(head) {
+							t.Errorf("head written before Verify (%v)", err)
+						}
+						return rawVerify(h, want[:])()
+					},
+					BufferSize: 256 << 10,
+					Buffers:    3,
+					Logger:     rawLogger(t),
 					Progress: func(done, total int64) {
 						calls.Add(1)
 						last.Store(done)
