@@ -19,11 +19,11 @@ const (
 // most 64 MiB) at the end of d, after every existing partition, starting
 // and ending on 1 MiB boundaries. On a GPT it ends before the backup
 // entries (run RelocateBackupGPT first so that is the end of the disk),
-// takes the first free entry, gets the name, the Linux filesystem data
-// type GUID and a fresh random unique GUID. On an MBR it takes the first
-// free primary slot with type 0x83 and ends below the MBR's 2^32-sector
-// limit (2 TiB with 512-byte sectors); name is not stored. It returns the
-// new partition.
+// takes the entry after the last used one (or else the first free one),
+// and gets the name, the Linux filesystem data type GUID and a fresh
+// random unique GUID. On an MBR it takes the first free primary slot with
+// type 0x83 and ends below the MBR's 2^32-sector limit (2 TiB with
+// 512-byte sectors); name is not stored. It returns the new partition.
 func AddPartition(ctx context.Context, d Disk, name string, size int64) (Partition, error) {
 	if err := ctx.Err(); err != nil {
 		return Partition{}, err
@@ -81,13 +81,23 @@ func addGPT(ctx context.Context, d Disk, ss int64, sectors uint64, name string, 
 	if err := checkEntries(ents, h.firstUsable, h.lastUsable); err != nil {
 		return Partition{}, err
 	}
-	slot := -1
-	for i := 0; i < int(h.numEntries); i++ {
-		var t guid
-		copy(t[:], g.src.array[i*int(h.entrySize):])
-		if t.isZero() {
-			slot = i
-			break
+	// The first free entry after the last used one, so the partition at
+	// the end of the disk also comes last in the table (sfdisk, the kernel
+	// number partitions by entry); else the first free entry.
+	slot, lastUsed := -1, -1
+	for _, e := range ents {
+		lastUsed = max(lastUsed, e.index)
+	}
+	if lastUsed+1 < int(h.numEntries) {
+		slot = lastUsed + 1
+	} else {
+		for i := 0; i < int(h.numEntries); i++ {
+			var t guid
+			copy(t[:], g.src.array[i*int(h.entrySize):])
+			if t.isZero() {
+				slot = i
+				break
+			}
 		}
 	}
 	if slot < 0 {
@@ -149,7 +159,7 @@ func addGPT(ctx context.Context, d Disk, ss int64, sectors uint64, name string, 
 	if err := writeFull(d, bh.encode(), int64(bh.myLBA)*ss); err != nil {
 		return Partition{}, fmt.Errorf("write backup GPT header: %w", err)
 	}
-	if err := sync(d); err != nil {
+	if err := flush(d); err != nil {
 		return Partition{}, err
 	}
 	if err := writeFull(d, padded, int64(ph.entryLBA)*ss); err != nil {
@@ -158,7 +168,7 @@ func addGPT(ctx context.Context, d Disk, ss int64, sectors uint64, name string, 
 	if err := writeFull(d, ph.encode(), ss); err != nil {
 		return Partition{}, fmt.Errorf("write primary GPT header: %w", err)
 	}
-	if err := sync(d); err != nil {
+	if err := flush(d); err != nil {
 		return Partition{}, err
 	}
 	return Partition{
@@ -219,7 +229,7 @@ func addMBR(d Disk, ss int64, sectors uint64, lba0 []byte, size int64) (Partitio
 	if err := writeFull(d, b, 0); err != nil {
 		return Partition{}, fmt.Errorf("write MBR: %w", err)
 	}
-	if err := sync(d); err != nil {
+	if err := flush(d); err != nil {
 		return Partition{}, err
 	}
 	return Partition{

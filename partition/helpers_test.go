@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/byoi/byoi/blockdev"
@@ -72,14 +73,56 @@ func openDisk(t testing.TB, path string, ss int64) *blockdev.Device {
 	return d
 }
 
-// sgdiskImage makes a sparse image of size bytes and runs sgdisk with args
-// on it (512-byte sectors).
+// imageCache keeps the images sgdisk made, by size and arguments: sgdisk
+// sleeps about a second after each write, so tests share them (each test
+// gets its own copy).
+var imageCache struct {
+	sync.Mutex
+	dir string
+	m   map[string]string
+}
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "partition-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	imageCache.dir, imageCache.m = dir, map[string]string{}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// sgdiskImage returns a copy of a sparse image of size bytes on which
+// sgdisk ran with args (512-byte sectors).
 func sgdiskImage(t testing.TB, size int64, args ...string) string {
 	t.Helper()
 	testutil.RequireCommand(t, "sgdisk")
-	p := testutil.SparseFile(t, size)
-	testutil.Run(t, "sgdisk", append(args, p)...)
-	return p
+	key := fmt.Sprint(size, args)
+	imageCache.Lock()
+	p, ok := imageCache.m[key]
+	if !ok {
+		p = filepath.Join(imageCache.dir, fmt.Sprint(len(imageCache.m)))
+		f, err := os.Create(p)
+		if err == nil {
+			err = f.Truncate(size)
+		}
+		if err == nil {
+			err = f.Close()
+		}
+		if err != nil {
+			imageCache.Unlock()
+			t.Fatal(err)
+		}
+		if out, errOut, err := testutil.RunErr("sgdisk", append(args, p)...); err != nil {
+			imageCache.Unlock()
+			t.Fatalf("sgdisk %v: %v\n%s%s", args, err, out, errOut)
+		}
+		imageCache.m[key] = p
+	}
+	imageCache.Unlock()
+	return copyFile(t, p)
 }
 
 // growCopy copies the image at src into a new sparse file of size bytes

@@ -165,8 +165,8 @@ func writeFull(d io.WriterAt, p []byte, off int64) error {
 	return nil
 }
 
-// sync flushes d when it can be flushed.
-func sync(d Disk) error {
+// flush flushes d when it can be flushed.
+func flush(d Disk) error {
 	if s, ok := d.(Syncer); ok {
 		if err := s.Sync(); err != nil {
 			return fmt.Errorf("sync: %w", err)

@@ -140,7 +140,7 @@ func relocate(ctx context.Context, d Disk, imageSize int64) error {
 	if err := writeIfChanged(d, backup.encode(), int64(newAlt)*ss); err != nil {
 		return fmt.Errorf("write backup GPT header: %w", err)
 	}
-	if err := sync(d); err != nil {
+	if err := flush(d); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
@@ -154,7 +154,7 @@ func relocate(ctx context.Context, d Disk, imageSize int64) error {
 	if err := writeIfChanged(d, primary.encode(), ss); err != nil {
 		return fmt.Errorf("write primary GPT header: %w", err)
 	}
-	if err := sync(d); err != nil {
+	if err := flush(d); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
@@ -163,7 +163,7 @@ func relocate(ctx context.Context, d Disk, imageSize int64) error {
 	if err := writeIfChanged(d, newMBR, 0); err != nil {
 		return fmt.Errorf("write protective MBR: %w", err)
 	}
-	if err := sync(d); err != nil {
+	if err := flush(d); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
@@ -181,7 +181,7 @@ func relocate(ctx context.Context, d Disk, imageSize int64) error {
 			return fmt.Errorf("wipe old backup GPT: %w", err)
 		}
 	}
-	if err := sync(d); err != nil {
+	if err := flush(d); err != nil {
 		return err
 	}
 

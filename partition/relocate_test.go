@@ -39,6 +39,7 @@ func TestRelocateMatchesSgdisk(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range gptCases {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // sgdisk sleeps after writing: overlap the waits
 			img := sgdiskImage(t, 64*mib, tc.args...)
 			before := sfdiskDump(t, img)
 			ours := growCopy(t, img, 200*mib)
