@@ -1,0 +1,430 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/partition"
+	"github.com/lima-vm/go-qcow2reader/image/qcow2"
+)
+
+// InspectOptions describe the deployment an image is inspected for. Zero
+// values mean unknown: the checks that need them are skipped.
+type InspectOptions struct {
+	// EFIBootloaderPath is the job's efiBootloaderPath, looked up in the
+	// image's EFI System Partition when given.
+	EFIBootloaderPath string
+	// DiskSize is the target disk's size in bytes (0: no fit check).
+	DiskSize int64
+	// DiskSectorSize is the target disk's logical sector size (0: no
+	// sector size check; otherwise 512, 1024, 2048 or 4096).
+	DiskSectorSize int64
+	// DeclaredType is the job's image type, "raw" or "qcow2" ("": none;
+	// then the image must only be one of the two).
+	DeclaredType string
+}
+
+// InspectReport is what Inspect found. Problems lists, with the messages a
+// deployment would give, every reason a deploy of this image would fail or
+// the server would not boot it; an empty list means none was found.
+type InspectReport struct {
+	// Format is the image's real format (imaging.Sniff on its first MiB).
+	Format       string `json:"format"`
+	DeclaredType string `json:"declaredType,omitempty"`
+	// FileSize is the size of the image as given (downloaded) in bytes.
+	FileSize int64 `json:"fileSize"`
+	// VirtualSize is the bytes the image covers on a disk: the file size
+	// of a raw image, the virtual size of a qcow2 (0 when unknown).
+	VirtualSize int64         `json:"virtualSize"`
+	Qcow2       *Qcow2Summary `json:"qcow2,omitempty"`
+	// SectorSize is the logical sector size the image's partition table
+	// was made for (0 when it cannot tell, e.g. an MBR).
+	SectorSize int64         `json:"sectorSize"`
+	Table      *TableSummary `json:"table,omitempty"`
+	Boot       *BootSummary  `json:"boot,omitempty"`
+	Problems   []string      `json:"problems"`
+}
+
+// Qcow2Summary is what the qcow2 header says, and whether byoi accepts it.
+type Qcow2Summary struct {
+	Version     int    `json:"version"`
+	ClusterSize int64  `json:"clusterSize"`
+	Compression string `json:"compression"`
+	VirtualSize int64  `json:"virtualSize"`
+	// Features names the feature bits and header properties set: "dirty",
+	// "corrupt", "external data file", "compression type", "extended L2",
+	// "lazy refcounts", "bitmaps", "raw external data", "backing file",
+	// "encrypted", and unknown bits as "incompatible bit N" etc.
+	Features  []string `json:"features"`
+	Snapshots uint32   `json:"snapshots"`
+	// AllocatedClusters and CompressedClusters are counted by CheckQcow2
+	// (0 when it refused the image).
+	AllocatedClusters  int64 `json:"allocatedClusters"`
+	CompressedClusters int64 `json:"compressedClusters"`
+	// Accepted is true when imaging.CheckQcow2 accepted the image;
+	// Refused then is empty, else it is CheckQcow2's message.
+	Accepted bool   `json:"accepted"`
+	Refused  string `json:"refused,omitempty"`
+}
+
+// TableSummary is the image's partition table (of the virtual disk for a
+// qcow2).
+type TableSummary struct {
+	Type       string             `json:"type"` // gpt or mbr
+	SectorSize int64              `json:"sectorSize"`
+	DiskGUID   string             `json:"diskGuid,omitempty"`
+	FromBackup bool               `json:"fromBackup,omitempty"`
+	Partitions []PartitionSummary `json:"partitions"`
+	Problems   []string           `json:"problems,omitempty"`
+}
+
+// PartitionSummary is one partition; Start and Size are in bytes.
+type PartitionSummary struct {
+	Number   int    `json:"number"`
+	Start    int64  `json:"start"`
+	Size     int64  `json:"size"`
+	TypeGUID string `json:"typeGuid,omitempty"`
+	MBRType  string `json:"mbrType,omitempty"`
+	TypeName string `json:"typeName"`
+	Name     string `json:"name,omitempty"`
+	Bootable bool   `json:"bootable,omitempty"`
+}
+
+// BootSummary is InspectBoot's result.
+type BootSummary struct {
+	ESP             bool     `json:"esp"`
+	ESPPartition    int      `json:"espPartition,omitempty"`
+	ESPFilesystem   string   `json:"espFilesystem,omitempty"`
+	RemovablePath   bool     `json:"removablePath"`
+	BootloaderPath  string   `json:"bootloaderPath,omitempty"`
+	BootloaderFound bool     `json:"bootloaderFound"`
+	Legacy          bool     `json:"legacyBootable"`
+	LegacySigns     []string `json:"legacySigns"`
+	Problems        []string `json:"problems,omitempty"`
+}
+
+// errReadOnly is what readOnlyDisk answers to a write: inspect writes
+// nothing, and this makes sure of it.
+var errReadOnly = errors.New("inspect: the image is read-only")
+
+// readOnlyDisk presents an image (or a qcow2's virtual disk) as a
+// partition.Disk whose writes fail.
+type readOnlyDisk struct {
+	r      io.ReaderAt
+	size   int64
+	sector int64
+}
+
+func (d readOnlyDisk) ReadAt(p []byte, off int64) (int, error) { return d.r.ReadAt(p, off) }
+func (d readOnlyDisk) WriteAt([]byte, int64) (int, error)      { return 0, errReadOnly }
+func (d readOnlyDisk) Size() int64                             { return d.size }
+func (d readOnlyDisk) SectorSize() int64                       { return d.sector }
+
+// Inspect reads an image of size bytes from src and reports what a deploy
+// would do with it, without writing anything: its real format, the qcow2
+// header and safety checks, the partition table, how it boots, and every
+// problem that would make a deploy fail or the server not boot (in
+// Problems, with the deployment's messages).
+//
+// A qcow2 image's virtual disk is read (through go-qcow2reader, with no
+// backing-file opener) only after imaging.CheckQcow2 accepted it. Memory
+// stays bounded: the head is 1 MiB, CheckQcow2 and the FAT reader bound
+// their own reads.
+//
+// The error is non-nil only when the image cannot be read at all (an I/O
+// error, a cancelled ctx) or opts are invalid; what is wrong with the image
+// itself is data, in the report.
+func Inspect(ctx context.Context, src io.ReaderAt, size int64, opts InspectOptions) (*InspectReport, error) {
+	if size < 0 {
+		return nil, fmt.Errorf("inspect: negative image size %d", size)
+	}
+	if ss := opts.DiskSectorSize; ss != 0 && ss != 512 && ss != 1024 && ss != 2048 && ss != 4096 {
+		return nil, fmt.Errorf("inspect: disk sector size %d is not supported (512, 1024, 2048 or 4096)", ss)
+	}
+	if t := opts.DeclaredType; t != "" && t != "raw" && t != "qcow2" {
+		return nil, fmt.Errorf("inspect: declared type %q is not raw or qcow2", t)
+	}
+	if opts.DiskSize < 0 {
+		return nil, fmt.Errorf("inspect: negative disk size %d", opts.DiskSize)
+	}
+	src = io.NewSectionReader(src, 0, size)
+	head, err := readHead(src, size)
+	if err != nil {
+		return nil, err
+	}
+	rep := &InspectReport{
+		Format:       string(imaging.Sniff(head)),
+		DeclaredType: opts.DeclaredType,
+		FileSize:     size,
+		Problems:     []string{},
+	}
+
+	// The format, as the deployment's format check words it. Without a
+	// declared type the image must be one of the two types byoi takes.
+	switch {
+	case opts.DeclaredType != "":
+		if _, err := imaging.CheckFormat(opts.DeclaredType, head); err != nil {
+			rep.problem(err)
+		}
+	case rep.Format != string(imaging.FormatQcow2):
+		if _, err := imaging.CheckFormat("raw", head); err != nil {
+			rep.problem(err)
+		}
+	}
+
+	var disk io.ReaderAt // the disk the image becomes
+	switch imaging.Format(rep.Format) {
+	case imaging.FormatRaw:
+		disk = src
+		rep.VirtualSize = size
+	case imaging.FormatQcow2:
+		vd, closeVD, err := rep.inspectQcow2(ctx, src, size, head)
+		if err != nil {
+			return nil, err
+		}
+		if vd == nil {
+			break
+		}
+		defer closeVD()
+		disk = io.NewSectionReader(vd, 0, rep.VirtualSize)
+		vhead, err := readHead(disk, rep.VirtualSize)
+		if err != nil {
+			return nil, fmt.Errorf("inspect: qcow2 virtual disk: %w", err)
+		}
+		if _, ok := imaging.HasPartitionTable(vhead); !ok {
+			e := &imaging.FormatError{Declared: "raw", Found: imaging.Sniff(vhead), NoTable: true}
+			rep.Problems = append(rep.Problems, "qcow2 virtual disk: "+e.Error())
+			disk = nil
+		}
+		head = vhead
+	}
+	if opts.DiskSize > 0 && rep.VirtualSize > opts.DiskSize {
+		rep.problem(&imaging.SizeError{ImageSize: rep.VirtualSize, TargetSize: opts.DiskSize})
+	}
+	if disk == nil {
+		return rep, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("inspect: %w", err)
+	}
+	rep.inspectDisk(disk, head, opts)
+	return rep, nil
+}
+
+// readHead reads the first MiB (or less) of r.
+func readHead(r io.ReaderAt, size int64) ([]byte, error) {
+	head := make([]byte, min(size, imaging.HeadSize))
+	if n, err := r.ReadAt(head, 0); n != len(head) {
+		if err == nil || errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("inspect: read the first %d bytes: %w", len(head), err)
+	}
+	return head, nil
+}
+
+func (r *InspectReport) problem(err error) { r.Problems = append(r.Problems, err.Error()) }
+
+// inspectQcow2 fills the qcow2 summary and, when CheckQcow2 accepts the
+// image, opens its virtual disk (nil when refused).
+func (r *InspectReport) inspectQcow2(ctx context.Context, src io.ReaderAt, size int64, head []byte) (io.ReaderAt, func(), error) {
+	s := &Qcow2Summary{Features: []string{}}
+	r.Qcow2 = s
+	info, err := imaging.ParseQcow2Header(head)
+	if err != nil {
+		s.Refused = err.Error()
+		r.Problems = append(r.Problems, s.Refused)
+		return nil, nil, nil
+	}
+	s.Version, s.ClusterSize, s.Compression = info.Version, info.ClusterSize, info.Compression
+	s.VirtualSize, s.Snapshots = info.VirtualSize, info.NbSnapshots
+	s.Features = qcow2Features(info)
+	r.VirtualSize = info.VirtualSize
+	if err := ctx.Err(); err != nil {
+		return nil, nil, fmt.Errorf("inspect: %w", err)
+	}
+	// The size check is Inspect's, against opts.DiskSize, so that a
+	// qcow2 too large for the disk is still inspected.
+	checked, err := imaging.CheckQcow2(src, size, "", 0)
+	if err != nil {
+		var qe *imaging.Qcow2Error
+		if !errors.As(err, &qe) {
+			return nil, nil, fmt.Errorf("inspect: %w", err) // I/O
+		}
+		s.Refused = err.Error()
+		r.Problems = append(r.Problems, s.Refused)
+		return nil, nil, nil
+	}
+	s.Accepted = true
+	s.AllocatedClusters, s.CompressedClusters = checked.AllocatedClusters, checked.CompressedClusters
+	// CheckQcow2 accepted it: no backing file, and the nil opener would
+	// refuse to open one anyway.
+	img, err := qcow2.Open(src, nil)
+	if err != nil {
+		s.Accepted = false
+		s.Refused = fmt.Sprintf("qcow2 image refused: %v", err)
+		r.Problems = append(r.Problems, s.Refused)
+		return nil, nil, nil
+	}
+	block := max(info.ClusterSize, 64<<10)
+	return &alignedReader{r: img, size: info.VirtualSize, block: block}, func() { img.Close() }, nil
+}
+
+// alignedCacheBlocks bounds alignedReader's cache: at most 8 blocks of at
+// most 2 MiB (the largest qcow2 cluster).
+const alignedCacheBlocks = 8
+
+// alignedReader serves reads of any size and offset from whole, aligned
+// blocks of r. go-qcow2reader decompresses a compressed cluster from its
+// start: a read starting inside one makes it discard the head through a
+// small Read, which imaging's decompressors (registered process-wide)
+// support only on the converter's own source. Reading whole clusters is
+// always right. A few blocks are cached: the partition and FAT readers
+// make many small reads in the same places.
+type alignedReader struct {
+	r           io.ReaderAt
+	size, block int64
+	cache       []alignedBlock // most recently used last
+}
+
+type alignedBlock struct {
+	off int64
+	b   []byte
+}
+
+func (a *alignedReader) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("read at negative offset %d", off)
+	}
+	n := 0
+	for n < len(p) {
+		at := off + int64(n)
+		if at >= a.size {
+			return n, io.EOF
+		}
+		b, err := a.get(at / a.block * a.block)
+		if err != nil {
+			return n, err
+		}
+		n += copy(p[n:], b[at%a.block:])
+	}
+	return n, nil
+}
+
+// get returns the block at off (a multiple of a.block).
+func (a *alignedReader) get(off int64) ([]byte, error) {
+	for i, c := range a.cache {
+		if c.off == off {
+			a.cache = append(append(a.cache[:i:i], a.cache[i+1:]...), c)
+			return c.b, nil
+		}
+	}
+	var buf []byte
+	if len(a.cache) == alignedCacheBlocks {
+		buf = a.cache[0].b[:cap(a.cache[0].b)]
+		a.cache = a.cache[1:]
+	}
+	n := min(a.block, a.size-off)
+	if int64(len(buf)) < n {
+		buf = make([]byte, a.block)
+	}
+	buf = buf[:n]
+	if m, err := a.r.ReadAt(buf, off); m != len(buf) {
+		if err == nil || errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("read the virtual disk at %d: %w", off, err)
+	}
+	a.cache = append(a.cache, alignedBlock{off: off, b: buf})
+	return buf, nil
+}
+
+// qcow2Features names what the header sets (qcow2 spec, "feature bits").
+func qcow2Features(info *imaging.Qcow2Info) []string {
+	f := []string{}
+	if info.HasBackingFile {
+		f = append(f, "backing file")
+	}
+	if info.CryptMethod != 0 {
+		f = append(f, fmt.Sprintf("encrypted (method %d)", info.CryptMethod))
+	}
+	names := func(bits uint64, kind string, known []string) {
+		for i := 0; i < 64; i++ {
+			if bits&(1<<i) == 0 {
+				continue
+			}
+			if i < len(known) {
+				f = append(f, known[i])
+			} else {
+				f = append(f, fmt.Sprintf("%s bit %d", kind, i))
+			}
+		}
+	}
+	names(info.IncompatibleFeatures, "incompatible", []string{"dirty", "corrupt", "external data file", "compression type", "extended L2"})
+	names(info.CompatibleFeatures, "compatible", []string{"lazy refcounts"})
+	names(info.AutoclearFeatures, "autoclear", []string{"bitmaps", "raw external data"})
+	return f
+}
+
+// inspectDisk reads the partition table and the boot setup of the disk the
+// image becomes.
+func (r *InspectReport) inspectDisk(disk io.ReaderAt, head []byte, opts InspectOptions) {
+	_, ss := partition.DetectSectorSize(head)
+	r.SectorSize = ss
+	if opts.DiskSectorSize != 0 {
+		if err := partition.CheckSectorSize(head, opts.DiskSectorSize); err != nil {
+			r.problem(err)
+		}
+	}
+	// Read the table with the sector size it was made for; an MBR (or a
+	// GPT of unknown sector size) in the disk's, else 512.
+	if ss == 0 {
+		ss = max(opts.DiskSectorSize, 512)
+	}
+	d := readOnlyDisk{r: disk, size: r.VirtualSize, sector: ss}
+	t, err := partition.Read(d)
+	if err != nil {
+		r.Problems = append(r.Problems, fmt.Sprintf("the partition table cannot be read: %v", err))
+		return
+	}
+	ts := &TableSummary{Type: t.Type, SectorSize: t.SectorSize, DiskGUID: t.DiskGUID, FromBackup: t.FromBackup,
+		Partitions: []PartitionSummary{}, Problems: t.Problems}
+	for _, p := range t.Partitions {
+		ps := PartitionSummary{Number: p.Number, Start: p.Start, Size: p.Size, TypeGUID: p.TypeGUID, TypeName: p.TypeName, Name: p.Name, Bootable: p.Bootable}
+		if t.Type == "mbr" {
+			ps.MBRType = fmt.Sprintf("0x%02x", p.MBRType)
+		}
+		ts.Partitions = append(ts.Partitions, ps)
+	}
+	r.Table = ts
+	for _, p := range t.Problems {
+		r.Problems = append(r.Problems, "partition table: "+p)
+	}
+
+	b := InspectBoot(d, t, opts.EFIBootloaderPath)
+	bs := &BootSummary{
+		ESP: b.ESP != nil, ESPFilesystem: b.ESPFilesystem, RemovablePath: b.RemovablePath,
+		BootloaderPath: b.BootloaderPath, BootloaderFound: b.BootloaderFound,
+		Legacy: b.Legacy, LegacySigns: b.LegacySigns, Problems: b.Problems,
+	}
+	if bs.LegacySigns == nil {
+		bs.LegacySigns = []string{}
+	}
+	if b.ESP != nil {
+		bs.ESPPartition = b.ESP.Number
+	}
+	r.Boot = bs
+	r.Problems = append(r.Problems, b.Problems...)
+}
+
+// HasProblems reports whether the image would fail to deploy or boot.
+func (r *InspectReport) HasProblems() bool { return len(r.Problems) > 0 }
+
+// String is a one-line summary (for logs).
+func (r *InspectReport) String() string {
+	return fmt.Sprintf("%s image, %d bytes on disk, %d problems: %s", r.Format, r.VirtualSize, len(r.Problems), strings.Join(r.Problems, "; "))
+}
