@@ -1,0 +1,315 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/byoi/byoi/imaging"
+)
+
+// Why inspect reads a URL through HTTP Range requests: it needs the head of
+// the image (the format, the MBR and primary GPT, the qcow2 header), the
+// backup GPT at the end, the qcow2 L1/L2 tables and a few clusters of the
+// ESP's FAT: some MiB of an image that may weigh tens of GiB, and a rescue
+// system's /tmp is RAM. When the server ignores Range (a 200 answer), the
+// caller falls back to downloading the whole image (imaging.Fetch, staged in
+// memory or in a file); when an image needs more than MaxBytes through
+// Range, it returns ErrRangeBudget and the caller falls back the same way.
+
+// ErrNoRange is returned by OpenHTTPRange when the server does not serve
+// byte ranges (it answered 200 to a Range request, or a bad Content-Range).
+var ErrNoRange = errors.New("the server does not serve byte ranges")
+
+// ErrRangeBudget is returned by a HTTPRangeReader's ReadAt once it fetched
+// MaxBytes.
+var ErrRangeBudget = errors.New("range reads exceeded their byte budget")
+
+// HTTPRangeOptions tune OpenHTTPRange.
+type HTTPRangeOptions struct {
+	// Client sends the requests (default: a client over
+	// imaging.NewTransport(nil, 0), the download's transport).
+	Client *http.Client
+	// Headers are the job's headers, sent with every request. Their
+	// values never appear in an error.
+	Headers []imaging.Header
+	// BlockSize is the unit fetched and cached (default 1 MiB).
+	BlockSize int64
+	// CacheBlocks bounds the cache (default 32 blocks).
+	CacheBlocks int
+	// MaxBytes caps the bytes fetched in all (default 256 MiB).
+	MaxBytes int64
+	// Retries on connection errors and 5xx answers (default 3).
+	Retries int
+}
+
+// HTTPRangeReader is an io.ReaderAt over an HTTP(S) URL, one Range request
+// per missing block, with a small LRU block cache. It is not safe for
+// concurrent use. Its ReadAt uses the context given to OpenHTTPRange (an
+// io.ReaderAt takes none).
+type HTTPRangeReader struct {
+	ctx     context.Context
+	url     string
+	opts    HTTPRangeOptions
+	size    int64
+	fetched int64
+	cache   []alignedBlock // most recently used last
+}
+
+// OpenHTTPRange asks for the first block of rawURL with a Range request and
+// returns a reader when the server answers 206 with a valid Content-Range
+// giving the full size, ErrNoRange when it answers 200 (the body is not
+// read), or the error.
+func OpenHTTPRange(ctx context.Context, rawURL string, opts HTTPRangeOptions) (*HTTPRangeReader, error) {
+	if opts.Client == nil {
+		tr, err := imaging.NewTransport(nil, 0)
+		if err != nil {
+			return nil, err
+		}
+		opts.Client = &http.Client{Transport: tr}
+	}
+	if opts.BlockSize <= 0 {
+		opts.BlockSize = 1 << 20
+	}
+	if opts.CacheBlocks <= 0 {
+		opts.CacheBlocks = 32
+	}
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = 256 << 20
+	}
+	if opts.Retries <= 0 {
+		opts.Retries = 3
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, errors.New("the image URL is not a valid http or https URL")
+	}
+	// Same redirect policy as imaging.Fetch: the job's headers (tokens)
+	// go to the image's origin only.
+	c := *opts.Client
+	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		return checkRangeRedirect(req, via, opts.Headers)
+	}
+	opts.Client = &c
+	h := &HTTPRangeReader{ctx: ctx, url: rawURL, opts: opts, size: -1}
+	if _, err := h.get(0); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// Size is the image's size, from the first answer's Content-Range.
+func (h *HTTPRangeReader) Size() int64 { return h.size }
+
+// Fetched is the number of bytes downloaded so far.
+func (h *HTTPRangeReader) Fetched() int64 { return h.fetched }
+
+// ReadAt reads from the cached blocks, fetching the missing ones.
+func (h *HTTPRangeReader) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("read at negative offset %d", off)
+	}
+	n := 0
+	for n < len(p) {
+		at := off + int64(n)
+		if at >= h.size {
+			return n, io.EOF
+		}
+		b, err := h.get(at / h.opts.BlockSize * h.opts.BlockSize)
+		if err != nil {
+			return n, err
+		}
+		n += copy(p[n:], b[at%h.opts.BlockSize:])
+	}
+	return n, nil
+}
+
+// get returns the block at off, from the cache or the server.
+func (h *HTTPRangeReader) get(off int64) ([]byte, error) {
+	for i, c := range h.cache {
+		if c.off == off {
+			h.cache = append(append(h.cache[:i:i], h.cache[i+1:]...), c)
+			return c.b, nil
+		}
+	}
+	n := h.opts.BlockSize
+	if h.size >= 0 {
+		n = min(n, h.size-off)
+	}
+	if h.fetched+n > h.opts.MaxBytes {
+		return nil, fmt.Errorf("%w (%d bytes)", ErrRangeBudget, h.opts.MaxBytes)
+	}
+	var b []byte
+	var err error
+	for attempt := 0; ; attempt++ {
+		b, err = h.fetch(off, n)
+		if err == nil || attempt+1 >= h.opts.Retries || !retryable(err) {
+			break
+		}
+		select {
+		case <-h.ctx.Done():
+			return nil, h.ctx.Err()
+		case <-time.After(time.Duration(attempt+1) * 200 * time.Millisecond):
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	h.fetched += int64(len(b))
+	if len(h.cache) >= h.opts.CacheBlocks {
+		h.cache = h.cache[1:]
+	}
+	h.cache = append(h.cache, alignedBlock{off: off, b: b})
+	return b, nil
+}
+
+// transientError is a failure a retry may fix.
+type transientError struct{ err error }
+
+func (e *transientError) Error() string { return e.err.Error() }
+func (e *transientError) Unwrap() error { return e.err }
+
+func retryable(err error) bool {
+	var t *transientError
+	return errors.As(err, &t)
+}
+
+// fetch asks for n bytes at off (n is a maximum while the size is unknown)
+// and checks the answer is exactly that range.
+func (h *HTTPRangeReader) fetch(off, n int64) ([]byte, error) {
+	req, err := http.NewRequestWithContext(h.ctx, http.MethodGet, h.url, nil)
+	if err != nil {
+		return nil, errors.New("the image URL is not valid")
+	}
+	for _, hd := range h.opts.Headers {
+		switch textproto.CanonicalMIMEHeaderKey(hd.Name) {
+		case "Range", "Accept-Encoding", "If-Range":
+			continue // ours
+		case "Host":
+			req.Host = hd.Value
+			continue
+		}
+		req.Header.Add(hd.Name, hd.Value)
+	}
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+n-1))
+	req.Header.Set("Accept-Encoding", "identity")
+	req.Header.Set("User-Agent", "byoi")
+	resp, err := h.opts.Client.Do(req)
+	if err != nil {
+		if ctxErr := h.ctx.Err(); ctxErr != nil {
+			return nil, ctxErr
+		}
+		return nil, &transientError{fmt.Errorf("range request: %w", stripURL(err))}
+	}
+	defer resp.Body.Close()
+	switch {
+	case (resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusRequestedRangeNotSatisfiable) && h.size < 0:
+		// 200: Range ignored (the body is not read: Close drops it); 416
+		// on the first block: an empty file. The full download handles
+		// both.
+		return nil, ErrNoRange
+	case resp.StatusCode >= 500:
+		return nil, &transientError{fmt.Errorf("range request at %d: HTTP %s", off, resp.Status)}
+	case resp.StatusCode != http.StatusPartialContent:
+		return nil, fmt.Errorf("range request at %d: HTTP %s", off, resp.Status)
+	}
+	start, end, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
+	if !ok || start != off || total <= 0 || end < start || end >= total {
+		if h.size < 0 {
+			return nil, ErrNoRange
+		}
+		return nil, fmt.Errorf("range request at %d: the answer's Content-Range %q is not the range asked for", off, resp.Header.Get("Content-Range"))
+	}
+	if h.size < 0 {
+		h.size = total
+		n = min(n, total-off)
+	}
+	if total != h.size || end != off+n-1 {
+		return nil, fmt.Errorf("range request at %d: the answer's Content-Range %q is not the range asked for (the image changed?)", off, resp.Header.Get("Content-Range"))
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(resp.Body, b); err != nil {
+		return nil, &transientError{fmt.Errorf("range request at %d: read: %w", off, stripURL(err))}
+	}
+	return b, nil
+}
+
+// checkRangeRedirect follows at most 10 redirects, only to http(s), and
+// removes the job's headers from a redirect to another origin (or an https
+// to http downgrade): Go's client would copy custom headers to any host.
+func checkRangeRedirect(req *http.Request, via []*http.Request, headers []imaging.Header) error {
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	if req.URL.Scheme != "http" && req.URL.Scheme != "https" {
+		return fmt.Errorf("redirect to scheme %q", req.URL.Scheme)
+	}
+	first := via[0].URL
+	same := !(first.Scheme == "https" && req.URL.Scheme != "https") &&
+		strings.EqualFold(first.Hostname(), req.URL.Hostname()) && effectivePort(first) == effectivePort(req.URL)
+	if !same {
+		for _, h := range headers {
+			name := textproto.CanonicalMIMEHeaderKey(h.Name)
+			if name == "Range" {
+				continue
+			}
+			req.Header.Del(name)
+			if name == "Host" {
+				req.Host = ""
+			}
+		}
+	}
+	return nil
+}
+
+func effectivePort(u *url.URL) string {
+	if p := u.Port(); p != "" {
+		return p
+	}
+	if u.Scheme == "https" {
+		return "443"
+	}
+	return "80"
+}
+
+// parseContentRange parses "bytes START-END/TOTAL" (RFC 9110 section
+// 14.4); an unknown total ("*") is not ok.
+func parseContentRange(s string) (start, end, total int64, ok bool) {
+	rest, found := strings.CutPrefix(s, "bytes ")
+	if !found {
+		return 0, 0, 0, false
+	}
+	rng, tot, found := strings.Cut(rest, "/")
+	if !found {
+		return 0, 0, 0, false
+	}
+	a, b, found := strings.Cut(rng, "-")
+	if !found {
+		return 0, 0, 0, false
+	}
+	var err1, err2, err3 error
+	start, err1 = strconv.ParseInt(a, 10, 64)
+	end, err2 = strconv.ParseInt(b, 10, 64)
+	total, err3 = strconv.ParseInt(tot, 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || start < 0 {
+		return 0, 0, 0, false
+	}
+	return start, end, total, true
+}
+
+// stripURL drops the URL net/http puts in its errors: it may carry a
+// token in its query or user info.
+func stripURL(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return fmt.Errorf("%s: %w", ue.Op, ue.Err)
+	}
+	return err
+}
