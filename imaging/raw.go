@@ -2,7 +2,6 @@ package imaging
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -98,15 +97,11 @@ func WriteRaw(ctx context.Context, src io.Reader, dst Target, opts RawOptions) (
 	// The head: read, check, hold back. Nothing is written before these
 	// checks pass.
 	head := make([]byte, HeadSize)
-	n, err := io.ReadFull(src, head)
-	head = head[:n]
-	short := false
-	switch {
-	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
-		short = true // the whole image fits in the head
-	case err != nil:
+	n, short, err := readFull(src, head) // short: the whole image fits in the head
+	if err != nil {
 		return res, err
 	}
+	head = head[:n]
 	if _, err := CheckFormat(string(FormatRaw), head); err != nil {
 		return res, err
 	}
@@ -247,9 +242,8 @@ func (w *rawWriter) stream(ctx context.Context, src io.Reader, off int64) (int64
 			case <-ctx.Done():
 				return
 			}
-			n, err := io.ReadFull(src, c.buf)
-			eof := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
-			if err != nil && !eof {
+			n, eof, err := readFull(src, c.buf)
+			if err != nil {
 				fail(err) // src's error, unchanged
 				return
 			}
@@ -346,4 +340,29 @@ func (w *rawWriter) write(ctx context.Context, p []byte, off int64) error {
 		p, off = p[n:], off+int64(n)
 	}
 	return nil
+}
+
+// readFull fills buf from r like io.ReadFull, but tells a clean end (r
+// returned io.EOF: eof) from an error. io.ReadFull turns an early io.EOF
+// into io.ErrUnexpectedEOF, which is also what a truncated HTTP body
+// returns: the two must not be confused, a truncated download is an error.
+func readFull(r io.Reader, buf []byte) (n int, eof bool, err error) {
+	empty := 0
+	for n < len(buf) {
+		k, err := r.Read(buf[n:])
+		n += k
+		switch {
+		case err == io.EOF:
+			return n, true, nil
+		case err != nil:
+			return n, false, err
+		case k == 0:
+			if empty++; empty >= 100 {
+				return n, false, io.ErrNoProgress
+			}
+		default:
+			empty = 0
+		}
+	}
+	return n, false, nil
 }

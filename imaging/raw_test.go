@@ -329,7 +329,7 @@ func TestWriteRawFailures(t *testing.T) {
 	errIO := errors.New("input/output error")
 	errSum := errors.New("Bad sha256 for downloaded file")
 	for _, loop := range []bool{false, true} {
-		for _, c := range []string{"checksum", "source", "cancel", "write", "overflow"} {
+		for _, c := range []string{"checksum", "source", "truncated", "cancel", "write", "overflow"} {
 			t.Run(fmt.Sprintf("loop=%v/%s", loop, c), func(t *testing.T) {
 				testutil.RequireCommand(t, "sfdisk", "blkid")
 				file := rawTestTarget(t, 8<<20)
@@ -355,6 +355,15 @@ func TestWriteRawFailures(t *testing.T) {
 					check = func(err error) {
 						if err != errSrc {
 							t.Errorf("error = %v, want the source error unchanged", err)
+						}
+					}
+				case "truncated":
+					// What a cut HTTP body returns: never a clean end.
+					src = &rawFailReader{r: src, n: 3<<20 + 100, err: io.ErrUnexpectedEOF}
+					opts.DeclaredSize = -1
+					check = func(err error) {
+						if err != io.ErrUnexpectedEOF {
+							t.Errorf("error = %v, want io.ErrUnexpectedEOF unchanged", err)
 						}
 					}
 				case "cancel":
@@ -442,6 +451,7 @@ func TestWriteRawRefusedUntouched(t *testing.T) {
 		{"zstd", zs.Bytes(), RawOptions{}, notRaw + "zstd"},
 		{"zeros", make([]byte, 3<<20), RawOptions{}, notRaw + "only zeros"},
 		{"nothing", nil, RawOptions{}, notRaw + "only zeros"},
+		{"truncated head", nil, RawOptions{}, io.ErrUnexpectedEOF.Error()},
 		{"text", bytes.Repeat([]byte("not a disk\n"), 1000), RawOptions{}, notRaw + "unknown data"},
 	}
 	dir := t.TempDir()
@@ -469,6 +479,9 @@ func TestWriteRawRefusedUntouched(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			src := &rawCountReader{r: bytes.NewReader(c.img)}
+			if c.name == "truncated head" {
+				src.r = &rawFailReader{r: bytes.NewReader(img), n: 1000, err: io.ErrUnexpectedEOF}
+			}
 			c.opts.Hash = sha256.New()
 			c.opts.Verify = func() error { t.Error("Verify called"); return nil }
 			_, err := WriteRaw(t.Context(), src, dst, c.opts)
