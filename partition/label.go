@@ -51,6 +51,9 @@ func FindByLabel(d Disk, label string) (p Partition, found bool, err error) {
 
 // fsLabel reads the ISO 9660 or FAT label of the filesystem in p, or "".
 func fsLabel(d Disk, p Partition) (string, error) {
+	if p.Start < 0 || p.Size <= 0 || p.Start >= d.Size() {
+		return "", nil // a broken entry (Read reported it): no filesystem to look at
+	}
 	end := min(p.Start+p.Size, d.Size())
 	if p.Start+isoPVDOffset+2048 <= end {
 		pvd := make([]byte, 2048)
