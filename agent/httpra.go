@@ -48,6 +48,9 @@ type HTTPRangeOptions struct {
 	MaxBytes int64
 	// Retries on connection errors and 5xx answers (default 3).
 	Retries int
+	// RequestTimeout bounds one block's request, body included (default
+	// 60 s): a server that stalls mid-body does not hang the inspection.
+	RequestTimeout time.Duration
 }
 
 // HTTPRangeReader is an io.ReaderAt over an HTTP(S) URL, one Range request
@@ -86,6 +89,9 @@ func OpenHTTPRange(ctx context.Context, rawURL string, opts HTTPRangeOptions) (*
 	}
 	if opts.Retries <= 0 {
 		opts.Retries = 3
+	}
+	if opts.RequestTimeout <= 0 {
+		opts.RequestTimeout = 60 * time.Second
 	}
 	u, err := url.Parse(rawURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -184,7 +190,9 @@ func retryable(err error) bool {
 // fetch asks for n bytes at off (n is a maximum while the size is unknown)
 // and checks the answer is exactly that range.
 func (h *HTTPRangeReader) fetch(off, n int64) ([]byte, error) {
-	req, err := http.NewRequestWithContext(h.ctx, http.MethodGet, h.url, nil)
+	ctx, cancel := context.WithTimeout(h.ctx, h.opts.RequestTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.url, nil)
 	if err != nil {
 		return nil, errors.New("the image URL is not valid")
 	}
