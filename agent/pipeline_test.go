@@ -1,0 +1,392 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/md5"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
+	"hash"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/byoi/byoi/blockdev"
+	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/internal/testimage"
+	"github.com/byoi/byoi/internal/testutil"
+)
+
+const mib = 1 << 20
+
+// testImage builds a raw GPT image of size bytes with two filled partitions.
+func testImage(t testing.TB, size, sectorSize int64) []byte {
+	t.Helper()
+	end := size - 2*mib
+	img, err := testimage.GPT(size, sectorSize, []testimage.Part{
+		{Name: "EFI system", Type: testimage.TypeESP, Start: 1 * mib, Size: 4 * mib, Fill: testimage.FillMixed},
+		{Name: "root", Type: testimage.TypeLinux, Start: 5 * mib, Size: end - 5*mib, Fill: testimage.FillMixed},
+	}, uint64(size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// serve serves data at /img on 127.0.0.1 and counts the requests.
+func serve(t testing.TB, data []byte, wantHeader string) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if wantHeader != "" && r.Header.Get("X-Token") != wantHeader {
+			http.Error(w, "forbidden", http.StatusForbidden)
+			return
+		}
+		if r.URL.Path != "/img" {
+			http.NotFound(w, r)
+			return
+		}
+		http.ServeContent(w, r, "img", time.Time{}, bytes.NewReader(data))
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL + "/img"
+}
+
+// recorder collects events and log output for secret checks.
+type recorder struct {
+	mu     sync.Mutex
+	events []Event
+	log    bytes.Buffer
+}
+
+func (r *recorder) report(e Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, e)
+}
+
+func (r *recorder) deployer() *Deployer {
+	return &Deployer{
+		Logger: slog.New(slog.NewTextHandler(&lockedWriter{mu: &r.mu, w: &r.log}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Report: r.report,
+		Fetch:  imaging.FetchOptions{ConnectTimeout: 5 * time.Second, StallTimeout: 5 * time.Second, MaxRetries: 1, RetryBase: 10 * time.Millisecond},
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func (r *recorder) all() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var b strings.Builder
+	b.Write(r.log.Bytes())
+	for _, e := range r.events {
+		b.WriteString(e.Step + " " + e.Status + " " + e.Message + "\n")
+	}
+	return b.String()
+}
+
+func openFile(t testing.TB, path string) *blockdev.Device {
+	t.Helper()
+	d, err := blockdev.Open(path, blockdev.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+func sumHex(h hash.Hash, b []byte) string {
+	h.Write(b)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// oldSystemDisk makes a sparse target that holds a previous system: a GPT
+// at both ends and non-zero data.
+func oldSystemDisk(t testing.TB, size int64) string {
+	t.Helper()
+	old, err := testimage.GPT(size, 512, []testimage.Part{
+		{Name: "old", Type: testimage.TypeLinux, Start: 1 * mib, Size: size - 3*mib, Fill: testimage.FillMixed},
+	}, 99)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(p, old, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// assertNoTable checks with independent tools that the target has no
+// partition table at all.
+func assertNoTable(t *testing.T, path string) {
+	t.Helper()
+	testutil.RequireCommand(t, "sfdisk", "blkid")
+	out, errOut, _ := testutil.RunErr("sfdisk", "-l", path)
+	if strings.Contains(out, "Disklabel type") {
+		t.Errorf("sfdisk still finds a partition table:\n%s%s", out, errOut)
+	}
+	out, _, err := testutil.RunErr("blkid", "-p", path)
+	if err == nil || strings.TrimSpace(out) != "" {
+		t.Errorf("blkid -p still finds something: %q (err %v)", out, err)
+	}
+}
+
+func TestDeployRawAllChecksumsByteIdentical(t *testing.T) {
+	img := testImage(t, 24*mib, 512)
+	url := serve(t, img, "")
+	for _, c := range []struct {
+		typ string
+		h   hash.Hash
+	}{{"md5", md5.New()}, {"sha1", sha1.New()}, {"sha256", sha256.New()}, {"sha512", sha512.New()}} {
+		t.Run(c.typ, func(t *testing.T) {
+			// A target of exactly the image size: relocation has nothing to
+			// move, so the disk must be byte-identical to the image.
+			path := oldSystemDisk(t, int64(len(img)))
+			disk := openFile(t, path)
+			rec := &recorder{}
+			job := &Job{ImageURL: url, ImageType: "raw", Checksum: strings.ToUpper(sumHex(c.h, img)), ChecksumType: c.typ, DiskGroupID: 1}
+			res, err := rec.deployer().Deploy(context.Background(), job, disk)
+			if err != nil {
+				t.Fatalf("deploy: %v", err)
+			}
+			if res.ImageBytes != int64(len(img)) {
+				t.Errorf("ImageBytes %d, want %d", res.ImageBytes, len(img))
+			}
+			testutil.Run(t, "cmp", path, writeTemp(t, img))
+			last := rec.events[len(rec.events)-1]
+			if last.Status != StatusDone {
+				t.Errorf("last event %+v, want done", last)
+			}
+		})
+	}
+}
+
+func writeTemp(t testing.TB, b []byte) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "src.img")
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestDeployRawLargerDiskRelocatesGPT(t *testing.T) {
+	testutil.RequireCommand(t, "sgdisk", "cmp")
+	img := testImage(t, 24*mib, 512)
+	url := serve(t, img, "")
+	path := oldSystemDisk(t, 64*mib)
+	disk := openFile(t, path)
+	h := sha256.New()
+	job := &Job{ImageURL: url, ImageType: "raw", Checksum: sumHex(h, img), ChecksumType: "sha256", DiskGroupID: 1}
+	if _, err := (&recorder{}).deployer().Deploy(context.Background(), job, disk); err != nil {
+		t.Fatal(err)
+	}
+	out := testutil.Run(t, "sgdisk", "-v", path)
+	if !strings.Contains(out, "No problems found") {
+		t.Fatalf("sgdisk -v: %s", out)
+	}
+	// Everything between the primary GPT and the image's old backup GPT is
+	// the image, byte for byte.
+	src := writeTemp(t, img)
+	n := len(img) - 2*mib
+	testutil.Run(t, "cmp", "-n", itoa(int64(n)), "-i", itoa(mib), path, src)
+	// The old system's data past the image was cleared from the last MiB.
+	tail := make([]byte, mib-64*1024)
+	if _, err := disk.ReadAt(tail, 63*mib); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Count(tail, []byte{0}) != len(tail) {
+		t.Error("old data remains in the last MiB of the disk")
+	}
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+func TestDeployChecksumMismatchLeavesNoTable(t *testing.T) {
+	img := testImage(t, 24*mib, 512)
+	url := serve(t, img, "")
+	path := oldSystemDisk(t, 64*mib)
+	disk := openFile(t, path)
+	want := strings.Repeat("ab", 32)
+	job := &Job{ImageURL: url, ImageType: "raw", Checksum: want, ChecksumType: "sha256", DiskGroupID: 1}
+	rec := &recorder{}
+	_, err := rec.deployer().Deploy(context.Background(), job, disk)
+	if err == nil {
+		t.Fatal("deploy with a wrong checksum succeeded")
+	}
+	got := sumHex(sha256.New(), img)
+	msg := "Bad sha256 for downloaded file, got : " + got + " while expecting " + want + "."
+	if UserMessage(err) != msg {
+		t.Errorf("message %q, want %q", UserMessage(err), msg)
+	}
+	last := rec.events[len(rec.events)-1]
+	if last.Status != StatusError || last.Message != msg {
+		t.Errorf("last event %+v", last)
+	}
+	assertNoTable(t, path)
+}
+
+func TestDeploySecretsNeverShown(t *testing.T) {
+	const secret = "SECRET-TOKEN-4f9a"
+	const userSecret = "USERDATA-SECRET-77"
+	img := testImage(t, 16*mib, 512)
+	url := serve(t, img, secret)
+	for _, tc := range []struct {
+		name  string
+		url   string
+		token string
+		ok    bool
+	}{
+		{"success", url, secret, true},
+		{"forbidden", url, "wrong-" + secret, false},
+		{"not found", strings.TrimSuffix(url, "/img") + "/nothing?sig=" + secret, secret, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := oldSystemDisk(t, 32*mib)
+			disk := openFile(t, path)
+			job := &Job{ImageURL: tc.url, ImageType: "raw", DiskGroupID: 1,
+				Headers:     []imaging.Header{{Name: "X-Token", Value: tc.token}},
+				ConfigDrive: &ConfigDrive{Hostname: "web1", UserData: []byte("#!/bin/sh\necho " + userSecret)}}
+			rec := &recorder{}
+			_, err := rec.deployer().Deploy(context.Background(), job, disk)
+			if tc.ok != (err == nil) {
+				t.Fatalf("err = %v", err)
+			}
+			all := rec.all()
+			if err != nil {
+				all += err.Error() + UserMessage(err)
+				if !strings.HasPrefix(UserMessage(err), "Could not download image located : ") {
+					t.Errorf("message %q", UserMessage(err))
+				}
+			}
+			for _, s := range []string{secret, userSecret} {
+				if strings.Contains(all, s) {
+					t.Errorf("secret %q shown:\n%s", s, all)
+				}
+			}
+		})
+	}
+}
+
+func TestDeployRefusesWrongFormatBeforeWriting(t *testing.T) {
+	img := testImage(t, 16*mib, 512)
+	qcow := append([]byte("QFI\xfb\x00\x00\x00\x03"), make([]byte, 1<<16)...)
+	for _, tc := range []struct {
+		name, typ string
+		data      []byte
+		msg       string
+	}{
+		{"qcow2 declared raw", "raw", qcow, "image provided format is qcow2 which does not match expected raw format"},
+		{"raw declared qcow2", "qcow2", img, "image provided format is raw which does not match expected qcow2 format"},
+		{"no table", "raw", bytes.Repeat([]byte{0x1f, 0x8b, 8, 0}, 1<<16), "image provided format is not of type raw because no partition table was found. It seems to contain: gzip"},
+		{"too big", "raw", testImage(t, 48*mib, 512), "image provided has a size of 50331648 bytes which is larger than "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := oldSystemDisk(t, 32*mib)
+			before, _ := os.ReadFile(path)
+			disk := openFile(t, path)
+			job := &Job{ImageURL: serve(t, tc.data, ""), ImageType: tc.typ, DiskGroupID: 1}
+			_, err := (&recorder{}).deployer().Deploy(context.Background(), job, disk)
+			if err == nil || !strings.HasPrefix(UserMessage(err), tc.msg) {
+				t.Fatalf("err %v, want %q", err, tc.msg)
+			}
+			after, _ := os.ReadFile(path)
+			if !bytes.Equal(before, after) {
+				t.Error("the target changed")
+			}
+		})
+	}
+}
+
+type fakeRebooter struct{ called int }
+
+func (f *fakeRebooter) Reboot(context.Context) error { f.called++; return nil }
+
+func TestFinishReboots(t *testing.T) {
+	f := &fakeRebooter{}
+	if err := (&Deployer{Rebooter: f}).Finish(context.Background()); err != nil || f.called != 1 {
+		t.Fatalf("called %d, err %v", f.called, err)
+	}
+	if err := (&Deployer{}).Finish(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDeployLoopDevices deploys onto loop devices with 512 and 4096-byte
+// logical sectors (with a matching image), and refuses a 512 image on the
+// 4096 device before any byte changes.
+func TestDeployLoopDevices(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, ss := range []int64{512, 4096} {
+		t.Run(itoa(ss), func(t *testing.T) {
+			img := testImage(t, 24*mib, ss)
+			url := serve(t, img, "")
+			file := oldSystemDisk(t, 64*mib)
+			dev := testutil.LoopDevice(t, file, int(ss))
+			disk, err := blockdev.Open(dev, blockdev.OpenOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer disk.Close()
+			if disk.SectorSize() != ss {
+				t.Fatalf("sector size %d", disk.SectorSize())
+			}
+			job := &Job{ImageURL: url, ImageType: "raw", Checksum: sumHex(sha256.New(), img), ChecksumType: "sha256", DiskGroupID: 1,
+				ConfigDrive: &ConfigDrive{Hostname: "loop"}}
+			res, err := (&recorder{}).deployer().Deploy(context.Background(), job, disk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.ConfigDrive == nil {
+				t.Fatal("no ConfigDrive partition")
+			}
+			got := make([]byte, len(img)-3*mib)
+			if _, err := disk.ReadAt(got, mib); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, img[mib:len(img)-2*mib]) {
+				t.Error("loop device content differs from the image")
+			}
+		})
+	}
+	t.Run("512 image on 4096 disk", func(t *testing.T) {
+		img := testImage(t, 24*mib, 512)
+		file := oldSystemDisk(t, 64*mib)
+		before, _ := os.ReadFile(file)
+		dev := testutil.LoopDevice(t, file, 4096)
+		disk, err := blockdev.Open(dev, blockdev.OpenOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer disk.Close()
+		job := &Job{ImageURL: serve(t, img, ""), ImageType: "raw", DiskGroupID: 1}
+		_, err = (&recorder{}).deployer().Deploy(context.Background(), job, disk)
+		if err == nil || UserMessage(err) != "image sector size 512 does not match disk sector size 4096" {
+			t.Fatalf("err %v", err)
+		}
+		disk.Close()
+		after, _ := os.ReadFile(file)
+		if sha256.Sum256(before) != sha256.Sum256(after) {
+			t.Error("the device changed")
+		}
+	})
+}

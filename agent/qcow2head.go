@@ -1,0 +1,27 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/byoi/byoi/imaging"
+	"github.com/lima-vm/go-qcow2reader/image/qcow2"
+)
+
+// readQcow2Head reads the first MiB of the virtual disk of a staged qcow2
+// that imaging.CheckQcow2 already accepted (no backing file: the opener
+// passed to qcow2.Open refuses to open anything), so the sector size of its
+// partition table can be checked before the disk is touched.
+func readQcow2Head(src io.ReaderAt, info *imaging.Qcow2Info) ([]byte, error) {
+	img, err := qcow2.Open(src, nil)
+	if err != nil {
+		return nil, fmt.Errorf("open qcow2: %w", err)
+	}
+	defer img.Close()
+	head := make([]byte, min(int64(imaging.HeadSize), info.VirtualSize))
+	if _, err := img.ReadAt(head, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("read qcow2 head: %w", err)
+	}
+	return head, nil
+}

@@ -1,0 +1,262 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/byoi/byoi/agent"
+	"github.com/byoi/byoi/blockdev"
+	"github.com/byoi/byoi/imaging"
+)
+
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ", ") }
+func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
+
+type deployFlags struct {
+	job, disk                          string
+	diskGroup                          int
+	url, typ, checksum, checksumType   string
+	headers, meta                      stringList
+	hostname, sshKey, userDataFile     string
+	caCert                             string
+	connectTimeout, stallTimeout       time.Duration
+	retries                            int
+	memoryReserve                      int64
+	stagingDir                         string
+	sectorSize                         int64
+	jsonOut, verbose, reboot, progress bool
+}
+
+func cmdDeploy(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	var f deployFlags
+	fs := flag.NewFlagSet("deploy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.job, "job", "", "job spec `file` in either OVH shape (- for stdin)")
+	fs.StringVar(&f.disk, "disk", "", "target `path`: a block device or an existing regular file")
+	fs.IntVar(&f.diskGroup, "disk-group", -1, "deploy to the first disk of disk group `N` (0 = 1); overrides the job's diskGroupId")
+	fs.StringVar(&f.url, "url", "", "image URL (http or https)")
+	fs.StringVar(&f.typ, "type", "", "image type: qcow2 or raw")
+	fs.StringVar(&f.checksum, "checksum", "", "expected checksum (hex)")
+	fs.StringVar(&f.checksumType, "checksum-type", "", "checksum type: md5, sha1, sha256, sha512")
+	fs.Var(&f.headers, "header", "HTTP header 'Name: value' sent with the download (repeatable; the value is never shown)")
+	fs.StringVar(&f.hostname, "hostname", "", "ConfigDrive hostname")
+	fs.StringVar(&f.sshKey, "ssh-key", "", "ConfigDrive SSH public key line")
+	fs.StringVar(&f.userDataFile, "user-data", "", "ConfigDrive user data `file`")
+	fs.Var(&f.meta, "meta", "ConfigDrive metadata 'key=value' (repeatable)")
+	fs.StringVar(&f.caCert, "ca-cert", "", "PEM `file` of extra CA certificates for HTTPS")
+	fs.DurationVar(&f.connectTimeout, "connect-timeout", 30*time.Second, "connect and response-header timeout")
+	fs.DurationVar(&f.stallTimeout, "stall-timeout", 60*time.Second, "a transfer that delivers nothing for this long is resumed")
+	fs.IntVar(&f.retries, "retries", 8, "download retries on connection errors, 408, 429, 5xx")
+	fs.Int64Var(&f.memoryReserve, "memory-reserve", 1<<30, "qcow2 staging: `bytes` of memory to keep free")
+	fs.StringVar(&f.stagingDir, "staging-dir", "", "qcow2 staging: a `directory` to use when memory and the disk tail do not fit")
+	fs.Int64Var(&f.sectorSize, "sector-size", 0, "logical sector size of a regular-file target (512 or 4096)")
+	fs.BoolVar(&f.jsonOut, "json", false, "print one JSON status event per line on stdout")
+	fs.BoolVar(&f.verbose, "v", false, "verbose log on stderr")
+	fs.BoolVar(&f.reboot, "reboot", false, "reboot into the disk when done (rescue use)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	job, err := buildJob(&f, stdin)
+	if err != nil {
+		return err
+	}
+	if f.diskGroup >= 0 {
+		job.DiskGroupID = max(f.diskGroup, 1)
+	}
+	if f.disk != "" && f.diskGroup >= 0 {
+		return usagef("--disk and --disk-group are exclusive")
+	}
+
+	log := newLogger(stderr, f.verbose)
+	rep := newRenderer(stdout, stderr, f.jsonOut)
+	defer rep.close()
+
+	fo := imaging.FetchOptions{ConnectTimeout: f.connectTimeout, StallTimeout: f.stallTimeout, MaxRetries: f.retries}
+	if f.caCert != "" {
+		if fo.CACertPEM, err = os.ReadFile(f.caCert); err != nil {
+			return fmt.Errorf("--ca-cert: %w", err)
+		}
+	}
+	path := f.disk
+	if path == "" {
+		sys := blockdev.System{}
+		d, err := selectDisk(sys, job.DiskGroupID)
+		if err != nil {
+			return err
+		}
+		path = d.Path
+		log.Info("selected disk", "group", job.DiskGroupID, "disk", path)
+	}
+	disk, err := openTarget(path, f.sectorSize)
+	if err != nil {
+		return err
+	}
+	defer disk.Close()
+	if disk.IsBlockDevice() && job.ConfigDrive != nil {
+		// cloud-init takes the first config-2 it finds: a stale one on
+		// another disk could win over ours.
+		if others, err := (blockdev.System{}).FindConfigDriveLabels(path); err == nil {
+			for _, o := range others {
+				msg := fmt.Sprintf("warning: %s also carries a filesystem labelled config-2; cloud-init may read it instead of the new ConfigDrive", o)
+				log.Warn(msg)
+				rep.event(agent.Event{Status: agent.StatusDoing, Step: agent.StepPreflight, Message: msg})
+			}
+		}
+	}
+
+	d := &agent.Deployer{
+		Fetch:         fo,
+		MemoryReserve: f.memoryReserve,
+		StagingDir:    f.stagingDir,
+		Logger:        log,
+		Report:        rep.event,
+	}
+	if f.reboot {
+		d.Rebooter = agent.SystemRebooter{}
+	}
+	res, err := d.Deploy(ctx, job, disk)
+	if err != nil {
+		return err
+	}
+	if err := disk.Close(); err != nil {
+		return err
+	}
+	if !f.jsonOut {
+		printResult(stdout, path, res)
+	}
+	return d.Finish(ctx)
+}
+
+// buildJob reads --job or assembles a job from the flags, then validates.
+func buildJob(f *deployFlags, stdin io.Reader) (*agent.Job, error) {
+	fromFlags := f.url != "" || f.typ != "" || f.checksum != "" || f.checksumType != "" || len(f.headers) > 0 ||
+		f.hostname != "" || f.sshKey != "" || f.userDataFile != "" || len(f.meta) > 0
+	if f.job != "" {
+		if fromFlags {
+			return nil, usagef("--job cannot be combined with --url, --type, --checksum, --header or ConfigDrive flags")
+		}
+		var data []byte
+		var err error
+		if f.job == "-" {
+			data, err = io.ReadAll(io.LimitReader(stdin, 64<<20))
+		} else {
+			data, err = os.ReadFile(f.job)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read job: %w", err)
+		}
+		return agent.ParseJob(data)
+	}
+	if f.url == "" {
+		return nil, usagef("give --job FILE, or --url and --type")
+	}
+	job := &agent.Job{
+		ImageURL:     f.url,
+		ImageType:    f.typ,
+		Checksum:     strings.ToLower(f.checksum),
+		ChecksumType: f.checksumType,
+		DiskGroupID:  1,
+	}
+	for _, h := range f.headers {
+		hdr, err := agent.ParseHeaderFlag(h)
+		if err != nil {
+			return nil, err
+		}
+		job.Headers = append(job.Headers, hdr)
+	}
+	if f.hostname != "" || f.sshKey != "" || f.userDataFile != "" || len(f.meta) > 0 {
+		cd := &agent.ConfigDrive{Hostname: f.hostname, SSHKey: f.sshKey}
+		if f.userDataFile != "" {
+			b, err := os.ReadFile(f.userDataFile)
+			if err != nil {
+				return nil, fmt.Errorf("--user-data: %w", err)
+			}
+			cd.UserData = b
+		}
+		for _, kv := range f.meta {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok {
+				return nil, usagef("--meta wants key=value, got %q", kv)
+			}
+			if cd.Metadata == nil {
+				cd.Metadata = map[string]string{}
+			}
+			cd.Metadata[k] = v
+		}
+		job.ConfigDrive = cd
+	}
+	job.Normalize()
+	if err := job.Validate(); err != nil {
+		return nil, err
+	}
+	return job, nil
+}
+
+// selectDisk picks the first disk of the group from the machine's inventory.
+func selectDisk(sys blockdev.System, group int) (blockdev.Disk, error) {
+	disks, err := sys.Disks(blockdev.ScanOptions{})
+	if err != nil {
+		return blockdev.Disk{}, fmt.Errorf("list disks: %w", err)
+	}
+	return blockdev.SelectDisk(blockdev.MakeGroups(disks), group)
+}
+
+// openTarget refuses a block device the running system uses, then opens it
+// (O_EXCL) and locks it for the whole job. A regular file is opened as is.
+func openTarget(path string, sectorSize int64) (*blockdev.Device, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("target: %w", err)
+	}
+	if st.Mode()&os.ModeDevice != 0 {
+		reason, err := blockdev.System{}.InUseByPath(path)
+		if err != nil {
+			return nil, fmt.Errorf("check whether %s is in use: %w", path, err)
+		}
+		if reason != "" {
+			return nil, fmt.Errorf("refusing %s: %s", path, reason)
+		}
+	}
+	d, err := blockdev.Open(path, blockdev.OpenOptions{SectorSize: sectorSize})
+	if err != nil {
+		return nil, err
+	}
+	if err := d.Lock(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func printResult(w io.Writer, path string, res *agent.Result) {
+	fmt.Fprintf(w, "deployed %s image (%d bytes downloaded, %d bytes on disk) onto %s in %s\n",
+		res.Format, res.ImageBytes, res.DiskBytes, path, res.Elapsed.Round(10*time.Millisecond))
+	if res.Checksum != "" {
+		fmt.Fprintf(w, "checksum verified: %s\n", res.Checksum)
+	}
+	if res.Staged != "" {
+		fmt.Fprintf(w, "qcow2 staged in %s\n", res.Staged)
+	}
+	if res.Table != nil {
+		printTable(w, res.Table)
+	}
+	if res.ConfigDrive != nil {
+		fmt.Fprintf(w, "ConfigDrive: partition %d (config-2), %d bytes at offset %d\n",
+			res.ConfigDrive.Number, res.ConfigDrive.Size, res.ConfigDrive.Start)
+	}
+	for _, n := range res.Notes {
+		fmt.Fprintf(w, "note: %s\n", n)
+	}
+}
+
+func userMessage(err error) string { return agent.UserMessage(err) }

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/md5"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/byoi/byoi/agent"
+	"github.com/byoi/byoi/internal/testutil"
+)
+
+func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var so, se bytes.Buffer
+	code = run(context.Background(), args, strings.NewReader(""), &so, &se)
+	return code, so.String(), se.String()
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return lines[len(lines)-1]
+}
+
+func TestDemo(t *testing.T) {
+	testutil.RequireCommand(t, "sgdisk", "blkid")
+	disk := filepath.Join(t.TempDir(), "demo.img")
+	code, out, errOut := runCLI(t, "demo", "--disk", disk)
+	if code != 0 {
+		t.Fatalf("demo exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	for _, want := range []string{"checksum verified", "partition table: gpt", "EFI system", "root", "config-2", "ConfigDrive"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	if v := testutil.Run(t, "sgdisk", "-v", disk); !strings.Contains(v, "No problems found") {
+		t.Errorf("sgdisk -v on the demo disk: %s", v)
+	}
+}
+
+func serveBytes(t *testing.T, data []byte) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "img", time.Time{}, bytes.NewReader(data))
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL + "/img"
+}
+
+func sparse(t *testing.T, size int64) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "disk.img")
+	if err := createSparse(p, size); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestDeployJSONEventsAndJobFile(t *testing.T) {
+	img, err := demoImage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(img)
+	url := serveBytes(t, img)
+	job := filepath.Join(t.TempDir(), "job.json")
+	body := `{"operatingSystem":"byoi_64","customizations":{"imageURL":"` + url + `","imageType":"raw",` +
+		`"imageCheckSum":"` + hex.EncodeToString(sum[:]) + `","imageCheckSumType":"sha256","hostname":"web1"}}`
+	if err := os.WriteFile(job, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runCLI(t, "deploy", "--json", "--job", job, "--disk", sparse(t, 128<<20))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var events []agent.Event
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var e agent.Event
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("not a JSON event: %q: %v", line, err)
+		}
+		events = append(events, e)
+	}
+	if len(events) < 3 {
+		t.Fatalf("only %d events", len(events))
+	}
+	if last := events[len(events)-1]; last.Status != "done" {
+		t.Errorf("last event %+v", last)
+	}
+	sawBytes := false
+	for _, e := range events {
+		if e.Step == "write" && e.BytesDone > 0 && e.BytesTotal == int64(len(img)) {
+			sawBytes = true
+		}
+	}
+	if !sawBytes {
+		t.Error("no progress event with bytes for the write step")
+	}
+}
+
+func TestDeployFailureMessageIsLastLine(t *testing.T) {
+	img, err := demoImage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := serveBytes(t, img)
+	const secret = "HDR-SECRET-93"
+	code, out, errOut := runCLI(t, "deploy", "--url", url, "--type", "raw", "--checksum", strings.Repeat("0", 32),
+		"--checksum-type", "md5", "--header", "X-Auth: "+secret, "--disk", sparse(t, 128<<20))
+	if code == 0 {
+		t.Fatal("a wrong checksum exited 0")
+	}
+	sum := md5sum(img)
+	want := "Bad md5 for downloaded file, got : " + sum + " while expecting " + strings.Repeat("0", 32) + "."
+	if lastLine(errOut) != want {
+		t.Errorf("last stderr line %q, want %q", lastLine(errOut), want)
+	}
+	if strings.Contains(out+errOut, secret) {
+		t.Error("header value shown")
+	}
+}
+
+func TestDeployUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"deploy"},
+		{"deploy", "--job", "x.json", "--url", "http://127.0.0.1/x"},
+		{"nope"},
+	} {
+		if code, _, _ := runCLI(t, args...); code != 2 {
+			t.Errorf("%v: exit %d, want 2", args, code)
+		}
+	}
+	code, _, errOut := runCLI(t, "deploy", "--url", "ftp://x/y", "--type", "raw", "--disk", sparse(t, 1<<20))
+	if code != 1 || !strings.Contains(lastLine(errOut), "http") {
+		t.Errorf("ftp URL: exit %d, %q", code, errOut)
+	}
+	code, _, errOut = runCLI(t, "deploy", "--url", "http://127.0.0.1/x", "--type", "ova", "--disk", sparse(t, 1<<20))
+	if code != 1 || lastLine(errOut) != "Bad format image, expected : qcow2, raw." {
+		t.Errorf("ova: exit %d, %q", code, errOut)
+	}
+}
+
+// TestStaticBinary builds the rescue binary as CI and users do and checks
+// it is statically linked.
+func TestStaticBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	testutil.RequireCommand(t, "file")
+	bin := filepath.Join(t.TempDir(), "byoi")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	out := testutil.Run(t, "file", bin)
+	if !strings.Contains(out, "statically linked") {
+		t.Errorf("not static: %s", out)
+	}
+}
+
+func md5sum(b []byte) string {
+	h := md5.Sum(b)
+	return hex.EncodeToString(h[:])
+}
