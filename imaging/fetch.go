@@ -139,6 +139,7 @@ var (
 var (
 	errConnectTimeout = errors.New("no response headers within the connect timeout")
 	errClosed         = errors.New("stream closed")
+	errComplete       = errors.New("nothing left to download")
 )
 
 // retryable marks an error that another attempt may fix.
@@ -515,6 +516,13 @@ func (s *Stream) checkResponse(resp *http.Response, off int64) error {
 		resp.StatusCode >= 500 && resp.StatusCode <= 599:
 		return &retryable{err: statusError(resp), retryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())}
 	case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable:
+		// "bytes */N" with N the offset reached: a body of unknown length
+		// broke after its last byte; nothing is missing.
+		if tot, ok := strings.CutPrefix(resp.Header.Get("Content-Range"), "bytes */"); ok && off > 0 && s.size.Load() < 0 {
+			if n, err := strconv.ParseInt(tot, 10, 64); err == nil && n == off {
+				return errComplete
+			}
+		}
 		return fmt.Errorf("%w: %w", ErrResumeRefused, statusError(resp))
 	}
 	return statusError(resp)
@@ -634,7 +642,10 @@ func (s *Stream) Read(p []byte) (int, error) {
 	}
 	for {
 		if s.body == nil {
-			if err := s.connect(); err != nil {
+			if err := s.connect(); errors.Is(err, errComplete) {
+				s.complete()
+				return 0, io.EOF
+			} else if err != nil {
 				s.fail(err)
 				return 0, s.err
 			}
@@ -654,10 +665,10 @@ func (s *Stream) Read(p []byte) (int, error) {
 			s.fail(fmt.Errorf("the server sent more than the %d bytes announced", size))
 			return n, nil // the error comes with the next Read
 		}
-		if err == io.EOF && (size < 0 || off == size) && s.actx.Err() == nil {
-			s.closeBody()
-			s.err = io.EOF
-			s.log.Info("download complete", "url", s.redacted, "bytes", off, "retries", s.retries.Load())
+		// Every announced byte arrived (whatever went wrong after the last
+		// one), or a body of unknown length ended cleanly.
+		if (size >= 0 && off == size) || (size < 0 && err == io.EOF && s.actx.Err() == nil) {
+			s.complete()
 			return n, nil // io.EOF comes with the next Read
 		}
 		cause := s.bodyError(err, off, size)
@@ -694,6 +705,15 @@ func (s *Stream) bodyError(err error, off, size int64) error {
 		return &retryable{err: fmt.Errorf("%w at byte %d", ErrTruncated, off)}
 	}
 	return &retryable{err: fmt.Errorf("%w at byte %d: %w", ErrTruncated, off, err)}
+}
+
+// complete records the end of the image.
+func (s *Stream) complete() {
+	s.closeBody()
+	s.closeIdle()
+	s.err = io.EOF
+	s.size.CompareAndSwap(-1, s.offset.Load())
+	s.log.Info("download complete", "url", s.redacted, "bytes", s.offset.Load(), "retries", s.retries.Load())
 }
 
 // fail records the final error of the stream.
