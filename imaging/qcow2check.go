@@ -381,6 +381,10 @@ func q2CheckTables(r io.ReaderAt, fileSize int64, info *Qcow2Info) error {
 	entries := cs / es
 	subcs := cs / 32
 	x := 62 - (int(info.ClusterBits) - 8) // compressed descriptor: offset bits
+	// Each L2 table may be used once by the active L1 table (qemu-img check
+	// reports a refcount error otherwise): this also bounds the scan by the
+	// file size, whatever the L1 table says.
+	seen := make([]uint64, fileSize/cs/64+1)
 	for i := int64(0); i < int64(info.L1Size); i++ {
 		l2Off := int64(be.Uint64(l1[i*8:]) & qcow2L1OffsetMask)
 		if l2Off == 0 {
@@ -391,6 +395,11 @@ func q2CheckTables(r io.ReaderAt, fileSize int64, info *Qcow2Info) error {
 		}
 		if l2Off >= fileSize || cs > fileSize-l2Off {
 			return q2Refuse("L2 table at %#x (L1 entry %d) lies past the end of the file (%d bytes): the image is truncated or corrupt", l2Off, i, fileSize)
+		}
+		if k := l2Off / cs; seen[k/64]&(1<<(k%64)) != 0 {
+			return q2Refuse("L2 table at %#x is used twice by the L1 table", l2Off)
+		} else {
+			seen[k/64] |= 1 << (k % 64)
 		}
 		if err := q2ReadFull(r, l2, l2Off); err != nil {
 			return fmt.Errorf("read qcow2 L2 table at %#x: %w", l2Off, err)

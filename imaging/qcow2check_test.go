@@ -84,8 +84,12 @@ func TestQcow2Hostile(t *testing.T) {
 	patch := func(f func(b []byte) []byte) []byte {
 		return f(bytes.Clone(base))
 	}
-	put32 := func(off int, v uint32) []byte { return patch(func(b []byte) []byte { be.PutUint32(b[off:], v); return b }) }
-	put64 := func(off int, v uint64) []byte { return patch(func(b []byte) []byte { be.PutUint64(b[off:], v); return b }) }
+	put32 := func(off int, v uint32) []byte {
+		return patch(func(b []byte) []byte { be.PutUint32(b[off:], v); return b })
+	}
+	put64 := func(off int, v uint64) []byte {
+		return patch(func(b []byte) []byte { be.PutUint64(b[off:], v); return b })
+	}
 	fsize := uint64(len(base))
 	cases := []struct {
 		name string
