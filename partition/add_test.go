@@ -17,6 +17,7 @@ func TestAddPartitionGPT(t *testing.T) {
 	for _, tc := range gptCases {
 		for _, size := range []int64{1, mib, 3*mib + 1, 64 * mib} {
 			t.Run(fmt.Sprintf("%s/%d", tc.name, size), func(t *testing.T) {
+				t.Parallel()
 				if tc.name == "4 entries" {
 					t.Skip("has free entries but is covered by TestAddPartitionGPTFull")
 				}

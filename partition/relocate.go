@@ -218,6 +218,11 @@ func fixProtectiveMBR(lba0 []byte, oldTotal, sectors uint64) []byte {
 		}
 		e.sectors = uint32(min(sectors-uint64(e.start), 0xFFFFFFFF))
 		e.chsLast = chs(e.end() - 1)
+		if (e.end()-1)/(255*63) > 1023 {
+			// "Set to 0xFFFFFF if it is not possible to represent the
+			// value" (UEFI spec 2.10 table 5-4), as sgdisk does.
+			e.chsLast = [3]byte{0xff, 0xff, 0xff}
+		}
 	}
 	if !hasBootSignature(b) || used == 0 {
 		for i := range es {

@@ -45,7 +45,7 @@ func TestRelocateMatchesSgdisk(t *testing.T) {
 			ours := growCopy(t, img, 200*mib)
 			theirs := growCopy(t, img, 200*mib)
 
-			if err := RelocateBackupGPT(ctx, openDisk(t, ours, 512)); err != nil {
+			if err := RelocateBackupGPT(ctx, openSyncedDisk(t, ours, 512)); err != nil {
 				t.Fatal(err)
 			}
 			testutil.Run(t, "sgdisk", "-e", theirs)
@@ -335,5 +335,59 @@ func TestRelocateSectorSizeMismatch(t *testing.T) {
 	var se *SectorSizeError
 	if !errors.As(err, &se) || se.Error() != "image sector size 512 does not match disk sector size 4096" {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestRelocateHugeDisk: on a 3 TiB disk the protective MBR's size
+// saturates at 0xFFFFFFFF, as sgdisk -e does it.
+func TestRelocateHugeDisk(t *testing.T) {
+	t.Parallel()
+	img := sgdiskImage(t, 64*mib, gptCases[0].args...)
+	const size = 3 << 40
+	ours, theirs := growCopy(t, img, size), growCopy(t, img, size)
+	if err := RelocateBackupGPT(context.Background(), openDisk(t, ours, 512)); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Run(t, "sgdisk", "-e", theirs)
+	sgdiskVerify(t, ours)
+	for _, r := range [][2]int64{{0, 512}, {512, 512}, {1024, 16 << 10}, {size - 33*512, 33 * 512}} {
+		if !bytes.Equal(readBytes(t, ours, r[0], r[1]), readBytes(t, theirs, r[0], r[1])) {
+			t.Errorf("bytes at %d differ from sgdisk -e's", r[0])
+		}
+	}
+	if got := binary.LittleEndian.Uint32(readBytes(t, ours, 446+12, 4)); got != 0xFFFFFFFF {
+		t.Errorf("protective MBR size %#x", got)
+	}
+}
+
+func TestFixProtectiveMBR(t *testing.T) {
+	mk := func(es ...mbrEntry) []byte {
+		b := make([]byte, 512)
+		for i, e := range es {
+			putMBREntry(b, i, e)
+		}
+		b[510], b[511] = 0x55, 0xAA
+		return b
+	}
+	const oldTotal, sectors = 131072, 409600
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		want [4]uint32 // sizes
+	}{
+		{"protective", mk(mbrEntry{typ: 0xEE, start: 1, sectors: oldTotal - 1}), [4]uint32{sectors - 1}},
+		{"hybrid, 0xEE first", mk(mbrEntry{typ: 0xEE, start: 1, sectors: 39}, mbrEntry{typ: 0x83, start: 40, sectors: 100}), [4]uint32{39, 100}},
+		{"hybrid, 0xEE to the end", mk(mbrEntry{typ: 0x83, start: 2048, sectors: 100}, mbrEntry{typ: 0xEE, start: 1, sectors: 2047}, mbrEntry{typ: 0xEE, start: 2148, sectors: oldTotal - 2148}), [4]uint32{100, 2047, sectors - 2148}},
+		{"no table", make([]byte, 512), [4]uint32{sectors - 1}},
+		{"MBR without 0xEE", mk(mbrEntry{typ: 0x83, start: 2048, sectors: 100}), [4]uint32{100}},
+	} {
+		out := fixProtectiveMBR(tc.in, oldTotal, sectors)
+		var got [4]uint32
+		for i, e := range parseMBREntries(out) {
+			got[i] = e.sectors
+		}
+		if got != tc.want || !hasBootSignature(out) {
+			t.Errorf("%s: sizes %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
