@@ -216,7 +216,11 @@ func fixProtectiveMBR(lba0 []byte, oldTotal, sectors uint64) []byte {
 		if uint64(e.start) >= sectors {
 			return
 		}
-		e.sectors = uint32(min(sectors-uint64(e.start), 0xFFFFFFFF))
+		n := uint32(min(sectors-uint64(e.start), 0xFFFFFFFF))
+		if n == e.sectors {
+			return // already covers the disk: keep the image's bytes (CHS included)
+		}
+		e.sectors = n
 		e.chsLast = chs(e.end() - 1)
 		if (e.end()-1)/(255*63) > 1023 {
 			// "Set to 0xFFFFFF if it is not possible to represent the
