@@ -344,7 +344,8 @@ func (d *Deployer) addConfigDrive(ctx context.Context, job *Job, disk Disk) (par
 		UserData: cd.UserData,
 		Meta:     cd.Metadata,
 	}
-	img, err := configdrive.Build(ctx, content, configdrive.FormatFor(disk.SectorSize()))
+	format := configdrive.FormatFor(disk.SectorSize())
+	img, err := configdrive.Build(ctx, content, format)
 	if err != nil {
 		return partition.Partition{}, err
 	}
@@ -370,6 +371,13 @@ func (d *Deployer) addConfigDrive(ctx context.Context, job *Job, disk Disk) (par
 		if err := disk.ZeroRange(ctx, p.Start+int64(len(img)), rest); err != nil {
 			return partition.Partition{}, fmt.Errorf("clear the rest of config-2: %w", err)
 		}
+	}
+	if err := disk.Sync(); err != nil {
+		return partition.Partition{}, err
+	}
+	// Read it back from the disk as cloud-init will.
+	if err := configdrive.Verify(io.NewSectionReader(disk, p.Start, int64(len(img))), int64(len(img)), format, content.UUID); err != nil {
+		return partition.Partition{}, err
 	}
 	return p, nil
 }

@@ -273,3 +273,25 @@ func (fs *FS) Lookup(path string) (Entry, bool, error) {
 	}
 	return cur, true, nil
 }
+
+// ReadFile returns the content of the file e (found by Lookup), refusing
+// files larger than limit bytes.
+func (fs *FS) ReadFile(e Entry, limit int64) ([]byte, error) {
+	if e.Dir {
+		return nil, fmt.Errorf("%s is a directory", e.Name)
+	}
+	if e.Size > limit {
+		return nil, fmt.Errorf("%s: %d bytes is over the limit of %d", e.Name, e.Size, limit)
+	}
+	if e.Size == 0 {
+		return nil, nil
+	}
+	b, err := fs.readChain(e.cluster, (e.Size+fs.clusterSize-1)/fs.clusterSize*fs.clusterSize)
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) < e.Size {
+		return nil, fmt.Errorf("%s: cluster chain holds %d of its %d bytes", e.Name, len(b), e.Size)
+	}
+	return b[:e.Size], nil
+}

@@ -62,6 +62,14 @@ func TestLookup(t *testing.T) {
 				if ok && (e.Dir || e.Size != 4) {
 					t.Errorf("%s: %+v", path, e)
 				}
+				if ok {
+					if b, err := fs.ReadFile(e, 1<<20); err != nil || string(b) != "grub" {
+						t.Errorf("%s: read %q, %v", path, b, err)
+					}
+					if _, err := fs.ReadFile(e, 3); err == nil {
+						t.Errorf("%s: limit not enforced", path)
+					}
+				}
 			}
 		})
 	}
@@ -88,6 +96,8 @@ func FuzzLookup(f *testing.F) {
 		if err != nil {
 			return
 		}
-		fs.Lookup(path)
+		if e, ok, err := fs.Lookup(path); err == nil && ok && !e.Dir {
+			fs.ReadFile(e, 1<<20)
+		}
 	})
 }
