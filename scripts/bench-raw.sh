@@ -68,7 +68,8 @@ echo "== image: 4 GiB raw GPT, about 1.5 GiB of data"
 mkdir "$tmp/www"
 img=$tmp/www/image.raw
 truncate -s "$img_size" "$img"
-sgdisk -q -n 1:2048:+512M -t 1:ef00 -n 2:0:0 -t 2:8300 "$img" >/dev/null
+sgdisk -n 1:2048:+512M -t 1:ef00 -n 2:0:0 -t 2:8300 "$img" >/dev/null
+sgdisk -v "$img" | grep "No problems found" >/dev/null || { echo "bench-raw: sgdisk made no valid GPT" >&2; exit 1; }
 # random: AES-CTR keystream, fast and incompressible
 random_at() { # offset_mib size_mib
 	dd if=/dev/zero bs=1M count="$2" status=none |
@@ -76,8 +77,8 @@ random_at() { # offset_mib size_mib
 		dd of="$img" bs=1M seek="$1" conv=notrunc iflag=fullblock status=none
 }
 # text-like: numbered lines, compressible
-seq -f 'line %g of a text-like file, compressible by any compressor worth the name' 1 20000 |
-	head -c "$mib" >"$tmp/text.chunk"
+seq -f 'line %g of a text-like file, compressible by any compressor worth the name' 1 20000 >"$tmp/text.chunk"
+truncate -s "$mib" "$tmp/text.chunk"
 text_at() { # offset_mib size_mib
 	for ((i = 0; i < $2; i++)); do cat "$tmp/text.chunk"; done |
 		dd of="$img" bs=1M seek="$1" conv=notrunc iflag=fullblock status=none
