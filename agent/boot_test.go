@@ -3,8 +3,8 @@ package agent
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"strings"

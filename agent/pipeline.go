@@ -9,6 +9,7 @@ import (
 	"hash"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/byoi/byoi/configdrive"
@@ -209,6 +210,9 @@ func (d *Deployer) deploy(ctx context.Context, job *Job, disk Disk) (*Result, er
 		}
 	case "qcow2":
 		var staged imaging.Staged
+		// Staging may use the disk's tail: once it has, any failure must
+		// leave no partition table (the old system's tail is gone).
+		tracked := &writeTracker{Target: disk}
 		if err := d.step(ctx, StepFetch, "downloading qcow2 image", func() error {
 			// The real format must be qcow2 before anything is staged.
 			head := make([]byte, 64<<10)
@@ -223,7 +227,7 @@ func (d *Deployer) deploy(ctx context.Context, job *Job, disk Disk) (*Result, er
 			staged, err = imaging.Stage(ctx, io.MultiReader(bytes.NewReader(head), stream), imaging.StageOptions{
 				DeclaredSize:  stream.Size(),
 				MemoryReserve: d.MemoryReserve,
-				Target:        disk,
+				Target:        tracked,
 				StagingDir:    d.StagingDir,
 				Hash:          h,
 				Progress:      progress(StepFetch),
@@ -231,6 +235,9 @@ func (d *Deployer) deploy(ctx context.Context, job *Job, disk Disk) (*Result, er
 			})
 			return err
 		}); err != nil {
+			if tracked.wrote.Load() {
+				return nil, wipe(err)
+			}
 			return nil, err
 		}
 		defer staged.Close()
@@ -246,12 +253,15 @@ func (d *Deployer) deploy(ctx context.Context, job *Job, disk Disk) (*Result, er
 			if err != nil {
 				return err
 			}
-			head, err := readQcow2Head(staged, info)
+			head, err := readQcow2Head(staged, staged.Size(), info)
 			if err != nil {
 				return err
 			}
 			return checkHead(head)
 		}); err != nil {
+			if tracked.wrote.Load() {
+				return nil, wipe(err)
+			}
 			return nil, err
 		}
 		res.DiskBytes = info.VirtualSize
@@ -380,6 +390,17 @@ func (d *Deployer) addConfigDrive(ctx context.Context, job *Job, disk Disk) (par
 		return partition.Partition{}, err
 	}
 	return p, nil
+}
+
+// writeTracker records whether anything was written through it.
+type writeTracker struct {
+	imaging.Target
+	wrote atomic.Bool
+}
+
+func (w *writeTracker) WriteAt(p []byte, off int64) (int, error) {
+	w.wrote.Store(true)
+	return w.Target.WriteAt(p, off)
 }
 
 // Finish reboots into the deployed disk when a Rebooter is set.

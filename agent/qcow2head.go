@@ -13,8 +13,10 @@ import (
 // that imaging.CheckQcow2 already accepted (no backing file: the opener
 // passed to qcow2.Open refuses to open anything), so the sector size of its
 // partition table can be checked before the disk is touched.
-func readQcow2Head(src io.ReaderAt, info *imaging.Qcow2Info) ([]byte, error) {
-	img, err := qcow2.Open(src, nil)
+func readQcow2Head(src io.ReaderAt, size int64, info *imaging.Qcow2Info) ([]byte, error) {
+	// go-qcow2reader's Close closes its ReaderAt when it is an io.Closer:
+	// hand it a SectionReader so the staged image stays open.
+	img, err := qcow2.Open(io.NewSectionReader(src, 0, size), nil)
 	if err != nil {
 		return nil, fmt.Errorf("open qcow2: %w", err)
 	}

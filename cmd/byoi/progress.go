@@ -48,7 +48,7 @@ func (r *renderer) event(e agent.Event) {
 		r.endBar()
 		r.step = e.Step
 		r.start = now
-		r.last = time.Time{}
+		r.last, r.lastDone = time.Time{}, 0
 		if e.Status == agent.StatusDoing {
 			fmt.Fprintf(r.err, "%s: %s\n", e.Step, e.Message)
 		}
@@ -64,11 +64,11 @@ func (r *renderer) event(e agent.Event) {
 	if r.tty {
 		interval = 100 * time.Millisecond
 	}
-	final := e.BytesTotal > 0 && e.BytesDone >= e.BytesTotal
+	final := e.BytesTotal > 0 && e.BytesDone >= e.BytesTotal && e.BytesDone != r.lastDone
 	if now.Sub(r.last) < interval && !final {
 		return
 	}
-	r.last = now
+	r.last, r.lastDone = now, e.BytesDone
 	line := progressLine(e.BytesDone, e.BytesTotal, now.Sub(r.start))
 	if r.tty {
 		fmt.Fprintf(r.err, "\r\033[K%s", line)

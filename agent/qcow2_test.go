@@ -1,0 +1,98 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/byoi/byoi/internal/testimage"
+	"github.com/byoi/byoi/partition"
+)
+
+// TestDeployQcow2 deploys a compressed qcow2 staged in memory and, with a
+// memory reserve larger than the machine, on the disk's own tail.
+func TestDeployQcow2(t *testing.T) {
+	raw := testImage(t, 24*mib, 512)
+	q, err := testimage.Qcow2(raw, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(q)
+	url := serve(t, q, "")
+	for _, tc := range []struct {
+		name    string
+		reserve int64
+		where   string
+	}{{"memory", 0, "memory"}, {"disk tail", 1 << 50, "disk tail"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := oldSystemDisk(t, 96*mib)
+			disk := openFile(t, path)
+			rec := &recorder{}
+			dep := rec.deployer()
+			dep.MemoryReserve = tc.reserve
+			job := &Job{ImageURL: url, ImageType: "qcow2", Checksum: hex.EncodeToString(sum[:]), ChecksumType: "sha256", DiskGroupID: 1,
+				ConfigDrive: &ConfigDrive{Hostname: "q"}}
+			res, err := dep.Deploy(context.Background(), job, disk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasPrefix(res.Staged, tc.where) {
+				t.Errorf("staged in %q, want %q", res.Staged, tc.where)
+			}
+			got := make([]byte, len(raw)-3*mib)
+			if _, err := disk.ReadAt(got, mib); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, raw[mib:len(raw)-2*mib]) {
+				t.Error("disk differs from the image")
+			}
+			tab, err := partition.Read(disk)
+			if err != nil || len(tab.Problems) > 0 || len(tab.Partitions) != 3 {
+				t.Fatalf("table %+v, %v", tab, err)
+			}
+			// Nothing of the staged qcow2 remains past the ConfigDrive.
+			end := tab.Partitions[2].Start + tab.Partitions[2].Size
+			rest := make([]byte, disk.Size()-end-64*1024)
+			disk.ReadAt(rest, end)
+			if bytes.Contains(rest, []byte("QFI\xfb")) {
+				t.Error("staged qcow2 left on the disk")
+			}
+		})
+	}
+}
+
+// TestDeployQcow2ChecksumMismatch: staged in memory, a bad checksum leaves
+// the disk untouched; staged on the disk's tail, it leaves no partition
+// table (the old system's tail was overwritten).
+func TestDeployQcow2ChecksumMismatch(t *testing.T) {
+	raw := testImage(t, 24*mib, 512)
+	q, err := testimage.Qcow2(raw, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := serve(t, q, "")
+	for _, reserve := range []int64{0, 1 << 50} {
+		path := oldSystemDisk(t, 64*mib)
+		before, _ := os.ReadFile(path)
+		disk := openFile(t, path)
+		job := &Job{ImageURL: url, ImageType: "qcow2", Checksum: strings.Repeat("0", 128), ChecksumType: "sha512", DiskGroupID: 1}
+		dep := (&recorder{}).deployer()
+		dep.MemoryReserve = reserve
+		_, err = dep.Deploy(context.Background(), job, disk)
+		if err == nil || !strings.HasPrefix(UserMessage(err), "Bad sha512 for downloaded file, got : ") {
+			t.Fatalf("err %v", err)
+		}
+		if reserve == 0 {
+			after, _ := os.ReadFile(path)
+			if !bytes.Equal(before, after) {
+				t.Error("memory staging: the disk changed")
+			}
+			continue
+		}
+		assertNoTable(t, path)
+	}
+}
