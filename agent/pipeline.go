@@ -292,7 +292,8 @@ func (d *Deployer) deploy(ctx context.Context, job *Job, disk Disk) (*Result, er
 		b := InspectBoot(disk, t, job.EFIBootloaderPath)
 		res.Boot = &b
 		for _, p := range b.Problems {
-			log.Warn("boot check", "problem", p)
+			log.Info("boot check", "problem", p)
+			d.report(Event{Status: StatusDoing, Step: StepPartition, Message: "warning: " + p})
 			res.Notes = append(res.Notes, p)
 		}
 		if b.BootloaderProblem != "" {

@@ -57,7 +57,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer stop()
-	fmt.Fprintf(stdout, "demo: built a %d MiB raw GPT image (EFI System Partition + root) and its zlib-compressed qcow2 (%d KiB)\n",
+	fmt.Fprintf(stdout, "demo: built a %d MiB raw GPT image (an ESP and a root partition of sample data, not meant to boot) and its zlib-compressed qcow2 (%d KiB)\n",
 		len(img)>>20, len(qimg)>>10)
 	fmt.Fprintf(stdout, "demo: serving them at %s/demo.raw and %s/demo.qcow2\n", url, url)
 

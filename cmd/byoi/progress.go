@@ -57,6 +57,11 @@ func (r *renderer) event(e agent.Event) {
 		r.endBar()
 		return
 	}
+	if strings.HasPrefix(e.Message, "warning: ") {
+		r.endBar()
+		fmt.Fprintln(r.err, e.Message)
+		return
+	}
 	if e.BytesDone == 0 && e.BytesTotal <= 0 {
 		return
 	}
