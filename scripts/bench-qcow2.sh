@@ -6,6 +6,8 @@
 # is followed by `sync FILE`). Prints wall times, ratios and peak RSS.
 #   scripts/bench-qcow2.sh [WORKDIR]     (default: a new dir in /var/tmp)
 #   RUNS=3 SIZE=4G DATA=1536M scripts/bench-qcow2.sh
+#   OUTDIR=/dev/shm scripts/bench-qcow2.sh   output on tmpfs: no disk
+#     writeback, so the comparison is of the conversion's CPU path
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
@@ -14,7 +16,8 @@ SIZE=$(numfmt --from=iec "${SIZE:-4G}")
 DATA=$(numfmt --from=iec "${DATA:-1536M}")
 W=${1:-$(mktemp -d /var/tmp/byoi-bench-qcow2.XXXXXX)}
 mkdir -p "$W"
-trap 'rm -f "$W"/out.raw' EXIT
+O=${OUTDIR:-$W}/byoi-bench-out.raw
+trap 'rm -f "$O"' EXIT
 command -v qemu-img >/dev/null || { echo "needs qemu-img" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "needs /usr/bin/time (Debian: time)" >&2; exit 1; }
 
@@ -34,29 +37,34 @@ for fmt in plain zlib zstd; do
 done
 ls -l "$W"/*.qcow2
 
-# timeit NAME CMD...: best wall time (s) and its peak RSS (KiB) over RUNS.
-timeit() {
-  local name=$1; shift
-  local best="" rss=""
-  for _ in $(seq "$RUNS"); do
-    rm -f "$W/out.raw"
-    cat "$W/$fmt.qcow2" >/dev/null # source in page cache for every tool
-    /usr/bin/time -f "%e %M" -o "$W/time.txt" "$@" >/dev/null 2>"$W/err.txt" || { cat "$W/err.txt" >&2; exit 1; }
-    read -r t m <"$W/time.txt"
-    if [ -z "$best" ] || awk "BEGIN{exit !($t < $best)}"; then best=$t; rss=$m; fi
-  done
-  cmp -n "$SIZE" "$W/src.raw" "$W/out.raw" >/dev/null || { echo "$name: output differs from the source" >&2; exit 1; }
-  echo "$best $rss"
+# once CMD...: one run, source in page cache, output removed first; prints
+# "wall_s cpu_s peak_rss_kib" (cpu = user + sys).
+once() {
+  rm -f "$O"
+  cat "$W/$fmt.qcow2" >/dev/null
+  /usr/bin/time -f "%e %U %S %M" -o "$W/time.txt" "$@" >/dev/null 2>"$W/err.txt" || { cat "$W/err.txt" >&2; exit 1; }
+  cmp -n "$SIZE" "$W/src.raw" "$O" >/dev/null || { echo "$* : output differs from the source" >&2; exit 1; }
+  awk '{printf "%s %.2f %s\n", $1, $2 + $3, $4}' "$W/time.txt"
 }
+# median of the first column of stdin lines, with that line's other columns
+median() { sort -n | awk '{l[NR]=$0} END{print l[int((NR+1)/2)]}'; }
 
-printf "%-6s %-28s %8s %10s %8s\n" format tool wall_s peak_rss ratio
+# The machine may be shared: the tools run interleaved, RUNS times each,
+# and the median run of each is reported.
+echo "runs: $RUNS each, interleaved; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf "%-6s %-26s %8s %8s %10s  %s\n" format tool wall_s cpu_s peak_rss "byoi/qemu-img wall (default, -m 8 -W)"
 for fmt in plain zlib zstd; do
-  read -r qd qdr < <(timeit qemu-img sh -c "qemu-img convert -O raw '$W/$fmt.qcow2' '$W/out.raw' && sync '$W/out.raw'")
-  read -r qb qbr < <(timeit qemu-img-m8W sh -c "qemu-img convert -m 8 -W -O raw '$W/$fmt.qcow2' '$W/out.raw' && sync '$W/out.raw'")
-  read -r ob obr < <(timeit byoi "$W/benchqcow2" -src "$W/$fmt.qcow2" -dst "$W/out.raw")
-  qbest=$(awk "BEGIN{print ($qd < $qb) ? $qd : $qb}")
-  printf "%-6s %-28s %8s %8sKiB\n" "$fmt" "qemu-img convert" "$qd" "$qdr"
-  printf "%-6s %-28s %8s %8sKiB\n" "$fmt" "qemu-img convert -m 8 -W" "$qb" "$qbr"
-  printf "%-6s %-28s %8s %8sKiB %8s\n" "$fmt" "byoi ConvertQcow2" "$ob" "$obr" \
-    "$(awk "BEGIN{printf \"%.2fx default, %.2fx best\", $ob/$qd, $ob/$qbest}")"
+  : >"$W/q.txt"; : >"$W/qw.txt"; : >"$W/b.txt"
+  for _ in $(seq "$RUNS"); do
+    once sh -c "qemu-img convert -O raw '$W/$fmt.qcow2' '$O' && sync '$O'" >>"$W/q.txt"
+    once sh -c "qemu-img convert -m 8 -W -O raw '$W/$fmt.qcow2' '$O' && sync '$O'" >>"$W/qw.txt"
+    once "$W/benchqcow2" -src "$W/$fmt.qcow2" -dst "$O" >>"$W/b.txt"
+  done
+  read -r qd qdc qdr < <(median <"$W/q.txt")
+  read -r qw qwc qwr < <(median <"$W/qw.txt")
+  read -r b bc br < <(median <"$W/b.txt")
+  printf "%-6s %-26s %8s %8s %7sKiB\n" "$fmt" "qemu-img convert" "$qd" "$qdc" "$qdr"
+  printf "%-6s %-26s %8s %8s %7sKiB\n" "$fmt" "qemu-img convert -m 8 -W" "$qw" "$qwc" "$qwr"
+  printf "%-6s %-26s %8s %8s %7sKiB  %s\n" "$fmt" "byoi ConvertQcow2" "$b" "$bc" "$br" \
+    "$(awk "BEGIN{printf \"%.2fx, %.2fx\", $b/$qd, $b/$qw}")"
 done

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -33,7 +34,18 @@ func run() error {
 	dst := flag.String("dst", "", "new sparse file to convert onto")
 	workers := flag.Int("workers", 0, "ConvertOptions.Workers")
 	chunk := flag.Int64("chunk", 0, "ConvertOptions.ChunkSize")
+	cpuprof := flag.String("cpuprofile", "", "write a CPU profile here")
 	flag.Parse()
+	if *cpuprof != "" {
+		pf, err := os.Create(*cpuprof)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if *gen != "" {
 		return generate(*gen, *size, *data)
 	}
