@@ -252,9 +252,10 @@ func CheckQcow2Header(head []byte, targetName string, targetSize int64) (*Qcow2I
 	if int64(info.L1Size) < needed {
 		return nil, q2Refuse("L1 table of %d entries is too small for the virtual size (needs %d)", info.L1Size, needed)
 	}
-	if int64(info.L1Size) > needed {
-		return nil, q2Refuse("L1 table of %d entries is larger than the virtual size needs (%d)", info.L1Size, needed)
-	}
+	// A larger L1 table than the virtual size needs is legitimate:
+	// `qemu-img resize --shrink` keeps it. Its extra entries are never
+	// used (nor read by CheckQcow2); it is bounded by qemu's limit above
+	// and must lie inside the file (CheckQcow2).
 	if info.L1Offset == 0 || info.L1Offset%info.ClusterSize != 0 {
 		return nil, q2Refuse("L1 table offset %#x is not cluster aligned", info.L1Offset)
 	}
@@ -385,7 +386,7 @@ func q2CheckTables(r io.ReaderAt, fileSize int64, info *Qcow2Info) error {
 	// reports a refcount error otherwise): this also bounds the scan by the
 	// file size, whatever the L1 table says.
 	seen := make([]uint64, fileSize/cs/64+1)
-	for i := int64(0); i < int64(info.L1Size); i++ {
+	for i := range min(int64(info.L1Size), info.l1Needed()) {
 		l2Off := int64(be.Uint64(l1[i*8:]) & qcow2L1OffsetMask)
 		if l2Off == 0 {
 			continue
