@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/byoi/byoi/configdrive"
 	"github.com/byoi/byoi/internal/testimage"
 	"github.com/byoi/byoi/partition"
 )
@@ -94,5 +95,38 @@ func TestDeployQcow2ChecksumMismatch(t *testing.T) {
 			continue
 		}
 		assertNoTable(t, path)
+	}
+}
+
+// TestDeployReusesImageConfigDrive: an image that already has a partition
+// holding a config-2 filesystem gets the new ConfigDrive written there, and
+// no partition is added.
+func TestDeployReusesImageConfigDrive(t *testing.T) {
+	img, err := testimage.GPT(24*mib, 512, []testimage.Part{
+		{Name: "root", Type: testimage.TypeLinux, Start: 1 * mib, Size: 16 * mib, Fill: testimage.FillMixed},
+		{Name: "cidata", Type: testimage.TypeLinux, Start: 17 * mib, Size: 4 * mib},
+	}, 11)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := configdrive.Build(context.Background(), configdrive.Content{UUID: configdrive.DeriveUUID("old"), Hostname: "old"}, configdrive.ISO9660)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(img[17*mib:], old)
+	path := oldSystemDisk(t, 64*mib)
+	disk := openFile(t, path)
+	job := &Job{ImageURL: serve(t, img, ""), ImageType: "raw", DiskGroupID: 1, ConfigDrive: &ConfigDrive{Hostname: "new"}}
+	res, err := (&recorder{}).deployer().Deploy(context.Background(), job, disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ConfigDrive == nil || res.ConfigDrive.Number != 2 || len(res.Table.Partitions) != 2 {
+		t.Fatalf("config drive %+v, table %+v", res.ConfigDrive, res.Table)
+	}
+	part := make([]byte, 4*mib)
+	disk.ReadAt(part, 17*mib)
+	if !bytes.Contains(part, []byte(`"hostname":"new"`)) || bytes.Contains(part, []byte(`"hostname":"old"`)) {
+		t.Error("the image's config-2 partition does not hold the new ConfigDrive")
 	}
 }

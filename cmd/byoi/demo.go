@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/byoi/byoi/agent"
+	"github.com/byoi/byoi/blockdev"
 	"github.com/byoi/byoi/internal/testimage"
 )
 
@@ -92,7 +93,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
 func demoDeploy(ctx context.Context, job *agent.Job, target string, stdout, stderr io.Writer, jsonOut, verbose bool) error {
-	disk, err := openTarget(target, 0)
+	disk, err := openTarget(blockdev.System{}, target, 0)
 	if err != nil {
 		return err
 	}

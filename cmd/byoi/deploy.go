@@ -32,6 +32,7 @@ type deployFlags struct {
 	stagingDir                         string
 	sectorSize                         int64
 	jsonOut, verbose, reboot, progress bool
+	sysRoot, procRoot, devRoot         string
 }
 
 func cmdDeploy(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -60,12 +61,16 @@ func cmdDeploy(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	fs.BoolVar(&f.jsonOut, "json", false, "print one JSON status event per line on stdout")
 	fs.BoolVar(&f.verbose, "v", false, "verbose log on stderr")
 	fs.BoolVar(&f.reboot, "reboot", false, "reboot into the disk when done (rescue use)")
+	fs.StringVar(&f.sysRoot, "sysfs", "", "read disks from this sysfs tree instead of /sys (testing)")
+	fs.StringVar(&f.procRoot, "procfs", "", "read mounts and swaps from this tree instead of /proc (testing)")
+	fs.StringVar(&f.devRoot, "devfs", "", "device nodes under this directory instead of /dev (testing)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return usagef("unexpected argument %q", fs.Arg(0))
 	}
+	sys := blockdev.System{SysRoot: f.sysRoot, ProcRoot: f.procRoot, DevRoot: f.devRoot}
 	job, err := buildJob(&f, stdin)
 	if err != nil {
 		return err
@@ -89,7 +94,6 @@ func cmdDeploy(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	}
 	path := f.disk
 	if path == "" {
-		sys := blockdev.System{}
 		d, err := selectDisk(sys, job.DiskGroupID)
 		if err != nil {
 			return err
@@ -97,15 +101,15 @@ func cmdDeploy(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		path = d.Path
 		log.Info("selected disk", "group", job.DiskGroupID, "disk", path)
 	}
-	disk, err := openTarget(path, f.sectorSize)
+	disk, err := openTarget(sys, path, f.sectorSize)
 	if err != nil {
 		return err
 	}
 	defer disk.Close()
-	if disk.IsBlockDevice() && job.ConfigDrive != nil {
+	if job.ConfigDrive != nil && (disk.IsBlockDevice() || f.devRoot != "") {
 		// cloud-init takes the first config-2 it finds: a stale one on
 		// another disk could win over ours.
-		if others, err := (blockdev.System{}).FindConfigDriveLabels(path); err == nil {
+		if others, err := sys.FindConfigDriveLabels(path); err == nil {
 			for _, o := range others {
 				msg := fmt.Sprintf("warning: %s also carries a filesystem labelled config-2; cloud-init may read it instead of the new ConfigDrive", o)
 				log.Warn(msg)
@@ -213,13 +217,13 @@ func selectDisk(sys blockdev.System, group int) (blockdev.Disk, error) {
 
 // openTarget refuses a block device the running system uses, then opens it
 // (O_EXCL) and locks it for the whole job. A regular file is opened as is.
-func openTarget(path string, sectorSize int64) (*blockdev.Device, error) {
+func openTarget(sys blockdev.System, path string, sectorSize int64) (*blockdev.Device, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("target: %w", err)
 	}
 	if st.Mode()&os.ModeDevice != 0 {
-		reason, err := blockdev.System{}.InUseByPath(path)
+		reason, err := sys.InUseByPath(path)
 		if err != nil {
 			return nil, fmt.Errorf("check whether %s is in use: %w", path, err)
 		}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -173,4 +174,76 @@ func TestStaticBinary(t *testing.T) {
 func md5sum(b []byte) string {
 	h := md5.Sum(b)
 	return hex.EncodeToString(h[:])
+}
+
+// fakeMachine builds a sysfs tree with two virtio disks of different sizes
+// whose device nodes are sparse files, and an empty mount table.
+func fakeMachine(t *testing.T, disks map[string]int64) (sys, proc, dev string) {
+	t.Helper()
+	root := t.TempDir()
+	sys, proc, dev = filepath.Join(root, "sys"), filepath.Join(root, "proc"), filepath.Join(root, "dev")
+	files := map[string]string{
+		filepath.Join(proc, "self", "mountinfo"): "",
+		filepath.Join(proc, "swaps"):             "Filename\tType\tSize\tUsed\tPriority\n",
+	}
+	minor := 0
+	for name, size := range disks {
+		b := filepath.Join(sys, "block", name)
+		files[filepath.Join(b, "size")] = strconv.FormatInt(size/512, 10)
+		files[filepath.Join(b, "dev")] = "252:" + strconv.Itoa(minor)
+		files[filepath.Join(b, "removable")] = "0"
+		files[filepath.Join(b, "ro")] = "0"
+		files[filepath.Join(b, "queue", "rotational")] = "0"
+		files[filepath.Join(b, "queue", "logical_block_size")] = "512"
+		files[filepath.Join(b, "queue", "physical_block_size")] = "512"
+		os.MkdirAll(filepath.Join(b, "holders"), 0o755)
+		minor += 16
+		os.MkdirAll(dev, 0o755)
+		if err := createSparse(filepath.Join(dev, name), size); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for p, c := range files {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return sys, proc, dev
+}
+
+// TestDeployDiskGroup selects the target by disk group from a fake
+// machine: group 1 is the larger disk, group 2 the smaller; a group that
+// does not exist names the ones that do.
+func TestDeployDiskGroup(t *testing.T) {
+	img, err := demoImage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := serveBytes(t, img)
+	sys, proc, dev := fakeMachine(t, map[string]int64{"vda": 128 << 20, "vdb": 256 << 20})
+	roots := []string{"--sysfs", sys, "--procfs", proc, "--devfs", dev}
+
+	code, out, _ := runCLI(t, "disks", "--sysfs", sys)
+	if code != 0 || !strings.Contains(out, "vda") || !strings.Contains(out, "vdb") {
+		t.Fatalf("disks: %d %s", code, out)
+	}
+	code, _, errOut := runCLI(t, append([]string{"deploy", "--url", url, "--type", "raw", "--disk-group", "2"}, roots...)...)
+	if code != 0 {
+		t.Fatalf("deploy: %s", errOut)
+	}
+	got, _ := os.ReadFile(filepath.Join(dev, "vda"))
+	if !bytes.Equal(got[1<<20:len(img)-(1<<20)], img[1<<20:len(img)-(1<<20)]) {
+		t.Error("group 2 (vda) did not receive the image")
+	}
+	other, _ := os.ReadFile(filepath.Join(dev, "vdb"))
+	if !bytes.Equal(other, make([]byte, len(other))) {
+		t.Error("group 1 (vdb) was written")
+	}
+	code, _, errOut = runCLI(t, append([]string{"deploy", "--url", url, "--type", "raw", "--disk-group", "3"}, roots...)...)
+	if code == 0 || !strings.Contains(lastLine(errOut), "existing groups: 1") || !strings.Contains(lastLine(errOut), "2 (") {
+		t.Errorf("group 3: exit %d, %q", code, lastLine(errOut))
+	}
 }
