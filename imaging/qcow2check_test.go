@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -302,4 +303,25 @@ func TestQcow2ShrunkImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameBytes(t, dst, ref, 20<<20)
+}
+
+// TestQcow2DirtyAcceptedWarningRouted: a dirty image (not closed cleanly)
+// is converted, and go-qcow2reader's warning about it reaches our logger.
+func TestQcow2DirtyAcceptedWarningRouted(t *testing.T) {
+	img := baseImage(t)
+	be.PutUint64(img[72:], be.Uint64(img[72:])|1) // dirty bit
+	var logged bytes.Buffer
+	imaging.RouteQcow2Warnings(slog.New(slog.NewTextHandler(&logged, nil)))
+	defer imaging.RouteQcow2Warnings(nil)
+	info, err := imaging.CheckQcow2(bytes.NewReader(img), int64(len(img)), "", 0)
+	if err != nil || !info.Dirty {
+		t.Fatalf("dirty image: %+v, %v", info, err)
+	}
+	dst := newMemTarget(16<<20, 0xEE)
+	if err := imaging.ConvertQcow2(context.Background(), bytes.NewReader(img), int64(len(img)), dst, imaging.ConvertOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logged.String(), "dirty bit") || !strings.Contains(logged.String(), "level=WARN") {
+		t.Fatalf("warning not routed: %q", logged.String())
+	}
 }

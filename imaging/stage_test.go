@@ -216,3 +216,16 @@ func TestStageShortStream(t *testing.T) {
 		t.Fatal("a stream longer than declared was accepted")
 	}
 }
+
+// TestStageDefaultMemAvailable: without an injected MemAvailable,
+// /proc/meminfo decides; a small image fits in memory on any test machine.
+func TestStageDefaultMemAvailable(t *testing.T) {
+	_, img, _ := stageImage(t)
+	s, err := stageAll(t, img, imaging.StageOptions{DeclaredSize: -1, MemoryReserve: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Where() != "memory" {
+		t.Fatalf("staged in %s, want memory", s.Where())
+	}
+}
