@@ -469,7 +469,7 @@ func q2CheckTables(r io.ReaderAt, fileSize int64, info *Qcow2Info) error {
 	return nil
 }
 
-// readFull reads len(p) bytes at off: a short read is an error even when the
+// q2ReadFull reads len(p) bytes at off: a short read is an error even when the
 // reader says io.EOF with it.
 func q2ReadFull(r io.ReaderAt, p []byte, off int64) error {
 	n, err := r.ReadAt(p, off)

@@ -223,14 +223,25 @@ func (c *q2Converter) run(workers int) {
 	wg.Wait()
 }
 
-// readErr makes an error from go-qcow2reader a refusal of the image.
+// q2ReadErr makes an error from go-qcow2reader a refusal of the image,
+// unless reading the staged bytes themselves failed (an I/O error).
 func q2ReadErr(err error, off int64) error {
 	var qe *Qcow2Error
-	if errors.As(err, &qe) {
+	var se *q2SourceError
+	switch {
+	case errors.As(err, &qe):
 		return err
+	case errors.As(err, &se):
+		return fmt.Errorf("read staged image for guest offset %d: %w", off, err)
 	}
 	return &Qcow2Error{Reason: fmt.Sprintf("corrupt data at guest offset %d", off), Err: err}
 }
+
+// q2SourceError is a failed read of the staged image (not its content).
+type q2SourceError struct{ err error }
+
+func (e *q2SourceError) Error() string { return e.err.Error() }
+func (e *q2SourceError) Unwrap() error { return e.err }
 
 // convertChunk converts [start, end) of the virtual disk: start is aligned
 // to the chunk size (a multiple of the cluster size and of q2ZeroBlock).
@@ -354,7 +365,7 @@ func (q *qcow2Source) ReadAt(p []byte, off int64) (int, error) {
 		return n, nil
 	}
 	if err == nil || errors.Is(err, io.EOF) {
-		err = &Qcow2Error{Reason: fmt.Sprintf("read of %d bytes at %#x runs past the end of the file (%d bytes)", want, off, q.size)}
+		return n, &Qcow2Error{Reason: fmt.Sprintf("read of %d bytes at %#x runs past the end of the file (%d bytes)", want, off, q.size)}
 	}
-	return n, err
+	return n, &q2SourceError{err}
 }
