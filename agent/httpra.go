@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
@@ -228,8 +227,8 @@ func (h *HTTPRangeReader) fetch(off, n int64) ([]byte, error) {
 	case resp.StatusCode != http.StatusPartialContent:
 		return nil, fmt.Errorf("range request at %d: HTTP %s", off, resp.Status)
 	}
-	start, end, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
-	if !ok || start != off || total <= 0 || end < start || end >= total {
+	start, end, total, err := imaging.ParseContentRange(resp.Header.Get("Content-Range"))
+	if err != nil || start != off || total <= 0 || end < start || end >= total {
 		if h.size < 0 {
 			return nil, ErrNoRange
 		}
@@ -285,31 +284,6 @@ func effectivePort(u *url.URL) string {
 		return "443"
 	}
 	return "80"
-}
-
-// parseContentRange parses "bytes START-END/TOTAL" (RFC 9110 section
-// 14.4); an unknown total ("*") is not ok.
-func parseContentRange(s string) (start, end, total int64, ok bool) {
-	rest, found := strings.CutPrefix(s, "bytes ")
-	if !found {
-		return 0, 0, 0, false
-	}
-	rng, tot, found := strings.Cut(rest, "/")
-	if !found {
-		return 0, 0, 0, false
-	}
-	a, b, found := strings.Cut(rng, "-")
-	if !found {
-		return 0, 0, 0, false
-	}
-	var err1, err2, err3 error
-	start, err1 = strconv.ParseInt(a, 10, 64)
-	end, err2 = strconv.ParseInt(b, 10, 64)
-	total, err3 = strconv.ParseInt(tot, 10, 64)
-	if err1 != nil || err2 != nil || err3 != nil || start < 0 {
-		return 0, 0, 0, false
-	}
-	return start, end, total, true
 }
 
 // stripURL drops the URL net/http puts in its errors: it may carry a

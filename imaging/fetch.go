@@ -491,7 +491,7 @@ func (s *Stream) checkResponse(resp *http.Response, off int64) error {
 		}
 		return nil
 	case resp.StatusCode == http.StatusPartialContent && off > 0:
-		start, end, total, err := parseContentRange(resp.Header.Get("Content-Range"))
+		start, end, total, err := ParseContentRange(resp.Header.Get("Content-Range"))
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrResumeRefused, err)
 		}
@@ -539,9 +539,9 @@ func statusError(resp *http.Response) *HTTPStatusError {
 	return &HTTPStatusError{Code: resp.StatusCode, Status: st}
 }
 
-// parseContentRange parses "bytes start-end/total" (total may be "*",
-// returned as -1).
-func parseContentRange(v string) (start, end, total int64, err error) {
+// ParseContentRange parses a Content-Range header, "bytes start-end/total"
+// (RFC 9110 section 14.4); an unknown total ("*") is returned as -1.
+func ParseContentRange(v string) (start, end, total int64, err error) {
 	bad := fmt.Errorf("bad Content-Range %q", v)
 	if len(v) > 100 {
 		bad = errors.New("bad Content-Range")

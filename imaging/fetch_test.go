@@ -811,7 +811,7 @@ func TestParseContentRange(t *testing.T) {
 		{"bytes -1-9/10", 0, 0, 0, false},
 		{"", 0, 0, 0, false},
 	} {
-		s, e, tot, err := parseContentRange(c.in)
+		s, e, tot, err := ParseContentRange(c.in)
 		if (err == nil) != c.ok || c.ok && (s != c.start || e != c.end || tot != c.total) {
 			t.Errorf("%q: %d %d %d %v", c.in, s, e, tot, err)
 		}
@@ -955,4 +955,21 @@ func BenchmarkFetch512MiB(b *testing.B) {
 			}
 		})
 	}
+}
+
+// FuzzParseContentRange: a server's Content-Range is untrusted; any answer
+// either parses to a sane range or is an error.
+func FuzzParseContentRange(f *testing.F) {
+	for _, s := range []string{"bytes 0-99/100", "bytes 5-9/*", "bytes */100", "bytes 9-5/10", "bytes -1-2/3", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		start, end, total, err := ParseContentRange(s)
+		if err != nil {
+			return
+		}
+		if start < 0 || end < start || (total >= 0 && end >= total) || total < -1 {
+			t.Fatalf("%q parsed to %d-%d/%d", s, start, end, total)
+		}
+	})
 }
