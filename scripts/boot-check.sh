@@ -73,6 +73,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
   if [ "$KEEP" = 1 ]; then info "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+  [ $rc -lt 128 ] || info "interrupted: QEMU and the HTTP server stopped, scratch files removed"
   exit $rc
 }
 trap cleanup EXIT
