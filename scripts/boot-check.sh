@@ -13,6 +13,8 @@
 #   --image PATH           the qcow2 to deploy (default: scripts/build-test-image.sh, cached)
 #   --timeout SEC          time limit per boot (default 600: a boot takes ~100 s on an idle
 #                          core under TCG, 2-4x that when the machine is busy)
+#   --job-shape S          legacy (default: the bringYourOwnImage body) or reinstall (the current
+#                          operatingSystem byoi_64 + customizations body)
 #   --fail-fast            stop a boot as soon as the login prompt shows another hostname
 #   --jobs N               boots run at once, each QEMU -smp 1 (default 2)
 #   --keep                 keep the work directory (logs, disks) for inspection
@@ -37,6 +39,7 @@ NEG_FW=bios
 IMAGE=""
 TIMEOUT=600
 JOBS=2
+JOB_SHAPE=legacy
 FAILFAST=""
 EARLY=0
 KEEP=0
@@ -52,12 +55,14 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=1; shift;;
     --jobs) JOBS=$2; shift 2;;
     --fail-fast) FAILFAST=failfast; shift;;
+    --job-shape) JOB_SHAPE=$2; shift 2;;
     --acceptance) ACCEPT=1; shift;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2;;
   esac
 done
 case "$FIRMWARE" in uefi|bios|both) ;; *) echo "--firmware must be uefi, bios or both" >&2; exit 2;; esac
+case "$JOB_SHAPE" in legacy|reinstall) ;; *) echo "--job-shape must be legacy or reinstall" >&2; exit 2;; esac
 case "$NEG_FW" in uefi|bios) ;; *) echo "--negative-firmware must be uefi or bios" >&2; exit 2;; esac
 
 say()  { printf '%s\n' "$*"; }
@@ -115,10 +120,10 @@ MARKER="$(rand_hex 8)"
 info "hostname $JOB_HOST, marker $MARKER, key fingerprint $KEY_FP"
 
 # --------------------------------------------------------------------------------- deployment
-write_job() { # $1 = with configdrive (1/0), $2 = output file
-  "$PY" - "$1" "$2" "$IMG_URL" "$IMG_SHA" "$JOB_HOST" "$PUBKEY" "$MARKER" <<'EOF'
+write_job() { # $1 = with configdrive (1/0), $2 = output file, $3 = shape (legacy|reinstall)
+  "$PY" - "$1" "$2" "$IMG_URL" "$IMG_SHA" "$JOB_HOST" "$PUBKEY" "$MARKER" "$3" <<'EOF'
 import json, sys
-with_cd, out, url, sha, host, key, marker = sys.argv[1:]
+with_cd, out, url, sha, host, key, marker, shape = sys.argv[1:]
 job = {"URL": url, "type": "qcow2", "checkSum": sha, "checkSumType": "sha256",
        "description": "byoi boot-check"}
 if with_cd == "1":
@@ -131,6 +136,13 @@ if with_cd == "1":
                           "userData": user_data,
                           "userMetadatas": [{"key": "byoi-test", "value": "boot-check"},
                                             {"key": "marker", "value": marker}]}
+if shape == "reinstall":  # the current OVH body: POST /dedicated/server/{sn}/reinstall
+    c = {"imageURL": url, "imageType": "qcow2", "imageCheckSum": sha, "imageCheckSumType": "sha256"}
+    if "configdrive" in job:
+        cd = job["configdrive"]
+        c.update({"hostname": cd["hostname"], "sshKey": cd["sshKey"], "configDriveUserData": cd["userData"],
+                  "configDriveMetadata": {m["key"]: m["value"] for m in cd["userMetadatas"]}})
+    job = {"operatingSystem": "byoi_64", "customizations": c, "storage": [{"diskGroupId": 0}]}
 json.dump(job, open(out, "w"), indent=1)
 EOF
 }
@@ -176,12 +188,13 @@ EOF
 deploy() { # $1 name, $2 with-configdrive; sets DISK
   local name=$1 with_cd=$2 job="$WORK/job-$1.json" t0 rc
   DISK="$WORK/disk-$name.img"
-  write_job "$with_cd" "$job"
+  write_job "$with_cd" "$job" "$JOB_SHAPE"
+  write_job "$with_cd" "$WORK/job-$1.legacy.json" legacy
   rm -f "$DISK"; truncate -s 8G "$DISK"
   t0=$(date +%s)
   if [ "${BOOT_CHECK_PREPARE:-}" = manual ]; then
     info "DEVELOPMENT ONLY: BOOT_CHECK_PREPARE=manual, preparing $name without byoi"
-    manual_prepare "$job" "$DISK" >"$WORK/deploy-$name.log" 2>&1 && rc=0 || rc=$?
+    manual_prepare "$WORK/job-$1.legacy.json" "$DISK" >"$WORK/deploy-$name.log" 2>&1 && rc=0 || rc=$?
   elif [ -n "${BOOT_CHECK_PREPARE:-}" ]; then
     setup_fail "unknown BOOT_CHECK_PREPARE=$BOOT_CHECK_PREPARE (only 'manual', for development)"
   else
@@ -194,7 +207,7 @@ deploy() { # $1 name, $2 with-configdrive; sets DISK
     say "FAIL deploy[$name]: exit $rc"
     exit 2
   fi
-  say "PASS deploy[$name]: $( [ "${BOOT_CHECK_PREPARE:-}" = manual ] && echo 'manual (dev)' || echo 'byoi deploy') in $(( $(date +%s) - t0 )) s"
+  say "PASS deploy[$name]: $( [ "${BOOT_CHECK_PREPARE:-}" = manual ] && echo 'manual (dev)' || echo "byoi deploy ($JOB_SHAPE job)") in $(( $(date +%s) - t0 )) s"
   # independent judge of the table byoi left behind
   if sgdisk -v "$DISK" 2>&1 | grep -q "No problems found"; then
     say "PASS deploy[$name]: sgdisk -v finds no problems (backup GPT at the end of the disk)"
@@ -295,6 +308,7 @@ sudo mkdir -p /run/byoi-cd && sudo mount -o ro "$dev" /run/byoi-cd 2>/dev/null \
 echo "ROOT=$(findmnt -no SOURCE /) $(lsblk -bno SIZE "$(findmnt -no SOURCE /)")"
 lsblk -o NAME,SIZE,FSTYPE,LABEL /dev/vda | sed 's/^/LSBLK /'
 echo "SYSTEMD=$(systemd-analyze 2>/dev/null | head -1)"
+echo "CI_QUERY=$(sudo cloud-init query ds.meta_data.meta 2>/dev/null | tr -d ' \n')"
 EOF
             ) && break
       sleep 5
@@ -307,6 +321,10 @@ EOF
     grep -q '^CD_TYPE=iso9660$\|^CD_TYPE=vfat$' <<<"$out" \
       && "$PY" -c 'import json,sys; m=json.loads(sys.argv[1]); sys.exit(0 if m.get("uuid") and sys.argv[2] in json.dumps(m) else 1)' "$meta" "$want" 2>/dev/null
     check "$name" configdrive-survives $? "after first boot (growpart) config-2 is still readable: $(sed -n 's/^CD_DEV=//p' <<<"$out") $(sed -n 's/^ROOT=//p' <<<"$out" | sed 's/^/root /')"
+    "$PY" -c 'import json,sys; m=json.loads(sys.argv[1]); sys.exit(0 if m.get("meta",{}).get("marker")==sys.argv[2] else 1)' "$meta" "$MARKER" 2>/dev/null
+    check "$name" metadata-on-drive $? "meta_data.json on config-2 carries userMetadatas as meta (marker=$MARKER)"
+    grep -q "^CI_QUERY=.*\"marker\":\"$MARKER\"" <<<"$out"
+    check "$name" metadata-in-cloud-init $? "cloud-init query ds.meta_data.meta shows the marker: $(sed -n 's/^CI_QUERY=//p' <<<"$out")"
   fi
   EARLY=0
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
