@@ -6,6 +6,8 @@
 # is followed by `sync FILE`). Prints wall times, ratios and peak RSS.
 #   scripts/bench-qcow2.sh [WORKDIR]     (default: a new dir in /var/tmp)
 #   RUNS=3 SIZE=4G DATA=1536M scripts/bench-qcow2.sh
+#   REAL=1 scripts/bench-qcow2.sh   source: the Debian boot test image (real
+#     file data, 2 GiB virtual); SRC_IMAGE=path for any other image
 #   OUTDIR=/dev/shm scripts/bench-qcow2.sh   output on tmpfs: no disk
 #     writeback, so the comparison is of the conversion's CPU path
 set -euo pipefail
@@ -14,6 +16,9 @@ export CGO_ENABLED=0 GOFLAGS=-mod=mod
 RUNS=${RUNS:-3}
 SIZE=$(numfmt --from=iec "${SIZE:-4G}")
 DATA=$(numfmt --from=iec "${DATA:-1536M}")
+if [ "${REAL:-0}" = 1 ] && [ -z "${SRC_IMAGE:-}" ]; then
+  SRC_IMAGE=$(scripts/build-test-image.sh | tail -n 1)
+fi
 W=${1:-$(mktemp -d /var/tmp/byoi-bench-qcow2.XXXXXX)}
 mkdir -p "$W"
 O=${OUTDIR:-$W}/byoi-bench-out.raw
@@ -23,8 +28,17 @@ command -v qemu-img >/dev/null || { echo "needs qemu-img" >&2; exit 1; }
 
 go build -o "$W/benchqcow2" ./scripts/benchqcow2
 if [ ! -f "$W/src.raw" ]; then
-  echo "== generating $W/src.raw ($SIZE bytes, $DATA of data)"
-  "$W/benchqcow2" -gen "$W/src.raw" -size "$SIZE" -data "$DATA"
+  if [ -n "${SRC_IMAGE:-}" ]; then
+    # A real disk image (e.g. the boot test image: REAL=1) compresses like
+    # real systems do; the generated data is half random, half repeated
+    # words, which either does not compress at all or compresses to nothing.
+    echo "== converting $SRC_IMAGE to $W/src.raw"
+    qemu-img convert -O raw "$SRC_IMAGE" "$W/src.raw"
+    SIZE=$(stat -c %s "$W/src.raw")
+  else
+    echo "== generating $W/src.raw ($SIZE bytes, $DATA of data)"
+    "$W/benchqcow2" -gen "$W/src.raw" -size "$SIZE" -data "$DATA"
+  fi
 fi
 for fmt in plain zlib zstd; do
   [ -f "$W/$fmt.qcow2" ] && continue

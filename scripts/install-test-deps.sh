@@ -16,7 +16,6 @@ pkgs=(
   qemu-system-x86   # boot acceptance
   ovmf              # UEFI firmware for boot acceptance
   mmdebstrap        # builds the boot test image
-  grub-efi-amd64-bin grub-pc-bin  # GRUB for the test image (both firmwares)
   openssh-client    # ssh-keygen / ssh for the boot check
   curl time file    # benchmarks and the static-binary check
 )
