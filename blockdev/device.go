@@ -94,8 +94,15 @@ func (d *Device) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off+int64(len(p)) > d.size {
 		return 0, fmt.Errorf("write of %d bytes at %d: %w", len(p), off, ErrPastEnd)
 	}
-	return d.f.WriteAt(p, off)
+	n, err := d.f.WriteAt(p, off)
+	if err == nil && len(p) >= writeBehindMin {
+		d.writeBehind(off, int64(n))
+	}
+	return n, err
 }
+
+// writeBehindMin is the smallest write whose writeback is started at once.
+const writeBehindMin = 1 << 20
 
 // ErrPastEnd is returned for writes beyond the end of the disk.
 var ErrPastEnd = errors.New("past the end of the disk")

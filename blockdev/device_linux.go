@@ -84,6 +84,22 @@ func ioctlPtr(f *os.File, req uint, p unsafe.Pointer) error {
 // is noticed between chunks.
 const ioctlChunk = 1 << 30
 
+// writeBehind starts the writeback of a range just written, without waiting
+// for it (sync_file_range SYNC_FILE_RANGE_WRITE). The kernel otherwise keeps
+// up to dirty_ratio of RAM (gigabytes on a server) dirty until the final
+// fsync, which then writes it all while nothing else runs; started early,
+// the disk writes while the next chunks are downloaded or decompressed.
+// It is a hint: errors are left to the final fsync, which reports them.
+func (d *Device) writeBehind(off, n int64) {
+	rc, err := d.f.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		_ = unix.SyncFileRange(int(fd), off, n, unix.SYNC_FILE_RANGE_WRITE)
+	})
+}
+
 func (d *Device) punchHole(off, n int64) error {
 	rc, err := d.f.SyscallConn()
 	if err != nil {

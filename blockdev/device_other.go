@@ -19,6 +19,8 @@ func (d *Device) zeroRange(ctx context.Context, off, n int64) error {
 // discarded contents are unspecified.
 func (d *Device) discard(context.Context, int64, int64) error { return nil }
 
+func (d *Device) writeBehind(int64, int64) {}
+
 func (d *Device) flushBuffers() error { return errNotLinux }
 
 func (d *Device) rereadPartitions(context.Context) error { return errNotLinux }

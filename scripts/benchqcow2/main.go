@@ -8,9 +8,11 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"runtime/pprof"
 	"strings"
 	"time"
@@ -29,7 +31,8 @@ func main() {
 func run() error {
 	gen := flag.String("gen", "", "write a raw image with mixed content to this new file")
 	size := flag.Int64("size", 4<<30, "virtual size for -gen")
-	data := flag.Int64("data", 1536<<20, "bytes of data (random and text) for -gen")
+	data := flag.Int64("data", 1536<<20, "bytes of data (real files, random and text) for -gen")
+	files := flag.String("files", "/usr", "directory whose files (read in lexical order) fill most data blocks for -gen; empty: none")
 	src := flag.String("src", "", "qcow2 file to convert")
 	dst := flag.String("dst", "", "new sparse file to convert onto")
 	workers := flag.Int("workers", 0, "ConvertOptions.Workers")
@@ -47,7 +50,7 @@ func run() error {
 		defer pprof.StopCPUProfile()
 	}
 	if *gen != "" {
-		return generate(*gen, *size, *data)
+		return generate(*gen, *size, *data, *files)
 	}
 	if *src == "" || *dst == "" {
 		return fmt.Errorf("need -gen, or -src and -dst")
@@ -94,10 +97,13 @@ func run() error {
 	return nil
 }
 
-// generate writes size bytes: data bytes of 1 MiB blocks, half random and
-// half text, spread over the image, the rest unwritten (zeros); a few
-// explicit zero blocks too.
-func generate(path string, size, data int64) error {
+// generate writes size bytes: data bytes of 1 MiB blocks spread over the
+// image, the rest unwritten (zeros), and a few explicit zero blocks. Of the
+// data blocks, about 70% hold the contents of real files under filesDir
+// (binaries, libraries, text: they compress like a real system's disk),
+// 15% random bytes (already-compressed data) and 15% repeated text. Without
+// filesDir it is half random, half text.
+func generate(path string, size, data int64, filesDir string) error {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
@@ -110,6 +116,11 @@ func generate(path string, size, data int64) error {
 	rng := rand.New(rand.NewPCG(1, 2))
 	text := []byte(strings.Repeat("Lorem ipsum dolor sit amet, consectetur adipiscing elit 0123456789.\n", blk/64))[:blk]
 	buf := make([]byte, blk)
+	var real *fileStream
+	if filesDir != "" {
+		real = newFileStream(filesDir)
+		defer real.close()
+	}
 	nblk := size / blk
 	want := data / blk
 	for i := int64(0); i < nblk; i++ {
@@ -123,14 +134,20 @@ func generate(path string, size, data int64) error {
 			continue
 		}
 		b := buf
-		if rng.IntN(2) == 0 {
+		kind := rng.IntN(100)
+		switch {
+		case real != nil && kind < 70:
+			if err := real.fill(b); err != nil {
+				return err
+			}
+		case (real != nil && kind < 85) || (real == nil && kind < 50):
 			for j := 0; j < blk; j += 8 {
 				v := rng.Uint64()
 				for k := 0; k < 8; k++ {
 					b[j+k] = byte(v >> (8 * k))
 				}
 			}
-		} else {
+		default:
 			b = text
 		}
 		if _, err := f.WriteAt(b, i*blk); err != nil {
@@ -138,4 +155,55 @@ func generate(path string, size, data int64) error {
 		}
 	}
 	return f.Close()
+}
+
+// fileStream yields the concatenated contents of the regular files under a
+// directory, in lexical order, starting over when it runs out.
+type fileStream struct {
+	paths []string
+	next  int
+	cur   *os.File
+}
+
+func newFileStream(dir string) *fileStream {
+	s := &fileStream{}
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			s.paths = append(s.paths, p)
+		}
+		return nil
+	})
+	return s
+}
+
+func (s *fileStream) fill(b []byte) error {
+	if len(s.paths) == 0 {
+		return fmt.Errorf("no readable files for -files")
+	}
+	for len(b) > 0 {
+		if s.cur == nil {
+			f, err := os.Open(s.paths[s.next%len(s.paths)])
+			s.next++
+			if err != nil {
+				if s.next > 2*len(s.paths) {
+					return fmt.Errorf("no readable files for -files: %w", err)
+				}
+				continue
+			}
+			s.cur = f
+		}
+		n, err := s.cur.Read(b)
+		b = b[n:]
+		if err != nil {
+			s.cur.Close()
+			s.cur = nil
+		}
+	}
+	return nil
+}
+
+func (s *fileStream) close() {
+	if s.cur != nil {
+		s.cur.Close()
+	}
 }
