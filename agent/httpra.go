@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/textproto"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/byoi/byoi/imaging"
@@ -100,7 +98,8 @@ func OpenHTTPRange(ctx context.Context, rawURL string, opts HTTPRangeOptions) (*
 	// go to the image's origin only.
 	c := *opts.Client
 	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
-		return checkRangeRedirect(req, via, opts.Headers)
+		_, err := imaging.CheckRedirect(req, via, opts.Headers)
+		return err
 	}
 	opts.Client = &c
 	h := &HTTPRangeReader{ctx: ctx, url: rawURL, opts: opts, size: -1}
@@ -195,19 +194,8 @@ func (h *HTTPRangeReader) fetch(off, n int64) ([]byte, error) {
 	if err != nil {
 		return nil, errors.New("the image URL is not valid")
 	}
-	for _, hd := range h.opts.Headers {
-		switch textproto.CanonicalMIMEHeaderKey(hd.Name) {
-		case "Range", "Accept-Encoding", "If-Range":
-			continue // ours
-		case "Host":
-			req.Host = hd.Value
-			continue
-		}
-		req.Header.Add(hd.Name, hd.Value)
-	}
+	imaging.SetRequestHeaders(req, h.opts.Headers)
 	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+n-1))
-	req.Header.Set("Accept-Encoding", "identity")
-	req.Header.Set("User-Agent", "byoi")
 	resp, err := h.opts.Client.Do(req)
 	if err != nil {
 		if ctxErr := h.ctx.Err(); ctxErr != nil {
@@ -246,44 +234,6 @@ func (h *HTTPRangeReader) fetch(off, n int64) ([]byte, error) {
 		return nil, &transientError{fmt.Errorf("range request at %d: read: %w", off, stripURL(err))}
 	}
 	return b, nil
-}
-
-// checkRangeRedirect follows at most 10 redirects, only to http(s), and
-// removes the job's headers from a redirect to another origin (or an https
-// to http downgrade): Go's client would copy custom headers to any host.
-func checkRangeRedirect(req *http.Request, via []*http.Request, headers []imaging.Header) error {
-	if len(via) >= 10 {
-		return errors.New("stopped after 10 redirects")
-	}
-	if req.URL.Scheme != "http" && req.URL.Scheme != "https" {
-		return fmt.Errorf("redirect to scheme %q", req.URL.Scheme)
-	}
-	first := via[0].URL
-	same := !(first.Scheme == "https" && req.URL.Scheme != "https") &&
-		strings.EqualFold(first.Hostname(), req.URL.Hostname()) && effectivePort(first) == effectivePort(req.URL)
-	if !same {
-		for _, h := range headers {
-			name := textproto.CanonicalMIMEHeaderKey(h.Name)
-			if name == "Range" {
-				continue
-			}
-			req.Header.Del(name)
-			if name == "Host" {
-				req.Host = ""
-			}
-		}
-	}
-	return nil
-}
-
-func effectivePort(u *url.URL) string {
-	if p := u.Port(); p != "" {
-		return p
-	}
-	if u.Scheme == "https" {
-		return "443"
-	}
-	return "80"
 }
 
 // stripURL drops the URL net/http puts in its errors: it may carry a

@@ -294,27 +294,38 @@ func (s *Stream) collectSecrets() {
 // an https to http downgrade. Pre-signed object storage URLs, the usual
 // redirect target, carry their credentials in the URL and need no header.
 func (s *Stream) checkRedirect(req *http.Request, via []*http.Request) error {
-	if len(via) >= maxRedirects {
-		return fmt.Errorf("%w: stopped after %d redirects", ErrRedirect, maxRedirects)
-	}
-	if req.URL.Scheme != "http" && req.URL.Scheme != "https" {
-		return fmt.Errorf("%w: redirect to scheme %q", ErrRedirect, req.URL.Scheme)
-	}
-	first := via[0].URL
-	if !sameOrigin(first, req.URL) {
-		for _, h := range s.opts.Headers {
-			name := textproto.CanonicalMIMEHeaderKey(h.Name)
-			if controlledHeader(name) {
-				continue
-			}
-			req.Header.Del(name)
-			if name == "Host" {
-				req.Host = ""
-			}
-		}
+	stripped, err := CheckRedirect(req, via, s.opts.Headers)
+	if stripped {
 		s.log.Debug("redirected to another origin: job headers not sent", "url", RedactURL(req.URL.String()))
 	}
-	return nil
+	return err
+}
+
+// CheckRedirect is the redirect policy of every request byoi makes for an
+// image (see Stream.checkRedirect): at most 10 redirects, only to http(s),
+// and the job's headers removed (stripped true) unless the redirect stays
+// on the first request's origin.
+func CheckRedirect(req *http.Request, via []*http.Request, headers []Header) (stripped bool, err error) {
+	if len(via) >= maxRedirects {
+		return false, fmt.Errorf("%w: stopped after %d redirects", ErrRedirect, maxRedirects)
+	}
+	if req.URL.Scheme != "http" && req.URL.Scheme != "https" {
+		return false, fmt.Errorf("%w: redirect to scheme %q", ErrRedirect, req.URL.Scheme)
+	}
+	if sameOrigin(via[0].URL, req.URL) {
+		return false, nil
+	}
+	for _, h := range headers {
+		name := textproto.CanonicalMIMEHeaderKey(h.Name)
+		if controlledHeader(name) {
+			continue
+		}
+		req.Header.Del(name)
+		if name == "Host" {
+			req.Host = ""
+		}
+	}
+	return len(headers) > 0, nil
 }
 
 // sameOrigin reports whether b has a's scheme, host and port, or is an
@@ -334,6 +345,29 @@ func effectivePort(u *url.URL) string {
 		return "443"
 	}
 	return "80"
+}
+
+// SetRequestHeaders puts the job's headers on an image request: Host sets
+// the request's host, a User-Agent replaces byoi's, and the headers byoi
+// controls (Range, If-Range, Accept-Encoding) are ignored. Encoding is
+// identity: offsets and hashes are about the file's bytes.
+func SetRequestHeaders(req *http.Request, headers []Header) {
+	req.Header.Set("User-Agent", "byoi")
+	for _, h := range headers {
+		name := textproto.CanonicalMIMEHeaderKey(h.Name)
+		if controlledHeader(name) {
+			continue
+		}
+		if name == "Host" {
+			req.Host = h.Value
+			continue
+		}
+		if name == "User-Agent" {
+			req.Header.Del(name)
+		}
+		req.Header.Add(name, h.Value)
+	}
+	req.Header.Set("Accept-Encoding", "identity")
 }
 
 // controlledHeader names the headers Fetch sets itself.
@@ -420,23 +454,7 @@ func (s *Stream) attempt() error {
 	if err != nil {
 		return fail(fmt.Errorf("%w: %w", ErrURL, unwrapURLError(err)))
 	}
-	req.Header.Set("User-Agent", "byoi")
-	for _, h := range s.opts.Headers {
-		name := textproto.CanonicalMIMEHeaderKey(h.Name)
-		if controlledHeader(name) {
-			continue
-		}
-		if name == "Host" {
-			req.Host = h.Value
-			continue
-		}
-		if name == "User-Agent" {
-			req.Header.Del(name)
-		}
-		req.Header.Add(name, h.Value)
-	}
-	// Identity encoding: offsets and hashes are about the file's bytes.
-	req.Header.Set("Accept-Encoding", "identity")
+	SetRequestHeaders(req, s.opts.Headers)
 	if off > 0 {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(off, 10)+"-")
 		if s.etag != "" {
