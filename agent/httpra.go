@@ -60,7 +60,7 @@ type HTTPRangeReader struct {
 	opts    HTTPRangeOptions
 	size    int64
 	fetched int64
-	cache   []alignedBlock // most recently used last
+	cache   blockCache
 }
 
 // OpenHTTPRange asks for the first block of rawURL with a Range request and
@@ -102,7 +102,7 @@ func OpenHTTPRange(ctx context.Context, rawURL string, opts HTTPRangeOptions) (*
 		return err
 	}
 	opts.Client = &c
-	h := &HTTPRangeReader{ctx: ctx, url: rawURL, opts: opts, size: -1}
+	h := &HTTPRangeReader{ctx: ctx, url: rawURL, opts: opts, size: -1, cache: blockCache{max: opts.CacheBlocks}}
 	if _, err := h.get(0); err != nil {
 		return nil, err
 	}
@@ -117,31 +117,13 @@ func (h *HTTPRangeReader) Fetched() int64 { return h.fetched }
 
 // ReadAt reads from the cached blocks, fetching the missing ones.
 func (h *HTTPRangeReader) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, fmt.Errorf("read at negative offset %d", off)
-	}
-	n := 0
-	for n < len(p) {
-		at := off + int64(n)
-		if at >= h.size {
-			return n, io.EOF
-		}
-		b, err := h.get(at / h.opts.BlockSize * h.opts.BlockSize)
-		if err != nil {
-			return n, err
-		}
-		n += copy(p[n:], b[at%h.opts.BlockSize:])
-	}
-	return n, nil
+	return readBlocks(p, off, h.size, h.opts.BlockSize, h.get)
 }
 
 // get returns the block at off, from the cache or the server.
 func (h *HTTPRangeReader) get(off int64) ([]byte, error) {
-	for i, c := range h.cache {
-		if c.off == off {
-			h.cache = append(append(h.cache[:i:i], h.cache[i+1:]...), c)
-			return c.b, nil
-		}
+	if b, ok := h.cache.lookup(off); ok {
+		return b, nil
 	}
 	n := h.opts.BlockSize
 	if h.size >= 0 {
@@ -167,10 +149,8 @@ func (h *HTTPRangeReader) get(off int64) ([]byte, error) {
 		return nil, err
 	}
 	h.fetched += int64(len(b))
-	if len(h.cache) >= h.opts.CacheBlocks {
-		h.cache = h.cache[1:]
-	}
-	h.cache = append(h.cache, alignedBlock{off: off, b: b})
+	h.cache.take() // fetch allocated b: the evicted buffer is not reused
+	h.cache.add(off, b)
 	return b, nil
 }
 

@@ -271,7 +271,7 @@ func (r *InspectReport) inspectQcow2(ctx context.Context, src io.ReaderAt, size 
 		return nil, nil, nil
 	}
 	block := max(info.ClusterSize, 64<<10)
-	return &alignedReader{r: img, size: info.VirtualSize, block: block}, func() { img.Close() }, nil
+	return &alignedReader{r: img, size: info.VirtualSize, block: block, cache: blockCache{max: alignedCacheBlocks}}, func() { img.Close() }, nil
 }
 
 // alignedCacheBlocks bounds alignedReader's cache: at most 8 blocks of at
@@ -288,46 +288,19 @@ const alignedCacheBlocks = 8
 type alignedReader struct {
 	r           io.ReaderAt
 	size, block int64
-	cache       []alignedBlock // most recently used last
-}
-
-type alignedBlock struct {
-	off int64
-	b   []byte
+	cache       blockCache
 }
 
 func (a *alignedReader) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, fmt.Errorf("read at negative offset %d", off)
-	}
-	n := 0
-	for n < len(p) {
-		at := off + int64(n)
-		if at >= a.size {
-			return n, io.EOF
-		}
-		b, err := a.get(at / a.block * a.block)
-		if err != nil {
-			return n, err
-		}
-		n += copy(p[n:], b[at%a.block:])
-	}
-	return n, nil
+	return readBlocks(p, off, a.size, a.block, a.get)
 }
 
 // get returns the block at off (a multiple of a.block).
 func (a *alignedReader) get(off int64) ([]byte, error) {
-	for i, c := range a.cache {
-		if c.off == off {
-			a.cache = append(append(a.cache[:i:i], a.cache[i+1:]...), c)
-			return c.b, nil
-		}
+	if b, ok := a.cache.lookup(off); ok {
+		return b, nil
 	}
-	var buf []byte
-	if len(a.cache) == alignedCacheBlocks {
-		buf = a.cache[0].b[:cap(a.cache[0].b)]
-		a.cache = a.cache[1:]
-	}
+	buf := a.cache.take()
 	n := min(a.block, a.size-off)
 	if int64(len(buf)) < n {
 		buf = make([]byte, a.block)
@@ -339,7 +312,7 @@ func (a *alignedReader) get(off int64) ([]byte, error) {
 		}
 		return nil, fmt.Errorf("read the virtual disk at %d: %w", off, err)
 	}
-	a.cache = append(a.cache, alignedBlock{off: off, b: buf})
+	a.cache.add(off, buf)
 	return buf, nil
 }
 

@@ -1,0 +1,66 @@
+package agent
+
+import (
+	"fmt"
+	"io"
+)
+
+// blockCache is a small LRU cache of aligned blocks, shared by the readers
+// that serve many small reads from whole blocks (the inspect readers).
+type blockCache struct {
+	max    int
+	blocks []cachedBlock // most recently used last
+}
+
+type cachedBlock struct {
+	off int64
+	b   []byte
+}
+
+// lookup returns the block at off and marks it most recently used.
+func (c *blockCache) lookup(off int64) ([]byte, bool) {
+	for i, cb := range c.blocks {
+		if cb.off == off {
+			c.blocks = append(append(c.blocks[:i:i], c.blocks[i+1:]...), cb)
+			return cb.b, true
+		}
+	}
+	return nil, false
+}
+
+// take makes room for one block: when the cache is full it drops the least
+// recently used block and returns its buffer (full capacity) for reuse.
+func (c *blockCache) take() []byte {
+	if len(c.blocks) < c.max {
+		return nil
+	}
+	b := c.blocks[0].b
+	c.blocks = c.blocks[1:]
+	return b[:cap(b)]
+}
+
+// add caches b as the block at off; take must have made room.
+func (c *blockCache) add(off int64, b []byte) {
+	c.blocks = append(c.blocks, cachedBlock{off: off, b: b})
+}
+
+// readBlocks fills p from offset off of a size-byte object made of block-
+// byte blocks, each got (whole, from its aligned offset) through get.
+func readBlocks(p []byte, off, size, block int64, get func(off int64) ([]byte, error)) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("read at negative offset %d", off)
+	}
+	n := 0
+	for n < len(p) {
+		at := off + int64(n)
+		if at >= size {
+			return n, io.EOF
+		}
+		b, err := get(at / block * block)
+		if err != nil {
+			return n, err
+		}
+		n += copy(p[n:], b[at%block:])
+	}
+	return n, nil
+}
