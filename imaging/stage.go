@@ -318,7 +318,7 @@ func newStageMem(capacity int64) (*stageMem, error) {
 	}
 	page := int64(os.Getpagesize())
 	b, err := unix.Mmap(-1, 0, int((capacity+page-1)/page*page),
-		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|mapNoReserve)
 	if err != nil {
 		return nil, fmt.Errorf("stage qcow2 in memory (%d bytes): %w", capacity, err)
 	}
