@@ -5,6 +5,8 @@
 # Usage:
 #   scripts/boot-check.sh [--firmware uefi|bios|both] [--no-configdrive] [--expect-hostname NAME]
 #   scripts/boot-check.sh --acceptance     both firmwares pass AND the two negative cases fail
+#                                          (UEFI boots a reinstall-body deploy, BIOS a legacy-body
+#                                          one: both job shapes; --job-shape is ignored here)
 # Options:
 #   --firmware F           uefi (OVMF), bios (SeaBIOS) or both (default both)
 #   --no-configdrive       deploy a job without configdrive (expected to FAIL: no marker)
@@ -368,10 +370,13 @@ if [ "$ACCEPT" = 0 ]; then
   run_boots "${specs[@]}"
   for fw in $(fws "$FIRMWARE"); do [ -z "$(fails_of "$fw")" ] || FAILED+=("$fw"); done
 else
-  deploy cd 1; DISK_CD=$DISK
+  # Both OVH job shapes boot: the legacy body under BIOS (and for the negative cases), the
+  # reinstall body (operatingSystem byoi_64 + customizations) under UEFI.
+  JOB_SHAPE=legacy; deploy cd 1; DISK_CD=$DISK
   deploy nocd 0; DISK_NOCD=$DISK
+  JOB_SHAPE=reinstall; deploy cd-reinstall 1; DISK_CDR=$DISK
   WRONG="wrong-$(rand_hex 2)"
-  run_boots "uefi uefi $DISK_CD $JOB_HOST" "bios bios $DISK_CD $JOB_HOST" \
+  run_boots "uefi uefi $DISK_CDR $JOB_HOST" "bios bios $DISK_CD $JOB_HOST" \
             "negative-no-configdrive $NEG_FW $DISK_NOCD $JOB_HOST" \
             "negative-wrong-hostname $NEG_FW $DISK_CD $WRONG failfast"
   for fw in uefi bios; do [ -z "$(fails_of "$fw")" ] || FAILED+=("$fw"); done
