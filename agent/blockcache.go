@@ -39,8 +39,10 @@ func (c *blockCache) take() []byte {
 	return b[:cap(b)]
 }
 
-// add caches b as the block at off; take must have made room.
+// add caches b as the block at off, dropping the least recently used block
+// when the cache is full.
 func (c *blockCache) add(off int64, b []byte) {
+	c.take()
 	c.blocks = append(c.blocks, cachedBlock{off: off, b: b})
 }
 

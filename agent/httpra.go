@@ -149,7 +149,6 @@ func (h *HTTPRangeReader) get(off int64) ([]byte, error) {
 		return nil, err
 	}
 	h.fetched += int64(len(b))
-	h.cache.take() // fetch allocated b: the evicted buffer is not reused
 	h.cache.add(off, b)
 	return b, nil
 }

@@ -125,7 +125,9 @@ func TestDeployReusesImageConfigDrive(t *testing.T) {
 		t.Fatalf("config drive %+v, table %+v", res.ConfigDrive, res.Table)
 	}
 	part := make([]byte, 4*mib)
-	disk.ReadAt(part, 17*mib)
+	if _, err := disk.ReadAt(part, 17*mib); err != nil {
+		t.Fatal(err)
+	}
 	if !bytes.Contains(part, []byte(`"hostname":"new"`)) || bytes.Contains(part, []byte(`"hostname":"old"`)) {
 		t.Error("the image's config-2 partition does not hold the new ConfigDrive")
 	}

@@ -176,7 +176,7 @@ func md5sum(b []byte) string {
 	return hex.EncodeToString(h[:])
 }
 
-// fakeMachine builds a sysfs tree with two virtio disks of different sizes
+// fakeMachine builds a sysfs tree with the given virtio disks (name → size)
 // whose device nodes are sparse files, and an empty mount table.
 func fakeMachine(t *testing.T, disks map[string]int64) (sys, proc, dev string) {
 	t.Helper()
@@ -185,6 +185,9 @@ func fakeMachine(t *testing.T, disks map[string]int64) (sys, proc, dev string) {
 	files := map[string]string{
 		filepath.Join(proc, "self", "mountinfo"): "",
 		filepath.Join(proc, "swaps"):             "Filename\tType\tSize\tUsed\tPriority\n",
+	}
+	if err := os.MkdirAll(dev, 0o755); err != nil {
+		t.Fatal(err)
 	}
 	minor := 0
 	for name, size := range disks {
@@ -196,9 +199,10 @@ func fakeMachine(t *testing.T, disks map[string]int64) (sys, proc, dev string) {
 		files[filepath.Join(b, "queue", "rotational")] = "0"
 		files[filepath.Join(b, "queue", "logical_block_size")] = "512"
 		files[filepath.Join(b, "queue", "physical_block_size")] = "512"
-		os.MkdirAll(filepath.Join(b, "holders"), 0o755)
+		if err := os.MkdirAll(filepath.Join(b, "holders"), 0o755); err != nil {
+			t.Fatal(err)
+		}
 		minor += 16
-		os.MkdirAll(dev, 0o755)
 		if err := createSparse(filepath.Join(dev, name), size); err != nil {
 			t.Fatal(err)
 		}
@@ -234,12 +238,18 @@ func TestDeployDiskGroup(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("deploy: %s", errOut)
 	}
-	got, _ := os.ReadFile(filepath.Join(dev, "vda"))
+	got, err := os.ReadFile(filepath.Join(dev, "vda"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !bytes.Equal(got[1<<20:len(img)-(1<<20)], img[1<<20:len(img)-(1<<20)]) {
 		t.Error("group 2 (vda) did not receive the image")
 	}
-	other, _ := os.ReadFile(filepath.Join(dev, "vdb"))
-	if !bytes.Equal(other, make([]byte, len(other))) {
+	other, err := os.ReadFile(filepath.Join(dev, "vdb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(other) != 256<<20 || !bytes.Equal(other, make([]byte, len(other))) {
 		t.Error("group 1 (vdb) was written")
 	}
 	code, _, errOut = runCLI(t, append([]string{"deploy", "--url", url, "--type", "raw", "--disk-group", "3"}, roots...)...)
