@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/byoi/byoi/internal/fat"
+	"github.com/byoi/byoi/job"
 	"github.com/byoi/byoi/partition"
 )
 
@@ -31,14 +32,29 @@ type BootReport struct {
 	Legacy          bool                 `json:"legacyBootable"`
 	LegacySigns     []string             `json:"legacySigns,omitempty"`
 	Problems        []string             `json:"problems,omitempty"`
+	// Warnings are the Problems that do not stop a deployment, as catalog
+	// codes with their arguments.
+	Warnings []Warning `json:"-"`
 	// BootloaderProblem says why BootloaderPath was not found (also in
-	// Problems); empty when found or not asked.
-	BootloaderProblem string `json:"-"`
+	// Problems); nil when found or not asked.
+	BootloaderProblem error `json:"-"`
 }
 
-func (r *BootReport) bootloaderMissing(format string, args ...any) {
-	r.BootloaderProblem = fmt.Sprintf(format, args...)
-	r.Problems = append(r.Problems, r.BootloaderProblem)
+// Warning is a catalog code with its arguments.
+type Warning struct {
+	Code job.Code
+	Args []any
+}
+
+// problem records a warning.
+func (r *BootReport) problem(code job.Code, args ...any) {
+	r.Warnings = append(r.Warnings, Warning{Code: code, Args: args})
+	r.Problems = append(r.Problems, job.Text(code, args...))
+}
+
+func (r *BootReport) bootloaderMissing(why string) {
+	r.BootloaderProblem = job.Errorf(job.BootloaderMissing, r.BootloaderPath, why)
+	r.Problems = append(r.Problems, r.BootloaderProblem.Error())
 }
 
 // InspectBoot reads the image's EFI System Partition and its legacy boot
@@ -70,20 +86,20 @@ func InspectBoot(d partition.Disk, t *partition.Table, efiPath string) BootRepor
 	// BIOS runs the MBR's code: without it nothing else matters.
 	r.Legacy = len(r.LegacySigns) > 0 && r.LegacySigns[0] == "boot code in the MBR"
 	if !r.Legacy {
-		r.Problems = append(r.Problems, "no boot code in the MBR: a legacy BIOS server cannot boot this image")
+		r.problem(job.WarnNoLegacyBoot)
 	}
 	if r.ESP == nil {
-		r.Problems = append(r.Problems, "no EFI System Partition: a UEFI server cannot boot this image")
+		r.problem(job.WarnNoESP)
 		if efiPath != "" {
-			r.bootloaderMissing("EFI bootloader %s not found: the image has no EFI System Partition", efiPath)
+			r.bootloaderMissing("the image has no EFI System Partition")
 		}
 		return r
 	}
 	fs, err := fat.Open(io.NewSectionReader(d, r.ESP.Start, r.ESP.Size), r.ESP.Size)
 	if err != nil {
-		r.Problems = append(r.Problems, fmt.Sprintf("EFI System Partition %d is not a readable FAT filesystem: %v", r.ESP.Number, err))
+		r.problem(job.WarnESPUnreadable, r.ESP.Number, err.Error())
 		if efiPath != "" {
-			r.bootloaderMissing("EFI bootloader %s not found: the EFI System Partition cannot be read", efiPath)
+			r.bootloaderMissing("the EFI System Partition cannot be read")
 		}
 		return r
 	}
@@ -95,14 +111,14 @@ func InspectBoot(d partition.Disk, t *partition.Table, efiPath string) BootRepor
 		e, ok, err := fs.Lookup(efiPath)
 		switch {
 		case err != nil:
-			r.bootloaderMissing("EFI bootloader %s not found: %v", efiPath, err)
+			r.bootloaderMissing(err.Error())
 		case !ok || e.Dir:
-			r.bootloaderMissing("EFI bootloader %s not found in the EFI System Partition", efiPath)
+			r.bootloaderMissing("no such file in the EFI System Partition")
 		default:
 			r.BootloaderFound = true
 		}
 	} else if !r.RemovablePath {
-		r.Problems = append(r.Problems, fmt.Sprintf("the EFI System Partition has no %s: UEFI firmware needs a boot entry (efiBootloaderPath)", removablePath))
+		r.problem(job.WarnNoRemovablePath, removablePath)
 	}
 	return r
 }

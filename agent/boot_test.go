@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/byoi/byoi/job"
+
 	"github.com/byoi/byoi/internal/testimage"
 	"github.com/byoi/byoi/internal/testutil"
 	"github.com/byoi/byoi/partition"
@@ -72,14 +74,14 @@ func inspect(t *testing.T, img []byte, efiPath string) BootReport {
 func TestInspectBoot(t *testing.T) {
 	img := espImage(t, []string{"EFI/debian/grubx64.efi", "EFI/BOOT/BOOTX64.EFI"}, true)
 	r := inspect(t, img, `\efi\debian\GRUBX64.EFI`)
-	if r.ESP == nil || r.ESP.Number != 1 || !r.RemovablePath || !r.BootloaderFound || !r.Legacy || r.BootloaderProblem != "" {
+	if r.ESP == nil || r.ESP.Number != 1 || !r.RemovablePath || !r.BootloaderFound || !r.Legacy || r.BootloaderProblem != nil {
 		t.Errorf("report %+v", r)
 	}
 	if len(r.Problems) != 0 {
 		t.Errorf("problems %v", r.Problems)
 	}
 	r = inspect(t, img, `\EFI\ubuntu\shimx64.efi`)
-	if r.BootloaderFound || !strings.Contains(r.BootloaderProblem, `\EFI\ubuntu\shimx64.efi not found`) {
+	if r.BootloaderFound || r.BootloaderProblem == nil || !strings.Contains(r.BootloaderProblem.Error(), `\EFI\ubuntu\shimx64.efi not found`) {
 		t.Errorf("missing bootloader not reported: %+v", r)
 	}
 
@@ -94,7 +96,7 @@ func TestInspectBoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	r = inspect(t, noESP, `\efi\debian\grubx64.efi`)
-	if r.ESP != nil || !strings.Contains(strings.Join(r.Problems, "\n"), "no EFI System Partition") || r.BootloaderProblem == "" {
+	if r.ESP != nil || !strings.Contains(strings.Join(r.Problems, "\n"), "no EFI System Partition") || r.BootloaderProblem == nil {
 		t.Errorf("report %+v", r)
 	}
 }
@@ -111,15 +113,15 @@ func TestDeployRefusesMissingEFIBootloader(t *testing.T) {
 		path := oldSystemDisk(t, 48*mib)
 		disk := openFile(t, path)
 		sum := sha256.Sum256(img)
-		job := &Job{ImageURL: url, ImageType: "raw", Checksum: hex.EncodeToString(sum[:]), ChecksumType: "sha256", DiskGroupID: 1, EFIBootloaderPath: tc.path}
-		res, err := (&recorder{}).deployer().Deploy(context.Background(), job, disk)
+		j := &job.Job{ImageURL: url, ImageType: "raw", Checksum: hex.EncodeToString(sum[:]), ChecksumType: "sha256", DiskGroupID: 1, EFIBootloaderPath: tc.path}
+		res, err := (&recorder{}).deployer().Deploy(context.Background(), j, disk)
 		if tc.ok {
 			if err != nil || !res.Boot.BootloaderFound {
 				t.Fatalf("%s: %v", tc.path, err)
 			}
 			continue
 		}
-		if err == nil || UserMessage(err) != `EFI bootloader \efi\redhat\shimx64.efi not found in the EFI System Partition` {
+		if err == nil || job.Message(err) != `EFI bootloader \efi\redhat\shimx64.efi not found: no such file in the EFI System Partition` {
 			t.Fatalf("err %v", err)
 		}
 		assertNoTable(t, path)

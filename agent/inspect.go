@@ -124,7 +124,7 @@ func (d readOnlyDisk) WriteAt([]byte, int64) (int, error)      { return 0, errRe
 func (d readOnlyDisk) Size() int64                             { return d.size }
 func (d readOnlyDisk) SectorSize() int64                       { return d.sector }
 
-// Inspect reads an image of size bytes from src and reports what a deploy
+// InspectImage reads an image of size bytes from src and reports what a deploy
 // would do with it, without writing anything: its real format, the qcow2
 // header and safety checks, the partition table, how it boots, and every
 // problem that would make a deploy fail or the server not boot (in
@@ -138,7 +138,7 @@ func (d readOnlyDisk) SectorSize() int64                       { return d.sector
 // The error is non-nil only when the image cannot be read at all (an I/O
 // error, a cancelled ctx) or opts are invalid; what is wrong with the image
 // itself is data, in the report.
-func Inspect(ctx context.Context, src io.ReaderAt, size int64, opts InspectOptions) (*InspectReport, error) {
+func InspectImage(ctx context.Context, src io.ReaderAt, size int64, opts InspectOptions) (*InspectReport, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("inspect: negative image size %d", size)
 	}
@@ -197,7 +197,7 @@ func Inspect(ctx context.Context, src io.ReaderAt, size int64, opts InspectOptio
 		}
 		if _, ok := imaging.HasPartitionTable(vhead); !ok {
 			e := &imaging.FormatError{Declared: "raw", Found: imaging.Sniff(vhead), NoTable: true}
-			rep.Problems = append(rep.Problems, "qcow2 virtual disk: "+e.Error())
+			rep.Problems = append(rep.Problems, e.Error())
 			disk = nil
 		}
 		head = vhead
@@ -270,50 +270,7 @@ func (r *InspectReport) inspectQcow2(ctx context.Context, src io.ReaderAt, size 
 		r.Problems = append(r.Problems, s.Refused)
 		return nil, nil, nil
 	}
-	block := max(info.ClusterSize, 64<<10)
-	return &alignedReader{r: img, size: info.VirtualSize, block: block, cache: blockCache{max: alignedCacheBlocks}}, func() { img.Close() }, nil
-}
-
-// alignedCacheBlocks bounds alignedReader's cache: at most 8 blocks of at
-// most 2 MiB (the largest qcow2 cluster).
-const alignedCacheBlocks = 8
-
-// alignedReader serves reads of any size and offset from whole, aligned
-// blocks of r. go-qcow2reader decompresses a compressed cluster from its
-// start: a read starting inside one makes it discard the head through a
-// small Read, which imaging's decompressors (registered process-wide)
-// support only on the converter's own source. Reading whole clusters is
-// always right. A few blocks are cached: the partition and FAT readers
-// make many small reads in the same places.
-type alignedReader struct {
-	r           io.ReaderAt
-	size, block int64
-	cache       blockCache
-}
-
-func (a *alignedReader) ReadAt(p []byte, off int64) (int, error) {
-	return readBlocks(p, off, a.size, a.block, a.get)
-}
-
-// get returns the block at off (a multiple of a.block).
-func (a *alignedReader) get(off int64) ([]byte, error) {
-	if b, ok := a.cache.lookup(off); ok {
-		return b, nil
-	}
-	buf := a.cache.take()
-	n := min(a.block, a.size-off)
-	if int64(len(buf)) < n {
-		buf = make([]byte, a.block)
-	}
-	buf = buf[:n]
-	if m, err := a.r.ReadAt(buf, off); m != len(buf) {
-		if err == nil || errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
-		}
-		return nil, fmt.Errorf("read the virtual disk at %d: %w", off, err)
-	}
-	a.cache.add(off, buf)
-	return buf, nil
+	return imaging.Qcow2VirtualDisk(img, info), func() { img.Close() }, nil
 }
 
 // qcow2Features names what the header sets (qcow2 spec, "feature bits").

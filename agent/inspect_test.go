@@ -5,13 +5,8 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/binary"
-	"errors"
-	"io"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,7 +19,7 @@ import (
 func inspInspect(t *testing.T, img []byte, opts InspectOptions) *InspectReport {
 	t.Helper()
 	imaging.RegisterDecompressors()
-	r, err := Inspect(context.Background(), bytes.NewReader(img), int64(len(img)), opts)
+	r, err := InspectImage(context.Background(), bytes.NewReader(img), int64(len(img)), opts)
 	if err != nil {
 		t.Fatalf("Inspect: %v", err)
 	}
@@ -80,7 +75,7 @@ func TestInspectRawGPTWithESP(t *testing.T) {
 		"image provided format is raw which does not match expected qcow2 format",
 		"image provided has a size of 25165824 bytes which is larger than the target disk of 16777216 bytes",
 		"image sector size 512 does not match disk sector size 4096",
-		`EFI bootloader \EFI\redhat\shimx64.efi not found in the EFI System Partition`,
+		`EFI bootloader \EFI\redhat\shimx64.efi not found: no such file in the EFI System Partition`,
 	} {
 		if !inspHasProblem(r, want) {
 			t.Errorf("missing problem %q in %q", want, r.Problems)
@@ -168,7 +163,7 @@ func TestInspectHostileQcow2(t *testing.T) {
 
 	done := make(chan *InspectReport, 1)
 	go func() {
-		r, err := Inspect(context.Background(), bytes.NewReader(img), int64(len(img)), InspectOptions{})
+		r, err := InspectImage(context.Background(), bytes.NewReader(img), int64(len(img)), InspectOptions{})
 		if err != nil {
 			t.Error(err)
 		}
@@ -265,7 +260,7 @@ func TestInspectMBR(t *testing.T) {
 
 func TestInspectBadOptions(t *testing.T) {
 	for _, o := range []InspectOptions{{DiskSectorSize: 1000}, {DeclaredType: "vmdk"}, {DiskSize: -1}} {
-		if _, err := Inspect(context.Background(), bytes.NewReader(nil), 0, o); err == nil {
+		if _, err := InspectImage(context.Background(), bytes.NewReader(nil), 0, o); err == nil {
 			t.Errorf("%+v accepted", o)
 		}
 	}
@@ -275,7 +270,7 @@ func TestInspectBadOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Inspect(ctx, bytes.NewReader(img), int64(len(img)), InspectOptions{}); err == nil {
+	if _, err := InspectImage(ctx, bytes.NewReader(img), int64(len(img)), InspectOptions{}); err == nil {
 		t.Error("cancelled context: no error")
 	}
 }
@@ -300,113 +295,9 @@ func FuzzInspect(f *testing.F) {
 	f.Add(q)
 	f.Add([]byte("QFI\xfb\x00\x00\x00\x03"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := Inspect(context.Background(), bytes.NewReader(b), int64(len(b)), InspectOptions{EFIBootloaderPath: `\EFI\BOOT\BOOTX64.EFI`, DiskSize: 1 << 30, DiskSectorSize: 512})
+		r, err := InspectImage(context.Background(), bytes.NewReader(b), int64(len(b)), InspectOptions{EFIBootloaderPath: `\EFI\BOOT\BOOTX64.EFI`, DiskSize: 1 << 30, DiskSectorSize: 512})
 		if err == nil && r == nil {
 			t.Fatal("nil report without error")
 		}
 	})
-}
-
-// inspRangeServer serves data at /img; mode changes how it answers Range.
-func inspRangeServer(t *testing.T, data []byte, mode string, seen *[]string) string {
-	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if seen != nil {
-			*seen = append(*seen, r.Host+" "+r.Header.Get("X-Token")+" "+r.Header.Get("Range"))
-		}
-		switch mode {
-		case "ignore":
-			w.Write(data)
-		case "shifted": // a wrong Content-Range after the first block
-			if r.Header.Get("Range") != "bytes=0-65535" {
-				w.Header().Set("Content-Range", "bytes 0-65535/"+strconv.Itoa(len(data)))
-				w.WriteHeader(http.StatusPartialContent)
-				w.Write(data[:65536])
-				return
-			}
-			http.ServeContent(w, r, "img", time.Time{}, bytes.NewReader(data))
-		case "5xx-once":
-			mode = ""
-			http.Error(w, "busy", http.StatusServiceUnavailable)
-		default:
-			http.ServeContent(w, r, "img", time.Time{}, bytes.NewReader(data))
-		}
-	}))
-	t.Cleanup(srv.Close)
-	return srv.URL + "/img"
-}
-
-func TestHTTPRangeReader(t *testing.T) {
-	data := make([]byte, 1<<20+12345)
-	for i := range data {
-		data[i] = byte(i * 7 / 3)
-	}
-	ctx := context.Background()
-	opts := HTTPRangeOptions{BlockSize: 64 << 10, CacheBlocks: 4, Headers: []imaging.Header{{Name: "X-Token", Value: "t0k3n"}}}
-	var seen []string
-	ra, err := OpenHTTPRange(ctx, inspRangeServer(t, data, "", &seen), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ra.Size() != int64(len(data)) {
-		t.Fatalf("size %d", ra.Size())
-	}
-	got := make([]byte, len(data))
-	if _, err := ra.ReadAt(got, 0); err != nil || !bytes.Equal(got, data) {
-		t.Fatalf("whole read: %v", err)
-	}
-	p := make([]byte, 100)
-	if n, err := ra.ReadAt(p, int64(len(data))-50); n != 50 || err != io.EOF || !bytes.Equal(p[:50], data[len(data)-50:]) {
-		t.Errorf("read at the end: %d %v", n, err)
-	}
-	for _, s := range seen {
-		if !strings.Contains(s, " t0k3n bytes=") {
-			t.Errorf("request without the header or Range: %q", s)
-		}
-	}
-	before := ra.Fetched()
-	ra.ReadAt(p, int64(len(data))-50) // cached
-	if ra.Fetched() != before {
-		t.Error("a cached block was fetched again")
-	}
-
-	if _, err := OpenHTTPRange(ctx, inspRangeServer(t, data, "ignore", nil), opts); !errors.Is(err, ErrNoRange) {
-		t.Errorf("server ignoring Range: %v", err)
-	}
-	ra, err = OpenHTTPRange(ctx, inspRangeServer(t, data, "shifted", nil), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ra.ReadAt(p, 1<<20); err == nil || !strings.Contains(err.Error(), "not the range asked for") {
-		t.Errorf("wrong Content-Range: %v", err)
-	}
-	if _, err := OpenHTTPRange(ctx, inspRangeServer(t, data, "5xx-once", nil), opts); err != nil {
-		t.Errorf("one 503 is retried: %v", err)
-	}
-	small := opts
-	small.MaxBytes = 128 << 10
-	ra, err = OpenHTTPRange(ctx, inspRangeServer(t, data, "", nil), small)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ra.ReadAt(got, 0); !errors.Is(err, ErrRangeBudget) || ra.Fetched() > small.MaxBytes {
-		t.Errorf("budget: %v, fetched %d", err, ra.Fetched())
-	}
-}
-
-// TestHTTPRangeRedirectDropsHeaders: the job's header goes to the image's
-// origin only, like imaging.Fetch.
-func TestHTTPRangeRedirectDropsHeaders(t *testing.T) {
-	data := bytes.Repeat([]byte{1}, 4096)
-	var seen []string
-	target := inspRangeServer(t, data, "", &seen)
-	redir := httptest.NewServer(http.RedirectHandler(target, http.StatusFound)) // another port: another origin
-	defer redir.Close()
-	ra, err := OpenHTTPRange(context.Background(), redir.URL, HTTPRangeOptions{Headers: []imaging.Header{{Name: "X-Token", Value: "t0k3n"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ra.Size() != 4096 || len(seen) != 1 || strings.Contains(seen[0], "t0k3n") {
-		t.Errorf("size %d requests %q", ra.Size(), seen)
-	}
 }

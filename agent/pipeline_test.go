@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/byoi/byoi/job"
+
 	"github.com/byoi/byoi/blockdev"
 	"github.com/byoi/byoi/imaging"
 	"github.com/byoi/byoi/internal/testimage"
@@ -63,20 +65,27 @@ func serve(t testing.TB, data []byte, wantHeader string) string {
 // recorder collects events and log output for secret checks.
 type recorder struct {
 	mu     sync.Mutex
-	events []Event
+	events []job.Event
 	log    bytes.Buffer
 }
 
-func (r *recorder) report(e Event) {
+func (r *recorder) report(e job.Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.events = append(r.events, e)
 }
 
+// run deploys j onto the file or device at path through Run.
+func (r *recorder) run(t testing.TB, j *job.Job, path string) (*Result, error) {
+	t.Helper()
+	d := r.deployer()
+	return Run(context.Background(), j, Env{Target: path, Logger: d.Logger, Fetch: d.Fetch, Report: ReporterFunc(r.report)})
+}
+
 func (r *recorder) deployer() *Deployer {
 	return &Deployer{
 		Logger: slog.New(slog.NewTextHandler(&lockedWriter{mu: &r.mu, w: &r.log}, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Report: r.report,
+		Events: r.report,
 		Fetch:  imaging.FetchOptions{ConnectTimeout: 5 * time.Second, StallTimeout: 5 * time.Second, MaxRetries: 1, RetryBase: 10 * time.Millisecond},
 	}
 }
@@ -98,7 +107,7 @@ func (r *recorder) all() string {
 	var b strings.Builder
 	b.Write(r.log.Bytes())
 	for _, e := range r.events {
-		b.WriteString(e.Step + " " + e.Status + " " + e.Message + "\n")
+		b.WriteString(string(e.Step) + " " + string(e.Status) + " " + e.Message + "\n")
 	}
 	return b.String()
 }
@@ -161,10 +170,9 @@ func TestDeployRawAllChecksumsByteIdentical(t *testing.T) {
 			// A target of exactly the image size: relocation has nothing to
 			// move, so the disk must be byte-identical to the image.
 			path := oldSystemDisk(t, int64(len(img)))
-			disk := openFile(t, path)
 			rec := &recorder{}
-			job := &Job{ImageURL: url, ImageType: "raw", Checksum: strings.ToUpper(sumHex(c.h, img)), ChecksumType: c.typ, DiskGroupID: 1}
-			res, err := rec.deployer().Deploy(context.Background(), job, disk)
+			j := &job.Job{ImageURL: url, ImageType: "raw", Checksum: strings.ToUpper(sumHex(c.h, img)), ChecksumType: c.typ, DiskGroupID: 1}
+			res, err := rec.run(t, j, path)
 			if err != nil {
 				t.Fatalf("deploy: %v", err)
 			}
@@ -173,7 +181,7 @@ func TestDeployRawAllChecksumsByteIdentical(t *testing.T) {
 			}
 			testutil.Run(t, "cmp", path, writeTemp(t, img))
 			last := rec.events[len(rec.events)-1]
-			if last.Status != StatusDone {
+			if last.Status != job.StatusDone {
 				t.Errorf("last event %+v, want done", last)
 			}
 		})
@@ -196,8 +204,8 @@ func TestDeployRawLargerDiskRelocatesGPT(t *testing.T) {
 	path := oldSystemDisk(t, 64*mib)
 	disk := openFile(t, path)
 	h := sha256.New()
-	job := &Job{ImageURL: url, ImageType: "raw", Checksum: sumHex(h, img), ChecksumType: "sha256", DiskGroupID: 1}
-	if _, err := (&recorder{}).deployer().Deploy(context.Background(), job, disk); err != nil {
+	j := &job.Job{ImageURL: url, ImageType: "raw", Checksum: sumHex(h, img), ChecksumType: "sha256", DiskGroupID: 1}
+	if _, err := (&recorder{}).deployer().Deploy(context.Background(), j, disk); err != nil {
 		t.Fatal(err)
 	}
 	out := testutil.Run(t, "sgdisk", "-v", path)
@@ -225,21 +233,20 @@ func TestDeployChecksumMismatchLeavesNoTable(t *testing.T) {
 	img := testImage(t, 24*mib, 512)
 	url := serve(t, img, "")
 	path := oldSystemDisk(t, 64*mib)
-	disk := openFile(t, path)
 	want := strings.Repeat("ab", 32)
-	job := &Job{ImageURL: url, ImageType: "raw", Checksum: want, ChecksumType: "sha256", DiskGroupID: 1}
+	j := &job.Job{ImageURL: url, ImageType: "raw", Checksum: want, ChecksumType: "sha256", DiskGroupID: 1}
 	rec := &recorder{}
-	_, err := rec.deployer().Deploy(context.Background(), job, disk)
+	_, err := rec.run(t, j, path)
 	if err == nil {
 		t.Fatal("deploy with a wrong checksum succeeded")
 	}
 	got := sumHex(sha256.New(), img)
 	msg := "Bad sha256 for downloaded file, got : " + got + " while expecting " + want + "."
-	if UserMessage(err) != msg {
-		t.Errorf("message %q, want %q", UserMessage(err), msg)
+	if job.Message(err) != msg {
+		t.Errorf("message %q, want %q", job.Message(err), msg)
 	}
 	last := rec.events[len(rec.events)-1]
-	if last.Status != StatusError || last.Message != msg {
+	if last.Status != job.StatusError || last.Message != msg || last.Code != job.ChecksumMismatch || last.Step != job.StepVerify {
 		t.Errorf("last event %+v", last)
 	}
 	assertNoTable(t, path)
@@ -263,19 +270,19 @@ func TestDeploySecretsNeverShown(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			path := oldSystemDisk(t, 32*mib)
 			disk := openFile(t, path)
-			job := &Job{ImageURL: tc.url, ImageType: "raw", DiskGroupID: 1,
-				Headers:     []imaging.Header{{Name: "X-Token", Value: tc.token}},
-				ConfigDrive: &ConfigDrive{Hostname: "web1", UserData: []byte("#!/bin/sh\necho " + userSecret)}}
+			j := &job.Job{ImageURL: tc.url, ImageType: "raw", DiskGroupID: 1,
+				Headers:     []job.Header{{Name: "X-Token", Value: tc.token}},
+				ConfigDrive: &job.ConfigDrive{Hostname: "web1", UserData: []byte("#!/bin/sh\necho " + userSecret)}}
 			rec := &recorder{}
-			_, err := rec.deployer().Deploy(context.Background(), job, disk)
+			_, err := rec.deployer().Deploy(context.Background(), j, disk)
 			if tc.ok != (err == nil) {
 				t.Fatalf("err = %v", err)
 			}
 			all := rec.all()
 			if err != nil {
-				all += err.Error() + UserMessage(err)
-				if !strings.HasPrefix(UserMessage(err), "Could not download image located : ") {
-					t.Errorf("message %q", UserMessage(err))
+				all += err.Error() + job.Message(err)
+				if !strings.HasPrefix(job.Message(err), "Could not download image located : ") {
+					t.Errorf("message %q", job.Message(err))
 				}
 			}
 			for _, s := range []string{secret, userSecret} {
@@ -304,9 +311,9 @@ func TestDeployRefusesWrongFormatBeforeWriting(t *testing.T) {
 			path := oldSystemDisk(t, 32*mib)
 			before, _ := os.ReadFile(path)
 			disk := openFile(t, path)
-			job := &Job{ImageURL: serve(t, tc.data, ""), ImageType: tc.typ, DiskGroupID: 1}
-			_, err := (&recorder{}).deployer().Deploy(context.Background(), job, disk)
-			if err == nil || !strings.HasPrefix(UserMessage(err), tc.msg) {
+			j := &job.Job{ImageURL: serve(t, tc.data, ""), ImageType: tc.typ, DiskGroupID: 1}
+			_, err := (&recorder{}).deployer().Deploy(context.Background(), j, disk)
+			if err == nil || !strings.HasPrefix(job.Message(err), tc.msg) {
 				t.Fatalf("err %v, want %q", err, tc.msg)
 			}
 			after, _ := os.ReadFile(path)
@@ -317,17 +324,160 @@ func TestDeployRefusesWrongFormatBeforeWriting(t *testing.T) {
 	}
 }
 
-type fakeRebooter struct{ called int }
+// fakeRebooter records reboots, and how many events were stored then.
+type fakeRebooter struct {
+	called int
+	rec    *recorder
+	seen   int // events stored when Reboot was called
+}
 
-func (f *fakeRebooter) Reboot(context.Context) error { f.called++; return nil }
-
-func TestFinishReboots(t *testing.T) {
-	f := &fakeRebooter{}
-	if err := (&Deployer{Rebooter: f}).Finish(context.Background()); err != nil || f.called != 1 {
-		t.Fatalf("called %d, err %v", f.called, err)
+func (f *fakeRebooter) Reboot(context.Context) error {
+	f.called++
+	if f.rec != nil {
+		f.rec.mu.Lock()
+		f.seen = len(f.rec.events)
+		f.rec.mu.Unlock()
 	}
-	if err := (&Deployer{}).Finish(context.Background()); err != nil {
+	return nil
+}
+
+// ackReporter is a FinalReporter whose Final fails when refuse is set.
+type ackReporter struct {
+	*recorder
+	refuse bool
+}
+
+func (a ackReporter) Event(e job.Event) { a.report(e) }
+func (a ackReporter) Final(ctx context.Context, e job.Event) error {
+	if a.refuse {
+		return context.DeadlineExceeded
+	}
+	a.report(e)
+	return nil
+}
+
+// TestRunRebootsAfterFinal: the machine reboots once, after the final
+// "done" was acknowledged; never after an error, never when the final
+// status was not acknowledged.
+func TestRunRebootsAfterFinal(t *testing.T) {
+	img := testImage(t, 16*mib, 512)
+	url := serve(t, img, "")
+	sum := sumHex(sha256.New(), img)
+	for _, tc := range []struct {
+		name     string
+		checksum string
+		refuse   bool
+		reboots  int
+	}{
+		{"done", sum, false, 1},
+		{"error", strings.Repeat("0", 64), false, 0},
+		{"not acknowledged", sum, true, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &recorder{}
+			rb := &fakeRebooter{rec: rec}
+			j := &job.Job{ImageURL: url, ImageType: "raw", Checksum: tc.checksum, ChecksumType: "sha256", DiskGroupID: 1}
+			_, err := Run(context.Background(), j, Env{Target: oldSystemDisk(t, 32*mib), Report: ackReporter{rec, tc.refuse}, Rebooter: rb})
+			if rb.called != tc.reboots {
+				t.Errorf("reboots %d, want %d (err %v)", rb.called, tc.reboots, err)
+			}
+			if tc.reboots > 0 {
+				if err != nil || rb.seen != len(rec.events) || rec.events[rb.seen-1].Status != job.StatusDone {
+					t.Errorf("reboot before the final status was stored: err %v, seen %d of %d", err, rb.seen, len(rec.events))
+				}
+			} else if err == nil {
+				t.Error("no error")
+			}
+		})
+	}
+}
+
+// TestRunEvents: events are numbered, timed, typed; every step name is
+// used for one stage only; a raw deploy has its verify step; a 1 GiB
+// deploy sends a bounded number of progress events (the Sink throttles).
+func TestRunEvents(t *testing.T) {
+	const size = 1 << 30
+	img := testImage(t, 64*mib, 512)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The test image without its backup GPT, then zeros up to 1 GiB:
+		// the table is read from the primary header and relocated.
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		w.Write(img[:len(img)-2*mib])
+		zero := make([]byte, 4*mib)
+		for n := int64(len(img) - 2*mib); n < size; n += int64(len(zero)) {
+			if _, err := w.Write(zero[:min(int64(len(zero)), size-n)]); err != nil {
+				return
+			}
+		}
+	}))
+	defer srv.Close()
+	rec := &recorder{}
+	path := testutil.SparseFile(t, size+64*mib)
+	_, err := Run(context.Background(), &job.Job{ImageURL: srv.URL, ImageType: "raw", DiskGroupID: 1},
+		Env{Target: path, Report: ReporterFunc(rec.report), ProgressInterval: 100 * time.Millisecond})
+	if err != nil {
 		t.Fatal(err)
+	}
+	progress, steps := 0, map[job.Step]int{}
+	var prev job.Step
+	for i, e := range rec.events {
+		if e.Seq != int64(i+1) || e.Time.IsZero() || e.Kind == "" {
+			t.Fatalf("event %d: %+v", i, e)
+		}
+		if e.Kind == job.KindProgress {
+			progress++
+		}
+		if e.Step != prev {
+			steps[e.Step]++
+			prev = e.Step
+		}
+	}
+	for s, n := range steps {
+		if n != 1 {
+			t.Errorf("step %s started %d times: %v", s, n, rec.all())
+		}
+	}
+	for _, s := range []job.Step{job.StepPreflight, job.StepDownload, job.StepVerify, job.StepWrite, job.StepRelocate, job.StepBootCheck, job.StepFinish} {
+		if steps[s] != 1 {
+			t.Errorf("no %s step", s)
+		}
+	}
+	last := rec.events[len(rec.events)-1]
+	if last.Status != job.StatusDone || last.Code != job.MsgDone || last.BytesDone != size {
+		t.Errorf("final %+v", last)
+	}
+	// 1 GiB takes a few seconds: at one progress event per 100 ms per
+	// step, well under 200. Unthrottled, imaging reports every 100 ms of
+	// writing plus every chunk staged.
+	if progress == 0 || progress > 200 {
+		t.Errorf("%d progress events", progress)
+	}
+	t.Logf("%d events, %d progress", len(rec.events), progress)
+}
+
+// TestSinkThrottle: the throttle alone, with a controlled clock.
+func TestSinkThrottle(t *testing.T) {
+	var got []job.Event
+	s := NewSink(ReporterFunc(func(e job.Event) { got = append(got, e) }), time.Second)
+	now := time.Unix(1000, 0)
+	s.now = func() time.Time { return now }
+	s.Emit(job.Event{Step: job.StepDownload})
+	for i := range 150 { // 150 progress events over 1.5 s: 2 pass (the first, then one after 1 s)
+		s.Emit(job.Event{Step: job.StepDownload, Kind: job.KindProgress, BytesDone: int64(i), BytesTotal: 1000})
+		now = now.Add(10 * time.Millisecond)
+	}
+	s.Emit(job.Event{Step: job.StepDownload, Kind: job.KindWarning, Message: "w"})                       // always
+	s.Emit(job.Event{Step: job.StepDownload, Kind: job.KindProgress, BytesDone: 1000, BytesTotal: 1000}) // completes: always
+	s.Emit(job.Event{Step: job.StepVerify})                                                              // step change: always
+	kinds := ""
+	for _, e := range got {
+		kinds += string(e.Kind[0])
+	}
+	if kinds != "ippwpi" {
+		t.Errorf("passed %q", kinds)
+	}
+	if got[len(got)-1].Seq != int64(len(got)) || s.Seq() != int64(len(got)) {
+		t.Error("seq")
 	}
 }
 
@@ -350,9 +500,9 @@ func TestDeployLoopDevices(t *testing.T) {
 			if disk.SectorSize() != ss {
 				t.Fatalf("sector size %d", disk.SectorSize())
 			}
-			job := &Job{ImageURL: url, ImageType: "raw", Checksum: sumHex(sha256.New(), img), ChecksumType: "sha256", DiskGroupID: 1,
-				ConfigDrive: &ConfigDrive{Hostname: "loop"}}
-			res, err := (&recorder{}).deployer().Deploy(context.Background(), job, disk)
+			j := &job.Job{ImageURL: url, ImageType: "raw", Checksum: sumHex(sha256.New(), img), ChecksumType: "sha256", DiskGroupID: 1,
+				ConfigDrive: &job.ConfigDrive{Hostname: "loop"}}
+			res, err := (&recorder{}).deployer().Deploy(context.Background(), j, disk)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -378,9 +528,9 @@ func TestDeployLoopDevices(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer disk.Close()
-		job := &Job{ImageURL: serve(t, img, ""), ImageType: "raw", DiskGroupID: 1}
-		_, err = (&recorder{}).deployer().Deploy(context.Background(), job, disk)
-		if err == nil || UserMessage(err) != "image sector size 512 does not match disk sector size 4096" {
+		j := &job.Job{ImageURL: serve(t, img, ""), ImageType: "raw", DiskGroupID: 1}
+		_, err = (&recorder{}).deployer().Deploy(context.Background(), j, disk)
+		if err == nil || job.Message(err) != "image sector size 512 does not match disk sector size 4096" {
 			t.Fatalf("err %v", err)
 		}
 		disk.Close()

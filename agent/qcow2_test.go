@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/byoi/byoi/job"
+
 	"github.com/byoi/byoi/configdrive"
 	"github.com/byoi/byoi/internal/testimage"
 	"github.com/byoi/byoi/partition"
@@ -35,9 +37,9 @@ func TestDeployQcow2(t *testing.T) {
 			rec := &recorder{}
 			dep := rec.deployer()
 			dep.MemoryReserve = tc.reserve
-			job := &Job{ImageURL: url, ImageType: "qcow2", Checksum: hex.EncodeToString(sum[:]), ChecksumType: "sha256", DiskGroupID: 1,
-				ConfigDrive: &ConfigDrive{Hostname: "q"}}
-			res, err := dep.Deploy(context.Background(), job, disk)
+			j := &job.Job{ImageURL: url, ImageType: "qcow2", Checksum: hex.EncodeToString(sum[:]), ChecksumType: "sha256", DiskGroupID: 1,
+				ConfigDrive: &job.ConfigDrive{Hostname: "q"}}
+			res, err := dep.Deploy(context.Background(), j, disk)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -80,11 +82,11 @@ func TestDeployQcow2ChecksumMismatch(t *testing.T) {
 		path := oldSystemDisk(t, 64*mib)
 		before, _ := os.ReadFile(path)
 		disk := openFile(t, path)
-		job := &Job{ImageURL: url, ImageType: "qcow2", Checksum: strings.Repeat("0", 128), ChecksumType: "sha512", DiskGroupID: 1}
+		j := &job.Job{ImageURL: url, ImageType: "qcow2", Checksum: strings.Repeat("0", 128), ChecksumType: "sha512", DiskGroupID: 1}
 		dep := (&recorder{}).deployer()
 		dep.MemoryReserve = reserve
-		_, err = dep.Deploy(context.Background(), job, disk)
-		if err == nil || !strings.HasPrefix(UserMessage(err), "Bad sha512 for downloaded file, got : ") {
+		_, err = dep.Deploy(context.Background(), j, disk)
+		if err == nil || !strings.HasPrefix(job.Message(err), "Bad sha512 for downloaded file, got : ") {
 			t.Fatalf("err %v", err)
 		}
 		if reserve == 0 {
@@ -116,8 +118,8 @@ func TestDeployReusesImageConfigDrive(t *testing.T) {
 	copy(img[17*mib:], old)
 	path := oldSystemDisk(t, 64*mib)
 	disk := openFile(t, path)
-	job := &Job{ImageURL: serve(t, img, ""), ImageType: "raw", DiskGroupID: 1, ConfigDrive: &ConfigDrive{Hostname: "new"}}
-	res, err := (&recorder{}).deployer().Deploy(context.Background(), job, disk)
+	j := &job.Job{ImageURL: serve(t, img, ""), ImageType: "raw", DiskGroupID: 1, ConfigDrive: &job.ConfigDrive{Hostname: "new"}}
+	res, err := (&recorder{}).deployer().Deploy(context.Background(), j, disk)
 	if err != nil {
 		t.Fatal(err)
 	}

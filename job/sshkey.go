@@ -1,9 +1,9 @@
-package agent
+package job
 
 import (
 	"encoding/base64"
 	"encoding/binary"
-	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -64,7 +64,7 @@ var ecdsaPointLen = map[string]int{"nistp256": 65, "nistp384": 97, "nistp521": 1
 func ParseSSHPublicKey(line string) (SSHPublicKey, error) {
 	for i := 0; i < len(line); i++ {
 		if c := line[i]; (c < 0x20 && c != '\t') || c == 0x7f {
-			return SSHPublicKey{}, fmt.Errorf("ssh key contains a control character (want one \"type base64 [comment]\" line)")
+			return SSHPublicKey{}, sshErr(SSHKeyControl)
 		}
 	}
 	line = strings.Trim(line, " \t")
@@ -77,52 +77,52 @@ func ParseSSHPublicKey(line string) (SSHPublicKey, error) {
 		b64, comment = rest[:i], strings.Trim(rest[i+1:], " \t")
 	}
 	if typ == "" {
-		return SSHPublicKey{}, fmt.Errorf("ssh key is empty")
+		return SSHPublicKey{}, sshErr(SSHKeyEmpty)
 	}
 	layout, ok := sshKeyLayouts[typ]
 	if !ok {
-		return SSHPublicKey{}, fmt.Errorf("ssh key type %s is not supported (want ssh-ed25519, ssh-rsa, ecdsa-sha2-nistp256/384/521, sk-ssh-ed25519@openssh.com, sk-ecdsa-sha2-nistp256@openssh.com or ssh-dss; options before the key are not accepted)", quoteShort(typ))
+		return SSHPublicKey{}, sshErr(SSHKeyType, quoteShort(typ))
 	}
 	if b64 == "" {
-		return SSHPublicKey{}, fmt.Errorf("ssh key of type %s has no key data", typ)
+		return SSHPublicKey{}, sshErr(SSHKeyNoData, typ)
 	}
 	blob, err := base64.StdEncoding.DecodeString(b64)
 	if err != nil {
-		return SSHPublicKey{}, fmt.Errorf("ssh key of type %s: key data is not valid base64", typ)
+		return SSHPublicKey{}, sshErr(SSHKeyBase64, typ)
 	}
 	r := wireReader{b: blob}
 	inner, ok := r.str()
 	if !ok || string(inner) != typ {
-		return SSHPublicKey{}, fmt.Errorf("ssh key of type %s: key data does not start with its type (damaged or mismatched key)", typ)
+		return SSHPublicKey{}, sshErr(SSHKeyTypeMismatch, typ)
 	}
 	var curve string
 	for _, f := range layout {
 		v, ok := r.str()
 		if !ok {
-			return SSHPublicKey{}, fmt.Errorf("ssh key of type %s: key data is truncated", typ)
+			return SSHPublicKey{}, sshErr(SSHKeyTruncated, typ)
 		}
 		switch f {
 		case 'e':
 			if len(v) != 32 {
-				return SSHPublicKey{}, fmt.Errorf("ssh key of type %s: Ed25519 key is %d bytes, want 32", typ, len(v))
+				return SSHPublicKey{}, sshErr(SSHKeyEd25519Size, typ, len(v))
 			}
 		case 'c':
 			curve = string(v)
 			if !strings.Contains(typ, "-"+curve) {
-				return SSHPublicKey{}, fmt.Errorf("ssh key of type %s: curve name does not match the type", typ)
+				return SSHPublicKey{}, sshErr(SSHKeyCurve, typ)
 			}
 		case 'q':
 			if len(v) != ecdsaPointLen[curve] || v[0] != 4 {
-				return SSHPublicKey{}, fmt.Errorf("ssh key of type %s: malformed ECDSA point", typ)
+				return SSHPublicKey{}, sshErr(SSHKeyECDSAPoint, typ)
 			}
 		case 'm':
 			if len(v) == 0 {
-				return SSHPublicKey{}, fmt.Errorf("ssh key of type %s: empty integer in key data", typ)
+				return SSHPublicKey{}, sshErr(SSHKeyEmptyInt, typ)
 			}
 		}
 	}
 	if r.len() != 0 {
-		return SSHPublicKey{}, fmt.Errorf("ssh key of type %s: %d unexpected bytes after the key data", typ, r.len())
+		return SSHPublicKey{}, sshErr(SSHKeyTrailing, typ, r.len())
 	}
 	if typ == "ssh-rsa" {
 		// The second mpint is the modulus n.
@@ -138,7 +138,7 @@ func ParseSSHPublicKey(line string) (SSHPublicKey, error) {
 			bits = (len(n)-1)*8 + bitLen(n[0])
 		}
 		if bits < minRSABits {
-			return SSHPublicKey{}, fmt.Errorf("ssh key of type ssh-rsa has a %d-bit modulus: OpenSSH refuses RSA keys under %d bits", bits, minRSABits)
+			return SSHPublicKey{}, sshErr(SSHKeyRSASmall, bits, minRSABits)
 		}
 	}
 	return SSHPublicKey{Type: typ, Blob: blob, Comment: comment}, nil
@@ -151,7 +151,7 @@ func ParseSSHPublicKey(line string) (SSHPublicKey, error) {
 // 64 KiB and holds at most 64 keys.
 func ParseSSHPublicKeys(s string) ([]SSHPublicKey, error) {
 	if len(s) > maxSSHKeyFieldLen {
-		return nil, fmt.Errorf("sshKey is %d bytes, more than the %d KiB limit", len(s), maxSSHKeyFieldLen>>10)
+		return nil, sshErr(SSHKeyFieldTooLong, len(s), maxSSHKeyFieldLen>>10)
 	}
 	var keys []SSHPublicKey
 	lines := strings.Split(s, "\n")
@@ -161,19 +161,20 @@ func ParseSSHPublicKeys(s string) ([]SSHPublicKey, error) {
 			continue
 		}
 		if len(keys) == maxSSHKeys {
-			return nil, fmt.Errorf("sshKey holds more than %d keys", maxSSHKeys)
+			return nil, sshErr(SSHKeyTooMany, maxSSHKeys)
 		}
 		k, err := ParseSSHPublicKey(line)
 		if err != nil {
+			line := 0
 			if len(lines) > 1 {
-				return nil, fmt.Errorf("sshKey line %d: %w", i+1, err)
+				line = i + 1
 			}
-			return nil, fmt.Errorf("sshKey: %w", err)
+			return nil, err.(*SSHKeyError).at(line)
 		}
 		keys = append(keys, k)
 	}
 	if len(keys) == 0 {
-		return nil, fmt.Errorf("sshKey holds no key")
+		return nil, sshErr(SSHKeyNone)
 	}
 	return keys, nil
 }
@@ -204,11 +205,48 @@ func bitLen(b byte) int {
 	return n
 }
 
-// quoteShort quotes s for an error message, cut to 64 bytes so that an
-// error never carries a large piece of untrusted input.
-func quoteShort(s string) string {
-	if len(s) > 64 {
-		return fmt.Sprintf("%q...", s[:64])
+// SSHKeyError is an SSH public key refused by ParseSSHPublicKey(s). Its
+// text is the catalog message for Code; errors about one key of the sshKey
+// field are prefixed with where it is ("sshKey: ", "sshKey line 2: ").
+type SSHKeyError struct {
+	Code Code
+	Args []any
+	// Line is the 1-based line of the sshKey field the key is on, 0 when
+	// the field has a single line or the error is about the whole field.
+	Line int
+	// InField: returned by ParseSSHPublicKeys (the text names the field).
+	InField bool
+}
+
+func sshErr(code Code, args ...any) *SSHKeyError { return &SSHKeyError{Code: code, Args: args} }
+
+// at marks a key's error as found on line (0: the field's only line).
+func (e *SSHKeyError) at(line int) *SSHKeyError {
+	c := *e
+	c.Line, c.InField = line, true
+	return &c
+}
+
+func (e *SSHKeyError) Error() string {
+	msg := Text(e.Code, e.Args...)
+	switch {
+	case e.Line > 0:
+		return "sshKey line " + strconv.Itoa(e.Line) + ": " + msg
+	case e.InField:
+		return "sshKey: " + msg
 	}
-	return fmt.Sprintf("%q", s)
+	return msg
+}
+
+// MessageCode returns the catalog code.
+func (e *SSHKeyError) MessageCode() Code { return e.Code }
+
+// sshKeyInvalid turns an SSH key parse error into the ValidationError of the
+// ConfigDrive's sshKey field.
+func sshKeyInvalid(err error) error {
+	code := Internal
+	if se, ok := err.(*SSHKeyError); ok {
+		code = se.Code
+	}
+	return &ValidationError{Code: code, Field: "ConfigDrive.SSHKey", Message: err.Error()}
 }

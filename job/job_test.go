@@ -1,4 +1,4 @@
-package agent
+package job
 
 import (
 	"bytes"
@@ -11,8 +11,6 @@ import (
 	"reflect"
 	"strings"
 	"testing"
-
-	"github.com/byoi/byoi/imaging"
 )
 
 const secret = "S3CR3T-d0-n0t-l0g"
@@ -30,9 +28,9 @@ func readFixture(t testing.TB, name string) []byte {
 
 func mustParse(t *testing.T, data string) *Job {
 	t.Helper()
-	j, err := ParseJob([]byte(data))
+	j, err := Parse([]byte(data))
 	if err != nil {
-		t.Fatalf("ParseJob(%s): %v", data, err)
+		t.Fatalf("Parse(%s): %v", data, err)
 	}
 	return j
 }
@@ -43,7 +41,7 @@ func TestParseJobShapesEquivalent(t *testing.T) {
 		ImageType:    "qcow2",
 		Checksum:     "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
 		ChecksumType: "sha256",
-		Headers: []imaging.Header{
+		Headers: []Header{
 			{Name: "Authorization", Value: "Bearer SECRET-TOKEN-VALUE"},
 			{Name: "X-Trace", Value: "abc"},
 		},
@@ -63,11 +61,11 @@ func TestParseJobShapesEquivalent(t *testing.T) {
 		{"job-legacy.json", "job-reinstall.json", full},
 		{"job-legacy-minimal.json", "job-reinstall-minimal.json", minimal},
 	} {
-		a, err := ParseJob(readFixture(t, tt.legacy))
+		a, err := Parse(readFixture(t, tt.legacy))
 		if err != nil {
 			t.Fatalf("%s: %v", tt.legacy, err)
 		}
-		b, err := ParseJob(readFixture(t, tt.reinstall))
+		b, err := Parse(readFixture(t, tt.reinstall))
 		if err != nil {
 			t.Fatalf("%s: %v", tt.reinstall, err)
 		}
@@ -197,9 +195,9 @@ func TestParseJobErrors(t *testing.T) {
 		{"checksum alone", legacyBody(`,"checkSum":"` + sha + `"`), "checkSum", "Please provide checkSum AND checkSumType or none of them"},
 		{"checksum type alone", legacyBody(`,"checkSumType":"sha256"`), "checkSumType", "Please provide checkSum AND checkSumType or none of them"},
 		{"reinstall checksum alone", reinstallBody(`,"imageCheckSum":"`+sha+`"`, ""), "customizations.imageCheckSum", "Please provide checkSum AND checkSumType or none of them"},
-		{"checksum type crc32", legacyBody(`,"checkSum":"` + sha + `","checkSumType":"crc32"`), "checkSumType", "Bad checkSumType, expected : md5, sha1, sha256, sha512."},
-		{"checksum type upper", legacyBody(`,"checkSum":"` + sha + `","checkSumType":"SHA256"`), "checkSumType", "Bad checkSumType, expected : md5, sha1, sha256, sha512."},
-		{"checksum type reinstall", reinstallBody(`,"imageCheckSum":"`+sha+`","imageCheckSumType":"sha3"`, ""), "customizations.imageCheckSumType", "Bad checkSumType, expected : md5, sha1, sha256, sha512."},
+		{"checksum type crc32", legacyBody(`,"checkSum":"` + sha + `","checkSumType":"crc32"`), "checkSumType", "Bad checkSumType, expected : sha1, sha256, md5, sha512."},
+		{"checksum type upper", legacyBody(`,"checkSum":"` + sha + `","checkSumType":"SHA256"`), "checkSumType", "Bad checkSumType, expected : sha1, sha256, md5, sha512."},
+		{"checksum type reinstall", reinstallBody(`,"imageCheckSum":"`+sha+`","imageCheckSumType":"sha3"`, ""), "customizations.imageCheckSumType", "Bad checkSumType, expected : sha1, sha256, md5, sha512."},
 		// Checksums.
 		{"checksum short", legacyBody(`,"checkSum":"abc","checkSumType":"sha256"`), "checkSum", "checkSum must be 64 hexadecimal digits for sha256"},
 		{"checksum md5 length", legacyBody(`,"checkSum":"` + sha + `","checkSumType":"md5"`), "checkSum", "checkSum must be 32 hexadecimal digits for md5"},
@@ -260,8 +258,8 @@ func TestParseJobErrors(t *testing.T) {
 		{"metadata duplicate", legacyBody(`,"configdrive":{"userMetadatas":[{"key":"a","value":"1"},{"key":"a","value":"2"}]}`), "configdrive.userMetadatas[1].key", `configdrive userMetadatas: key "a" is given more than once`},
 		{"user data too big", legacyBody(`,"configdrive":{"userData":"` + strings.Repeat("u", 16<<20+1) + `"}`), "configdrive.userData", "configdrive userData is 16777217 bytes, more than the 16 MiB limit"},
 		// Shapes.
-		{"os other", `{"operatingSystem":"debian12_64"}`, "operatingSystem", `operatingSystem "debian12_64" is not supported: byoi installs only "byoi_64" (bring your own image)`},
-		{"os null", `{"operatingSystem":null,"customizations":{"imageURL":"https://h/i","imageType":"raw"}}`, "operatingSystem", `operatingSystem "" is not supported: byoi installs only "byoi_64" (bring your own image)`},
+		{"os other", `{"operatingSystem":"debian12_64"}`, "operatingSystem", `operatingSystem "debian12_64" is not supported: byoi installs only "byoi_64" or "byolinux_64" (bring your own image)`},
+		{"os null", `{"operatingSystem":null,"customizations":{"imageURL":"https://h/i","imageType":"raw"}}`, "operatingSystem", `operatingSystem "" is not supported: byoi installs only "byoi_64" or "byolinux_64" (bring your own image)`},
 		{"reinstall no customizations", `{"operatingSystem":"byoi_64"}`, "customizations.imageURL", "image URL is missing"},
 		{"typo checksum", legacyBody(`,"checksum":"` + sha + `","checkSumType":"sha256"`), "checksum", `unknown field "checksum"`},
 		{"typo url", `{"url":"https://h/i","type":"raw"}`, "url", `unknown field "url"`},
@@ -293,7 +291,7 @@ func TestParseJobErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			j, err := ParseJob([]byte(tt.in))
+			j, err := Parse([]byte(tt.in))
 			if tt.want == "" {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
@@ -321,7 +319,7 @@ func TestParseJobErrors(t *testing.T) {
 }
 
 func TestParseJobSizeLimit(t *testing.T) {
-	_, err := ParseJob(make([]byte, MaxJobSize+1))
+	_, err := Parse(make([]byte, MaxJobSize+1))
 	if err == nil || err.Error() != "job is 50331649 bytes, more than the 48 MiB limit" {
 		t.Fatalf("got %v", err)
 	}
@@ -355,7 +353,7 @@ func TestValidateInCode(t *testing.T) {
 		{"description", func(j *Job) { j.Description = strings.Repeat("d", 4097) }, "Description", "description is 4097 bytes, more than the 4096-byte limit"},
 		{"too many headers", func(j *Job) {
 			for i := 0; i < 65; i++ {
-				j.Headers = append(j.Headers, imaging.Header{Name: fmt.Sprintf("X-%d", i)})
+				j.Headers = append(j.Headers, Header{Name: fmt.Sprintf("X-%d", i)})
 			}
 		}, "Headers", "65 HTTP headers given, at most 64 are accepted"},
 	} {
@@ -404,7 +402,7 @@ func TestSecretsStayOut(t *testing.T) {
 	}
 	log := buf.String()
 	for _, want := range []string{
-		"https://redacted@images.example.com/i.qcow2?redacted", "Authorization,X-Api-Key",
+		"https://images.example.com/i.qcow2?<redacted>", "Authorization,X-Api-Key",
 		"hostname=web1", "userDataBytes", "metadataKeys=1", "sshKeys=1", `"diskGroupId":1`, "checksumType", "type=qcow2",
 	} {
 		if want == "checksumType" {
@@ -422,13 +420,10 @@ func TestSecretsStayOut(t *testing.T) {
 
 	// Errors about a bad URL do not echo it.
 	for _, u := range []string{"ftp://u:" + secret + "@h/", "http://[" + secret, "https:///?" + secret} {
-		_, err := ParseJob([]byte(`{"URL":"` + u + `","type":"raw"}`))
+		_, err := Parse([]byte(`{"URL":"` + u + `","type":"raw"}`))
 		if err == nil || strings.Contains(err.Error(), secret) {
 			t.Errorf("URL %q: %v", u, err)
 		}
-	}
-	if got := redactURL("not a url"); got != "<invalid URL>" {
-		t.Errorf("redactURL = %q", got)
 	}
 }
 
@@ -453,9 +448,9 @@ func TestParseHeaderFlag(t *testing.T) {
 		{": " + secret, "--header: the text before the first colon is not a valid HTTP header name"},
 		{"Authorization Bearer " + secret + ": x", "--header: the text before the first colon is not a valid HTTP header name"},
 		{"X-A : " + secret, "--header: the text before the first colon is not a valid HTTP header name"},
-		{"X-A: " + secret + "\r\nX-B: 1", `--header "X-A": the value contains a line break or another control character`},
-		{"X-A: " + secret + "\x00", `--header "X-A": the value contains a line break or another control character`},
-		{"X-A: " + strings.Repeat(secret, 1000), `--header "X-A": the value is longer than 16 KiB`},
+		{"X-A: " + secret + "\r\nX-B: 1", `HTTP header "X-A": the value contains a line break or another control character`},
+		{"X-A: " + secret + "\x00", `HTTP header "X-A": the value contains a line break or another control character`},
+		{"X-A: " + strings.Repeat(secret, 1000), `HTTP header "X-A": the value is longer than 16 KiB`},
 	} {
 		_, err := ParseHeaderFlag(tt.in)
 		if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
@@ -472,7 +467,7 @@ func TestParseHeaderFlag(t *testing.T) {
 	}
 }
 
-func FuzzParseJob(f *testing.F) {
+func FuzzParse(f *testing.F) {
 	for _, name := range []string{"job-legacy.json", "job-reinstall.json", "job-legacy-minimal.json", "job-reinstall-minimal.json"} {
 		f.Add(readFixture(f, name))
 	}
@@ -490,7 +485,7 @@ func FuzzParseJob(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		j, err := ParseJob(data)
+		j, err := Parse(data)
 		if err != nil {
 			var ve *ValidationError
 			if !errors.As(err, &ve) {

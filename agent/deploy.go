@@ -1,0 +1,506 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/byoi/byoi/configdrive"
+	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/job"
+	"github.com/byoi/byoi/partition"
+)
+
+// Disk is the target of a deployment: an opened, locked disk (or a regular
+// file standing in for one). blockdev.Device implements it.
+type Disk interface {
+	imaging.Target
+	Path() string
+}
+
+// rereader is implemented by disks whose kernel partition table can be
+// re-read (block devices).
+type rereader interface {
+	RereadPartitions(ctx context.Context) error
+}
+
+// Deployer writes one job onto an opened, locked disk: fetch, verify,
+// write, relocate the backup GPT, check how it boots, add the ConfigDrive,
+// flush. Run is the whole deployment (disk choice, locking, final status,
+// reboot) around it; Deployer is its engine, usable on its own in tests.
+// The zero value works: no events, default download settings.
+type Deployer struct {
+	Fetch         imaging.FetchOptions
+	MemoryReserve int64  // qcow2 staging: memory kept free (default 1 GiB)
+	StagingDir    string // qcow2 staging: a directory to use when memory and the disk tail do not fit
+	Logger        *slog.Logger
+	// Events receives every event as the pipeline makes it (Run passes
+	// them through its Sink). Nil drops them.
+	Events func(job.Event)
+}
+
+// Result describes a finished deployment.
+type Result struct {
+	Disk        string               // the target's path
+	Format      string               // raw or qcow2
+	ImageBytes  int64                // bytes downloaded
+	DiskBytes   int64                // bytes of the disk the image covers (virtual size)
+	Checksum    string               // the verified checksum ("" when none was given)
+	Table       *partition.Table     // the final partition table
+	ConfigDrive *partition.Partition // the config-2 partition, nil when none
+	Staged      string               // where a qcow2 was staged
+	Boot        *BootReport          // how the deployed disk can boot
+	Notes       []string             // things the operator should know (re-read deferred, stale config-2 elsewhere)
+	Elapsed     time.Duration
+}
+
+func (d *Deployer) logger() *slog.Logger {
+	if d.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return d.Logger
+}
+
+func (d *Deployer) emit(e job.Event) {
+	if d.Events != nil {
+		d.Events(e)
+	}
+}
+
+// warn reports a warning event and keeps it in the result's notes.
+func (d *Deployer) warn(res *Result, step job.Step, code job.Code, args ...any) {
+	msg := job.Text(code, args...)
+	d.logger().Warn(msg, "step", step)
+	d.emit(job.Event{Step: step, Kind: job.KindWarning, Code: code, Message: msg})
+	if res != nil {
+		res.Notes = append(res.Notes, msg)
+	}
+}
+
+// progress returns an imaging.Progress reporting step's bytes.
+func (d *Deployer) progress(step job.Step) imaging.Progress {
+	return func(done, total int64) {
+		d.emit(job.Event{Step: step, Kind: job.KindProgress, Message: string(step), BytesDone: done, BytesTotal: total})
+	}
+}
+
+// stepMessages is the event message when each step starts.
+var stepMessages = map[job.Step]string{
+	job.StepPreflight:   job.Text(job.MsgPreflight),
+	job.StepDownload:    "downloading image",
+	job.StepVerify:      "verifying image",
+	job.StepWrite:       "writing image",
+	job.StepRelocate:    job.Text(job.MsgStepPartition),
+	job.StepBootCheck:   job.Text(job.MsgStepBoot),
+	job.StepConfigDrive: "creating the config-2 ConfigDrive",
+	job.StepFinish:      "flushing the disk",
+}
+
+// begin reports that step starts.
+func (d *Deployer) begin(step job.Step, msg string) {
+	d.logger().Info("step start", "step", step)
+	if msg == "" {
+		msg = stepMessages[step]
+	}
+	d.emit(job.Event{Step: step, Kind: job.KindInfo, Message: msg})
+}
+
+// step runs one pipeline step: it logs its start and end, reports status,
+// and tags a failure with the step it happened in.
+func (d *Deployer) step(ctx context.Context, name job.Step, fn func() error) error {
+	if err := ctx.Err(); err != nil {
+		return &stepError{step: name, err: err}
+	}
+	start := time.Now()
+	d.begin(name, "")
+	if err := fn(); err != nil {
+		d.logger().Error("step failed", "step", name, logAttrsErr(err), "elapsed", time.Since(start))
+		return &stepError{step: name, err: err}
+	}
+	d.logger().Info("step done", "step", name, "elapsed", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// stepError tags an error with the step it happened in.
+type stepError struct {
+	step job.Step
+	err  error
+}
+
+func (e *stepError) Error() string { return e.err.Error() }
+func (e *stepError) Unwrap() error { return e.err }
+
+// FailedStep returns the step an error of Deploy or Run happened in ("" if
+// none is known).
+func FailedStep(err error) job.Step {
+	var se *stepError
+	if errors.As(err, &se) {
+		return se.step
+	}
+	return ""
+}
+
+// deployment is the state of one Deploy.
+type deployment struct {
+	*Deployer
+	job  *job.Job
+	disk Disk
+	res  *Result
+	log  *slog.Logger
+	hash hash.Hash // nil when no checksum is asked for
+	// imageEnd is how far the image region reached on the disk, for the
+	// wipe after a failure.
+	imageEnd int64
+}
+
+// Deploy runs the whole job onto disk. The disk must already be checked
+// for use by the running system and locked by the caller (Run does both).
+// On failure after the disk was touched, the disk is left with no partition
+// table at all. Deploy works on its own copy of j: the caller's Job is left
+// as it was. It sends no final event (Run does).
+func (d *Deployer) Deploy(ctx context.Context, j *job.Job, disk Disk) (*Result, error) {
+	start := time.Now()
+	dp := &deployment{Deployer: d, job: j.Clone(), disk: disk, log: d.logger()}
+	dp.res = &Result{Disk: disk.Path()}
+	if err := dp.preflight(ctx); err != nil {
+		return nil, err
+	}
+	stream, err := dp.fetch(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer stream.Close()
+	switch dp.job.ImageType {
+	case job.ImageTypeRaw:
+		err = dp.writeRaw(ctx, stream)
+	case job.ImageTypeQcow2:
+		err = dp.writeQcow2(ctx, stream)
+	default:
+		err = &stepError{job.StepPreflight, job.Errorf(job.BadImageType)}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := dp.finishDisk(ctx); err != nil {
+		return nil, err
+	}
+	dp.res.Elapsed = time.Since(start)
+	return dp.res, nil
+}
+
+// preflight validates the job and sets up the checksum.
+func (dp *deployment) preflight(ctx context.Context) error {
+	return dp.step(ctx, job.StepPreflight, func() error {
+		dp.job.Normalize()
+		if err := dp.job.Validate(); err != nil {
+			return err
+		}
+		dp.res.Format = dp.job.ImageType
+		dp.log.Info("deploying", "job", dp.job, "disk", dp.disk.Path(), "diskSize", dp.disk.Size(), "sectorSize", dp.disk.SectorSize())
+		if dp.job.Checksum != "" {
+			h, err := imaging.NewHash(dp.job.ChecksumType)
+			if err != nil {
+				return err
+			}
+			dp.hash = h
+		}
+		return nil
+	})
+}
+
+// fetch starts the download (the first step of the download stage).
+func (dp *deployment) fetch(ctx context.Context) (*imaging.Stream, error) {
+	var stream *imaging.Stream
+	err := dp.step(ctx, job.StepDownload, func() error {
+		fo := dp.Fetch
+		fo.Headers = dp.job.Headers
+		if fo.Logger == nil {
+			fo.Logger = dp.log
+		}
+		var err error
+		stream, err = imaging.Fetch(ctx, dp.job.ImageURL, fo)
+		return err
+	})
+	return stream, err
+}
+
+// verify compares the checksum of the downloaded bytes (no-op without one).
+func (dp *deployment) verify() error {
+	if dp.hash == nil {
+		return nil
+	}
+	if err := imaging.VerifyChecksum(dp.job.ChecksumType, dp.job.Checksum, dp.hash); err != nil {
+		return err
+	}
+	dp.res.Checksum = hex.EncodeToString(dp.hash.Sum(nil))
+	dp.log.Info("checksum verified", "type", dp.job.ChecksumType)
+	return nil
+}
+
+// checkHead is the checks of the image's first MiB that need the disk.
+func (dp *deployment) checkHead(head []byte) error {
+	return partition.CheckSectorSize(head, dp.disk.SectorSize())
+}
+
+// wipe leaves the disk without a partition table after a failure past the
+// point where it was touched, and returns the cause.
+func (dp *deployment) wipe(ctx context.Context, cause error) error {
+	if werr := imaging.WipeAfterFailure(ctx, dp.disk, dp.imageEnd); werr != nil {
+		dp.log.Error("could not wipe the disk after a failure", logAttrsErr(werr))
+		return errors.Join(cause, werr)
+	}
+	dp.log.Info("disk left without a partition table after the failure")
+	return cause
+}
+
+// writeRaw streams a raw image onto the disk in one pass: download, hash
+// and write overlap (StepDownload), then the checksum (StepVerify), then
+// the held-back partition tables (StepWrite). WriteRaw wipes what it wrote
+// on any failure.
+func (dp *deployment) writeRaw(ctx context.Context, stream *imaging.Stream) error {
+	step, download := job.StepDownload, dp.progress(job.StepDownload)
+	r, err := imaging.WriteRaw(ctx, stream, dp.disk, imaging.RawOptions{
+		DeclaredSize: stream.Size(),
+		TargetName:   dp.disk.Path(),
+		Hash:         dp.hash,
+		Verify: func() error {
+			step = job.StepVerify
+			dp.begin(step, "")
+			if err := dp.verify(); err != nil {
+				return err
+			}
+			step = job.StepWrite
+			dp.begin(step, "writing the partition tables")
+			return nil
+		},
+		Progress: func(done, total int64) {
+			if step == job.StepDownload { // not WriteRaw's last call, after the head
+				download(done, total)
+			}
+		},
+		Logger: dp.log,
+		Check:  dp.checkHead,
+	})
+	dp.res.ImageBytes, dp.res.DiskBytes = r.Written, r.Written
+	dp.imageEnd = r.Written
+	if err != nil {
+		dp.log.Error("step failed", "step", step, logAttrsErr(err))
+		return &stepError{step: step, err: err}
+	}
+	return nil
+}
+
+// writeQcow2 stages the qcow2 (StepDownload), verifies its checksum, header
+// and virtual disk head before the disk's image region is touched
+// (StepVerify), then converts it onto the disk (StepWrite).
+func (dp *deployment) writeQcow2(ctx context.Context, stream *imaging.Stream) error {
+	var staged imaging.Staged
+	// Staging may use the disk's tail: once it has, any failure must
+	// leave no partition table (the old system's tail is gone).
+	tracked := &writeTracker{Target: dp.disk}
+	failed := func(err error) error {
+		if tracked.wrote.Load() {
+			return dp.wipe(ctx, err)
+		}
+		return err
+	}
+	if err := dp.step(ctx, job.StepDownload, func() error {
+		// The real format must be qcow2 before anything is staged.
+		head := make([]byte, 64<<10)
+		n, err := io.ReadFull(stream, head)
+		if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+			return err
+		}
+		head = head[:n]
+		if _, err := imaging.CheckFormat(job.ImageTypeQcow2, head); err != nil {
+			return err
+		}
+		staged, err = imaging.Stage(ctx, io.MultiReader(bytes.NewReader(head), stream), imaging.StageOptions{
+			DeclaredSize:  stream.Size(),
+			MemoryReserve: dp.MemoryReserve,
+			Target:        tracked,
+			StagingDir:    dp.StagingDir,
+			Hash:          dp.hash,
+			Progress:      dp.progress(job.StepDownload),
+			Logger:        dp.log,
+		})
+		return err
+	}); err != nil {
+		return failed(err)
+	}
+	defer staged.Close()
+	dp.res.ImageBytes = staged.Size()
+	dp.res.Staged = staged.Where()
+	var info *imaging.Qcow2Info
+	if err := dp.step(ctx, job.StepVerify, func() error {
+		if err := dp.verify(); err != nil {
+			return err
+		}
+		var err error
+		info, err = imaging.CheckQcow2(staged, staged.Size(), dp.disk.Path(), dp.disk.Size())
+		if err != nil {
+			return err
+		}
+		head, err := readQcow2Head(staged, staged.Size(), info)
+		if err != nil {
+			return err
+		}
+		return dp.checkHead(head)
+	}); err != nil {
+		return failed(err)
+	}
+	dp.res.DiskBytes = info.VirtualSize
+	return dp.step(ctx, job.StepWrite, func() error {
+		dp.imageEnd = info.VirtualSize
+		// ConvertQcow2 wipes what it wrote on failure.
+		return imaging.ConvertQcow2(ctx, staged, staged.Size(), dp.disk, imaging.ConvertOptions{
+			Progress: dp.progress(job.StepWrite),
+			Logger:   dp.log,
+		})
+	})
+}
+
+// finishDisk is the tail every image type shares once the image is on the
+// disk: relocate the backup GPT, check how it boots, add the ConfigDrive,
+// flush and re-read. Any failure leaves the disk without a table.
+func (dp *deployment) finishDisk(ctx context.Context) error {
+	if err := dp.step(ctx, job.StepRelocate, func() error {
+		return partition.RelocateBackupGPTFrom(ctx, dp.disk, dp.res.DiskBytes)
+	}); err != nil {
+		return dp.wipe(ctx, err)
+	}
+	if err := dp.step(ctx, job.StepBootCheck, dp.bootCheck); err != nil {
+		return dp.wipe(ctx, err)
+	}
+	if dp.job.ConfigDrive != nil {
+		if err := dp.step(ctx, job.StepConfigDrive, func() error {
+			p, err := dp.addConfigDrive(ctx)
+			if err != nil {
+				return job.Wrap(err, job.ConfigDriveFailed)
+			}
+			dp.res.ConfigDrive = &p
+			return nil
+		}); err != nil {
+			return dp.wipe(ctx, err)
+		}
+	}
+	if err := dp.step(ctx, job.StepFinish, func() error { return dp.flush(ctx) }); err != nil {
+		return dp.wipe(ctx, err)
+	}
+	return nil
+}
+
+// bootCheck reports how the deployed disk boots, and refuses a job whose
+// efiBootloaderPath is not on the disk: the server's boot entry would point
+// at nothing.
+func (dp *deployment) bootCheck() error {
+	t, err := partition.Read(dp.disk)
+	if err != nil {
+		return fmt.Errorf("read the partition table: %w", err)
+	}
+	b := InspectBoot(dp.disk, t, dp.job.EFIBootloaderPath)
+	dp.res.Boot = &b
+	for _, p := range b.Warnings {
+		dp.warn(dp.res, job.StepBootCheck, p.Code, p.Args...)
+	}
+	if b.BootloaderProblem != nil {
+		return b.BootloaderProblem
+	}
+	return nil
+}
+
+// flush syncs the disk, reads the final table and asks the kernel to
+// re-read it.
+func (dp *deployment) flush(ctx context.Context) error {
+	if err := dp.disk.Sync(); err != nil {
+		return &imaging.WriteError{Format: dp.job.ImageType, Err: err}
+	}
+	t, err := partition.Read(dp.disk)
+	if err != nil {
+		return fmt.Errorf("read the final partition table: %w", err)
+	}
+	dp.res.Table = t
+	if rr, ok := dp.disk.(rereader); ok {
+		if err := rr.RereadPartitions(ctx); err != nil {
+			// The table is on disk; only the running kernel has not
+			// seen it. The reboot applies it.
+			dp.log.Warn("partition table re-read", logAttrsErr(err))
+			dp.warn(dp.res, job.StepFinish, job.WarnRereadDeferred)
+		}
+	}
+	return nil
+}
+
+// addConfigDrive builds the config-2 filesystem and writes it into a new
+// partition at the end of the disk, or into the image's own config-2
+// partition when it has one.
+func (dp *deployment) addConfigDrive(ctx context.Context) (partition.Partition, error) {
+	cd, disk := dp.job.ConfigDrive, dp.disk
+	content := configdrive.Content{
+		UUID:     configdrive.DeriveUUID(dp.job.ImageURL + "\x00" + cd.Hostname + "\x00" + disk.Path()),
+		Hostname: cd.Hostname,
+		SSHKey:   cd.SSHKey,
+		UserData: cd.UserData,
+		Meta:     cd.Metadata,
+	}
+	format := configdrive.FormatFor(disk.SectorSize())
+	img, err := configdrive.Build(ctx, content, format)
+	if err != nil {
+		return partition.Partition{}, err
+	}
+	p, found, err := partition.FindByLabel(disk, "config-2")
+	if err != nil {
+		return partition.Partition{}, err
+	}
+	if found {
+		if int64(len(img)) > p.Size {
+			return partition.Partition{}, fmt.Errorf("the image's config-2 partition holds %d bytes, the ConfigDrive needs %d", p.Size, len(img))
+		}
+		dp.log.Info("reusing the image's config-2 partition", "number", p.Number)
+	} else {
+		p, err = partition.AddPartition(ctx, disk, "config-2", int64(len(img)))
+		if err != nil {
+			return partition.Partition{}, err
+		}
+	}
+	if _, err := disk.WriteAt(img, p.Start); err != nil {
+		return partition.Partition{}, fmt.Errorf("write config-2: %w", err)
+	}
+	if rest := p.Size - int64(len(img)); rest > 0 {
+		if err := disk.ZeroRange(ctx, p.Start+int64(len(img)), rest); err != nil {
+			return partition.Partition{}, fmt.Errorf("clear the rest of config-2: %w", err)
+		}
+	}
+	if err := disk.Sync(); err != nil {
+		return partition.Partition{}, err
+	}
+	// Read it back from the disk as cloud-init will.
+	if err := configdrive.Verify(io.NewSectionReader(disk, p.Start, int64(len(img))), int64(len(img)), format, content.UUID); err != nil {
+		return partition.Partition{}, err
+	}
+	return p, nil
+}
+
+// writeTracker records whether anything was written through it.
+type writeTracker struct {
+	imaging.Target
+	wrote atomic.Bool
+}
+
+func (w *writeTracker) WriteAt(p []byte, off int64) (int, error) {
+	w.wrote.Store(true)
+	return w.Target.WriteAt(p, off)
+}
+
+// ZeroRange counts as a write too: it destroys what was there.
+func (w *writeTracker) ZeroRange(ctx context.Context, off, n int64) error {
+	w.wrote.Store(true)
+	return w.Target.ZeroRange(ctx, off, n)
+}
