@@ -1,0 +1,206 @@
+// Package agentapi is the contract between the rescue agent (byoi agent)
+// and the control plane (byoi-api): the paths of the agent API, its
+// request and response bodies, and their limits. It imports only the
+// standard library and package job, so both sides share it without the
+// control plane carrying the disk stack.
+//
+// The agent authenticates with its server's token ("Authorization: Bearer
+// <token>"); every path names the server, and a token opens only its own
+// server's paths. All bodies are JSON.
+//
+//	POST   {Prefix}/servers/{server}/inventory                 Inventory         → 204
+//	GET    {Prefix}/servers/{server}/job                       -                 → 200 Assignment, or 204 (nothing to do; Retry-After)
+//	POST   {Prefix}/servers/{server}/deployments/{id}/attempts -                 → 200 Attempt
+//	POST   {Prefix}/servers/{server}/deployments/{id}/events   EventBatch        → 200 Ack
+//
+// An Assignment is re-served until the deployment ends, so an agent that
+// restarts (a crash, a power cycle) gets it again; it then opens a new
+// attempt, and the control plane records in the status history that the
+// deployment started over. Events carry the attempt they belong to: events
+// of an older attempt are refused (409), those of a deployment that was
+// deleted or has ended are refused with 410 Gone, and the agent stops.
+// An EventBatch with no events is a heartbeat. The final event (status done
+// or error) is acknowledged only once stored; the agent reboots after that.
+// Sending the same events twice (a retry after a lost answer) is not an
+// error: events are idempotent by (deployment, attempt, seq).
+package agentapi
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/byoi/byoi/job"
+)
+
+// Prefix is where the agent API lives, beside the customer API (/1.0, /v1).
+const Prefix = "/agent/v1"
+
+// Limits on request bodies of the agent API.
+const (
+	MaxInventoryBody = 1 << 20
+	MaxEventsBody    = 1 << 20
+	MaxBatchEvents   = 256
+	MaxDiskGroups    = 64
+)
+
+// Boot modes, as OVH's specifications/hardware names them.
+const (
+	BootModeLegacy = "legacy"
+	BootModeUEFI   = "uefi"
+)
+
+// Paths of the agent API, for a server name.
+func InventoryPath(server string) string { return Prefix + "/servers/" + server + "/inventory" }
+func JobPath(server string) string       { return Prefix + "/servers/" + server + "/job" }
+func AttemptsPath(server string, deployment int64) string {
+	return fmt.Sprintf("%s/servers/%s/deployments/%d/attempts", Prefix, server, deployment)
+}
+func EventsPath(server string, deployment int64) string {
+	return fmt.Sprintf("%s/servers/%s/deployments/%d/events", Prefix, server, deployment)
+}
+
+// Inventory is what the agent tells about its server: how it booted and its
+// disk groups (OVH's specifications/hardware shape), for the customer's GET
+// specifications/hardware and to check a job's diskGroupId.
+type Inventory struct {
+	BootMode     string      `json:"bootMode"` // legacy or uefi
+	DiskGroups   []DiskGroup `json:"diskGroups"`
+	AgentVersion string      `json:"agentVersion,omitempty"`
+	// MACs are the server's network interfaces' addresses (lower-case,
+	// colon-separated), for network boot by MAC.
+	MACs []string `json:"macs,omitempty"`
+}
+
+// DiskGroup is one entry of OVH's diskGroups.
+type DiskGroup struct {
+	DiskGroupID    int      `json:"diskGroupId"`
+	Description    string   `json:"description"`
+	DiskSize       DiskSize `json:"diskSize"`
+	DiskType       string   `json:"diskType"`
+	NumberOfDisks  int      `json:"numberOfDisks"`
+	RAIDController *string  `json:"raidController"`
+}
+
+// DiskSize is a size with its unit ("GB").
+type DiskSize struct {
+	Unit  string `json:"unit"`
+	Value int64  `json:"value"`
+}
+
+// Validate checks an inventory received from an agent.
+func (inv *Inventory) Validate() error {
+	if inv.BootMode != BootModeLegacy && inv.BootMode != BootModeUEFI {
+		return fmt.Errorf("bootMode must be %q or %q", BootModeLegacy, BootModeUEFI)
+	}
+	if len(inv.DiskGroups) > MaxDiskGroups {
+		return fmt.Errorf("%d disk groups, at most %d", len(inv.DiskGroups), MaxDiskGroups)
+	}
+	for i, g := range inv.DiskGroups {
+		if g.DiskGroupID != i+1 {
+			return fmt.Errorf("disk group %d has id %d: ids are 1, 2, ... in order", i+1, g.DiskGroupID)
+		}
+		if len(g.Description) > 256 || len(g.DiskType) > 16 || g.NumberOfDisks < 1 || g.DiskSize.Value < 0 || len(g.DiskSize.Unit) > 8 {
+			return fmt.Errorf("disk group %d is malformed", g.DiskGroupID)
+		}
+		if g.RAIDController != nil && len(*g.RAIDController) > 128 {
+			return fmt.Errorf("disk group %d: raidController too long", g.DiskGroupID)
+		}
+	}
+	if len(inv.AgentVersion) > 64 || len(inv.MACs) > 64 {
+		return fmt.Errorf("agentVersion or macs too long")
+	}
+	for _, m := range inv.MACs {
+		if _, err := NormalizeMAC(m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// NormalizeMAC returns a MAC address as six lower-case hex pairs separated
+// by colons ("52:54:00:12:34:56"); it accepts '-' separators and upper case.
+func NormalizeMAC(s string) (string, error) {
+	s = strings.ToLower(strings.ReplaceAll(s, "-", ":"))
+	parts := strings.Split(s, ":")
+	if len(parts) != 6 {
+		return "", fmt.Errorf("MAC address %q is not six hex pairs", truncate(s))
+	}
+	for _, p := range parts {
+		if len(p) != 2 || !isHex(p[0]) || !isHex(p[1]) {
+			return "", fmt.Errorf("MAC address %q is not six hex pairs", truncate(s))
+		}
+	}
+	return s, nil
+}
+
+func isHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' }
+
+func truncate(s string) string {
+	if len(s) > 32 {
+		return s[:32]
+	}
+	return s
+}
+
+// Assignment is the job an agent must run: the deployment's id and the job
+// body exactly as the customer posted it (either OVH shape; the agent
+// parses it with job.Parse). The body holds secrets (header values, user
+// data): it is sent only to the server's own agent, over the agent's
+// authenticated connection, and never logged.
+type Assignment struct {
+	DeploymentID int64           `json:"deploymentId"`
+	Job          json.RawMessage `json:"job"`
+	// Attempts is how many attempts the deployment had so far (0: none;
+	// 1 or more: the agent restarted during an earlier attempt).
+	Attempts int `json:"attempts"`
+}
+
+// Attempt is the answer to opening an attempt.
+type Attempt struct {
+	Attempt int `json:"attempt"`
+}
+
+// EventBatch carries events of one attempt, in seq order. No events: a
+// heartbeat.
+type EventBatch struct {
+	Attempt int         `json:"attempt"`
+	Events  []job.Event `json:"events"`
+}
+
+// Validate checks a batch received from an agent.
+func (b *EventBatch) Validate() error {
+	if b.Attempt < 1 {
+		return fmt.Errorf("attempt must be 1 or more")
+	}
+	if len(b.Events) > MaxBatchEvents {
+		return fmt.Errorf("%d events in a batch, at most %d", len(b.Events), MaxBatchEvents)
+	}
+	var last int64
+	for i, e := range b.Events {
+		if err := e.Validate(); err != nil {
+			return fmt.Errorf("event %d: %w", i, err)
+		}
+		if e.Seq <= last {
+			return fmt.Errorf("event %d: seq %d does not follow %d", i, e.Seq, last)
+		}
+		last = e.Seq
+		if e.Final() && i != len(b.Events)-1 {
+			return fmt.Errorf("event %d: a final event must be the last of its batch", i)
+		}
+	}
+	return nil
+}
+
+// Ack acknowledges a batch: every event up to Seq is stored. Done is true
+// when the deployment has ended (a final event was stored).
+type Ack struct {
+	Seq  int64 `json:"seq"`
+	Done bool  `json:"done"`
+}
+
+// Error is the body of an agent API error (the customer API's shape).
+type Error struct {
+	Class   string `json:"class"`
+	Message string `json:"message"`
+}
