@@ -5,8 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -17,39 +15,10 @@ import (
 	"github.com/byoi/byoi/partition"
 )
 
-// espImage builds a GPT image whose ESP holds a FAT filesystem made by
-// mkfs.fat with the given files, and MBR boot code when legacy is set.
+// espImage is testutil.ESPImage with this package's seed.
 func espImage(t *testing.T, files []string, legacy bool) []byte {
 	t.Helper()
-	testutil.RequireCommand(t, "mkfs.fat", "mmd", "mcopy")
-	img, err := testimage.GPT(24*mib, 512, []testimage.Part{
-		{Name: "EFI system partition", Type: testimage.TypeESP, Start: 1 * mib, Size: 8 * mib},
-		{Name: "root", Type: testimage.TypeLinux, Start: 9 * mib, Size: 12 * mib, Fill: testimage.FillMixed},
-	}, 5)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	fsImg := filepath.Join(dir, "esp")
-	testutil.Run(t, "mkfs.fat", "-C", "-n", "ESP", fsImg, "8192")
-	src := filepath.Join(dir, "f")
-	os.WriteFile(src, []byte("efi"), 0o644)
-	for _, f := range files {
-		parts := strings.Split(strings.Trim(f, "/"), "/")
-		for i := 1; i < len(parts); i++ {
-			testutil.RunErr("mmd", "-i", fsImg, "::/"+strings.Join(parts[:i], "/")) // exists: fine
-		}
-		testutil.Run(t, "mcopy", "-i", fsImg, src, "::/"+strings.Join(parts, "/"))
-	}
-	b, err := os.ReadFile(fsImg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	copy(img[1*mib:], b)
-	if legacy {
-		copy(img[0:440], bytes.Repeat([]byte{0xEB, 0x63, 0x90}, 100))
-	}
-	return img
+	return testutil.ESPImage(t, files, legacy, 5)
 }
 
 type memDisk struct {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/byoi/byoi/blockdev/blockdevtest"
+
 	"github.com/byoi/byoi/internal/testutil"
 )
 
@@ -44,24 +46,24 @@ func extHeader(label string) []byte {
 }
 
 func TestFindConfigDriveLabels(t *testing.T) {
-	f := fakeSystem{mountinfo: rescueMounts}
-	for i, d := range []fakeDev{
-		{name: "sda", parts: []fakePart{{name: "sda1", content: isoHeader("config-2")}}},
-		{name: "sdb", parts: []fakePart{{name: "sdb1", content: fatHeader("EFI", true)}, {name: "sdb2", content: isoHeader("config-2")}}},
-		{name: "sdc", parts: []fakePart{{name: "sdc1", content: fatHeader("CONFIG-2", true)}}},
-		{name: "sdd", content: extHeader("config-2")},
-		{name: "sde", parts: []fakePart{{name: "sde1", content: fatHeader("config-2", false)}}},
-		{name: "sdf", content: fatHeader("NO NAME", false)},
-		{name: "sdg", content: isoHeader("config-3")},
-		{name: "sdh"},
+	f := blockdevtest.Machine{Mountinfo: rescueMounts}
+	for i, d := range []blockdevtest.Dev{
+		{Name: "sda", Parts: []blockdevtest.Part{{Name: "sda1", Content: isoHeader("config-2")}}},
+		{Name: "sdb", Parts: []blockdevtest.Part{{Name: "sdb1", Content: fatHeader("EFI", true)}, {Name: "sdb2", Content: isoHeader("config-2")}}},
+		{Name: "sdc", Parts: []blockdevtest.Part{{Name: "sdc1", Content: fatHeader("CONFIG-2", true)}}},
+		{Name: "sdd", Content: extHeader("config-2")},
+		{Name: "sde", Parts: []blockdevtest.Part{{Name: "sde1", Content: fatHeader("config-2", false)}}},
+		{Name: "sdf", Content: fatHeader("NO NAME", false)},
+		{Name: "sdg", Content: isoHeader("config-3")},
+		{Name: "sdh"},
 	} {
-		d.devpath, d.dev, d.sectors = sataPath(i), "8:"+strconv.Itoa(16*i), 1000
-		for j := range d.parts {
-			d.parts[j].dev = "8:" + strconv.Itoa(16*i+j+1)
+		d.Devpath, d.DevNum, d.Sectors = sataPath(i), "8:"+strconv.Itoa(16*i), 1000
+		for j := range d.Parts {
+			d.Parts[j].DevNum = "8:" + strconv.Itoa(16*i+j+1)
 		}
-		f.devs = append(f.devs, d)
+		f.Devs = append(f.Devs, d)
 	}
-	s := f.build(t, true)
+	s := build(t, f, true)
 	got, err := s.FindConfigDriveLabels("/dev/sda")
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +91,7 @@ func TestFilesystemLabelJudges(t *testing.T) {
 	testutil.RequireCommand(t, "xorriso", "mkfs.vfat", "mkfs.ext4")
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src")
-	write(t, filepath.Join(src, "openstack", "latest", "meta_data.json"), "{}")
+	blockdevtest.WriteFile(t, filepath.Join(src, "openstack", "latest", "meta_data.json"), "{}")
 	iso := filepath.Join(dir, "cd.iso")
 	testutil.Run(t, "xorriso", "-as", "mkisofs", "-quiet", "-R", "-V", "config-2", "-o", iso, src)
 	for _, tc := range []struct {

@@ -2,169 +2,23 @@ package blockdev
 
 import (
 	"flag"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/byoi/byoi/blockdev/blockdevtest"
 )
 
 var update = flag.Bool("update", false, "rewrite the testdata/*.golden files")
 
-// fakeDev describes one /sys/block entry of a fake sysfs tree. The trees
-// are built by the tests into t.TempDir() (see testdata/README.md) with the
-// real layout: /sys/block/<name> is a relative symlink to
-// /sys/devices/<devpath>/block/<name>, whose "device" symlink points at the
-// device directory carrying model, vendor, serial, wwid and vpd_pg80.
-type fakeDev struct {
-	name                        string
-	devpath                     string // under /sys/devices; "virtual" for virtual devices
-	dev                         string // major:minor
-	sectors                     int64  // 512-byte units
-	lbs                         int64
-	pbs                         int64
-	rot                         bool
-	removable, ro               bool
-	model, vendor, serial, wwid string
-	vpd80                       string // serial in a binary VPD page 0x80
-	blockSerial                 string // /sys/block/<d>/serial (virtio)
-	blockWWID                   string // /sys/block/<d>/wwid (nvme)
-	parts                       []fakePart
-	holders, slaves             []string
-	dmName, mdLevel             string
-	content                     []byte // of DevRoot/<name>
-}
-
-type fakePart struct {
-	name, dev string
-	holders   []string
-	content   []byte
-}
-
-type fakeSystem struct {
-	devs      []fakeDev
-	mountinfo string
-	swaps     string
-}
-
-func write(t *testing.T, path, content string) {
+// build builds a fake machine and returns a System reading it.
+func build(t *testing.T, m blockdevtest.Machine, withDev bool) System {
 	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	r := m.Build(t, withDev)
+	return System{SysRoot: r.Sys, ProcRoot: r.Proc, DevRoot: r.Dev}
 }
 
-func symlink(t *testing.T, target, path string) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(target, path); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// build writes the fake tree and returns a System reading it. DevRoot is
-// left at its default (/dev) so golden output shows real-looking paths;
-// withDev also creates DevRoot files (for InUseByPath and config-2 probes).
-func (f fakeSystem) build(t *testing.T, withDev bool) System {
-	t.Helper()
-	root := t.TempDir()
-	sys := filepath.Join(root, "sys")
-	if err := os.MkdirAll(filepath.Join(sys, "block"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range f.devs {
-		devdir := filepath.Join("devices", d.devpath)
-		bdir := filepath.Join(devdir, "block", d.name)
-		symlink(t, filepath.Join("..", bdir), filepath.Join(sys, "block", d.name))
-		b := filepath.Join(sys, bdir)
-		write(t, filepath.Join(b, "dev"), d.dev+"\n")
-		write(t, filepath.Join(b, "size"), strconv.FormatInt(d.sectors, 10)+"\n")
-		lbs, pbs := d.lbs, d.pbs
-		if lbs == 0 {
-			lbs = 512
-		}
-		if pbs == 0 {
-			pbs = lbs
-		}
-		write(t, filepath.Join(b, "queue", "logical_block_size"), strconv.FormatInt(lbs, 10)+"\n")
-		write(t, filepath.Join(b, "queue", "physical_block_size"), strconv.FormatInt(pbs, 10)+"\n")
-		write(t, filepath.Join(b, "queue", "rotational"), map[bool]string{true: "1\n", false: "0\n"}[d.rot])
-		write(t, filepath.Join(b, "removable"), map[bool]string{true: "1\n", false: "0\n"}[d.removable])
-		write(t, filepath.Join(b, "ro"), map[bool]string{true: "1\n", false: "0\n"}[d.ro])
-		if err := os.MkdirAll(filepath.Join(b, "holders"), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.MkdirAll(filepath.Join(b, "slaves"), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		for _, h := range d.holders {
-			symlink(t, "../../"+h, filepath.Join(b, "holders", h))
-		}
-		for _, s := range d.slaves {
-			symlink(t, "../../"+s, filepath.Join(b, "slaves", s))
-		}
-		if d.dmName != "" {
-			write(t, filepath.Join(b, "dm", "name"), d.dmName+"\n")
-		}
-		if d.mdLevel != "" {
-			write(t, filepath.Join(b, "md", "level"), d.mdLevel+"\n")
-		}
-		if d.blockSerial != "" {
-			write(t, filepath.Join(b, "serial"), d.blockSerial)
-		}
-		if d.blockWWID != "" {
-			write(t, filepath.Join(b, "wwid"), d.blockWWID+"\n")
-		}
-		if d.devpath != "virtual" {
-			symlink(t, "../..", filepath.Join(b, "device"))
-			dd := filepath.Join(sys, devdir)
-			for file, v := range map[string]string{"model": d.model, "vendor": d.vendor, "serial": d.serial, "wwid": d.wwid} {
-				if v != "" {
-					// SCSI pads model and vendor with spaces.
-					write(t, filepath.Join(dd, file), v+"   \n")
-				}
-			}
-			if d.vpd80 != "" {
-				page := append([]byte{0, 0x80, 0, byte(len(d.vpd80))}, d.vpd80...)
-				write(t, filepath.Join(dd, "vpd_pg80"), string(page))
-			}
-		}
-		for i, p := range d.parts {
-			pd := filepath.Join(b, p.name)
-			write(t, filepath.Join(pd, "dev"), p.dev+"\n")
-			write(t, filepath.Join(pd, "partition"), strconv.Itoa(i+1)+"\n")
-			write(t, filepath.Join(pd, "size"), "2048\n")
-			if err := os.MkdirAll(filepath.Join(pd, "holders"), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			for _, h := range p.holders {
-				symlink(t, "../../../../"+h, filepath.Join(pd, "holders", h))
-			}
-		}
-	}
-	write(t, filepath.Join(root, "proc", "self", "mountinfo"), f.mountinfo)
-	swaps := "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n" + f.swaps
-	write(t, filepath.Join(root, "proc", "swaps"), swaps)
-	s := System{SysRoot: sys, ProcRoot: filepath.Join(root, "proc")}
-	if withDev {
-		s.DevRoot = filepath.Join(root, "dev")
-		for _, d := range f.devs {
-			write(t, filepath.Join(s.DevRoot, d.name), string(d.content))
-			for _, p := range d.parts {
-				write(t, filepath.Join(s.DevRoot, p.name), string(p.content))
-			}
-		}
-		symlink(t, "../dm-0", filepath.Join(s.DevRoot, "mapper", "vg0-lv0"))
-	}
-	return s
-}
-
-// rescueMounts is a rescue system's mountinfo: everything in RAM.
+// rescueMounts is a rescue system's Mountinfo: everything in RAM.
 const rescueMounts = `1 0 0:20 / / rw,relatime - tmpfs rootfs rw
 22 1 0:21 / /proc rw,relatime - proc proc rw
 23 1 0:22 / /sys rw,relatime - sysfs sysfs rw
@@ -183,70 +37,70 @@ func sasPath(n int) string {
 
 // mixedServer: 2 NVMe 1.92 TB + 2 SATA HDD 4 TB, plus a USB stick, an
 // optical drive, loop, dm, zram (swap) and an eMMC boot area.
-var mixedServer = fakeSystem{
-	devs: []fakeDev{
-		{name: "nvme1n1", devpath: "pci0000:00/0000:00:01.2/0000:03:00.0/nvme/nvme1", dev: "259:2", sectors: 3750748848,
-			model: "SAMSUNG MZQL21T9HCJR-00A07", serial: "S64GNE0R600002", blockWWID: "eui.36344730526000020025384500000001"},
-		{name: "nvme0n1", devpath: "pci0000:00/0000:00:01.1/0000:02:00.0/nvme/nvme0", dev: "259:0", sectors: 3750748848,
-			model: "SAMSUNG MZQL21T9HCJR-00A07", serial: "S64GNE0R600001", blockWWID: "eui.36344730526000010025384500000001",
-			parts: []fakePart{{name: "nvme0n1p1", dev: "259:1"}}},
-		{name: "sda", devpath: sataPath(1), dev: "8:0", sectors: 7814037168, pbs: 4096, rot: true,
-			vendor: "ATA", model: "HGST HUS726T4TAL", vpd80: "V6G0AAAA", wwid: "naa.5000cca0bbcd0001"},
-		{name: "sdb", devpath: sataPath(2), dev: "8:16", sectors: 7814037168, pbs: 4096, rot: true,
-			vendor: "ATA", model: "HGST HUS726T4TAL", vpd80: "V6G0BBBB", wwid: "naa.5000cca0bbcd0002"},
-		{name: "sdc", devpath: "pci0000:00/0000:00:14.0/usb1/1-4/1-4:1.0/host6/target6:0:0/6:0:0:0", dev: "8:32",
-			sectors: 61341696, removable: true, vendor: "SanDisk", model: "Cruzer Blade"},
-		{name: "sr0", devpath: sataPath(3), dev: "11:0", removable: true, rot: true, vendor: "HL-DT-ST", model: "DVD-ROM DU90N"},
-		{name: "loop0", devpath: "virtual", dev: "7:0", sectors: 2097152},
-		{name: "loop1", devpath: "virtual", dev: "7:1"},
-		{name: "dm-0", devpath: "virtual", dev: "253:0", sectors: 2097152, dmName: "vg0-lv0"},
-		{name: "zram0", devpath: "virtual", dev: "252:0", sectors: 8388608},
-		{name: "mmcblk0boot0", devpath: "platform/mmc0/mmc0:0001", dev: "179:8", sectors: 8192, ro: true, model: "DG4016"},
+var mixedServer = blockdevtest.Machine{
+	Devs: []blockdevtest.Dev{
+		{Name: "nvme1n1", Devpath: "pci0000:00/0000:00:01.2/0000:03:00.0/nvme/nvme1", DevNum: "259:2", Sectors: 3750748848,
+			Model: "SAMSUNG MZQL21T9HCJR-00A07", Serial: "S64GNE0R600002", BlockWWID: "eui.36344730526000020025384500000001"},
+		{Name: "nvme0n1", Devpath: "pci0000:00/0000:00:01.1/0000:02:00.0/nvme/nvme0", DevNum: "259:0", Sectors: 3750748848,
+			Model: "SAMSUNG MZQL21T9HCJR-00A07", Serial: "S64GNE0R600001", BlockWWID: "eui.36344730526000010025384500000001",
+			Parts: []blockdevtest.Part{{Name: "nvme0n1p1", DevNum: "259:1"}}},
+		{Name: "sda", Devpath: sataPath(1), DevNum: "8:0", Sectors: 7814037168, PBS: 4096, Rot: true,
+			Vendor: "ATA", Model: "HGST HUS726T4TAL", VPD80: "V6G0AAAA", Wwid: "naa.5000cca0bbcd0001"},
+		{Name: "sdb", Devpath: sataPath(2), DevNum: "8:16", Sectors: 7814037168, PBS: 4096, Rot: true,
+			Vendor: "ATA", Model: "HGST HUS726T4TAL", VPD80: "V6G0BBBB", Wwid: "naa.5000cca0bbcd0002"},
+		{Name: "sdc", Devpath: "pci0000:00/0000:00:14.0/usb1/1-4/1-4:1.0/host6/target6:0:0/6:0:0:0", DevNum: "8:32",
+			Sectors: 61341696, Removable: true, Vendor: "SanDisk", Model: "Cruzer Blade"},
+		{Name: "sr0", Devpath: sataPath(3), DevNum: "11:0", Removable: true, Rot: true, Vendor: "HL-DT-ST", Model: "DVD-ROM DU90N"},
+		{Name: "loop0", Devpath: "virtual", DevNum: "7:0", Sectors: 2097152},
+		{Name: "loop1", Devpath: "virtual", DevNum: "7:1"},
+		{Name: "dm-0", Devpath: "virtual", DevNum: "253:0", Sectors: 2097152, DMName: "vg0-lv0"},
+		{Name: "zram0", Devpath: "virtual", DevNum: "252:0", Sectors: 8388608},
+		{Name: "mmcblk0boot0", Devpath: "platform/mmc0/mmc0:0001", DevNum: "179:8", Sectors: 8192, Ro: true, Model: "DG4016"},
 	},
-	mountinfo: rescueMounts,
-	swaps:     "/dev/zram0                              partition\t4194300\t\t0\t\t100\n",
+	Mountinfo: rescueMounts,
+	Swaps:     "/dev/zram0                              partition\t4194300\t\t0\t\t100\n",
 }
 
 // raidServer: a Dell PERC volume, two SATA SSDs and two SAS HDDs on an HBA.
-var raidServer = fakeSystem{
-	devs: []fakeDev{
-		{name: "sda", devpath: "pci0000:00/0000:00:02.0/0000:03:00.0/host0/target0:2:0/0:2:0:0", dev: "8:0",
-			sectors: 2341795840, rot: true, vendor: "DELL", model: "PERC H730P Mini",
-			vpd80: "001c7a6b0f2b3f5e2a001c5b6d606694", wwid: "naa.6d0946606d5b1c002a5e3f2b0f6b7a1c"},
-		{name: "sdb", devpath: sataPath(1), dev: "8:16", sectors: 937703088, pbs: 4096,
-			vendor: "ATA", model: "INTEL SSDSC2KB480G8", vpd80: "PHYF0001480BGN", wwid: "naa.55cd2e4150000001"},
-		{name: "sdc", devpath: sataPath(2), dev: "8:32", sectors: 937703088, pbs: 4096,
-			vendor: "ATA", model: "INTEL SSDSC2KB480G8", vpd80: "PHYF0002480BGN", wwid: "naa.55cd2e4150000002"},
-		{name: "sdd", devpath: sasPath(0), dev: "8:48", sectors: 2344225968, rot: true,
-			vendor: "SEAGATE", model: "ST1200MM0009", vpd80: "W3R0AAAA", wwid: "naa.5000c500a0000001"},
-		{name: "sde", devpath: sasPath(1), dev: "8:64", sectors: 2344225968, rot: true,
-			vendor: "SEAGATE", model: "ST1200MM0009", vpd80: "W3R0BBBB", wwid: "naa.5000c500a0000002"},
+var raidServer = blockdevtest.Machine{
+	Devs: []blockdevtest.Dev{
+		{Name: "sda", Devpath: "pci0000:00/0000:00:02.0/0000:03:00.0/host0/target0:2:0/0:2:0:0", DevNum: "8:0",
+			Sectors: 2341795840, Rot: true, Vendor: "DELL", Model: "PERC H730P Mini",
+			VPD80: "001c7a6b0f2b3f5e2a001c5b6d606694", Wwid: "naa.6d0946606d5b1c002a5e3f2b0f6b7a1c"},
+		{Name: "sdb", Devpath: sataPath(1), DevNum: "8:16", Sectors: 937703088, PBS: 4096,
+			Vendor: "ATA", Model: "INTEL SSDSC2KB480G8", VPD80: "PHYF0001480BGN", Wwid: "naa.55cd2e4150000001"},
+		{Name: "sdc", Devpath: sataPath(2), DevNum: "8:32", Sectors: 937703088, PBS: 4096,
+			Vendor: "ATA", Model: "INTEL SSDSC2KB480G8", VPD80: "PHYF0002480BGN", Wwid: "naa.55cd2e4150000002"},
+		{Name: "sdd", Devpath: sasPath(0), DevNum: "8:48", Sectors: 2344225968, Rot: true,
+			Vendor: "SEAGATE", Model: "ST1200MM0009", VPD80: "W3R0AAAA", Wwid: "naa.5000c500a0000001"},
+		{Name: "sde", Devpath: sasPath(1), DevNum: "8:64", Sectors: 2344225968, Rot: true,
+			Vendor: "SEAGATE", Model: "ST1200MM0009", VPD80: "W3R0BBBB", Wwid: "naa.5000c500a0000002"},
 	},
-	mountinfo: rescueMounts,
+	Mountinfo: rescueMounts,
 }
 
-func sasDisk(name string, n int, parts ...fakePart) fakeDev {
-	return fakeDev{name: name, devpath: sasPath(n), dev: "8:" + strconv.Itoa(16*n), sectors: 2344225968, rot: true,
-		vendor: "SEAGATE", model: "ST1200MM0009", vpd80: "W3R0000" + strconv.Itoa(n), parts: parts}
+func sasDisk(name string, n int, parts ...blockdevtest.Part) blockdevtest.Dev {
+	return blockdevtest.Dev{Name: name, Devpath: sasPath(n), DevNum: "8:" + strconv.Itoa(16*n), Sectors: 2344225968, Rot: true,
+		Vendor: "SEAGATE", Model: "ST1200MM0009", VPD80: "W3R0000" + strconv.Itoa(n), Parts: parts}
 }
 
 // busyServer: eight equal SAS disks, used in every way the running system
 // can use a disk. Root is LVM (dm-1) on md0 (RAID1 of sde2 and sdf2).
-var busyServer = fakeSystem{
-	devs: []fakeDev{
-		sasDisk("sda", 0, fakePart{name: "sda1", dev: "8:1"}),
-		sasDisk("sdb", 1, fakePart{name: "sdb1", dev: "8:17"}, fakePart{name: "sdb2", dev: "8:18"}),
-		func() fakeDev { d := sasDisk("sdc", 2); d.holders = []string{"dm-0"}; return d }(),
+var busyServer = blockdevtest.Machine{
+	Devs: []blockdevtest.Dev{
+		sasDisk("sda", 0, blockdevtest.Part{Name: "sda1", DevNum: "8:1"}),
+		sasDisk("sdb", 1, blockdevtest.Part{Name: "sdb1", DevNum: "8:17"}, blockdevtest.Part{Name: "sdb2", DevNum: "8:18"}),
+		func() blockdevtest.Dev { d := sasDisk("sdc", 2); d.Holders = []string{"dm-0"}; return d }(),
 		sasDisk("sdd", 3),
-		sasDisk("sde", 4, fakePart{name: "sde1", dev: "8:65"}, fakePart{name: "sde2", dev: "8:66", holders: []string{"md0"}}),
-		sasDisk("sdf", 5, fakePart{name: "sdf1", dev: "8:81"}, fakePart{name: "sdf2", dev: "8:82", holders: []string{"md0"}}),
-		sasDisk("sdg", 6, fakePart{name: "sdg1", dev: "8:97"}),
+		sasDisk("sde", 4, blockdevtest.Part{Name: "sde1", DevNum: "8:65"}, blockdevtest.Part{Name: "sde2", DevNum: "8:66", Holders: []string{"md0"}}),
+		sasDisk("sdf", 5, blockdevtest.Part{Name: "sdf1", DevNum: "8:81"}, blockdevtest.Part{Name: "sdf2", DevNum: "8:82", Holders: []string{"md0"}}),
+		sasDisk("sdg", 6, blockdevtest.Part{Name: "sdg1", DevNum: "8:97"}),
 		sasDisk("sdh", 7),
-		{name: "dm-0", devpath: "virtual", dev: "253:0", sectors: 2344225968, dmName: "vg0-lv0", slaves: []string{"sdc"}},
-		{name: "md0", devpath: "virtual", dev: "9:0", sectors: 2000000, mdLevel: "raid1", slaves: []string{"sde2", "sdf2"}, holders: []string{"dm-1"}},
-		{name: "dm-1", devpath: "virtual", dev: "253:1", sectors: 2000000, dmName: "vg1-root", slaves: []string{"md0"}},
+		{Name: "dm-0", Devpath: "virtual", DevNum: "253:0", Sectors: 2344225968, DMName: "vg0-lv0", Slaves: []string{"sdc"}},
+		{Name: "md0", Devpath: "virtual", DevNum: "9:0", Sectors: 2000000, MDLevel: "raid1", Slaves: []string{"sde2", "sdf2"}, Holders: []string{"dm-1"}},
+		{Name: "dm-1", Devpath: "virtual", DevNum: "253:1", Sectors: 2000000, DMName: "vg1-root", Slaves: []string{"md0"}},
 	},
-	mountinfo: strings.Join([]string{
+	Mountinfo: strings.Join([]string{
 		`27 1 253:1 / / rw,relatime shared:1 - ext4 /dev/mapper/vg1-root rw`,
 		`22 27 0:21 / /proc rw,relatime shared:2 - proc proc rw`,
 		`40 27 8:1 / /srv/my\040data rw,relatime shared:3 - ext4 /dev/sda1 rw`,
@@ -254,5 +108,5 @@ var busyServer = fakeSystem{
 		`42 27 0:45 /@home /home rw,relatime shared:5 - btrfs /dev/sdg1 rw,space_cache=v2`,
 		`43 27 8:112 / /mnt/whole rw,relatime - ext4 /dev/sdh rw`,
 	}, "\n") + "\n",
-	swaps: "/dev/sdb2                               partition\t8388604\t\t0\t\t-2\n",
+	Swaps: "/dev/sdb2                               partition\t8388604\t\t0\t\t-2\n",
 }

@@ -134,7 +134,8 @@ func SelectDisk(groups []Group, id int) (Disk, error) {
 		}
 		d := g.Disks[0]
 		if d.InUse {
-			return Disk{}, fmt.Errorf("disk group %d: first disk %s: %w: %s", want, d.Path, ErrInUse, d.InUseReason)
+			// The disk is returned too: the caller names it and its reason.
+			return d, fmt.Errorf("disk group %d: first disk %s: %w: %s", want, d.Path, ErrInUse, d.InUseReason)
 		}
 		return d, nil
 	}

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/byoi/byoi/blockdev/blockdevtest"
 )
 
 // golden compares got with testdata/name, rewriting it with -update.
@@ -53,7 +55,7 @@ func TestLessName(t *testing.T) {
 }
 
 func TestDisksMixed(t *testing.T) {
-	s := mixedServer.build(t, false)
+	s := build(t, mixedServer, false)
 	disks, err := s.Disks(ScanOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +129,7 @@ func TestDisksMixed(t *testing.T) {
 func TestGroupsGolden(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		fs   fakeSystem
+		fs   blockdevtest.Machine
 		want []string // group descriptions
 	}{
 		{"mixed", mixedServer, []string{"2 X Disk NVME 1920 GB, JBOD", "2 X Disk SATA 4001 GB, JBOD"}},
@@ -135,7 +137,7 @@ func TestGroupsGolden(t *testing.T) {
 		{"busy", busyServer, []string{"8 X Disk SAS 1200 GB, JBOD"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := tc.fs.build(t, false)
+			s := build(t, tc.fs, false)
 			disks, err := s.Disks(ScanOptions{All: true})
 			if err != nil {
 				t.Fatal(err)
@@ -193,7 +195,7 @@ func TestGroupsGolden(t *testing.T) {
 }
 
 func TestSelectDisk(t *testing.T) {
-	s := mixedServer.build(t, false)
+	s := build(t, mixedServer, false)
 	disks, err := s.Disks(ScanOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -223,7 +225,7 @@ func TestSelectDisk(t *testing.T) {
 		t.Errorf("no groups: %v", err)
 	}
 
-	b := busyServer.build(t, false)
+	b := build(t, busyServer, false)
 	disks, err = b.Disks(ScanOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -235,7 +237,7 @@ func TestSelectDisk(t *testing.T) {
 }
 
 func TestInUseFake(t *testing.T) {
-	s := busyServer.build(t, true)
+	s := build(t, busyServer, true)
 	want := map[string]string{
 		"sda": "partition sda1 is mounted at /srv/my data",
 		"sdb": "partition sdb2 is active swap",

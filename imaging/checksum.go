@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/byoi/byoi/job"
 	"hash"
 	"io"
 	"strings"
@@ -16,7 +17,7 @@ import (
 // ErrChecksumType is returned by NewHash for a checksum type byoi does not
 // know. Its text is the message OVH users know (reference/API.md), with
 // sha512, which the current API accepts, added.
-var ErrChecksumType = errors.New("Bad checkSumType, expected : sha1, sha256, md5, sha512.") //nolint:staticcheck // user-facing message
+var ErrChecksumType error = job.Errorf(job.BadChecksumType)
 
 // ErrChecksum is matched (errors.Is) by every *ChecksumError.
 var ErrChecksum = errors.New("checksum mismatch")
@@ -56,8 +57,11 @@ type ChecksumError struct {
 
 // Error is the message OVH users know (reference/API.md).
 func (e *ChecksumError) Error() string {
-	return fmt.Sprintf("Bad %s for downloaded file, got : %s while expecting %s.", e.Type, e.Got, e.Want)
+	return job.Text(job.ChecksumMismatch, e.Type, e.Got, e.Want)
 }
+
+// MessageCode returns the catalog code.
+func (e *ChecksumError) MessageCode() job.Code { return job.ChecksumMismatch }
 
 // Is makes errors.Is(err, ErrChecksum) true.
 func (e *ChecksumError) Is(target error) bool { return target == ErrChecksum }

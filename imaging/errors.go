@@ -3,6 +3,7 @@ package imaging
 import (
 	"errors"
 	"fmt"
+	"github.com/byoi/byoi/job"
 )
 
 // ErrFormat is matched (errors.Is) by every error about the image's format:
@@ -22,9 +23,17 @@ type FormatError struct {
 
 func (e *FormatError) Error() string {
 	if e.NoTable {
-		return "image provided format is not of type raw because no partition table was found. It seems to contain: " + describe(e.Found)
+		return job.Text(job.NoPartitionTable, describe(e.Found))
 	}
-	return fmt.Sprintf("image provided format is %s which does not match expected %s format", e.Found, e.Declared)
+	return job.Text(job.FormatMismatch, e.Found, e.Declared)
+}
+
+// MessageCode returns the catalog code.
+func (e *FormatError) MessageCode() job.Code {
+	if e.NoTable {
+		return job.NoPartitionTable
+	}
+	return job.FormatMismatch
 }
 
 // Is makes errors.Is(err, ErrFormat) true.
@@ -55,8 +64,11 @@ func (e *SizeError) Error() string {
 	if name == "" {
 		name = "the target disk"
 	}
-	return fmt.Sprintf("image provided has a size of %d bytes which is larger than %s of %d bytes", e.ImageSize, name, e.TargetSize)
+	return job.Text(job.ImageTooLarge, e.ImageSize, name, e.TargetSize)
 }
+
+// MessageCode returns the catalog code.
+func (e *SizeError) MessageCode() job.Code { return job.ImageTooLarge }
 
 // WriteError is a failure to write the image to the target (Format is
 // "raw" or "qcow2"). The target has been wiped of partition tables.
@@ -66,12 +78,15 @@ type WriteError struct {
 }
 
 func (e *WriteError) Error() string {
-	msg := "Can't write " + e.Format + " on disk."
+	msg := job.Text(job.WriteFailed, e.Format)
 	if e.Err != nil {
 		msg += " " + e.Err.Error()
 	}
 	return msg
 }
+
+// MessageCode returns the catalog code.
+func (e *WriteError) MessageCode() job.Code { return job.WriteFailed }
 
 func (e *WriteError) Unwrap() error { return e.Err }
 

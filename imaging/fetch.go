@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/byoi/byoi/job"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -39,7 +40,7 @@ type FetchOptions struct {
 	// Headers are sent with every request to the image's host. Their
 	// values are secrets: never logged, never in an error. They are not
 	// sent after a redirect to another origin (see checkRedirect).
-	Headers []Header
+	Headers []job.Header
 	// CACertPEM holds extra roots (--ca-cert), added to the system roots
 	// and the embedded fallback roots (see RootCAs).
 	CACertPEM []byte
@@ -90,7 +91,7 @@ func (o *FetchOptions) normalize() {
 }
 
 // DownloadError is every error of Fetch and Stream.Read other than io.EOF.
-// URL is redacted (RedactURL) and Err never holds a header value, a query
+// URL is redacted (job.RedactURL) and Err never holds a header value, a query
 // string or URL credentials.
 type DownloadError struct {
 	URL string
@@ -100,7 +101,7 @@ type DownloadError struct {
 // Error reads "Could not download image located : <url>. <cause>", the
 // message OVH users know (reference/API.md) with the cause appended.
 func (e *DownloadError) Error() string {
-	msg := "Could not download image located : " + e.URL + "."
+	msg := job.Text(job.DownloadFailed, e.URL)
 	if e.Err != nil {
 		msg += " " + e.Err.Error()
 	}
@@ -108,6 +109,9 @@ func (e *DownloadError) Error() string {
 }
 
 func (e *DownloadError) Unwrap() error { return e.Err }
+
+// MessageCode returns the catalog code.
+func (e *DownloadError) MessageCode() job.Code { return job.DownloadFailed }
 
 // HTTPStatusError is a final HTTP status: a 4xx other than 408/429, a
 // redirect without a usable Location, or a 5xx/408/429 after the retries.
@@ -195,7 +199,7 @@ func Fetch(ctx context.Context, rawURL string, opts FetchOptions) (*Stream, erro
 	s := &Stream{
 		ctx:      ctx,
 		rawURL:   rawURL,
-		redacted: RedactURL(rawURL),
+		redacted: job.RedactURL(rawURL),
 		opts:     opts,
 		log:      opts.Logger,
 	}
@@ -230,10 +234,10 @@ func (s *Stream) setup() error {
 		return fmt.Errorf("%w: no host", ErrURL)
 	}
 	for _, h := range s.opts.Headers {
-		if !validHeaderName(h.Name) {
+		if !job.ValidHeaderName(h.Name) {
 			return fmt.Errorf("%w: invalid HTTP header name %q", ErrURL, h.Name)
 		}
-		if strings.ContainsAny(h.Value, "\r\n\x00") {
+		if !job.ValidHeaderValue(h.Value) {
 			return fmt.Errorf("%w: invalid value for HTTP header %q", ErrURL, h.Name)
 		}
 	}
@@ -247,23 +251,6 @@ func (s *Stream) setup() error {
 	}
 	s.client = &http.Client{Transport: rt, CheckRedirect: s.checkRedirect}
 	return nil
-}
-
-// validHeaderName reports an RFC 9110 token.
-func validHeaderName(name string) bool {
-	if name == "" {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // collectSecrets lists what must never appear in an error or a log line.
@@ -296,7 +283,7 @@ func (s *Stream) collectSecrets() {
 func (s *Stream) checkRedirect(req *http.Request, via []*http.Request) error {
 	stripped, err := CheckRedirect(req, via, s.opts.Headers)
 	if stripped {
-		s.log.Debug("redirected to another origin: job headers not sent", "url", RedactURL(req.URL.String()))
+		s.log.Debug("redirected to another origin: job headers not sent", "url", job.RedactURL(req.URL.String()))
 	}
 	return err
 }
@@ -305,7 +292,7 @@ func (s *Stream) checkRedirect(req *http.Request, via []*http.Request) error {
 // image (see Stream.checkRedirect): at most 10 redirects, only to http(s),
 // and the job's headers removed (stripped true) unless the redirect stays
 // on the first request's origin.
-func CheckRedirect(req *http.Request, via []*http.Request, headers []Header) (stripped bool, err error) {
+func CheckRedirect(req *http.Request, via []*http.Request, headers []job.Header) (stripped bool, err error) {
 	if len(via) >= maxRedirects {
 		return false, fmt.Errorf("%w: stopped after %d redirects", ErrRedirect, maxRedirects)
 	}
@@ -351,7 +338,7 @@ func effectivePort(u *url.URL) string {
 // the request's host, a User-Agent replaces byoi's, and the headers byoi
 // controls (Range, If-Range, Accept-Encoding) are ignored. Encoding is
 // identity: offsets and hashes are about the file's bytes.
-func SetRequestHeaders(req *http.Request, headers []Header) {
+func SetRequestHeaders(req *http.Request, headers []job.Header) {
 	req.Header.Set("User-Agent", "byoi")
 	for _, h := range headers {
 		name := textproto.CanonicalMIMEHeaderKey(h.Name)
@@ -816,65 +803,11 @@ const minSecret = 4
 // scrub removes URLs' query strings and credentials, and the job's header
 // values, from a message.
 func (s *Stream) scrub(msg string) string {
-	msg = urlInText.ReplaceAllStringFunc(msg, RedactURL)
+	msg = urlInText.ReplaceAllStringFunc(msg, job.RedactURL)
 	for _, sec := range s.secrets {
 		if len(sec) >= minSecret {
 			msg = strings.ReplaceAll(msg, sec, "<redacted>")
 		}
 	}
 	return msg
-}
-
-// RedactURL returns raw without what may carry secrets: the userinfo, the
-// query string and the fragment (pre-signed URLs carry their signature in
-// the query), e.g. https://host/path/img.qcow2?<redacted>. It works on any
-// string, parseable or not, and never fails. It splits the way url.Parse
-// does (scheme, "//" authority up to the first '/', userinfo up to the
-// authority's last '@'), and also drops a userinfo-looking prefix from an
-// opaque URL ("https:user:pass@host").
-func RedactURL(raw string) string {
-	base, tail := raw, ""
-	if i := strings.IndexAny(raw, "?#"); i >= 0 {
-		base = raw[:i]
-		if raw[i] == '?' {
-			tail = "?<redacted>"
-		} else {
-			tail = "#<redacted>"
-		}
-	}
-	start := schemeLen(base)
-	if strings.HasPrefix(base[start:], "//") {
-		start += 2
-	}
-	end := len(base)
-	if i := strings.IndexByte(base[start:], '/'); i >= 0 {
-		end = start + i
-	}
-	if at := strings.LastIndexByte(base[start:end], '@'); at >= 0 {
-		base = base[:start] + base[start+at+1:]
-	}
-	return base + tail
-}
-
-// schemeLen is the length of "scheme:" at the start of s (RFC 3986
-// scheme, as url.Parse reads it), or 0.
-func schemeLen(s string) int {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z':
-		case c >= '0' && c <= '9', c == '+', c == '-', c == '.':
-			if i == 0 {
-				return 0
-			}
-		case c == ':':
-			if i == 0 {
-				return 0
-			}
-			return i + 1
-		default:
-			return 0
-		}
-	}
-	return 0
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/byoi/byoi/job"
 	"io"
 )
 
@@ -60,12 +61,15 @@ type Qcow2Error struct {
 }
 
 func (e *Qcow2Error) Error() string {
-	msg := "qcow2 image refused: " + e.Reason
+	reason := e.Reason
 	if e.Err != nil {
-		msg += ": " + e.Err.Error()
+		reason += ": " + e.Err.Error()
 	}
-	return msg
+	return job.Text(job.Qcow2Refused, reason)
 }
+
+// MessageCode returns the catalog code.
+func (e *Qcow2Error) MessageCode() job.Code { return job.Qcow2Refused }
 
 // Is makes errors.Is(err, ErrQcow2) true.
 func (e *Qcow2Error) Is(target error) bool { return target == ErrQcow2 }

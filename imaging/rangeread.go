@@ -1,4 +1,4 @@
-package agent
+package imaging
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/job"
 )
 
 // Why inspect reads a URL through HTTP Range requests: it needs the head of
@@ -17,7 +17,7 @@ import (
 // backup GPT at the end, the qcow2 L1/L2 tables and a few clusters of the
 // ESP's FAT: some MiB of an image that may weigh tens of GiB, and a rescue
 // system's /tmp is RAM. When the server ignores Range (a 200 answer), the
-// caller falls back to downloading the whole image (imaging.Fetch, staged in
+// caller falls back to downloading the whole image (Fetch, staged in
 // memory or in a file); when an image needs more than MaxBytes through
 // Range, it returns ErrRangeBudget and the caller falls back the same way.
 
@@ -32,11 +32,11 @@ var ErrRangeBudget = errors.New("range reads exceeded their byte budget")
 // HTTPRangeOptions tune OpenHTTPRange.
 type HTTPRangeOptions struct {
 	// Client sends the requests (default: a client over
-	// imaging.NewTransport(nil, 0), the download's transport).
+	// NewTransport(nil, 0), the download's transport).
 	Client *http.Client
 	// Headers are the job's headers, sent with every request. Their
 	// values never appear in an error.
-	Headers []imaging.Header
+	Headers []job.Header
 	// BlockSize is the unit fetched and cached (default 1 MiB).
 	BlockSize int64
 	// CacheBlocks bounds the cache (default 32 blocks).
@@ -69,7 +69,7 @@ type HTTPRangeReader struct {
 // read), or the error.
 func OpenHTTPRange(ctx context.Context, rawURL string, opts HTTPRangeOptions) (*HTTPRangeReader, error) {
 	if opts.Client == nil {
-		tr, err := imaging.NewTransport(nil, 0)
+		tr, err := NewTransport(nil, 0)
 		if err != nil {
 			return nil, err
 		}
@@ -94,11 +94,11 @@ func OpenHTTPRange(ctx context.Context, rawURL string, opts HTTPRangeOptions) (*
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, errors.New("the image URL is not a valid http or https URL")
 	}
-	// Same redirect policy as imaging.Fetch: the job's headers (tokens)
+	// Same redirect policy as Fetch: the job's headers (tokens)
 	// go to the image's origin only.
 	c := *opts.Client
 	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
-		_, err := imaging.CheckRedirect(req, via, opts.Headers)
+		_, err := CheckRedirect(req, via, opts.Headers)
 		return err
 	}
 	opts.Client = &c
@@ -136,7 +136,7 @@ func (h *HTTPRangeReader) get(off int64) ([]byte, error) {
 	var err error
 	for attempt := 0; ; attempt++ {
 		b, err = h.fetch(off, n)
-		if err == nil || attempt+1 >= h.opts.Retries || !retryable(err) {
+		if err == nil || attempt+1 >= h.opts.Retries || !isTransient(err) {
 			break
 		}
 		select {
@@ -159,7 +159,7 @@ type transientError struct{ err error }
 func (e *transientError) Error() string { return e.err.Error() }
 func (e *transientError) Unwrap() error { return e.err }
 
-func retryable(err error) bool {
+func isTransient(err error) bool {
 	var t *transientError
 	return errors.As(err, &t)
 }
@@ -173,7 +173,7 @@ func (h *HTTPRangeReader) fetch(off, n int64) ([]byte, error) {
 	if err != nil {
 		return nil, errors.New("the image URL is not valid")
 	}
-	imaging.SetRequestHeaders(req, h.opts.Headers)
+	SetRequestHeaders(req, h.opts.Headers)
 	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+n-1))
 	resp, err := h.opts.Client.Do(req)
 	if err != nil {
@@ -194,7 +194,7 @@ func (h *HTTPRangeReader) fetch(off, n int64) ([]byte, error) {
 	case resp.StatusCode != http.StatusPartialContent:
 		return nil, fmt.Errorf("range request at %d: HTTP %s", off, resp.Status)
 	}
-	start, end, total, err := imaging.ParseContentRange(resp.Header.Get("Content-Range"))
+	start, end, total, err := ParseContentRange(resp.Header.Get("Content-Range"))
 	if err != nil || start != off || total <= 0 || end < start || end >= total {
 		if h.size < 0 {
 			return nil, ErrNoRange

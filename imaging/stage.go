@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/byoi/byoi/job"
 	"hash"
 	"io"
 	"log/slog"
@@ -72,9 +73,10 @@ type TooBigError struct {
 	Size int64
 }
 
-func (e *TooBigError) Error() string {
-	return "Could not download, qcow2 image is too big to download in memory."
-}
+func (e *TooBigError) Error() string { return job.Text(job.Qcow2TooBig) }
+
+// MessageCode returns the catalog code.
+func (e *TooBigError) MessageCode() job.Code { return job.Qcow2TooBig }
 
 // Stage reads the whole qcow2 stream src, hashing it through opts.Hash,
 // into memory when it fits (decided from DeclaredSize, or as bytes arrive

@@ -18,6 +18,7 @@ package partition
 import (
 	"errors"
 	"fmt"
+	"github.com/byoi/byoi/job"
 	"io"
 )
 
@@ -107,8 +108,11 @@ type SectorSizeError struct {
 }
 
 func (e *SectorSizeError) Error() string {
-	return fmt.Sprintf("image sector size %d does not match disk sector size %d", e.ImageSectorSize, e.DiskSectorSize)
+	return job.Text(job.SectorSizeMismatch, e.ImageSectorSize, e.DiskSectorSize)
 }
+
+// MessageCode returns the catalog code.
+func (e *SectorSizeError) MessageCode() job.Code { return job.SectorSizeMismatch }
 
 // RelocateError is returned by RelocateBackupGPT. Its message starts with
 // the one OVH users know.
@@ -117,8 +121,11 @@ type RelocateError struct {
 }
 
 func (e *RelocateError) Error() string {
-	return "Can not move backup GPT data structures to the end of disk. " + e.Err.Error()
+	return job.Text(job.GPTRelocateFailed) + " " + e.Err.Error()
 }
+
+// MessageCode returns the catalog code.
+func (e *RelocateError) MessageCode() job.Code { return job.GPTRelocateFailed }
 
 func (e *RelocateError) Unwrap() error { return e.Err }
 

@@ -13,7 +13,7 @@
 #     writeback, so the comparison is of the conversion's CPU path
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CGO_ENABLED=0 GOFLAGS=-mod=mod
+export CGO_ENABLED=0 GOFLAGS=-mod=readonly
 RUNS=${RUNS:-3}
 SIZE=$(numfmt --from=iec "${SIZE:-4G}")
 DATA=$(numfmt --from=iec "${DATA:-1536M}")

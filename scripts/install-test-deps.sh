@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages byoi's tests and scripts need. Idempotent:
-# packages already present are not fetched again.
+# packages already present are not fetched again. With BYOI_SKIP_BOOT=1 only
+# what the Go tests need is installed (no QEMU system emulator, firmware or
+# image builder).
 set -euo pipefail
 pkgs=(
   qemu-utils        # qemu-img, qemu-io: qcow2 fixtures and the conversion judge
@@ -13,12 +15,16 @@ pkgs=(
   mtools            # FAT access without mounting
   cloud-init        # its Python ConfigDrive reader judges our config-2
   e2fsprogs         # mkfs.ext4 for in-use tests
-  qemu-system-x86   # boot acceptance
-  ovmf              # UEFI firmware for boot acceptance
-  mmdebstrap        # builds the boot test image
-  openssh-client    # ssh-keygen / ssh for the boot check
+  openssh-client    # ssh-keygen for key fixtures
   curl time file    # benchmarks and the static-binary check
 )
+if [ "${BYOI_SKIP_BOOT:-0}" != 1 ]; then
+  pkgs+=(
+    qemu-system-x86 # boot acceptance
+    ovmf            # UEFI firmware for boot acceptance
+    mmdebstrap      # builds the boot test image
+  )
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

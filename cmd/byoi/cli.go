@@ -9,6 +9,7 @@ import (
 	"log/slog"
 
 	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/job"
 	"github.com/sirupsen/logrus"
 )
 
@@ -67,7 +68,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 2
 	}
 	// The user-facing message is the last line on stderr.
-	fmt.Fprintln(stderr, oneLine(userMessage(err)))
+	fmt.Fprintln(stderr, oneLine(job.Message(err)))
 	return 1
 }
 
@@ -85,6 +86,10 @@ func setupLibraries() {
 	imaging.RegisterDecompressors()
 }
 
+// routeLibraryLogs sends go-qcow2reader's warnings (a package-level hook)
+// to the command's logger.
+func routeLibraryLogs(log *slog.Logger) { imaging.RouteQcow2Warnings(log) }
+
 // newLogger builds the process's logger: text on stderr, at warn level
 // unless verbose.
 func newLogger(w io.Writer, verbose bool) *slog.Logger {
@@ -92,7 +97,9 @@ func newLogger(w io.Writer, verbose bool) *slog.Logger {
 	if verbose {
 		level = slog.LevelInfo
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	routeLibraryLogs(log)
+	return log
 }
 
 func oneLine(s string) string {

@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/byoi/byoi/agent"
-	"github.com/byoi/byoi/blockdev"
 	"github.com/byoi/byoi/internal/testimage"
+	"github.com/byoi/byoi/job"
 )
 
 // demoSSHKey is a public key whose private half was thrown away: the demo
@@ -72,11 +72,11 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		data []byte
 	}{{"raw", img}, {"qcow2", qimg}} {
 		sum := sha256.Sum256(src.data)
-		job := &agent.Job{
+		j := &job.Job{
 			ImageURL: url + "/demo." + src.typ, ImageType: src.typ,
 			Checksum: hex.EncodeToString(sum[:]), ChecksumType: "sha256",
 			DiskGroupID: 1,
-			ConfigDrive: &agent.ConfigDrive{
+			ConfigDrive: &job.ConfigDrive{
 				Hostname: "byoi-demo",
 				SSHKey:   demoSSHKey,
 				UserData: []byte("#cloud-config\nruncmd:\n  - echo hello from byoi\n"),
@@ -84,7 +84,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			},
 		}
 		fmt.Fprintf(stdout, "\ndemo %d/2: deploying the %s image with a sha256 check and a ConfigDrive (hostname byoi-demo)\n", i+1, src.typ)
-		if err := demoDeploy(ctx, job, *target, stdout, stderr, *jsonOut, *verbose); err != nil {
+		if err := demoDeploy(ctx, j, *target, stdout, stderr, *jsonOut, *verbose); err != nil {
 			return err
 		}
 	}
@@ -92,23 +92,16 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
-func demoDeploy(ctx context.Context, job *agent.Job, target string, stdout, stderr io.Writer, jsonOut, verbose bool) error {
-	disk, err := openTarget(blockdev.System{}, target, 0)
-	if err != nil {
-		return err
-	}
-	defer disk.Close()
+func demoDeploy(ctx context.Context, j *job.Job, target string, stdout, stderr io.Writer, jsonOut, verbose bool) error {
 	rep := newRenderer(stdout, stderr, jsonOut)
-	d := &agent.Deployer{Logger: newLogger(stderr, verbose), Report: rep.event}
-	res, err := d.Deploy(ctx, job, disk)
+	res, err := agent.Run(ctx, j, agent.Env{Target: target, Logger: newLogger(stderr, verbose), Report: rep})
 	rep.close()
 	if err != nil {
 		return err
 	}
-	if err := disk.Close(); err != nil {
-		return err
+	if !jsonOut {
+		printResult(stdout, res)
 	}
-	printResult(stdout, target, res)
 	return nil
 }
 

@@ -5,13 +5,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/byoi/byoi/agent"
 	"github.com/byoi/byoi/blockdev"
 	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/job"
 )
 
 type stringList []string
@@ -70,79 +70,50 @@ func cmdDeploy(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if fs.NArg() > 0 {
 		return usagef("unexpected argument %q", fs.Arg(0))
 	}
-	sys := blockdev.System{SysRoot: f.sysRoot, ProcRoot: f.procRoot, DevRoot: f.devRoot}
-	job, err := buildJob(&f, stdin)
+	j, err := buildJob(&f, stdin)
 	if err != nil {
 		return err
 	}
 	if f.diskGroup >= 0 {
-		job.DiskGroupID = max(f.diskGroup, 1)
+		j.DiskGroupID = max(f.diskGroup, 1)
 	}
 	if f.disk != "" && f.diskGroup >= 0 {
 		return usagef("--disk and --disk-group are exclusive")
 	}
-
 	log := newLogger(stderr, f.verbose)
 	rep := newRenderer(stdout, stderr, f.jsonOut)
 	defer rep.close()
-
-	fo := imaging.FetchOptions{ConnectTimeout: f.connectTimeout, StallTimeout: f.stallTimeout, MaxRetries: f.retries}
-	if f.caCert != "" {
-		if fo.CACertPEM, err = os.ReadFile(f.caCert); err != nil {
-			return fmt.Errorf("--ca-cert: %w", err)
-		}
-	}
-	path := f.disk
-	if path == "" {
-		d, err := selectDisk(sys, job.DiskGroupID)
-		if err != nil {
-			return err
-		}
-		path = d.Path
-		log.Info("selected disk", "group", job.DiskGroupID, "disk", path)
-	}
-	disk, err := openTarget(sys, path, f.sectorSize)
-	if err != nil {
-		return err
-	}
-	defer disk.Close()
-	if job.ConfigDrive != nil && (disk.IsBlockDevice() || f.devRoot != "") {
-		// cloud-init takes the first config-2 it finds: a stale one on
-		// another disk could win over ours.
-		if others, err := sys.FindConfigDriveLabels(path); err == nil {
-			for _, o := range others {
-				msg := fmt.Sprintf("warning: %s also carries a filesystem labelled config-2; cloud-init may read it instead of the new ConfigDrive", o)
-				log.Warn(msg)
-				rep.event(agent.Event{Status: agent.StatusDoing, Step: agent.StepPreflight, Message: msg})
-			}
-		}
-	}
-
-	d := &agent.Deployer{
-		Fetch:         fo,
+	env := agent.Env{
+		Machine:       blockdev.System{SysRoot: f.sysRoot, ProcRoot: f.procRoot, DevRoot: f.devRoot},
+		Target:        f.disk,
+		SectorSize:    f.sectorSize,
+		Fetch:         imaging.FetchOptions{ConnectTimeout: f.connectTimeout, StallTimeout: f.stallTimeout, MaxRetries: f.retries},
 		MemoryReserve: f.memoryReserve,
 		StagingDir:    f.stagingDir,
 		Logger:        log,
-		Report:        rep.event,
+		Report:        rep,
+	}
+	if f.caCert != "" {
+		if env.Fetch.CACertPEM, err = readLimited(f.caCert, maxCACertSize); err != nil {
+			return fmt.Errorf("--ca-cert: %w", err)
+		}
 	}
 	if f.reboot {
-		d.Rebooter = agent.SystemRebooter{}
+		env.Rebooter = agent.SystemRebooter{}
 	}
-	res, err := d.Deploy(ctx, job, disk)
+	res, err := agent.Run(ctx, j, env)
 	if err != nil {
 		return err
 	}
-	if err := disk.Close(); err != nil {
-		return err
-	}
+	rep.close()
 	if !f.jsonOut {
-		printResult(stdout, path, res)
+		printResult(stdout, res)
 	}
-	return d.Finish(ctx)
+	return nil
 }
 
 // buildJob reads --job or assembles a job from the flags, then validates.
-func buildJob(f *deployFlags, stdin io.Reader) (*agent.Job, error) {
+func buildJob(f *deployFlags, stdin io.Reader) (*job.Job, error) {
 	fromFlags := f.url != "" || f.typ != "" || f.checksum != "" || f.checksumType != "" || len(f.headers) > 0 ||
 		f.hostname != "" || f.sshKey != "" || f.userDataFile != "" || len(f.meta) > 0
 	if f.job != "" {
@@ -152,19 +123,19 @@ func buildJob(f *deployFlags, stdin io.Reader) (*agent.Job, error) {
 		var data []byte
 		var err error
 		if f.job == "-" {
-			data, err = io.ReadAll(io.LimitReader(stdin, 64<<20))
+			data, err = readAllLimited(stdin, job.MaxJobSize)
 		} else {
-			data, err = os.ReadFile(f.job)
+			data, err = readLimited(f.job, job.MaxJobSize)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("read job: %w", err)
 		}
-		return agent.ParseJob(data)
+		return job.Parse(data)
 	}
 	if f.url == "" {
 		return nil, usagef("give --job FILE, or --url and --type")
 	}
-	job := &agent.Job{
+	j := &job.Job{
 		ImageURL:     f.url,
 		ImageType:    f.typ,
 		Checksum:     strings.ToLower(f.checksum),
@@ -172,16 +143,16 @@ func buildJob(f *deployFlags, stdin io.Reader) (*agent.Job, error) {
 		DiskGroupID:  1,
 	}
 	for _, h := range f.headers {
-		hdr, err := agent.ParseHeaderFlag(h)
+		hdr, err := job.ParseHeaderFlag(h)
 		if err != nil {
 			return nil, err
 		}
-		job.Headers = append(job.Headers, hdr)
+		j.Headers = append(j.Headers, hdr)
 	}
 	if f.hostname != "" || f.sshKey != "" || f.userDataFile != "" || len(f.meta) > 0 {
-		cd := &agent.ConfigDrive{Hostname: f.hostname, SSHKey: f.sshKey}
+		cd := &job.ConfigDrive{Hostname: f.hostname, SSHKey: f.sshKey}
 		if f.userDataFile != "" {
-			b, err := os.ReadFile(f.userDataFile)
+			b, err := readLimited(f.userDataFile, job.MaxUserDataSize)
 			if err != nil {
 				return nil, fmt.Errorf("--user-data: %w", err)
 			}
@@ -197,54 +168,18 @@ func buildJob(f *deployFlags, stdin io.Reader) (*agent.Job, error) {
 			}
 			cd.Metadata[k] = v
 		}
-		job.ConfigDrive = cd
+		j.ConfigDrive = cd
 	}
-	job.Normalize()
-	if err := job.Validate(); err != nil {
+	j.Normalize()
+	if err := j.Validate(); err != nil {
 		return nil, err
 	}
-	return job, nil
+	return j, nil
 }
 
-// selectDisk picks the first disk of the group from the machine's inventory.
-func selectDisk(sys blockdev.System, group int) (blockdev.Disk, error) {
-	disks, err := sys.Disks(blockdev.ScanOptions{})
-	if err != nil {
-		return blockdev.Disk{}, fmt.Errorf("list disks: %w", err)
-	}
-	return blockdev.SelectDisk(blockdev.MakeGroups(disks), group)
-}
-
-// openTarget refuses a block device the running system uses, then opens it
-// (O_EXCL) and locks it for the whole job. A regular file is opened as is.
-func openTarget(sys blockdev.System, path string, sectorSize int64) (*blockdev.Device, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("target: %w", err)
-	}
-	if st.Mode()&os.ModeDevice != 0 {
-		reason, err := sys.InUseByPath(path)
-		if err != nil {
-			return nil, fmt.Errorf("check whether %s is in use: %w", path, err)
-		}
-		if reason != "" {
-			return nil, fmt.Errorf("refusing %s: %s", path, reason)
-		}
-	}
-	d, err := blockdev.Open(path, blockdev.OpenOptions{SectorSize: sectorSize})
-	if err != nil {
-		return nil, err
-	}
-	if err := d.Lock(); err != nil {
-		d.Close()
-		return nil, err
-	}
-	return d, nil
-}
-
-func printResult(w io.Writer, path string, res *agent.Result) {
+func printResult(w io.Writer, res *agent.Result) {
 	fmt.Fprintf(w, "deployed %s image (%d bytes downloaded, %d bytes on disk) onto %s in %s\n",
-		res.Format, res.ImageBytes, res.DiskBytes, path, res.Elapsed.Round(10*time.Millisecond))
+		res.Format, res.ImageBytes, res.DiskBytes, res.Disk, res.Elapsed.Round(10*time.Millisecond))
 	if res.Checksum != "" {
 		fmt.Fprintf(w, "checksum verified: %s\n", res.Checksum)
 	}
@@ -262,5 +197,3 @@ func printResult(w io.Writer, path string, res *agent.Result) {
 		fmt.Fprintf(w, "note: %s\n", n)
 	}
 }
-
-func userMessage(err error) string { return agent.UserMessage(err) }

@@ -3,18 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
-	"net/http"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/byoi/byoi/agent"
-	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/job"
 )
 
 // cmdInspect is `byoi inspect IMAGE|URL`: it prints what a deploy would do
@@ -71,9 +67,9 @@ func cmdInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if diskSize < 0 {
 		return usagef("--disk-size must not be negative")
 	}
-	var hdrs []imaging.Header
+	var hdrs []job.Header
 	for _, h := range headers {
-		hdr, err := agent.ParseHeaderFlag(h)
+		hdr, err := job.ParseHeaderFlag(h)
 		if err != nil {
 			return err
 		}
@@ -82,7 +78,7 @@ func cmdInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	var caPEM []byte
 	if caCert != "" {
 		var err error
-		if caPEM, err = os.ReadFile(caCert); err != nil {
+		if caPEM, err = readLimited(caCert, maxCACertSize); err != nil {
 			return fmt.Errorf("--ca-cert: %w", err)
 		}
 	}
@@ -91,24 +87,21 @@ func cmdInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		ctx, cancel = context.WithTimeout(ctx, deadline)
 		defer cancel()
 	}
-	log := newLogger(stderr, verbose)
-	opts := agent.InspectOptions{EFIBootloaderPath: efiPath, DiskSize: diskSize, DiskSectorSize: sectorSize, DeclaredType: typ}
-
-	var rep *agent.InspectReport
-	var via string
-	var err error
-	if isURL(src) {
-		rep, via, err = inspectURL(ctx, src, hdrs, caPEM, connectTimeout, stagingDir, opts, log)
-	} else {
-		if len(hdrs) > 0 || caPEM != nil {
-			return usagef("--header and --ca-cert apply to a URL, not to a local file")
-		}
-		rep, err = inspectFile(ctx, src, opts)
-		via = "local file"
+	if !agent.IsURL(src) && (len(hdrs) > 0 || caPEM != nil) {
+		return usagef("--header and --ca-cert apply to a URL, not to a local file")
 	}
+	ins, err := agent.Inspect(ctx, src, agent.SourceOptions{
+		InspectOptions: agent.InspectOptions{EFIBootloaderPath: efiPath, DiskSize: diskSize, DiskSectorSize: sectorSize, DeclaredType: typ},
+		Headers:        hdrs,
+		CACertPEM:      caPEM,
+		ConnectTimeout: connectTimeout,
+		StagingDir:     stagingDir,
+		Logger:         newLogger(stderr, verbose),
+	})
 	if err != nil {
 		return err
 	}
+	rep, via := ins.InspectReport, ins.Via
 	out := inspectOutput{Source: displaySource(src), Via: via, InspectReport: rep}
 	if jsonOut {
 		enc := json.NewEncoder(stdout)
@@ -127,104 +120,13 @@ type inspectOutput struct {
 	*agent.InspectReport
 }
 
-func isURL(s string) bool {
-	l := strings.ToLower(s)
-	return strings.HasPrefix(l, "http://") || strings.HasPrefix(l, "https://")
-}
-
 // displaySource shows a URL without its user info, query and fragment
 // (pre-signed URLs carry their credentials there).
 func displaySource(s string) string {
-	if !isURL(s) {
+	if !agent.IsURL(s) {
 		return s
 	}
-	return imaging.RedactURL(s)
-}
-
-// inspectFile inspects a local image or block device, opened read-only.
-func inspectFile(ctx context.Context, path string, opts agent.InspectOptions) (*agent.InspectReport, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("open image: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("open image: %w", err)
-	}
-	if st.IsDir() {
-		return nil, fmt.Errorf("open image: %s is a directory", path)
-	}
-	// Seek to the end: the size of a regular file and of a block device.
-	size, err := f.Seek(0, io.SeekEnd)
-	if err != nil {
-		return nil, fmt.Errorf("size of %s: %w", path, err)
-	}
-	return agent.Inspect(ctx, f, size, opts)
-}
-
-// inspectURL reads the image through HTTP Range requests (only what the
-// inspection needs), and falls back to a whole download (imaging.Fetch,
-// the deploy's download code, staged in memory or in a removed temporary
-// file) when the server ignores Range, when the range requests fail (the
-// download then gives the deploy's error message), or when the inspection
-// needs more than the range budget.
-func inspectURL(ctx context.Context, src string, hdrs []imaging.Header, caPEM []byte, connectTimeout time.Duration, stagingDir string, opts agent.InspectOptions, log *slog.Logger) (*agent.InspectReport, string, error) {
-	tr, err := imaging.NewTransport(caPEM, connectTimeout)
-	if err != nil {
-		return nil, "", fmt.Errorf("--ca-cert: %w", err)
-	}
-	client := &http.Client{Transport: tr}
-	defer tr.CloseIdleConnections()
-	ra, err := agent.OpenHTTPRange(ctx, src, agent.HTTPRangeOptions{Client: client, Headers: hdrs})
-	if err == nil {
-		rep, err := agent.Inspect(ctx, ra, ra.Size(), opts)
-		if err == nil {
-			log.Info("inspected through range requests", "bytes", ra.Fetched(), "size", ra.Size())
-			return rep, fmt.Sprintf("HTTP range requests (%d of %d bytes)", ra.Fetched(), ra.Size()), nil
-		}
-		if ctx.Err() != nil {
-			return nil, "", err
-		}
-		log.Info("range inspection failed, downloading the whole image", "err", err)
-	} else {
-		if ctx.Err() != nil {
-			return nil, "", err
-		}
-		log.Info("no range requests, downloading the whole image", "err", err)
-	}
-
-	stream, err := imaging.Fetch(ctx, src, imaging.FetchOptions{
-		Headers:        hdrs,
-		CACertPEM:      caPEM,
-		ConnectTimeout: connectTimeout,
-		Logger:         log,
-	})
-	if err != nil {
-		return nil, "", err
-	}
-	defer stream.Close()
-	if stagingDir == "" {
-		stagingDir = os.TempDir()
-	}
-	staged, err := imaging.Stage(ctx, stream, imaging.StageOptions{
-		DeclaredSize: stream.Size(),
-		StagingDir:   stagingDir,
-		Logger:       log,
-	})
-	if err != nil {
-		var tb *imaging.TooBigError
-		if errors.As(err, &tb) {
-			return nil, "", fmt.Errorf("the image (%d bytes) fits neither in memory nor in %s (--staging-dir), and its server does not serve byte ranges: %w", tb.Size, stagingDir, err)
-		}
-		return nil, "", err
-	}
-	defer staged.Close()
-	rep, err := agent.Inspect(ctx, staged, staged.Size(), opts)
-	if err != nil {
-		return nil, "", err
-	}
-	return rep, "whole download, staged in " + staged.Where(), nil
+	return job.RedactURL(s)
 }
 
 // printInspect prints the report for a person.

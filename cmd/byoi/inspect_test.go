@@ -18,40 +18,17 @@ import (
 	"github.com/byoi/byoi/imaging"
 	"github.com/byoi/byoi/internal/testimage"
 	"github.com/byoi/byoi/internal/testutil"
+	"github.com/byoi/byoi/job"
 )
 
 const inspMiB = 1 << 20
 
-// inspImage builds a 24 MiB GPT image: an ESP with a FAT filesystem made by
-// mkfs.fat holding \EFI\BOOT\BOOTX64.EFI and \EFI\debian\grubx64.efi, a
-// root partition, and MBR boot code.
+// inspImage builds a 24 MiB GPT image: an ESP holding
+// \EFI\BOOT\BOOTX64.EFI and \EFI\debian\grubx64.efi, a root partition,
+// and MBR boot code.
 func inspImage(t *testing.T) []byte {
 	t.Helper()
-	testutil.RequireCommand(t, "mkfs.fat", "mmd", "mcopy")
-	img, err := testimage.GPT(24*inspMiB, 512, []testimage.Part{
-		{Name: "EFI system partition", Type: testimage.TypeESP, Start: inspMiB, Size: 8 * inspMiB},
-		{Name: "root", Type: testimage.TypeLinux, Start: 9 * inspMiB, Size: 12 * inspMiB, Fill: testimage.FillMixed},
-	}, 11)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	fsImg := filepath.Join(dir, "esp")
-	testutil.Run(t, "mkfs.fat", "-C", "-n", "ESP", fsImg, "8192")
-	src := filepath.Join(dir, "f")
-	if err := os.WriteFile(src, []byte("efi"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	testutil.Run(t, "mmd", "-i", fsImg, "::/EFI", "::/EFI/BOOT", "::/EFI/debian")
-	testutil.Run(t, "mcopy", "-i", fsImg, src, "::/EFI/BOOT/BOOTX64.EFI")
-	testutil.Run(t, "mcopy", "-i", fsImg, src, "::/EFI/debian/grubx64.efi")
-	b, err := os.ReadFile(fsImg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	copy(img[inspMiB:], b)
-	copy(img[:440], bytes.Repeat([]byte{0xEB, 0x63, 0x90}, 100))
-	return img
+	return testutil.ESPImage(t, []string{"EFI/BOOT/BOOTX64.EFI", "EFI/debian/grubx64.efi"}, true, 11)
 }
 
 func inspWrite(t *testing.T, name string, b []byte) string {
@@ -270,7 +247,7 @@ func TestInspectURL(t *testing.T) {
 	if err == nil {
 		t.Fatal("403 accepted")
 	}
-	all.WriteString(errOut + err.Error() + userMessage(err))
+	all.WriteString(errOut + err.Error() + job.Message(err))
 	if strings.Contains(all.String(), secret) {
 		t.Errorf("the secret was printed:\n%s", all.String())
 	}

@@ -12,12 +12,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/byoi/byoi/agent"
+	"github.com/byoi/byoi/blockdev/blockdevtest"
+	"github.com/byoi/byoi/job"
+
 	"github.com/byoi/byoi/internal/testutil"
 )
 
@@ -59,14 +60,7 @@ func serveBytes(t *testing.T, data []byte) string {
 	return srv.URL + "/img"
 }
 
-func sparse(t *testing.T, size int64) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "disk.img")
-	if err := createSparse(p, size); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
+func sparse(t *testing.T, size int64) string { return testutil.SparseFile(t, size) }
 
 func TestDeployJSONEventsAndJobFile(t *testing.T) {
 	img, err := demoImage()
@@ -75,19 +69,19 @@ func TestDeployJSONEventsAndJobFile(t *testing.T) {
 	}
 	sum := sha256.Sum256(img)
 	url := serveBytes(t, img)
-	job := filepath.Join(t.TempDir(), "job.json")
+	jobFile := filepath.Join(t.TempDir(), "job.json")
 	body := `{"operatingSystem":"byoi_64","customizations":{"imageURL":"` + url + `","imageType":"raw",` +
 		`"imageCheckSum":"` + hex.EncodeToString(sum[:]) + `","imageCheckSumType":"sha256","hostname":"web1"}}`
-	if err := os.WriteFile(job, []byte(body), 0o644); err != nil {
+	if err := os.WriteFile(jobFile, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	code, out, errOut := runCLI(t, "deploy", "--json", "--job", job, "--disk", sparse(t, 128<<20))
+	code, out, errOut := runCLI(t, "deploy", "--json", "--job", jobFile, "--disk", sparse(t, 128<<20))
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	var events []agent.Event
+	var events []job.Event
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		var e agent.Event
+		var e job.Event
 		if err := json.Unmarshal([]byte(line), &e); err != nil {
 			t.Fatalf("not a JSON event: %q: %v", line, err)
 		}
@@ -96,12 +90,15 @@ func TestDeployJSONEventsAndJobFile(t *testing.T) {
 	if len(events) < 3 {
 		t.Fatalf("only %d events", len(events))
 	}
-	if last := events[len(events)-1]; last.Status != "done" {
+	if last := events[len(events)-1]; last.Status != "done" || last.Code != job.MsgDone {
 		t.Errorf("last event %+v", last)
 	}
 	sawBytes := false
-	for _, e := range events {
-		if e.Step == "write" && e.BytesDone > 0 && e.BytesTotal == int64(len(img)) {
+	for i, e := range events {
+		if e.Seq != int64(i+1) || e.Time.IsZero() || e.Kind == "" {
+			t.Errorf("event %d lacks seq, time or kind: %+v", i, e)
+		}
+		if e.Step == job.StepDownload && e.Kind == job.KindProgress && e.BytesDone > 0 && e.BytesTotal == int64(len(img)) {
 			sawBytes = true
 		}
 	}
@@ -176,46 +173,12 @@ func md5sum(b []byte) string {
 	return hex.EncodeToString(h[:])
 }
 
-// fakeMachine builds a sysfs tree with the given virtio disks (name → size)
-// whose device nodes are sparse files, and an empty mount table.
+// fakeMachine builds a machine of virtio disks (name → size) whose device
+// nodes are sparse files, with an empty mount table.
 func fakeMachine(t *testing.T, disks map[string]int64) (sys, proc, dev string) {
 	t.Helper()
-	root := t.TempDir()
-	sys, proc, dev = filepath.Join(root, "sys"), filepath.Join(root, "proc"), filepath.Join(root, "dev")
-	files := map[string]string{
-		filepath.Join(proc, "self", "mountinfo"): "",
-		filepath.Join(proc, "swaps"):             "Filename\tType\tSize\tUsed\tPriority\n",
-	}
-	if err := os.MkdirAll(dev, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	minor := 0
-	for name, size := range disks {
-		b := filepath.Join(sys, "block", name)
-		files[filepath.Join(b, "size")] = strconv.FormatInt(size/512, 10)
-		files[filepath.Join(b, "dev")] = "252:" + strconv.Itoa(minor)
-		files[filepath.Join(b, "removable")] = "0"
-		files[filepath.Join(b, "ro")] = "0"
-		files[filepath.Join(b, "queue", "rotational")] = "0"
-		files[filepath.Join(b, "queue", "logical_block_size")] = "512"
-		files[filepath.Join(b, "queue", "physical_block_size")] = "512"
-		if err := os.MkdirAll(filepath.Join(b, "holders"), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		minor += 16
-		if err := createSparse(filepath.Join(dev, name), size); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for p, c := range files {
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(c), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return sys, proc, dev
+	r := blockdevtest.Virtio(disks).Build(t, true)
+	return r.Sys, r.Proc, r.Dev
 }
 
 // TestDeployDiskGroup selects the target by disk group from a fake
@@ -253,7 +216,7 @@ func TestDeployDiskGroup(t *testing.T) {
 		t.Error("group 1 (vdb) was written")
 	}
 	code, _, errOut = runCLI(t, append([]string{"deploy", "--url", url, "--type", "raw", "--disk-group", "3"}, roots...)...)
-	if code == 0 || !strings.Contains(lastLine(errOut), "existing groups: 1") || !strings.Contains(lastLine(errOut), "2 (") {
+	if code == 0 || !strings.Contains(lastLine(errOut), "disk group 3 does not exist on this server: the groups are 1") || !strings.Contains(lastLine(errOut), "2 (") {
 		t.Errorf("group 3: exit %d, %q", code, lastLine(errOut))
 	}
 }

@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/byoi/byoi/agent"
+	"github.com/byoi/byoi/job"
 	"golang.org/x/term"
 )
 
@@ -20,7 +20,7 @@ type renderer struct {
 	out, err io.Writer
 	json     bool
 	tty      bool
-	step     string
+	step     job.Step
 	last     time.Time
 	start    time.Time
 	lastDone int64
@@ -35,7 +35,10 @@ func newRenderer(stdout, stderr io.Writer, jsonOut bool) *renderer {
 	return r
 }
 
-func (r *renderer) event(e agent.Event) {
+// Event shows one event (it implements agent.Reporter). The agent's Sink
+// already throttled progress; a plain (non-terminal) stderr gets a line per
+// step every few seconds at most.
+func (r *renderer) Event(e job.Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.json {
@@ -49,28 +52,23 @@ func (r *renderer) event(e agent.Event) {
 		r.step = e.Step
 		r.start = now
 		r.last, r.lastDone = time.Time{}, 0
-		if e.Status == agent.StatusDoing {
+		if e.Status == job.StatusDoing && e.Kind != job.KindWarning {
 			fmt.Fprintf(r.err, "%s: %s\n", e.Step, e.Message)
 		}
 	}
-	if e.Status != agent.StatusDoing {
+	switch {
+	case e.Status != job.StatusDoing:
 		r.endBar()
 		return
-	}
-	if strings.HasPrefix(e.Message, "warning: ") {
+	case e.Kind == job.KindWarning:
 		r.endBar()
-		fmt.Fprintln(r.err, e.Message)
+		fmt.Fprintln(r.err, "warning: "+e.Message)
 		return
-	}
-	if e.BytesDone == 0 && e.BytesTotal <= 0 {
+	case e.Kind != job.KindProgress:
 		return
-	}
-	interval := 5 * time.Second
-	if r.tty {
-		interval = 100 * time.Millisecond
 	}
 	final := e.BytesTotal > 0 && e.BytesDone >= e.BytesTotal && e.BytesDone != r.lastDone
-	if now.Sub(r.last) < interval && !final {
+	if !r.tty && now.Sub(r.last) < plainInterval && !final {
 		return
 	}
 	r.last, r.lastDone = now, e.BytesDone
@@ -82,6 +80,10 @@ func (r *renderer) event(e agent.Event) {
 		fmt.Fprintf(r.err, "%s: %s\n", e.Step, line)
 	}
 }
+
+// plainInterval spaces the progress lines of a non-terminal stderr (a log
+// file, a pipe).
+const plainInterval = 5 * time.Second
 
 func (r *renderer) endBar() {
 	if r.barShown {
@@ -117,15 +119,4 @@ func progressLine(done, total int64, elapsed time.Duration) string {
 		humanBytes(done), humanBytes(total), humanBytes(int64(rate)), eta)
 }
 
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+func humanBytes(n int64) string { return job.HumanBytes(n) }

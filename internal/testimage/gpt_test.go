@@ -1,10 +1,12 @@
-package testimage
+package testimage_test
 
 import (
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/byoi/byoi/internal/testimage"
 
 	"github.com/byoi/byoi/internal/testutil"
 )
@@ -13,9 +15,9 @@ import (
 func TestGPTAcceptedBySgdisk(t *testing.T) {
 	testutil.RequireCommand(t, "sgdisk")
 	const mib = 1 << 20
-	img, err := GPT(8*mib, 512, []Part{
-		{Name: "EFI system", Type: TypeESP, Start: 1 * mib, Size: 2 * mib, Fill: FillMixed},
-		{Name: "root", Type: TypeLinux, Start: 3 * mib, Size: 4 * mib, Fill: FillMixed},
+	img, err := testimage.GPT(8*mib, 512, []testimage.Part{
+		{Name: "EFI system", Type: testimage.TypeESP, Start: 1 * mib, Size: 2 * mib, Fill: testimage.FillMixed},
+		{Name: "root", Type: testimage.TypeLinux, Start: 3 * mib, Size: 4 * mib, Fill: testimage.FillMixed},
 	}, 7)
 	if err != nil {
 		t.Fatal(err)
@@ -37,13 +39,13 @@ func TestGPTAcceptedBySgdisk(t *testing.T) {
 }
 
 func TestGPTRejectsBadInput(t *testing.T) {
-	if _, err := GPT(8<<20, 1000, nil, 1); err == nil {
+	if _, err := testimage.GPT(8<<20, 1000, nil, 1); err == nil {
 		t.Error("sector size 1000 accepted")
 	}
-	if _, err := GPT(8<<20, 512, []Part{{Type: TypeLinux, Start: 0, Size: 1 << 20}}, 1); err == nil {
+	if _, err := testimage.GPT(8<<20, 512, []testimage.Part{{Type: testimage.TypeLinux, Start: 0, Size: 1 << 20}}, 1); err == nil {
 		t.Error("partition over the GPT accepted")
 	}
-	if _, err := GPT(8<<20, 512, []Part{{Type: "nope", Start: 1 << 20, Size: 1 << 20}}, 1); err == nil {
+	if _, err := testimage.GPT(8<<20, 512, []testimage.Part{{Type: "nope", Start: 1 << 20, Size: 1 << 20}}, 1); err == nil {
 		t.Error("bad GUID accepted")
 	}
 }

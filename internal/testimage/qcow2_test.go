@@ -1,10 +1,12 @@
-package testimage
+package testimage_test
 
 import (
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/byoi/byoi/internal/testimage"
 
 	"github.com/byoi/byoi/internal/testutil"
 )
@@ -14,15 +16,15 @@ import (
 func TestQcow2JudgedByQemuImg(t *testing.T) {
 	testutil.RequireCommand(t, "qemu-img")
 	const mib = 1 << 20
-	raw, err := GPT(12*mib, 512, []Part{
-		{Name: "a", Type: TypeLinux, Start: 1 * mib, Size: 10 * mib, Fill: FillMixed},
+	raw, err := testimage.GPT(12*mib, 512, []testimage.Part{
+		{Name: "a", Type: testimage.TypeLinux, Start: 1 * mib, Size: 10 * mib, Fill: testimage.FillMixed},
 	}, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
 	raw = raw[:len(raw)-1000] // a size that is not a cluster multiple
 	for _, bits := range []uint{9, 16, 21} {
-		q, err := Qcow2(raw, bits)
+		q, err := testimage.Qcow2(raw, bits)
 		if err != nil {
 			t.Fatal(err)
 		}

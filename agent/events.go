@@ -1,0 +1,112 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/byoi/byoi/job"
+)
+
+// Reporter receives the events of a deployment once the Sink numbered and
+// throttled them: the terminal renderer, the --json printer, the control
+// plane reporter. Event is called from the pipeline's goroutines, one call
+// at a time, and must not block: a reporter that talks to a network queues.
+type Reporter interface {
+	Event(job.Event)
+}
+
+// FinalReporter is a Reporter whose final event must be acknowledged before
+// the machine reboots: Final blocks until the event is stored (the control
+// plane answered) or ctx ends. Run reboots only after Final returned nil.
+type FinalReporter interface {
+	Reporter
+	Final(ctx context.Context, e job.Event) error
+}
+
+// ReporterFunc adapts a function to Reporter.
+type ReporterFunc func(job.Event)
+
+// Event calls f(e).
+func (f ReporterFunc) Event(e job.Event) { f(e) }
+
+// DefaultProgressInterval is how often a step's progress passes the Sink.
+const DefaultProgressInterval = 250 * time.Millisecond
+
+// Sink numbers the events of one deployment, stamps their time and
+// throttles progress: at most one progress event per interval per step
+// (and the one that completes a step), while step changes, warnings and
+// the final event always pass. It is the one throttle in byoi: the
+// terminal, --json and the control plane all see what it lets through.
+type Sink struct {
+	out      Reporter
+	interval time.Duration
+	now      func() time.Time
+
+	mu   sync.Mutex
+	seq  int64
+	last map[job.Step]time.Time
+}
+
+// NewSink returns a sink feeding out (nil: events are dropped) with the
+// given progress interval (<= 0: DefaultProgressInterval).
+func NewSink(out Reporter, interval time.Duration) *Sink {
+	if interval <= 0 {
+		interval = DefaultProgressInterval
+	}
+	return &Sink{out: out, interval: interval, now: time.Now, last: map[job.Step]time.Time{}}
+}
+
+// Emit passes e on unless it is a progress event that comes too soon after
+// the previous one of its step. It returns the event as sent (with Seq and
+// Time) and whether it was sent.
+func (s *Sink) Emit(e job.Event) (job.Event, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	if e.Kind == "" {
+		e.Kind = job.KindInfo
+	}
+	if e.Status == "" {
+		e.Status = job.StatusDoing
+	}
+	if e.Kind == job.KindProgress {
+		complete := e.BytesTotal > 0 && e.BytesDone >= e.BytesTotal
+		if t, ok := s.last[e.Step]; ok && now.Sub(t) < s.interval && !complete {
+			return e, false
+		}
+	}
+	if e.Kind == job.KindProgress {
+		s.last[e.Step] = now
+	}
+	s.seq++
+	e.Seq, e.Time = s.seq, now.UTC()
+	if s.out != nil {
+		s.out.Event(e)
+	}
+	return e, true
+}
+
+// Seq is the number of events sent so far.
+func (s *Sink) Seq() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seq
+}
+
+// stamp numbers a final event like Emit does, without sending it: Run
+// hands it to the reporter's Final.
+func (s *Sink) stamp(e job.Event) job.Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.seq++
+	e.Seq, e.Time = s.seq, s.now().UTC()
+	return e
+}
+
+// logAttrsErr is a log attribute for an error that is safe to log: the
+// lower packages never put secrets in errors, and this is the only form in
+// which errors reach the log.
+func logAttrsErr(err error) slog.Attr { return slog.String("error", fmt.Sprint(err)) }

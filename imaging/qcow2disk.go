@@ -1,0 +1,57 @@
+package imaging
+
+import (
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Qcow2VirtualDisk reads the virtual disk of an opened qcow2 image (img,
+// from go-qcow2reader's qcow2.Open after CheckQcow2 accepted the image)
+// through whole, aligned clusters: see alignedReader.
+func Qcow2VirtualDisk(img io.ReaderAt, info *Qcow2Info) io.ReaderAt {
+	block := max(info.ClusterSize, 64<<10)
+	return &alignedReader{r: img, size: info.VirtualSize, block: block, cache: blockCache{max: alignedCacheBlocks}}
+}
+
+// alignedCacheBlocks bounds alignedReader's cache: at most 8 blocks of at
+// most 2 MiB (the largest qcow2 cluster).
+const alignedCacheBlocks = 8
+
+// alignedReader serves reads of any size and offset from whole, aligned
+// blocks of r. go-qcow2reader decompresses a compressed cluster from its
+// start: a read starting inside one makes it discard the head through a
+// small Read, which imaging's decompressors (registered process-wide)
+// support only on the converter's own source. Reading whole clusters is
+// always right. A few blocks are cached: the partition and FAT readers
+// make many small reads in the same places.
+type alignedReader struct {
+	r           io.ReaderAt
+	size, block int64
+	cache       blockCache
+}
+
+func (a *alignedReader) ReadAt(p []byte, off int64) (int, error) {
+	return readBlocks(p, off, a.size, a.block, a.get)
+}
+
+// get returns the block at off (a multiple of a.block).
+func (a *alignedReader) get(off int64) ([]byte, error) {
+	if b, ok := a.cache.lookup(off); ok {
+		return b, nil
+	}
+	buf := a.cache.take()
+	n := min(a.block, a.size-off)
+	if int64(len(buf)) < n {
+		buf = make([]byte, a.block)
+	}
+	buf = buf[:n]
+	if m, err := a.r.ReadAt(buf, off); m != len(buf) {
+		if err == nil || errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("read the virtual disk at %d: %w", off, err)
+	}
+	a.cache.add(off, buf)
+	return buf, nil
+}
