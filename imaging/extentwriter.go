@@ -1,0 +1,204 @@
+package imaging
+
+import (
+	"context"
+	"fmt"
+)
+
+// extentWriter puts the extents of a virtual disk of size bytes on a
+// Target, in the order they come (not necessarily the disk's order), so
+// that every byte of [0, size) ends up either written or zeroed: nothing of
+// the previous system survives in the image region.
+//
+// Two regions are held back in memory and written only by writeHeld, at
+// the very end: the first HeadSize bytes (MBR and primary GPT) and the last
+// HeadSize bytes (the image's own backup GPT). Until then the target has
+// no partition table the image brought, so a failure at any point leaves
+// nothing that looks bootable (failsafe.go).
+//
+// Zeroing follows a watermark: everything below zeroedTo (outside the held
+// regions) is written or zeroed. An extent starting past the watermark
+// first zeroes the gap; one starting below it (out of order) lands on
+// bytes already zeroed; finish zeroes the rest. Extents must not overlap
+// (the VMDK reader refuses grains seen twice). Adjacent extents are
+// coalesced into writes of up to extentBuf bytes, and extents of zeros are
+// zeroed with ZeroRange (hole punch, BLKZEROOUT), not written.
+type extentWriter struct {
+	ctx    context.Context
+	dst    Target
+	size   int64
+	format string // for WriteError: "ova"
+
+	head      []byte // [0, len(head))
+	tail      []byte // [tailStart, size)
+	tailStart int64
+	zeroedTo  int64
+
+	// The one pending operation: a run of data in buf at bufOff, or a run
+	// of zeros [zOff, zOff+zLen).
+	buf    []byte
+	bufOff int64
+	zOff   int64
+	zLen   int64
+
+	written, zeroed int64
+}
+
+// extentBuf is the largest coalesced write: large enough that the target
+// starts its writeback at once (blockdev writes behind from 1 MiB).
+const extentBuf = 1 << 20
+
+func newExtentWriter(ctx context.Context, dst Target, size int64, format string) *extentWriter {
+	headEnd := min(int64(HeadSize), size)
+	tailStart := max(size-HeadSize, headEnd)
+	return &extentWriter{
+		ctx: ctx, dst: dst, size: size, format: format,
+		head:      make([]byte, headEnd),
+		tail:      make([]byte, size-tailStart),
+		tailStart: tailStart,
+		zeroedTo:  headEnd,
+		buf:       make([]byte, 0, extentBuf),
+	}
+}
+
+// held reports whether [off, off+n) lies entirely in the held-back
+// regions: putting it does no I/O.
+func (w *extentWriter) held(off, n int64) bool {
+	return off+n <= int64(len(w.head)) || off >= w.tailStart
+}
+
+// put places data at off of the virtual disk. data is not kept.
+func (w *extentWriter) put(off int64, data []byte) error {
+	end := off + int64(len(data))
+	if off < 0 || end > w.size {
+		return fmt.Errorf("extent [%d, %d) outside the virtual disk of %d bytes", off, end, w.size)
+	}
+	if h := int64(len(w.head)); off < h {
+		n := min(end, h) - off
+		copy(w.head[off:], data[:n])
+		off, data = off+n, data[n:]
+	}
+	if end > w.tailStart {
+		s := max(off, w.tailStart)
+		copy(w.tail[s-w.tailStart:], data[s-off:])
+		data = data[:s-off]
+		end = s
+	}
+	if off >= end {
+		return nil
+	}
+	if off > w.zeroedTo {
+		if err := w.zero(w.zeroedTo, off-w.zeroedTo); err != nil {
+			return err
+		}
+	}
+	w.zeroedTo = max(w.zeroedTo, end)
+	for len(data) > 0 {
+		// Runs of zeros in zeroBlock steps are zeroed, the rest written.
+		n := min(len(data), q2ZeroBlock)
+		if allZero(data[:n]) {
+			if err := w.zero(off, int64(n)); err != nil {
+				return err
+			}
+		} else if err := w.write(off, data[:n]); err != nil {
+			return err
+		}
+		off, data = off+int64(n), data[n:]
+	}
+	return nil
+}
+
+// zero queues zeroing [off, off+n).
+func (w *extentWriter) zero(off, n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	if len(w.buf) > 0 {
+		if err := w.flush(); err != nil {
+			return err
+		}
+	}
+	if w.zLen > 0 && w.zOff+w.zLen == off {
+		w.zLen += n
+		return nil
+	}
+	if err := w.flush(); err != nil {
+		return err
+	}
+	w.zOff, w.zLen = off, n
+	return nil
+}
+
+// write queues writing p at off.
+func (w *extentWriter) write(off int64, p []byte) error {
+	if w.zLen > 0 || (len(w.buf) > 0 && w.bufOff+int64(len(w.buf)) != off) {
+		if err := w.flush(); err != nil {
+			return err
+		}
+	}
+	for len(p) > 0 {
+		if len(w.buf) == 0 {
+			w.bufOff = off
+		}
+		n := copy(w.buf[len(w.buf):cap(w.buf)], p)
+		w.buf = w.buf[:len(w.buf)+n]
+		off, p = off+int64(n), p[n:]
+		if len(w.buf) == cap(w.buf) {
+			if err := w.flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// flush performs the pending operation.
+func (w *extentWriter) flush() error {
+	if err := w.ctx.Err(); err != nil {
+		return err
+	}
+	if w.zLen > 0 {
+		off, n := w.zOff, w.zLen
+		w.zLen = 0
+		if err := w.dst.ZeroRange(w.ctx, off, n); err != nil {
+			return &WriteError{Format: w.format, Err: fmt.Errorf("zero %d bytes at %d: %w", n, off, err)}
+		}
+		w.zeroed += n
+	}
+	if len(w.buf) > 0 {
+		off, p := w.bufOff, w.buf
+		w.buf = w.buf[:0]
+		if _, err := w.dst.WriteAt(p, off); err != nil {
+			return &WriteError{Format: w.format, Err: fmt.Errorf("write %d bytes at %d: %w", len(p), off, err)}
+		}
+		w.written += int64(len(p))
+	}
+	return nil
+}
+
+// finish zeroes what no extent covered and flushes: the whole virtual disk
+// but the held-back regions is then on the target (not yet synced).
+func (w *extentWriter) finish() error {
+	if w.zeroedTo < w.tailStart {
+		if err := w.zero(w.zeroedTo, w.tailStart-w.zeroedTo); err != nil {
+			return err
+		}
+		w.zeroedTo = w.tailStart
+	}
+	return w.flush()
+}
+
+// writeHeld writes the held-back regions: the tail (the image's backup
+// GPT) and then the head (MBR, primary GPT). The caller syncs after.
+func (w *extentWriter) writeHeld() error {
+	if len(w.tail) > 0 {
+		if _, err := w.dst.WriteAt(w.tail, w.tailStart); err != nil {
+			return &WriteError{Format: w.format, Err: fmt.Errorf("write the last MiB of the image: %w", err)}
+		}
+	}
+	if _, err := w.dst.WriteAt(w.head, 0); err != nil {
+		return &WriteError{Format: w.format, Err: fmt.Errorf("write partition table: %w", err)}
+	}
+	w.written += int64(len(w.head) + len(w.tail))
+	return nil
+}

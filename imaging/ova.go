@@ -1,0 +1,724 @@
+package imaging
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"log/slog"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+)
+
+// Bounds on what an OVA may hold (DSP0243 section 5: an OVA is a tar
+// archive of an OVF descriptor, optional manifest and certificate, and the
+// files the descriptor references).
+const (
+	ovaMaxMembers = 64
+	ovaMaxCert    = 1 << 20
+	// ovaMaxOther bounds a member the descriptor does not reference
+	// (nvram files and the like): it is read and dropped.
+	ovaMaxOther = 64 << 20
+	// ovaMaxTrailing bounds the zeros after the end-of-archive marker
+	// (tar pads to its record size: 10 KiB for GNU tar).
+	ovaMaxTrailing = 16 << 20
+)
+
+// OVAOptions tune WriteOVA.
+type OVAOptions struct {
+	// DeclaredSize is the OVA's size announced by the source
+	// (Content-Length); <= 0 when unknown. A stream that ends at another
+	// size is an error.
+	DeclaredSize int64
+	// TargetName names the target in a SizeError, e.g. "/dev/sda".
+	TargetName string
+	// Hash, when set, is fed every byte of the OVA in order.
+	Hash hash.Hash
+	// Verify is called once the whole OVA was read and hashed (Hash
+	// complete) and the manifest checked, before the held-back regions
+	// are written. An error aborts: the target is wiped and the error
+	// returned unchanged.
+	Verify func() error
+	// Check, when set, is called with the virtual disk's first MiB before
+	// anything is written; an error aborts with nothing written and is
+	// returned unchanged.
+	Check func(head []byte) error
+	// Progress, when set, receives the bytes of the OVA read and
+	// DeclaredSize (-1 when unknown), at most every 100 ms and at the end.
+	Progress Progress
+	// Workers inflating grains in parallel (default: GOMAXPROCS, 2..8).
+	Workers int
+	// Logger receives debug and error logs (nil: discard).
+	Logger *slog.Logger
+}
+
+// OVAResult describes a deployed OVA.
+type OVAResult struct {
+	// Disk is the archive member deployed, DiskID its OVF disk id.
+	Disk   string
+	DiskID string
+	// CreateType is the VMDK type: VMDKStreamOptimized or
+	// VMDKMonolithicSparse.
+	CreateType string
+	// VirtualSize is the disk's capacity in bytes: [0, VirtualSize) of
+	// the target holds the disk.
+	VirtualSize int64
+	// Table is the disk's partition table: "gpt" or "mbr".
+	Table string
+	// Read is the size of the OVA in bytes.
+	Read int64
+	// Written and Zeroed count the bytes of the virtual disk written and
+	// zeroed (ZeroRange) on the target.
+	Written, Zeroed int64
+	// Manifest is the manifest member whose digests were verified, ""
+	// when the OVA has none.
+	Manifest string
+	// Warnings are for the customer: other disks not deployed, files
+	// ignored.
+	Warnings []string
+}
+
+// WriteOVA deploys the boot disk of an OVA package streaming from src onto
+// dst, in one pass and without staging: the tar archive is walked as it
+// arrives, the disk's VMDK grains are inflated in parallel and written as
+// they come.
+//
+// Nothing is written before everything that can be checked up front
+// passed: the OVF descriptor (the first member) and the choice of the disk
+// (ParseOVF), every member before the disk (plain names, regular files,
+// sizes), the VMDK's header and descriptor (no other file named, capacity
+// within dst), and the disk's first MiB, which must hold a partition table
+// and pass opts.Check. It is assembled from the grains the stream brings
+// before the first grain past it: VMware, VirtualBox and qemu-img write
+// grains in disk order, so all of them. A stream in another order (the
+// format allows it) whose first grain comes later is checked once read,
+// before the head is written, and a refusal then wipes the target; a grain
+// landing in the head late makes it checked again.
+//
+// Then the old partition tables are cleared (ClearTables), the disk is
+// written, every range no grain covers zeroed (ZeroRange), and two regions
+// are held back in memory: the first and the last MiB of the virtual disk
+// (primary and backup GPT). They are written only once the whole OVA was
+// read to its end, the manifest's digests matched (every member is
+// digested as it streams, whether the manifest comes before the disk, as
+// VMware writes it, or last, as VirtualBox does), the archive size matched
+// DeclaredSize, opts.Verify passed, and the rest of the disk was synced.
+//
+// On any failure once writing started, the target is wiped of partition
+// tables (WipeAfterFailure over the virtual disk) and the original error
+// returned: a *SizeError, *VMDKError, *OVAError, *ManifestError, a
+// *WriteError{Format: "ova"} for the target's errors, src's and Verify's
+// errors unchanged, or the context's error. Refusals before writing are
+// the same types, with the target untouched.
+//
+// Memory is bounded: about 16 MiB of grain buffers, a few MiB of hashing
+// buffers, two held-back MiB, and for a monolithicSparse disk its grain
+// tables (16 bytes per allocated grain).
+func WriteOVA(ctx context.Context, src io.Reader, dst Target, opts OVAOptions) (OVAResult, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if opts.DeclaredSize <= 0 {
+		opts.DeclaredSize = -1
+	}
+	workers := opts.Workers
+	if workers <= 0 {
+		workers = min(max(runtime.GOMAXPROCS(0), 2), 8)
+	}
+	var res OVAResult
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	start := time.Now()
+	w := newOVAWalk(src, opts, log)
+	started := false // the pipeline owns w once started
+	defer func() {
+		if !started {
+			w.close()
+		}
+	}()
+
+	// Up front, nothing written: the descriptor, the members before the
+	// disk, the VMDK's header and descriptor.
+	if err := w.readOVF(); err != nil {
+		return res, err
+	}
+	hdr, err := w.untilDisk()
+	if err != nil {
+		return res, err
+	}
+	ds, err := w.openDisk(hdr, dst.Size())
+	if err != nil {
+		var se *SizeError
+		if errors.As(err, &se) {
+			se.TargetName = opts.TargetName
+			se.TargetSize = dst.Size()
+		}
+		return res, err
+	}
+	info := ds.info
+	res.Disk, res.DiskID, res.CreateType, res.VirtualSize = w.diskName, w.ovf.Boot.ID, info.CreateType, info.Capacity
+	if info.CreateType != w.ovf.Boot.CreateType {
+		w.warn(fmt.Sprintf("the OVF descriptor says disk %s is %s, the file is %s", w.ovf.Boot.ID, w.ovf.Boot.CreateType, info.CreateType))
+	}
+	if c := w.ovf.Boot.Capacity; c >= 0 && c != info.Capacity {
+		w.warn(fmt.Sprintf("the OVF descriptor gives disk %s a capacity of %d bytes, the VMDK %d", w.ovf.Boot.ID, c, info.Capacity))
+	}
+
+	// The head: grains up to the first one that is not held back in
+	// memory; then the partition table check.
+	xw := newExtentWriter(ctx, dst, info.Capacity, "ova")
+	p := newOVAPipeline(ds, workers)
+	first, headKnown, err := p.prelude(xw)
+	if err != nil {
+		return res, err
+	}
+	// checkHead checks the head once, and again at the end only if a
+	// grain that came late changed it.
+	var checked [sha256.Size]byte
+	checkHead := func() error {
+		sum := sha256.Sum256(xw.head)
+		if res.Table != "" && sum == checked {
+			return nil
+		}
+		table, ok := HasPartitionTable(xw.head)
+		if !ok {
+			return ovaRefuse(w.diskName, "the virtual disk holds no partition table; it seems to contain: %s", ovaDescribe(xw.head))
+		}
+		if res.Table != "" && table != res.Table {
+			return ovaRefuse(w.diskName, "a grain that came late changed the virtual disk's partition table")
+		}
+		res.Table, checked = table, sum
+		if opts.Check != nil {
+			return opts.Check(xw.head)
+		}
+		return nil
+	}
+	if headKnown {
+		if err := checkHead(); err != nil {
+			return res, err
+		}
+	} else {
+		// The stream brings the disk's first grain later (grains out of
+		// order): the partition table is checked once the disk was read,
+		// before it is written; a refusal then wipes the target.
+		log.Warn("OVA disk grains out of order: its partition table is checked after the rest was written", "member", w.diskName)
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	log.Debug("writing OVA disk", "member", w.diskName, "type", info.CreateType, "capacity", info.Capacity,
+		"grain", info.GrainSize, "table", res.Table, "target_size", dst.Size(), "workers", workers)
+
+	// Once the pipeline started its reader goroutine owns w: what fail
+	// reports of it is taken now.
+	warnings := append([]string(nil), w.warnings...)
+	fail := func(err error) (OVAResult, error) {
+		log.Error("OVA write failed, wiping partition tables", "error", err)
+		if werr := WipeAfterFailure(ctx, dst, info.Capacity); werr != nil {
+			log.Error("wipe after failed OVA write", "error", werr)
+		}
+		res.Warnings = warnings
+		return res, err
+	}
+	if err := ClearTables(ctx, dst); err != nil {
+		return fail(&WriteError{Format: "ova", Err: err})
+	}
+	started = true
+	if err := p.run(ctx, w, xw, first); err != nil {
+		return fail(err)
+	}
+	if err := xw.finish(); err != nil {
+		return fail(err)
+	}
+	res.Read = w.counter.n
+	if opts.DeclaredSize > 0 && res.Read != opts.DeclaredSize {
+		if res.Read < opts.DeclaredSize {
+			return fail(fmt.Errorf("OVA ended after %d of %d bytes: %w", res.Read, opts.DeclaredSize, io.ErrUnexpectedEOF))
+		}
+		return fail(fmt.Errorf("OVA is %d bytes, more than the %d bytes announced", res.Read, opts.DeclaredSize))
+	}
+	if err := checkHead(); err != nil {
+		return fail(err)
+	}
+	if opts.Verify != nil {
+		if err := opts.Verify(); err != nil {
+			return fail(err)
+		}
+	}
+	// Flush the body before the held-back regions: a crash in between
+	// leaves no partition table.
+	if err := dst.Sync(); err != nil {
+		return fail(&WriteError{Format: "ova", Err: err})
+	}
+	if err := ctx.Err(); err != nil {
+		return fail(err)
+	}
+	if err := xw.writeHeld(); err != nil {
+		return fail(err)
+	}
+	if err := dst.Sync(); err != nil {
+		return fail(&WriteError{Format: "ova", Err: err})
+	}
+	if opts.Progress != nil {
+		opts.Progress(res.Read, opts.DeclaredSize)
+	}
+	res.Written, res.Zeroed = xw.written, xw.zeroed
+	res.Manifest = w.mfName
+	res.Warnings = w.warnings
+	el := time.Since(start)
+	log.Info("OVA disk written", "member", res.Disk, "virtual_size", res.VirtualSize, "ova_bytes", res.Read,
+		"written", res.Written, "zeroed", res.Zeroed, "manifest", res.Manifest, "seconds", el.Seconds(),
+		"mb_per_s", float64(res.VirtualSize)/1e6/max(el.Seconds(), 1e-9))
+	for _, wn := range res.Warnings {
+		log.Warn("OVA", "warning", wn)
+	}
+	return res, nil
+}
+
+// ovaDescribe names what a disk head seems to hold, for a refusal.
+func ovaDescribe(head []byte) string {
+	switch f := Sniff(head); f {
+	case FormatEmpty:
+		return "only zeros"
+	case FormatUnknown:
+		return "unknown data"
+	default:
+		return string(f)
+	}
+}
+
+// ovaCounter counts the bytes read from the OVA and reports progress.
+type ovaCounter struct {
+	r        io.Reader
+	n        int64
+	total    int64
+	progress Progress
+	last     time.Time
+	empty    int
+}
+
+func (c *ovaCounter) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	if n == 0 && err == nil {
+		if c.empty++; c.empty >= 100 {
+			return 0, io.ErrNoProgress
+		}
+	} else {
+		c.empty = 0
+	}
+	if c.progress != nil && n > 0 && time.Since(c.last) >= progressEvery {
+		c.last = time.Now()
+		c.progress(c.n, c.total)
+	}
+	return n, err
+}
+
+// countReader counts the bytes read through it.
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// ovaWalk walks the tar archive of an OVA, member by member, digesting each
+// for the manifest.
+type ovaWalk struct {
+	log     *slog.Logger
+	counter *ovaCounter
+	outer   *hashTee     // opts.Hash over the whole OVA
+	tarIn   *countReader // the bytes archive/tar consumed
+	tr      *tar.Reader
+
+	members  int
+	names    map[string]bool
+	lastEnd  int64 // tarIn offset where the last member's data (padded) ends
+	ovf      *OVFInfo
+	ovfName  string
+	diskName string
+	mfName   string
+	manifest *ovaManifest
+	digests  map[string]map[string]string // member -> algo -> hex digest
+	warnings []string
+
+	// The member being read.
+	cur     string
+	curTee  *hashTee
+	curAlgo []string
+	curHash []hash.Hash
+}
+
+func newOVAWalk(src io.Reader, opts OVAOptions, log *slog.Logger) *ovaWalk {
+	w := &ovaWalk{log: log, names: map[string]bool{}, digests: map[string]map[string]string{}}
+	w.counter = &ovaCounter{r: src, total: opts.DeclaredSize, progress: opts.Progress, last: time.Now()}
+	var hs []hash.Hash
+	if opts.Hash != nil {
+		hs = append(hs, opts.Hash)
+	}
+	w.outer = newHashTee(w.counter, hs, 1<<20, 4)
+	w.tarIn = &countReader{r: w.outer}
+	w.tr = tar.NewReader(w.tarIn)
+	return w
+}
+
+func (w *ovaWalk) warn(s string) { w.warnings = append(w.warnings, s) }
+
+// close stops the hashing goroutines.
+func (w *ovaWalk) close() {
+	if w.curTee != nil {
+		w.curTee.close()
+	}
+	w.outer.close()
+}
+
+// next returns the next member (a plain regular file), or io.EOF at the
+// archive's end-of-archive marker.
+func (w *ovaWalk) next() (*tar.Header, string, error) {
+	for {
+		hdr, err := w.tr.Next()
+		if err == io.EOF {
+			// archive/tar also ends quietly on a stream cut at a member
+			// boundary: only two zero blocks make an end.
+			if w.tarIn.n < w.lastEnd+2*512 {
+				return nil, "", &OVAError{Reason: fmt.Sprintf("archive truncated after %d bytes, without its end-of-archive marker", w.tarIn.n), Err: io.ErrUnexpectedEOF}
+			}
+			return nil, "", io.EOF
+		}
+		if err != nil {
+			return nil, "", w.tarErr(err)
+		}
+		w.members++
+		if w.members > ovaMaxMembers {
+			return nil, "", ovaRefuse("", "more than %d archive members", ovaMaxMembers)
+		}
+		if hdr.Typeflag == tar.TypeXGlobalHeader {
+			continue // pax global header: attributes only
+		}
+		name := ovaCleanName(hdr.Name)
+		switch {
+		case !vmdkPlainName(name):
+			return nil, "", ovaRefuse(hdr.Name, "member name is not a plain file name (directories, '..', absolute paths are refused)")
+		case hdr.Typeflag == tar.TypeGNUSparse || ovaPAXSparse(hdr):
+			return nil, "", ovaRefuse(name, "member is a sparse file, which byoi does not read")
+		case hdr.Typeflag != tar.TypeReg:
+			return nil, "", ovaRefuse(name, "member is not a regular file (tar type %q): links, devices and directories are refused", string(hdr.Typeflag))
+		case hdr.Size < 0:
+			return nil, "", ovaRefuse(name, "member has a negative size")
+		case w.names[name]:
+			return nil, "", ovaRefuse(name, "member appears twice")
+		}
+		w.names[name] = true
+		w.lastEnd = w.tarIn.n + (hdr.Size+511)/512*512
+		w.log.Debug("OVA member", "name", name, "size", hdr.Size)
+		return hdr, name, nil
+	}
+}
+
+func ovaPAXSparse(hdr *tar.Header) bool {
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
+}
+
+// tarErr turns archive/tar's errors into refusals; the source's own
+// errors pass unchanged.
+func (w *ovaWalk) tarErr(err error) error {
+	switch {
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return &OVAError{Reason: fmt.Sprintf("archive truncated after %d bytes", w.tarIn.n), Err: io.ErrUnexpectedEOF}
+	case errors.Is(err, tar.ErrHeader), errors.Is(err, tar.ErrFieldTooLong), errors.Is(err, tar.ErrInsecurePath):
+		return &OVAError{Reason: "not a valid tar archive", Err: err}
+	}
+	var ve *VMDKError
+	var oe *OVAError
+	var me *ManifestError
+	if errors.As(err, &ve) || errors.As(err, &oe) || errors.As(err, &me) {
+		return err
+	}
+	if strings.HasPrefix(err.Error(), "archive/tar:") {
+		return &OVAError{Reason: "not a valid tar archive", Err: err}
+	}
+	return err
+}
+
+// open starts reading member name through its digests: the algorithms
+// the manifest lists for it, or every algorithm byoi checks while the
+// manifest has not been seen.
+func (w *ovaWalk) open(name string) io.Reader {
+	w.cur = name
+	if w.manifest != nil {
+		w.curAlgo = w.manifest.algos(name)
+	} else {
+		w.curAlgo = ovaAlgos
+	}
+	w.curHash = w.curHash[:0]
+	for _, a := range w.curAlgo {
+		w.curHash = append(w.curHash, ovaNewHash(a))
+	}
+	w.curTee = newHashTee(w.tr, w.curHash, 256<<10, 4)
+	return w.curTee
+}
+
+// endMember reads what is left of the member, finishes its digests and
+// checks them against the manifest when it is known.
+func (w *ovaWalk) endMember(r io.Reader) error {
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return w.tarErr(err)
+	}
+	w.curTee.close()
+	w.curTee = nil
+	sums := map[string]string{}
+	for i, a := range w.curAlgo {
+		sums[a] = hex.EncodeToString(w.curHash[i].Sum(nil))
+	}
+	w.digests[w.cur] = sums
+	if w.manifest != nil {
+		return w.manifest.check(w.cur, sums)
+	}
+	return nil
+}
+
+// readSmall reads a whole member of at most limit bytes.
+func (w *ovaWalk) readSmall(hdr *tar.Header, name string, limit int64, what string) ([]byte, error) {
+	if hdr.Size > limit {
+		return nil, ovaRefuse(name, "%s of %d bytes is larger than %d", what, hdr.Size, limit)
+	}
+	r := w.open(name)
+	b := make([]byte, hdr.Size)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, w.tarErr(err)
+	}
+	return b, w.endMember(r)
+}
+
+// readOVF reads the first member, which must be the OVF descriptor.
+func (w *ovaWalk) readOVF() error {
+	hdr, name, err := w.next()
+	if err == io.EOF {
+		return ovaRefuse("", "the archive is empty")
+	}
+	if err != nil {
+		return err
+	}
+	if !strings.EqualFold(ovaExt(name), ".ovf") {
+		return ovaRefuse(name, "the first member of an OVA must be the OVF descriptor (*.ovf)")
+	}
+	b, err := w.readSmall(hdr, name, ovfMaxDescriptor, "OVF descriptor")
+	if err != nil {
+		return err
+	}
+	info, err := ParseOVF(b)
+	if err != nil {
+		var oe *OVAError
+		if errors.As(err, &oe) && oe.Member == "" {
+			oe.Member = name
+		}
+		return err
+	}
+	w.ovf, w.ovfName = info, name
+	w.warnings = append(w.warnings, info.Warnings...)
+	w.diskName = info.BootFile.Href
+	return nil
+}
+
+func ovaExt(name string) string {
+	if i := strings.LastIndexByte(name, '.'); i >= 0 {
+		return name[i:]
+	}
+	return ""
+}
+
+// member handles one member that is not the deployed disk.
+func (w *ovaWalk) member(hdr *tar.Header, name string) error {
+	switch ext := strings.ToLower(ovaExt(name)); {
+	case ext == ".ovf":
+		return ovaRefuse(name, "a second OVF descriptor")
+	case ext == ".mf":
+		if w.manifest != nil {
+			return ovaRefuse(name, "a second manifest")
+		}
+		b, err := w.readSmall(hdr, name, ovaMaxManifest, "manifest")
+		if err != nil {
+			return err
+		}
+		m, err := parseOVAManifest(b)
+		if err != nil {
+			return err
+		}
+		w.manifest, w.mfName = m, name
+		for _, n := range m.order {
+			if sums, ok := w.digests[n]; ok {
+				if err := m.check(n, sums); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	case ext == ".cert":
+		// The certificate signs the manifest with the publisher's key.
+		// byoi has no trust anchor for it (the customer gives none): the
+		// integrity of the download rests on the customer's checksum of
+		// the whole OVA and on the manifest. It is read and ignored.
+		_, err := w.readSmall(hdr, name, ovaMaxCert, "certificate")
+		return err
+	}
+	f, referenced := w.ovf.File(name)
+	if referenced && f.Size >= 0 && f.Size != hdr.Size {
+		return ovaRefuse(name, "member is %d bytes, the OVF descriptor says %d", hdr.Size, f.Size)
+	}
+	if !referenced {
+		if hdr.Size > ovaMaxOther {
+			return ovaRefuse(name, "member of %d bytes is not referenced by the OVF descriptor", hdr.Size)
+		}
+		w.warn(fmt.Sprintf("member %q is not referenced by the OVF descriptor and is ignored", name))
+	}
+	return w.endMember(w.open(name))
+}
+
+// untilDisk handles the members before the disk and returns the disk's
+// header.
+func (w *ovaWalk) untilDisk() (*tar.Header, error) {
+	for {
+		hdr, name, err := w.next()
+		if err == io.EOF {
+			return nil, ovaRefuse(w.diskName, "the disk the OVF descriptor deploys is not in the archive")
+		}
+		if err != nil {
+			return nil, err
+		}
+		if name == w.diskName {
+			return hdr, nil
+		}
+		if err := w.member(hdr, name); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// openDisk starts reading the disk member and its VMDK header and
+// descriptor.
+func (w *ovaWalk) openDisk(hdr *tar.Header, targetSize int64) (*ovaDisk, error) {
+	f := w.ovf.BootFile
+	if f.Size >= 0 && f.Size != hdr.Size {
+		return nil, ovaRefuse(w.diskName, "member is %d bytes, the OVF descriptor says %d", hdr.Size, f.Size)
+	}
+	d := &ovaDisk{member: w.open(w.diskName)}
+	var r io.Reader = d.member
+	limit := hdr.Size
+	if f.Compression == "gzip" {
+		zr, err := gzip.NewReader(d.member)
+		if err != nil {
+			return nil, &OVAError{Member: w.diskName, Reason: "disk member is not gzip data", Err: err}
+		}
+		d.gz = zr
+		r = zr
+		limit = 0 // bounded below, once the capacity is known
+	}
+	ds, err := openVMDKStream(r, w.diskName, targetSize, limit)
+	if err != nil {
+		return nil, err
+	}
+	if d.gz != nil {
+		// A decompression bomb: the VMDK of a disk is at most its
+		// capacity twice (compressed grains and their markers) plus
+		// its tables.
+		ds.max = 2*ds.info.Capacity + 64<<20
+	}
+	d.vmdkStream = ds
+	return d, nil
+}
+
+// ovaDisk is the disk member being read.
+type ovaDisk struct {
+	*vmdkStream
+	member io.Reader
+	gz     *gzip.Reader
+}
+
+// finishDisk reads the rest of the disk member after the VMDK's data.
+func (w *ovaWalk) finishDisk(d *ovaDisk) error {
+	if err := d.drain(); err != nil {
+		return err
+	}
+	if d.gz != nil {
+		if err := d.gz.Close(); err != nil {
+			return &OVAError{Member: w.diskName, Reason: "corrupt gzip data", Err: err}
+		}
+	}
+	return w.endMember(d.member)
+}
+
+// rest handles the members after the disk, the end of the archive and
+// what follows it, and checks that the manifest vouched for everything.
+func (w *ovaWalk) rest() error {
+	for {
+		hdr, name, err := w.next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if err := w.member(hdr, name); err != nil {
+			return err
+		}
+	}
+	// Read the source to its very end, so the caller's hash covers the
+	// whole file: tar pads the archive with zeros to its record size.
+	buf := make([]byte, 32<<10)
+	var n int64
+	for {
+		k, err := w.tarIn.Read(buf)
+		if !allZero(buf[:k]) {
+			return ovaRefuse("", "data follows the end of the archive at byte %d", w.tarIn.n-int64(k))
+		}
+		if n += int64(k); n > ovaMaxTrailing {
+			return ovaRefuse("", "more than %d bytes follow the end of the archive", ovaMaxTrailing)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	w.outer.close()
+	if m := w.manifest; m != nil {
+		if len(m.entries[w.diskName]) == 0 {
+			return &ManifestError{Member: w.diskName, Reason: "the disk is not listed in the manifest"}
+		}
+		for _, name := range m.order {
+			if !w.names[name] {
+				return &ManifestError{Member: name, Reason: "listed in the manifest but not in the archive"}
+			}
+			for _, e := range m.entries[name] {
+				if !e.checked {
+					return &ManifestError{Member: name, Algo: e.algo, Reason: "digest was not checked"}
+				}
+			}
+		}
+	}
+	for _, f := range w.ovf.Files {
+		if !w.names[f.Href] && vmdkPlainName(f.Href) {
+			w.warn(fmt.Sprintf("file %q referenced by the OVF descriptor is not in the archive", f.Href))
+		}
+	}
+	return nil
+}

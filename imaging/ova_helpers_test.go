@@ -1,0 +1,285 @@
+package imaging_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/byoi/byoi/blockdev"
+	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/internal/testimage"
+	"github.com/byoi/byoi/internal/testutil"
+)
+
+const ovaMiB = 1 << 20
+
+// ovaDisk builds a GPT disk image of size bytes with an ESP and a root
+// partition of mixed data (random, text, zeros) and a last partition
+// reaching the backup GPT, so the held-back tail holds data too.
+func ovaDisk(t testing.TB, size int64, seed uint64) []byte {
+	t.Helper()
+	img, err := testimage.GPT(size, 512, []testimage.Part{
+		{Name: "EFI system", Type: testimage.TypeESP, Start: 1 * ovaMiB, Size: 1 * ovaMiB, Fill: testimage.FillMixed},
+		{Name: "root", Type: testimage.TypeLinux, Start: 2 * ovaMiB, Size: size - 2*ovaMiB - 64<<10, Fill: testimage.FillMixed},
+	}, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// ovaQemuVMDK converts raw to a VMDK of the given subformat with qemu-img;
+// the file (and so the descriptor's extent) is called name.
+func ovaQemuVMDK(t testing.TB, raw []byte, subformat, name string) []byte {
+	t.Helper()
+	testutil.RequireCommand(t, "qemu-img")
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.raw")
+	if err := os.WriteFile(src, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, name)
+	testutil.Run(t, "qemu-img", "convert", "-q", "-f", "raw", "-O", "vmdk", "-o", "subformat="+subformat, src, out)
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// ovaQemuRaw is the judge: qemu-img's reading of a VMDK file as raw.
+func ovaQemuRaw(t testing.TB, vmdk []byte, name string) []byte {
+	t.Helper()
+	testutil.RequireCommand(t, "qemu-img")
+	dir := t.TempDir()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, vmdk, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Run(t, "qemu-img", "convert", "-q", "-f", "vmdk", "-O", "raw", p, filepath.Join(dir, "out.raw"))
+	b, err := os.ReadFile(filepath.Join(dir, "out.raw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// ovaLayout is the member order of an OVA.
+type ovaLayout int
+
+const (
+	layoutVMware     ovaLayout = iota // ovf, mf, vmdk
+	layoutVirtualBox                  // ovf, vmdk, mf
+	layoutNoManifest                  // ovf, vmdk
+)
+
+func (l ovaLayout) String() string {
+	return [...]string{"vmware", "virtualbox", "nomanifest"}[l]
+}
+
+// ovaPackage tars an OVF descriptor, the disk and a manifest in layout.
+func ovaPackage(t testing.TB, layout ovaLayout, diskName string, vmdk []byte, capacity int64, algo string) []byte {
+	t.Helper()
+	style := testimage.VMware
+	if layout == layoutVirtualBox {
+		style = testimage.VirtualBox
+	}
+	disk := testimage.OVFDisk{File: diskName, Capacity: capacity, Address: 0}
+	if style == testimage.VMware {
+		disk.FileSize = int64(len(vmdk))
+	}
+	ovf := testimage.Member{Name: "vm.ovf", Data: testimage.OVF(style, []testimage.OVFDisk{disk})}
+	dm := testimage.Member{Name: diskName, Data: vmdk}
+	mf := testimage.Member{Name: "vm.mf", Data: testimage.Manifest(algo, layout == layoutVirtualBox, ovf, dm)}
+	var members []testimage.Member
+	switch layout {
+	case layoutVMware:
+		members = []testimage.Member{ovf, mf, dm}
+	case layoutVirtualBox:
+		members = []testimage.Member{ovf, dm, mf}
+	default:
+		members = []testimage.Member{ovf, dm}
+	}
+	b, err := testimage.Tar(members...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// ovaMemTarget is an in-memory Target that counts its writes.
+type ovaMemTarget struct {
+	mu     sync.Mutex
+	b      []byte
+	writes int
+	zeros  int
+	failAt int64 // WriteAt reaching past failAt fails (0: never)
+	syncs  int
+}
+
+func newOVAMemTarget(size int64, fill byte) *ovaMemTarget {
+	return &ovaMemTarget{b: bytes.Repeat([]byte{fill}, int(size))}
+}
+
+func (m *ovaMemTarget) ReadAt(p []byte, off int64) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if off >= int64(len(m.b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, m.b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (m *ovaMemTarget) WriteAt(p []byte, off int64) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if off < 0 || off+int64(len(p)) > int64(len(m.b)) {
+		return 0, fmt.Errorf("write past end: %d+%d", off, len(p))
+	}
+	if m.failAt > 0 && off+int64(len(p)) > m.failAt {
+		return 0, errOVAInjectedIO
+	}
+	m.writes++
+	return copy(m.b[off:], p), nil
+}
+
+var errOVAInjectedIO = errors.New("injected I/O error")
+
+func (m *ovaMemTarget) Size() int64       { return int64(len(m.b)) }
+func (m *ovaMemTarget) SectorSize() int64 { return 512 }
+func (m *ovaMemTarget) Sync() error {
+	m.mu.Lock()
+	m.syncs++
+	m.mu.Unlock()
+	return nil
+}
+
+func (m *ovaMemTarget) ZeroRange(_ context.Context, off, n int64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if off < 0 || off+n > int64(len(m.b)) {
+		return fmt.Errorf("zero past end: %d+%d", off, n)
+	}
+	clear(m.b[off : off+n])
+	m.zeros++
+	return nil
+}
+
+func (m *ovaMemTarget) sum() [32]byte {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return sha256.Sum256(m.b)
+}
+
+// ovaTarget opens a target of size bytes, every byte fill: a file, or a
+// loop device over that file. It returns the target and its path.
+func ovaTarget(t *testing.T, size int64, fill byte, loop bool) (*blockdev.Device, string) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "target.img")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fill == 0 {
+		err = f.Truncate(size)
+	} else {
+		_, err = f.Write(bytes.Repeat([]byte{fill}, int(size)))
+	}
+	if err == nil {
+		err = f.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := p
+	if loop {
+		path = testutil.LoopDevice(t, p, 0)
+	}
+	d, err := blockdev.Open(path, blockdev.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d, path
+}
+
+// ovaReadPath reads n bytes at off of a file or device.
+func ovaReadPath(t *testing.T, path string, off, n int64) []byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// ovaNoTable asserts that independent tools find no partition table and
+// no signature on path.
+func ovaNoTable(t *testing.T, path string) {
+	t.Helper()
+	testutil.RequireCommand(t, "sfdisk", "blkid")
+	out, _, _ := testutil.RunErr("sfdisk", "-l", path)
+	if strings.Contains(out, "Disklabel type") {
+		t.Errorf("sfdisk -l still finds a partition table:\n%s", out)
+	}
+	out, _, err := testutil.RunErr("blkid", "-p", path)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Errorf("blkid -p %s: %v (want exit status 2, nothing found): %s", path, err, out)
+	}
+}
+
+func ovaLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(ovaTestWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type ovaTestWriter struct{ t *testing.T }
+
+func (w ovaTestWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// ovaChunky hands out data in small odd pieces, as a network does.
+type ovaChunky struct{ r io.Reader }
+
+func (c ovaChunky) Read(p []byte) (int, error) { return c.r.Read(p[:min(len(p), 7777)]) }
+
+// ovaHashVerify returns a Hash and a Verify callback comparing it with the
+// sha256 of b.
+func ovaHashVerify(b []byte) (imaging.OVAOptions, func() bool) {
+	want := sha256.Sum256(b)
+	h := sha256.New()
+	called := false
+	return imaging.OVAOptions{
+			Hash: h,
+			Verify: func() error {
+				called = true
+				if got := h.Sum(nil); !bytes.Equal(got, want[:]) {
+					return fmt.Errorf("checksum mismatch: got %x, want %x", got, want)
+				}
+				return nil
+			},
+		}, func() bool {
+			return called
+		}
+}

@@ -1,0 +1,200 @@
+package imaging
+
+import (
+	"context"
+	"fmt"
+	"io"
+)
+
+// ovaJob is one grain on its way from the stream to the target.
+type ovaJob struct {
+	g    vmdkGrain
+	out  []byte // the grain's bytes in the disk, cut at the capacity
+	err  error
+	done chan struct{}
+}
+
+// ovaPipeline moves the grains of a disk member from the stream (one
+// reader: the tar walk) through workers inflating compressed grains in
+// parallel to the writer, in stream order. A fixed pool of jobs bounds the
+// memory: about 16 MiB of grain buffers.
+type ovaPipeline struct {
+	ds      *ovaDisk
+	workers int
+	pool    chan *ovaJob
+	infl    vmdkInflater // the prelude's, in the caller's goroutine
+}
+
+// ovaGrainMemory is the memory the jobs' buffers may take.
+const ovaGrainMemory = 16 << 20
+
+func newOVAPipeline(ds *ovaDisk, workers int) *ovaPipeline {
+	gb := ds.grainBytes
+	per := gb + ds.maxCompressed()
+	n := int(min(max(ovaGrainMemory/per, int64(2*workers+2)), 256))
+	p := &ovaPipeline{ds: ds, workers: workers, pool: make(chan *ovaJob, n)}
+	for range n {
+		j := &ovaJob{}
+		j.g.data = make([]byte, 0, gb)
+		if ds.info.Compressed {
+			j.g.comp = make([]byte, 0, ds.maxCompressed())
+		}
+		p.pool <- j
+	}
+	return p
+}
+
+// decode makes j.out: the inflated grain, or the raw one.
+func (p *ovaPipeline) decode(infl *vmdkInflater, j *ovaJob) error {
+	g := &j.g
+	want := min(p.ds.grainBytes, p.ds.info.Capacity-g.off)
+	if !g.compressed {
+		j.out = g.data
+		return nil
+	}
+	buf := g.data[:p.ds.grainBytes]
+	n, err := infl.inflate(buf, g.comp)
+	if err != nil {
+		return &VMDKError{Reason: fmt.Sprintf("grain at byte %d of the disk: corrupt compressed data", g.off), Err: err}
+	}
+	if int64(n) < want {
+		return vmdkRefuse("grain at byte %d of the disk inflates to %d bytes, want %d", g.off, n, want)
+	}
+	j.out = buf[:want] // a last grain may carry bytes past the capacity
+	return nil
+}
+
+// prelude reads the grains that land in the held-back regions (no I/O) up
+// to the first grain that does not; it returns that grain's job, or nil
+// when the whole disk was held back (a disk of at most 2 MiB). headKnown
+// tells whether the partition table's bytes (the first 4608: an MBR, and
+// a GPT header at 512 or 4096) came by then, or can no longer come.
+func (p *ovaPipeline) prelude(xw *extentWriter) (first *ovaJob, headKnown bool, err error) {
+	covered := func(off int64) bool { return off >= p.ds.info.Capacity || p.ds.hasGrain(off/p.ds.grainBytes) }
+	for {
+		j := <-p.pool // the pool is full here: never blocks
+		err := p.ds.next(&j.g)
+		if err == io.EOF {
+			p.pool <- j
+			return nil, true, nil
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		n := min(p.ds.grainBytes, p.ds.info.Capacity-j.g.off)
+		if !xw.held(j.g.off, n) {
+			return j, covered(0) && covered(4096), nil
+		}
+		if err := p.decode(&p.infl, j); err != nil {
+			return nil, false, err
+		}
+		if err := xw.put(j.g.off, j.out); err != nil {
+			return nil, false, err
+		}
+		p.pool <- j
+	}
+}
+
+// run streams the rest of the disk (from first, the job prelude stopped
+// at) onto xw, then reads the rest of the archive (w.rest) in the reader
+// goroutine while the writer finishes. It returns the first error: the
+// reader's (source, refusals, manifest), a worker's (corrupt grains) or
+// the writer's (the target's errors). From here on the reader goroutine
+// owns w, and closes it; on failure it may still be blocked in src.Read
+// when run returns (close src to release it).
+func (p *ovaPipeline) run(ctx context.Context, w *ovaWalk, xw *extentWriter, first *ovaJob) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	n := cap(p.pool)
+	work := make(chan *ovaJob, n)
+	order := make(chan *ovaJob, n)
+	var readErr error
+
+	send := func(j *ovaJob) {
+		j.done = make(chan struct{})
+		j.err, j.out = nil, nil
+		if j.g.compressed {
+			work <- j // buffered for every job: never blocks
+		} else {
+			j.out = j.g.data
+			close(j.done)
+		}
+		order <- j
+	}
+	go func() {
+		defer func() {
+			w.close()
+			close(work)
+			close(order)
+		}()
+		fail := func(err error) {
+			readErr = err
+			cancel(err)
+		}
+		if first != nil {
+			send(first)
+		}
+		for {
+			var j *ovaJob
+			select {
+			case j = <-p.pool:
+			case <-ctx.Done():
+				return
+			}
+			err := p.ds.next(&j.g)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				fail(w.tarErr(err))
+				return
+			}
+			send(j)
+		}
+		if err := w.finishDisk(p.ds); err != nil {
+			fail(w.tarErr(err))
+			return
+		}
+		if err := w.rest(); err != nil {
+			fail(err)
+		}
+	}()
+	for range p.workers {
+		go func() {
+			var infl vmdkInflater
+			for j := range work {
+				if ctx.Err() != nil {
+					j.err = context.Cause(ctx)
+				} else {
+					j.err = p.decode(&infl, j)
+				}
+				close(j.done)
+			}
+		}()
+	}
+
+	for j := range order {
+		select {
+		case <-j.done:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		if j.err != nil {
+			cancel(j.err)
+			return j.err
+		}
+		if err := xw.put(j.g.off, j.out); err != nil {
+			cancel(err)
+			return err
+		}
+		p.pool <- j
+	}
+	// order is closed: the reader is done and readErr is set.
+	if readErr != nil {
+		return readErr
+	}
+	if err := ctx.Err(); err != nil {
+		return context.Cause(ctx)
+	}
+	return nil
+}
