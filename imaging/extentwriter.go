@@ -1,6 +1,7 @@
 package imaging
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 )
@@ -43,6 +44,17 @@ type extentWriter struct {
 
 	written, zeroed int64
 }
+
+// extentZeroBlock is the granularity at which data of zeros is zeroed
+// rather than written: a multiple of every sector size, large enough for
+// ZeroRange to pay off.
+const extentZeroBlock = 64 << 10
+
+var extentZeros [extentZeroBlock]byte
+
+// extentAllZero reports whether b (at most extentZeroBlock bytes) holds
+// only zeros; bytes.Equal is vectorised.
+func extentAllZero(b []byte) bool { return bytes.Equal(b, extentZeros[:len(b)]) }
 
 // extentBuf is the largest coalesced write: large enough that the target
 // starts its writeback at once (blockdev writes behind from 1 MiB).
@@ -95,8 +107,8 @@ func (w *extentWriter) put(off int64, data []byte) error {
 	w.zeroedTo = max(w.zeroedTo, end)
 	for len(data) > 0 {
 		// Runs of zeros in zeroBlock steps are zeroed, the rest written.
-		n := min(len(data), q2ZeroBlock)
-		if allZero(data[:n]) {
+		n := min(len(data), extentZeroBlock)
+		if extentAllZero(data[:n]) {
 			if err := w.zero(off, int64(n)); err != nil {
 				return err
 			}

@@ -284,6 +284,21 @@ func WriteOVA(ctx context.Context, src io.Reader, dst Target, opts OVAOptions) (
 	return res, nil
 }
 
+// ovaProgressEvery limits how often Progress is called.
+const ovaProgressEvery = 100 * time.Millisecond
+
+// ovaAllZero reports whether b holds only zeros.
+func ovaAllZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), extentZeroBlock)
+		if !extentAllZero(b[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
+
 // ovaDescribe names what a disk head seems to hold, for a refusal.
 func ovaDescribe(head []byte) string {
 	switch f := Sniff(head); f {
@@ -316,7 +331,7 @@ func (c *ovaCounter) Read(p []byte) (int, error) {
 	} else {
 		c.empty = 0
 	}
-	if c.progress != nil && n > 0 && time.Since(c.last) >= progressEvery {
+	if c.progress != nil && n > 0 && time.Since(c.last) >= ovaProgressEvery {
 		c.last = time.Now()
 		c.progress(c.n, c.total)
 	}
@@ -686,7 +701,7 @@ func (w *ovaWalk) rest() error {
 	var n int64
 	for {
 		k, err := w.tarIn.Read(buf)
-		if !allZero(buf[:k]) {
+		if !ovaAllZero(buf[:k]) {
 			return ovaRefuse("", "data follows the end of the archive at byte %d", w.tarIn.n-int64(k))
 		}
 		if n += int64(k); n > ovaMaxTrailing {

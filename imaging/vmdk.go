@@ -861,7 +861,7 @@ func (s *vmdkStream) drain() error {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := s.r.Read(buf)
-		if !allZero(buf[:n]) {
+		if !ovaAllZero(buf[:n]) {
 			return vmdkRefuse("data follows the end of the VMDK at byte %d", start)
 		}
 		s.pos += int64(n)
