@@ -169,6 +169,14 @@ const (
 	APICSRF            Code = "APICSRF"            //
 	APIRateLimited     Code = "APIRateLimited"     //
 	APIAgentNotAllowed Code = "APIAgentNotAllowed" //
+	APIPickupTimeout   Code = "APIPickupTimeout"   // duration
+	MsgCancelled       Code = "MsgCancelled"       //
+	APIStaleAttempt    Code = "APIStaleAttempt"    // attempt, current attempt
+	APIDeploymentGone  Code = "APIDeploymentGone"  // deployment id
+	APIBadToken        Code = "APIBadToken"        //
+	MsgTaskReinstall   Code = "MsgTaskReinstall"   // OVH; a reinstallServer task's comment
+	MsgBootHarddisk    Code = "MsgBootHarddisk"    // boot description
+	MsgBootRescue      Code = "MsgBootRescue"      // boot description
 )
 
 // catalog holds the text of every Code.
@@ -301,6 +309,14 @@ var catalog = map[Code]entry{
 	APICSRF:            {"missing or invalid CSRF token: reload the page", FaultCustomer},
 	APIRateLimited:     {"too many requests: slow down", FaultCustomer},
 	APIAgentNotAllowed: {"this agent token does not belong to server %s", FaultCustomer},
+	APIPickupTimeout:   {"the server's agent did not pick up the deployment within %s", FaultProvider},
+	MsgCancelled:       {"the deployment was cancelled: its status was erased", FaultNone},
+	APIStaleAttempt:    {"attempt %d is not the deployment's current attempt %d", FaultCustomer},
+	APIDeploymentGone:  {"deployment %d has ended or was cancelled", FaultCustomer},
+	APIBadToken:        {"Invalid token", FaultCustomer},
+	MsgTaskReinstall:   {"Start bare metal OS installation", FaultNone},
+	MsgBootHarddisk:    {"Boot from the hard disk", FaultNone},
+	MsgBootRescue:      {"Rescue: the byoi agent", FaultNone},
 }
 
 // Text formats the message of code c with args. An unknown code (a bug)

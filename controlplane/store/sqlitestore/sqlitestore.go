@@ -1,0 +1,675 @@
+// Package sqlitestore is the embedded SQLite store of the control plane
+// (modernc.org/sqlite: pure Go, so byoi-api stays a static binary).
+//
+// One database file in WAL mode: readers never wait for the writer. All
+// writes go through a single connection (SQLite has one writer at a time
+// anyway; one connection avoids lock upgrades and SQLITE_BUSY between our
+// own goroutines) and each write transaction starts with BEGIN IMMEDIATE,
+// so another process on the same file (a second byoi-api, byoi-load
+// creating servers) waits on the busy timeout instead of failing a lock
+// upgrade. synchronous=FULL: a committed transaction survives a power
+// loss, which is what the agent API promises before the agent reboots.
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/byoi/byoi/controlplane/store"
+	"github.com/byoi/byoi/job"
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// Store is a store.Store on one SQLite file.
+type Store struct {
+	w *sql.DB // the single writer connection
+	r *sql.DB // readers
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open opens (creating if needed) the database at path and applies the
+// migrations it lacks.
+func Open(ctx context.Context, path string) (*Store, error) {
+	if path == "" || strings.ContainsRune(path, '?') {
+		return nil, fmt.Errorf("sqlite: database path %q is empty or holds '?'", path)
+	}
+	common := "_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)"
+	w, err := sql.Open("sqlite", path+"?"+common+"&_pragma=synchronous(FULL)&_txlock=immediate")
+	if err != nil {
+		return nil, err
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	w.SetConnMaxIdleTime(0)
+	r, err := sql.Open("sqlite", path+"?"+common+"&_pragma=query_only(1)")
+	if err != nil {
+		w.Close()
+		return nil, err
+	}
+	r.SetMaxOpenConns(8)
+	r.SetMaxIdleConns(8)
+	r.SetConnMaxIdleTime(0)
+	s := &Store{w: w, r: r}
+	if err := s.migrate(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error {
+	return errors.Join(s.r.Close(), s.w.Close())
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlite: migrate: %w", err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("sqlite: migrate: %w", err)
+	}
+	var have int
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&have); err != nil {
+		return fmt.Errorf("sqlite: migrate: %w", err)
+	}
+	if have > len(migrations)-1 {
+		return fmt.Errorf("sqlite: database schema version %d is newer than this program's %d", have, len(migrations)-1)
+	}
+	for v := have + 1; v < len(migrations); v++ {
+		if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {
+			return fmt.Errorf("sqlite: migration %d: %w", v, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`, v, time.Now().UnixMilli()); err != nil {
+			return fmt.Errorf("sqlite: migration %d: %w", v, err)
+		}
+	}
+	return tx.Commit()
+}
+
+// SchemaVersion is the applied schema version.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var v int
+	err := s.r.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v)
+	return v, err
+}
+
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func tm(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(v).UTC()
+}
+
+func isUnique(err error) bool {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		c := se.Code()
+		return c == sqlite3.SQLITE_CONSTRAINT_UNIQUE || c == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
+	}
+	return false
+}
+
+func notFound(err error) error {
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.ErrNotFound
+	}
+	return err
+}
+
+// write runs fn in a write transaction.
+func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// Customers and credentials.
+
+func (s *Store) CreateCustomer(ctx context.Context, name string, now time.Time) (store.Customer, error) {
+	c := store.Customer{Name: name, CreatedAt: tm(ms(now))}
+	err := s.w.QueryRowContext(ctx, `INSERT INTO customers (name, created_at) VALUES (?, ?) RETURNING id`, name, ms(now)).Scan(&c.ID)
+	if isUnique(err) {
+		return store.Customer{}, store.ErrExists
+	}
+	return c, err
+}
+
+func (s *Store) scanCustomer(row *sql.Row) (store.Customer, error) {
+	var c store.Customer
+	var at int64
+	if err := row.Scan(&c.ID, &c.Name, &at); err != nil {
+		return store.Customer{}, notFound(err)
+	}
+	c.CreatedAt = tm(at)
+	return c, nil
+}
+
+func (s *Store) CustomerByName(ctx context.Context, name string) (store.Customer, error) {
+	return s.scanCustomer(s.r.QueryRowContext(ctx, `SELECT id, name, created_at FROM customers WHERE name = ?`, name))
+}
+
+func (s *Store) Customer(ctx context.Context, id int64) (store.Customer, error) {
+	return s.scanCustomer(s.r.QueryRowContext(ctx, `SELECT id, name, created_at FROM customers WHERE id = ?`, id))
+}
+
+func (s *Store) CreateCredential(ctx context.Context, c store.Credential) (store.Credential, error) {
+	err := s.w.QueryRowContext(ctx, `INSERT INTO credentials (customer_id, app_key, app_secret_sealed, consumer_key_hash, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id`,
+		c.CustomerID, c.AppKey, c.SealedSecret, c.ConsumerKeyHash, ms(c.CreatedAt)).Scan(&c.ID)
+	if isUnique(err) {
+		return store.Credential{}, store.ErrExists
+	}
+	if err != nil {
+		return store.Credential{}, notFound(err)
+	}
+	return c, nil
+}
+
+func (s *Store) CredentialByAppKey(ctx context.Context, appKey string) (store.Credential, error) {
+	var c store.Credential
+	var at int64
+	err := s.r.QueryRowContext(ctx, `SELECT id, customer_id, app_key, app_secret_sealed, consumer_key_hash, created_at FROM credentials WHERE app_key = ?`, appKey).
+		Scan(&c.ID, &c.CustomerID, &c.AppKey, &c.SealedSecret, &c.ConsumerKeyHash, &at)
+	if err != nil {
+		return store.Credential{}, notFound(err)
+	}
+	c.CreatedAt = tm(at)
+	return c, nil
+}
+
+func (s *Store) CreateAccessToken(ctx context.Context, customerID int64, tokenHash []byte, now time.Time) error {
+	_, err := s.w.ExecContext(ctx, `INSERT INTO access_tokens (customer_id, token_hash, created_at) VALUES (?, ?, ?)`, customerID, tokenHash, ms(now))
+	if isUnique(err) {
+		return store.ErrExists
+	}
+	return err
+}
+
+func (s *Store) CustomerByAccessToken(ctx context.Context, tokenHash []byte) (store.Customer, error) {
+	return s.scanCustomer(s.r.QueryRowContext(ctx, `SELECT c.id, c.name, c.created_at FROM access_tokens t JOIN customers c ON c.id = t.customer_id WHERE t.token_hash = ?`, tokenHash))
+}
+
+// Servers.
+
+const serverCols = `id, customer_id, name, mac, boot_id, efi_bootloader_path, inventory, inventory_at, created_at`
+
+type scanner interface{ Scan(...any) error }
+
+func scanServer(row scanner) (store.Server, error) {
+	var sv store.Server
+	var invAt, at int64
+	if err := row.Scan(&sv.ID, &sv.CustomerID, &sv.Name, &sv.MAC, &sv.BootID, &sv.EFIBootloaderPath, &sv.Inventory, &invAt, &at); err != nil {
+		return store.Server{}, notFound(err)
+	}
+	sv.InventoryAt, sv.CreatedAt = tm(invAt), tm(at)
+	return sv, nil
+}
+
+func (s *Store) CreateServer(ctx context.Context, sv store.Server, agentTokenHash []byte) (store.Server, error) {
+	if sv.BootID == 0 {
+		sv.BootID = store.BootRescue
+	}
+	err := s.w.QueryRowContext(ctx, `INSERT INTO servers (customer_id, name, mac, agent_token_hash, boot_id, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id`,
+		sv.CustomerID, sv.Name, sv.MAC, agentTokenHash, sv.BootID, ms(sv.CreatedAt)).Scan(&sv.ID)
+	if isUnique(err) {
+		return store.Server{}, store.ErrExists
+	}
+	if err != nil {
+		return store.Server{}, err
+	}
+	sv.CreatedAt = tm(ms(sv.CreatedAt))
+	return sv, nil
+}
+
+func (s *Store) exec1(ctx context.Context, q string, args ...any) error {
+	res, err := s.w.ExecContext(ctx, q, args...)
+	if err != nil {
+		if isUnique(err) {
+			return store.ErrExists
+		}
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return store.ErrNotFound
+	}
+	return nil
+}
+
+func (s *Store) SetAgentToken(ctx context.Context, serverID int64, hash []byte) error {
+	return s.exec1(ctx, `UPDATE servers SET agent_token_hash = ? WHERE id = ?`, hash, serverID)
+}
+
+func (s *Store) ServerByName(ctx context.Context, name string) (store.Server, error) {
+	return scanServer(s.r.QueryRowContext(ctx, `SELECT `+serverCols+` FROM servers WHERE name = ?`, name))
+}
+
+func (s *Store) ServerByAgentToken(ctx context.Context, hash []byte) (store.Server, error) {
+	return scanServer(s.r.QueryRowContext(ctx, `SELECT `+serverCols+` FROM servers WHERE agent_token_hash = ?`, hash))
+}
+
+func (s *Store) ListServers(ctx context.Context, customerID int64) ([]store.Server, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT `+serverCols+` FROM servers WHERE customer_id = ? ORDER BY name`, customerID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []store.Server{}
+	for rows.Next() {
+		sv, err := scanServer(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, sv)
+	}
+	return out, rows.Err()
+}
+
+func (s *Store) SetBoot(ctx context.Context, serverID, bootID int64) error {
+	return s.exec1(ctx, `UPDATE servers SET boot_id = ? WHERE id = ?`, bootID, serverID)
+}
+
+func (s *Store) SetEFIBootloaderPath(ctx context.Context, serverID int64, path string) error {
+	return s.exec1(ctx, `UPDATE servers SET efi_bootloader_path = ? WHERE id = ?`, path, serverID)
+}
+
+func (s *Store) PutInventory(ctx context.Context, serverID int64, inv []byte, now time.Time) error {
+	return s.exec1(ctx, `UPDATE servers SET inventory = ?, inventory_at = ? WHERE id = ?`, inv, ms(now), serverID)
+}
+
+// Deployments.
+
+const deploymentCols = `d.id, d.server_id, s.name, d.task_id, d.shape, d.checksum, d.status, d.code, d.message, d.attempt, d.last_seq, d.step, d.bytes_done, d.bytes_total, d.cleared, d.created_at, d.updated_at, d.ended_at, d.last_seen`
+const deploymentFrom = ` FROM deployments d JOIN servers s ON s.id = d.server_id `
+
+func scanDeployment(row scanner, extra ...any) (store.Deployment, error) {
+	var d store.Deployment
+	var shape int
+	var code, step string
+	var cleared int
+	var created, updated, ended, seen int64
+	dest := []any{&d.ID, &d.ServerID, &d.ServerName, &d.TaskID, &shape, &d.Checksum, &d.Status, &code, &d.Message, &d.Attempt, &d.LastSeq, &step, &d.BytesDone, &d.BytesTotal, &cleared, &created, &updated, &ended, &seen}
+	if err := row.Scan(append(dest, extra...)...); err != nil {
+		return store.Deployment{}, notFound(err)
+	}
+	d.Shape, d.Code, d.Step, d.Cleared = job.Shape(shape), job.Code(code), job.Step(step), cleared != 0
+	d.CreatedAt, d.UpdatedAt, d.EndedAt, d.LastSeen = tm(created), tm(updated), tm(ended), tm(seen)
+	return d, nil
+}
+
+// addEntry appends a history entry of deployment id, whose last position
+// was n; it returns the new position.
+func addEntry(ctx context.Context, tx *sql.Tx, id, n int64, attempt int, seq int64, source string, now time.Time, rate float64, e job.Event) (int64, error) {
+	n++
+	_, err := tx.ExecContext(ctx, `INSERT INTO events (deployment_id, n, attempt, seq, source, time, received_at, status, step, kind, code, message, bytes_done, bytes_total, rate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		id, n, attempt, seq, source, e.Time.UnixMilli(), ms(now), string(e.Status), string(e.Step), string(e.Kind), string(e.Code), e.Message, e.BytesDone, e.BytesTotal, rate)
+	return n, err
+}
+
+func (s *Store) CreateDeployment(ctx context.Context, nd store.NewDeployment) (store.Deployment, store.Task, error) {
+	var d store.Deployment
+	var t store.Task
+	now := ms(nd.Now)
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var name string
+		if err := tx.QueryRowContext(ctx, `SELECT name FROM servers WHERE id = ?`, nd.ServerID).Scan(&name); err != nil {
+			return notFound(err)
+		}
+		var id int64
+		err := tx.QueryRowContext(ctx, `INSERT INTO deployments (server_id, shape, job_sealed, checksum, status, message, created_at, updated_at) VALUES (?, ?, ?, ?, 'doing', ?, ?, ?) RETURNING id`,
+			nd.ServerID, int(nd.Shape), nd.SealedJob, nd.Checksum, job.Text(job.MsgStarting), now, now).Scan(&id)
+		if isUnique(err) {
+			// The partial unique index refused a second running
+			// deployment: report the running one's task.
+			var tk store.Task
+			var sd, lu, dd int64
+			if err := tx.QueryRowContext(ctx, `SELECT t.id, t.server_id, t.deployment_id, t.function, t.status, t.start_date, t.last_update, t.done_date FROM deployments d JOIN tasks t ON t.id = d.task_id WHERE d.server_id = ? AND d.status = 'doing'`, nd.ServerID).
+				Scan(&tk.ID, &tk.ServerID, &tk.DeploymentID, &tk.Function, &tk.Status, &sd, &lu, &dd); err != nil {
+				return err
+			}
+			tk.StartDate, tk.LastUpdate, tk.DoneDate = tm(sd), tm(lu), tm(dd)
+			return &store.TaskRunningError{Task: tk, Server: name}
+		}
+		if err != nil {
+			return err
+		}
+		var taskID int64
+		if err := tx.QueryRowContext(ctx, `INSERT INTO tasks (server_id, deployment_id, function, status, start_date, last_update) VALUES (?, ?, ?, ?, ?, ?) RETURNING id`,
+			nd.ServerID, id, store.FunctionReinstall, store.TaskInit, now, now).Scan(&taskID); err != nil {
+			return err
+		}
+		n, err := addEntry(ctx, tx, id, 0, 0, 0, store.SourceControlPlane, nd.Now, 0, store.CreatedEntry(nd.Now))
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE deployments SET task_id = ?, history_n = ? WHERE id = ?`, taskID, n, id); err != nil {
+			return err
+		}
+		q := `UPDATE servers SET boot_id = ? WHERE id = ?`
+		args := []any{store.BootRescue, nd.ServerID}
+		if nd.EFIBootloaderPath != "" {
+			q = `UPDATE servers SET boot_id = ?, efi_bootloader_path = ? WHERE id = ?`
+			args = []any{store.BootRescue, nd.EFIBootloaderPath, nd.ServerID}
+		}
+		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+			return err
+		}
+		d, err = scanDeployment(tx.QueryRowContext(ctx, `SELECT `+deploymentCols+deploymentFrom+`WHERE d.id = ?`, id))
+		if err != nil {
+			return err
+		}
+		t = store.Task{ID: taskID, ServerID: nd.ServerID, DeploymentID: id, Function: store.FunctionReinstall, Status: store.TaskInit, StartDate: tm(now), LastUpdate: tm(now)}
+		return nil
+	})
+	if err != nil {
+		return store.Deployment{}, store.Task{}, err
+	}
+	return d, t, nil
+}
+
+func (s *Store) CurrentDeployment(ctx context.Context, serverID int64) (store.Deployment, error) {
+	return scanDeployment(s.r.QueryRowContext(ctx, `SELECT `+deploymentCols+deploymentFrom+`WHERE d.server_id = ? AND d.cleared = 0 ORDER BY d.id DESC LIMIT 1`, serverID))
+}
+
+func (s *Store) Deployment(ctx context.Context, serverID, id int64) (store.Deployment, error) {
+	return scanDeployment(s.r.QueryRowContext(ctx, `SELECT `+deploymentCols+deploymentFrom+`WHERE d.server_id = ? AND d.id = ?`, serverID, id))
+}
+
+func (s *Store) Deployments(ctx context.Context, serverID int64, limit int) ([]store.Deployment, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT `+deploymentCols+deploymentFrom+`WHERE d.server_id = ? ORDER BY d.id DESC LIMIT ?`, serverID, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []store.Deployment{}
+	for rows.Next() {
+		d, err := scanDeployment(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// endDeployment ends running deployment id (status, code, message), its
+// task, and sets the server's boot when bootID is not 0. The condition
+// status = 'doing' makes the transition happen once.
+func endDeployment(ctx context.Context, tx *sql.Tx, id, taskID, serverID int64, status string, code job.Code, message string, now time.Time, bootID int64) (bool, error) {
+	res, err := tx.ExecContext(ctx, `UPDATE deployments SET status = ?, code = ?, message = ?, ended_at = ?, updated_at = ? WHERE id = ? AND status = 'doing'`,
+		status, string(code), message, ms(now), ms(now), id)
+	if err != nil {
+		return false, err
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return false, err
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE tasks SET status = ?, last_update = ?, done_date = ? WHERE id = ?`, store.TaskStatusFor(status, code), ms(now), ms(now), taskID); err != nil {
+		return false, err
+	}
+	if bootID != 0 {
+		if _, err := tx.ExecContext(ctx, `UPDATE servers SET boot_id = ? WHERE id = ?`, bootID, serverID); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+func (s *Store) ClearDeployments(ctx context.Context, serverID int64, now time.Time) (int64, error) {
+	var cancelled int64
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var id, taskID, n int64
+		var attempt int
+		err := tx.QueryRowContext(ctx, `SELECT id, task_id, history_n, attempt FROM deployments WHERE server_id = ? AND status = 'doing'`, serverID).Scan(&id, &taskID, &n, &attempt)
+		switch {
+		case err == nil:
+			e := store.CancelledEntry(now)
+			if _, err := addEntry(ctx, tx, id, n, attempt, 0, store.SourceControlPlane, now, 0, e); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE deployments SET history_n = history_n + 1 WHERE id = ?`, id); err != nil {
+				return err
+			}
+			if _, err := endDeployment(ctx, tx, id, taskID, serverID, store.StatusCancelled, e.Code, e.Message, now, 0); err != nil {
+				return err
+			}
+			cancelled = id
+		case errors.Is(err, sql.ErrNoRows):
+		default:
+			return err
+		}
+		res, err := tx.ExecContext(ctx, `UPDATE deployments SET cleared = 1 WHERE server_id = ? AND cleared = 0`, serverID)
+		if err != nil {
+			return err
+		}
+		if k, err := res.RowsAffected(); err != nil {
+			return err
+		} else if k == 0 {
+			return store.ErrNotFound
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE servers SET boot_id = ? WHERE id = ?`, store.BootRescue, serverID)
+		return err
+	})
+	return cancelled, err
+}
+
+func (s *Store) Task(ctx context.Context, serverID, taskID int64) (store.Task, error) {
+	var t store.Task
+	var sd, lu, dd int64
+	err := s.r.QueryRowContext(ctx, `SELECT id, server_id, deployment_id, function, status, start_date, last_update, done_date FROM tasks WHERE server_id = ? AND id = ?`, serverID, taskID).
+		Scan(&t.ID, &t.ServerID, &t.DeploymentID, &t.Function, &t.Status, &sd, &lu, &dd)
+	if err != nil {
+		return store.Task{}, notFound(err)
+	}
+	t.StartDate, t.LastUpdate, t.DoneDate = tm(sd), tm(lu), tm(dd)
+	return t, nil
+}
+
+func (s *Store) History(ctx context.Context, deploymentID, after int64, limit int) ([]store.Entry, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT n, attempt, seq, source, time, received_at, status, step, kind, code, message, bytes_done, bytes_total, rate FROM events WHERE deployment_id = ? AND n > ? ORDER BY n LIMIT ?`, deploymentID, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []store.Entry{}
+	for rows.Next() {
+		var e store.Entry
+		var t, rcv int64
+		var status, step, kind, code string
+		if err := rows.Scan(&e.N, &e.Attempt, &e.Seq, &e.Source, &t, &rcv, &status, &step, &kind, &code, &e.Message, &e.BytesDone, &e.BytesTotal, &e.Rate); err != nil {
+			return nil, err
+		}
+		e.Time, e.Received = time.UnixMilli(t).UTC(), tm(rcv)
+		e.Status, e.Step, e.Kind, e.Code = job.Status(status), job.Step(step), job.Kind(kind), job.Code(code)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// The agent's side.
+
+func (s *Store) RunningDeployment(ctx context.Context, serverID int64) (store.Deployment, []byte, error) {
+	var sealed []byte
+	d, err := scanDeployment(s.r.QueryRowContext(ctx, `SELECT `+deploymentCols+`, d.job_sealed`+deploymentFrom+`WHERE d.server_id = ? AND d.status = 'doing'`, serverID), &sealed)
+	if err != nil {
+		return store.Deployment{}, nil, err
+	}
+	return d, sealed, nil
+}
+
+func (s *Store) OpenAttempt(ctx context.Context, serverID, deploymentID int64, now time.Time) (int, error) {
+	var attempt int
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var status string
+		var n, taskID int64
+		if err := tx.QueryRowContext(ctx, `SELECT status, attempt, history_n, task_id FROM deployments WHERE id = ? AND server_id = ?`, deploymentID, serverID).Scan(&status, &attempt, &n, &taskID); err != nil {
+			return notFound(err)
+		}
+		if status != store.StatusDoing {
+			return store.ErrGone
+		}
+		attempt++
+		if attempt > 1 {
+			var err error
+			if n, err = addEntry(ctx, tx, deploymentID, n, attempt, 0, store.SourceControlPlane, now, 0, store.RestartedEntry(attempt, now)); err != nil {
+				return err
+			}
+		}
+		msg := job.Text(job.MsgStarting)
+		if attempt > 1 {
+			msg = job.Text(job.MsgRestarted, attempt)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE deployments SET attempt = ?, last_seq = 0, step = '', bytes_done = 0, bytes_total = 0, event_time = 0, history_n = ?, message = ?, last_seen = ?, updated_at = ? WHERE id = ?`,
+			attempt, n, msg, ms(now), ms(now), deploymentID); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `UPDATE tasks SET status = ?, last_update = ? WHERE id = ?`, store.TaskDoing, ms(now), taskID)
+		return err
+	})
+	return attempt, err
+}
+
+func (s *Store) AppendEvents(ctx context.Context, a store.Append) (store.Ack, error) {
+	var ack store.Ack
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var status, step string
+		var attempt int
+		var lastSeq, bytesDone, eventTime, n, taskID int64
+		var cleared int
+		err := tx.QueryRowContext(ctx, `SELECT status, attempt, last_seq, step, bytes_done, event_time, history_n, task_id, cleared FROM deployments WHERE id = ? AND server_id = ?`, a.DeploymentID, a.ServerID).
+			Scan(&status, &attempt, &lastSeq, &step, &bytesDone, &eventTime, &n, &taskID, &cleared)
+		if err != nil {
+			return notFound(err)
+		}
+		if status != store.StatusDoing {
+			// A repeat of the batch that ended the deployment (its answer
+			// was lost) is acknowledged again; anything else is gone.
+			if (status == store.StatusDone || status == store.StatusError) && a.Attempt == attempt && len(a.Events) > 0 && a.Events[len(a.Events)-1].Seq <= lastSeq {
+				ack = store.Ack{Seq: lastSeq, Done: true}
+				return nil
+			}
+			return store.ErrGone
+		}
+		if a.Attempt != attempt {
+			return &store.StaleAttemptError{Got: a.Attempt, Current: attempt}
+		}
+		var last *job.Event
+		prevStep, prevBytes, prevTime := job.Step(step), bytesDone, tm(eventTime)
+		for i := range a.Events {
+			e := a.Events[i]
+			if e.Seq <= lastSeq {
+				continue // already stored: a retry
+			}
+			rate := store.Rate(prevStep, prevBytes, prevTime, e)
+			if n, err = addEntry(ctx, tx, a.DeploymentID, n, attempt, e.Seq, store.SourceAgent, a.Now, rate, e); err != nil {
+				return err
+			}
+			lastSeq = e.Seq
+			if e.Kind == job.KindProgress || e.Kind == job.KindInfo {
+				prevStep, prevBytes, prevTime = e.Step, e.BytesDone, e.Time
+			}
+			last = &a.Events[i]
+		}
+		ack.Seq = lastSeq
+		if last == nil {
+			_, err := tx.ExecContext(ctx, `UPDATE deployments SET last_seen = ? WHERE id = ?`, ms(a.Now), a.DeploymentID)
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE deployments SET last_seq = ?, step = ?, bytes_done = ?, bytes_total = ?, event_time = ?, history_n = ?, message = ?, last_seen = ?, updated_at = ? WHERE id = ?`,
+			lastSeq, string(prevStep), prevBytes, last.BytesTotal, ms(prevTime), n, job.ProgressMessage(*last), ms(a.Now), ms(a.Now), a.DeploymentID); err != nil {
+			return err
+		}
+		if !last.Final() {
+			return nil
+		}
+		ack.Done = true
+		if last.Status == job.StatusDone {
+			_, err = endDeployment(ctx, tx, a.DeploymentID, taskID, a.ServerID, store.StatusDone, last.Code, job.ProgressMessage(*last), a.Now, store.BootHarddisk)
+		} else {
+			_, err = endDeployment(ctx, tx, a.DeploymentID, taskID, a.ServerID, store.StatusError, last.Code, last.Message, a.Now, 0)
+		}
+		return err
+	})
+	return ack, err
+}
+
+func (s *Store) ExpireSilent(ctx context.Context, now, silentCutoff, pickupCutoff time.Time, silentFor, pickupFor time.Duration) ([]store.Expired, error) {
+	var out []store.Expired
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		out = out[:0]
+		expire := func(q string, cutoff time.Time, e job.Event) error {
+			// The conditional UPDATE decides: of several instances, the
+			// first to commit fails each deployment; the others find it
+			// no longer running.
+			rows, err := tx.QueryContext(ctx, q, string(e.Code), e.Message, ms(now), ms(now), ms(cutoff))
+			if err != nil {
+				return err
+			}
+			type row struct {
+				id, task, server, n int64
+				attempt             int
+			}
+			var got []row
+			for rows.Next() {
+				var r row
+				if err := rows.Scan(&r.id, &r.task, &r.server, &r.n, &r.attempt); err != nil {
+					rows.Close()
+					return err
+				}
+				got = append(got, r)
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return err
+			}
+			for _, r := range got {
+				if _, err := addEntry(ctx, tx, r.id, r.n, r.attempt, 0, store.SourceControlPlane, now, 0, e); err != nil {
+					return err
+				}
+				if _, err := tx.ExecContext(ctx, `UPDATE deployments SET history_n = history_n + 1 WHERE id = ?`, r.id); err != nil {
+					return err
+				}
+				if _, err := tx.ExecContext(ctx, `UPDATE tasks SET status = ?, last_update = ?, done_date = ? WHERE id = ?`, store.TaskStatusFor(store.StatusError, e.Code), ms(now), ms(now), r.task); err != nil {
+					return err
+				}
+				out = append(out, store.Expired{DeploymentID: r.id, TaskID: r.task, ServerID: r.server})
+			}
+			return nil
+		}
+		const set = `UPDATE deployments SET status = 'error', code = ?, message = ?, ended_at = ?, updated_at = ? WHERE status = 'doing' AND `
+		const ret = ` RETURNING id, task_id, server_id, history_n, attempt`
+		if err := expire(set+`attempt > 0 AND last_seen < ?`+ret, silentCutoff, store.SilentEntry(silentFor, now)); err != nil {
+			return err
+		}
+		if !pickupCutoff.IsZero() {
+			if err := expire(set+`attempt = 0 AND created_at < ?`+ret, pickupCutoff, store.PickupEntry(pickupFor, now)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return out, err
+}

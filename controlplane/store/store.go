@@ -1,0 +1,321 @@
+// Package store is the control plane's storage: the Store interface every
+// backend implements (SQLite embedded, PostgreSQL for several API
+// instances), its records and errors, and the few rules every backend
+// shares (task statuses, the status texts the store writes itself).
+//
+// A Store holds no secret in clear: the control plane seals application
+// secrets and job bodies (AES-256-GCM) before handing them over and stores
+// only SHA-256 hashes of tokens and consumer keys.
+//
+// Every rule that must hold across several API instances is the
+// database's: one running deployment per server (a partial unique index),
+// ids (task, deployment, history position) from the database, and state
+// transitions as conditional updates, so that of two instances racing the
+// same transition exactly one wins.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/byoi/byoi/job"
+)
+
+// Deployment statuses. Cancelled is ours: a running deployment erased by
+// DELETE .../bringYourOwnImage.
+const (
+	StatusDoing     = "doing"
+	StatusDone      = "done"
+	StatusError     = "error"
+	StatusCancelled = "cancelled"
+)
+
+// Task statuses (OVH's enum).
+const (
+	TaskInit          = "init"
+	TaskDoing         = "doing"
+	TaskDone          = "done"
+	TaskCustomerError = "customerError"
+	TaskOVHError      = "ovhError"
+	TaskCancelled     = "cancelled"
+)
+
+// FunctionReinstall is the function of a deployment's task (OVH's).
+const FunctionReinstall = "reinstallServer"
+
+// Boot ids of every server (OVH numbers boots per server; ours are fixed).
+const (
+	BootHarddisk int64 = 1
+	BootRescue   int64 = 2
+)
+
+// History entry sources.
+const (
+	SourceAgent        = "agent"
+	SourceControlPlane = "controlplane"
+)
+
+// Errors. Backends return these (wrapped or as is); the HTTP layer maps
+// them to OVH's classes and statuses in one table.
+var (
+	ErrNotFound     = errors.New("not found")
+	ErrExists       = errors.New("already exists")
+	ErrGone         = errors.New("deployment has ended")
+	ErrStaleAttempt = errors.New("not the deployment's current attempt")
+)
+
+// TaskRunningError is a second deployment refused while one runs.
+type TaskRunningError struct {
+	Task   Task
+	Server string
+}
+
+func (e *TaskRunningError) Error() string {
+	return job.Text(job.APITaskRunning, e.Task.ID, e.Task.Function, e.Task.Status, e.Server)
+}
+
+// StaleAttemptError tells the agent which attempt is current.
+type StaleAttemptError struct{ Got, Current int }
+
+func (e *StaleAttemptError) Error() string {
+	return fmt.Sprintf("attempt %d is not the current attempt %d", e.Got, e.Current)
+}
+func (e *StaleAttemptError) Unwrap() error { return ErrStaleAttempt }
+
+// Customer owns servers and credentials.
+type Customer struct {
+	ID        int64
+	Name      string
+	CreatedAt time.Time
+}
+
+// Credential is an OVH-style application key, its sealed secret and the
+// hash of its consumer key.
+type Credential struct {
+	ID              int64
+	CustomerID      int64
+	AppKey          string
+	SealedSecret    []byte
+	ConsumerKeyHash []byte
+	CreatedAt       time.Time
+}
+
+// Server is a bare-metal server.
+type Server struct {
+	ID                int64
+	CustomerID        int64
+	Name              string
+	MAC               string
+	BootID            int64
+	EFIBootloaderPath string
+	Inventory         []byte // agentapi.Inventory JSON, nil until the agent posted one
+	InventoryAt       time.Time
+	CreatedAt         time.Time
+}
+
+// Deployment is one BYOI deployment (either request shape) of a server.
+type Deployment struct {
+	ID         int64
+	ServerID   int64
+	ServerName string
+	TaskID     int64
+	Shape      job.Shape
+	Checksum   string
+	Status     string // doing done error cancelled
+	Code       job.Code
+	Message    string // the customer's message (job.ProgressMessage of the latest event)
+	Attempt    int    // attempts opened so far; the current one
+	LastSeq    int64  // last stored seq of the current attempt
+	Step       job.Step
+	BytesDone  int64
+	BytesTotal int64
+	Cleared    bool // DELETEd: no longer the server's current status, still in history
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+	EndedAt    time.Time // zero while running
+	LastSeen   time.Time // last word from the agent; zero until the first attempt
+}
+
+// Ended reports whether the deployment is over.
+func (d *Deployment) Ended() bool { return d.Status != StatusDoing }
+
+// Task is OVH's task of a deployment.
+type Task struct {
+	ID           int64
+	ServerID     int64
+	DeploymentID int64
+	Function     string
+	Status       string
+	StartDate    time.Time
+	LastUpdate   time.Time
+	DoneDate     time.Time // zero while running
+}
+
+// Entry is one entry of a deployment's status history: an agent's event,
+// or one the control plane wrote (created, restarted, silent, cancelled).
+// N orders the entries of a deployment (1, 2, ...; a cursor for polling).
+type Entry struct {
+	N        int64
+	Attempt  int
+	Source   string
+	Received time.Time
+	// Rate is bytes per second since the previous progress event of the
+	// same step (agent's clock), 0 when unknown.
+	Rate float64
+	job.Event
+}
+
+// NewDeployment is what CreateDeployment needs.
+type NewDeployment struct {
+	ServerID  int64
+	Shape     job.Shape
+	SealedJob []byte
+	Checksum  string
+	// EFIBootloaderPath, when not empty, becomes the server's (reinstall
+	// customization).
+	EFIBootloaderPath string
+	Now               time.Time
+}
+
+// Append is one event batch of an agent.
+type Append struct {
+	ServerID     int64
+	DeploymentID int64
+	Attempt      int
+	Events       []job.Event // validated, seq increasing
+	Now          time.Time
+}
+
+// Ack is the answer to an Append: the last stored seq, and whether the
+// deployment has ended (by a final event).
+type Ack struct {
+	Seq  int64
+	Done bool
+}
+
+// Expired is a deployment the silence loop failed.
+type Expired struct {
+	DeploymentID int64
+	TaskID       int64
+	ServerID     int64
+}
+
+// Store is the control plane's storage. Methods return ErrNotFound when
+// the record does not exist, never a zero value with a nil error.
+type Store interface {
+	// Customers and credentials.
+	CreateCustomer(ctx context.Context, name string, now time.Time) (Customer, error)
+	CustomerByName(ctx context.Context, name string) (Customer, error)
+	Customer(ctx context.Context, id int64) (Customer, error)
+	CreateCredential(ctx context.Context, c Credential) (Credential, error)
+	CredentialByAppKey(ctx context.Context, appKey string) (Credential, error)
+	CreateAccessToken(ctx context.Context, customerID int64, tokenHash []byte, now time.Time) error
+	CustomerByAccessToken(ctx context.Context, tokenHash []byte) (Customer, error)
+
+	// Servers.
+	CreateServer(ctx context.Context, s Server, agentTokenHash []byte) (Server, error)
+	SetAgentToken(ctx context.Context, serverID int64, agentTokenHash []byte) error
+	ServerByName(ctx context.Context, name string) (Server, error)
+	ServerByAgentToken(ctx context.Context, tokenHash []byte) (Server, error)
+	ListServers(ctx context.Context, customerID int64) ([]Server, error)
+	SetBoot(ctx context.Context, serverID, bootID int64) error
+	SetEFIBootloaderPath(ctx context.Context, serverID int64, path string) error
+	PutInventory(ctx context.Context, serverID int64, inventory []byte, now time.Time) error
+
+	// Deployments, as the customer sees them.
+
+	// CreateDeployment creates a deployment and its task (status init),
+	// sets the server's boot to rescue, or returns *TaskRunningError when
+	// one runs (the database enforces it).
+	CreateDeployment(ctx context.Context, d NewDeployment) (Deployment, Task, error)
+	// CurrentDeployment is the server's latest deployment not cleared.
+	CurrentDeployment(ctx context.Context, serverID int64) (Deployment, error)
+	Deployment(ctx context.Context, serverID, deploymentID int64) (Deployment, error)
+	// Deployments lists the server's deployments, newest first.
+	Deployments(ctx context.Context, serverID int64, limit int) ([]Deployment, error)
+	// ClearDeployments hides every deployment of the server from its
+	// current status, cancels a running one (task cancelled; its agent
+	// gets ErrGone) and sets the boot to rescue. It returns the cancelled
+	// deployment's id, 0 if none ran, or ErrNotFound if there was nothing
+	// to clear.
+	ClearDeployments(ctx context.Context, serverID int64, now time.Time) (int64, error)
+	Task(ctx context.Context, serverID, taskID int64) (Task, error)
+	// History returns up to limit entries of a deployment with N > after.
+	History(ctx context.Context, deploymentID, after int64, limit int) ([]Entry, error)
+
+	// The agent's side.
+
+	// RunningDeployment is the server's deployment in progress and its
+	// sealed job, or ErrNotFound.
+	RunningDeployment(ctx context.Context, serverID int64) (Deployment, []byte, error)
+	// OpenAttempt opens the next attempt of a running deployment (task
+	// doing; a second or later attempt is recorded in the history); ErrGone
+	// when it has ended.
+	OpenAttempt(ctx context.Context, serverID, deploymentID int64, now time.Time) (int, error)
+	// AppendEvents stores a batch (idempotent by (deployment, attempt,
+	// seq)), moves the deployment on, and on a final event ends it and
+	// its task. A heartbeat (no events) only refreshes LastSeen. Errors:
+	// ErrNotFound, *StaleAttemptError, ErrGone. A repeat of the final
+	// batch after the deployment ended is acknowledged again.
+	AppendEvents(ctx context.Context, a Append) (Ack, error)
+
+	// ExpireSilent fails running deployments whose agent has been silent
+	// since before silentCutoff, and (when pickupCutoff is not zero) those
+	// created before pickupCutoff that no agent picked up. Each is failed
+	// exactly once across all instances sharing the database.
+	ExpireSilent(ctx context.Context, now, silentCutoff, pickupCutoff time.Time, silentFor, pickupFor time.Duration) ([]Expired, error)
+
+	Close() error
+}
+
+// TaskStatusFor is the task status of a deployment that ended with status
+// and code.
+func TaskStatusFor(status string, code job.Code) string {
+	switch status {
+	case StatusDone:
+		return TaskDone
+	case StatusCancelled:
+		return TaskCancelled
+	case StatusError:
+		if job.FaultOf(code) == job.FaultCustomer {
+			return TaskCustomerError
+		}
+		return TaskOVHError
+	}
+	return TaskDoing
+}
+
+// RestartedEntry is the history entry of attempt n > 1.
+func RestartedEntry(n int, now time.Time) job.Event {
+	return job.Event{Time: now, Status: job.StatusDoing, Kind: job.KindWarning, Code: job.MsgRestarted, Message: job.Text(job.MsgRestarted, n)}
+}
+
+// CreatedEntry is the first history entry of a deployment.
+func CreatedEntry(now time.Time) job.Event {
+	return job.Event{Time: now, Status: job.StatusDoing, Kind: job.KindInfo, Code: job.MsgWaitingAgent, Message: job.Text(job.MsgWaitingAgent)}
+}
+
+// SilentEntry ends a deployment whose agent went silent for d.
+func SilentEntry(d time.Duration, now time.Time) job.Event {
+	return job.Event{Time: now, Status: job.StatusError, Kind: job.KindInfo, Code: job.AgentSilent, Message: job.Text(job.AgentSilent, d.String())}
+}
+
+// PickupEntry ends a deployment no agent picked up within d.
+func PickupEntry(d time.Duration, now time.Time) job.Event {
+	return job.Event{Time: now, Status: job.StatusError, Kind: job.KindInfo, Code: job.APIPickupTimeout, Message: job.Text(job.APIPickupTimeout, d.String())}
+}
+
+// CancelledEntry ends a deployment erased by the customer.
+func CancelledEntry(now time.Time) job.Event {
+	return job.Event{Time: now, Status: job.StatusError, Kind: job.KindInfo, Code: job.MsgCancelled, Message: job.Text(job.MsgCancelled)}
+}
+
+// Rate is bytes per second between two progress points of the same step.
+func Rate(prevStep job.Step, prevBytes int64, prevTime time.Time, e job.Event) float64 {
+	if e.Kind != job.KindProgress || prevStep != e.Step || prevTime.IsZero() || !e.Time.After(prevTime) || e.BytesDone < prevBytes {
+		return 0
+	}
+	return float64(e.BytesDone-prevBytes) / e.Time.Sub(prevTime).Seconds()
+}
