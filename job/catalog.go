@@ -177,6 +177,7 @@ const (
 	MsgTaskReinstall   Code = "MsgTaskReinstall"   // OVH; a reinstallServer task's comment
 	MsgBootHarddisk    Code = "MsgBootHarddisk"    // boot description
 	MsgBootRescue      Code = "MsgBootRescue"      // boot description
+	APIBadParam        Code = "APIBadParam"        // parameter, what it must be
 )
 
 // catalog holds the text of every Code.
@@ -317,6 +318,7 @@ var catalog = map[Code]entry{
 	MsgTaskReinstall:   {"Start bare metal OS installation", FaultNone},
 	MsgBootHarddisk:    {"Boot from the hard disk", FaultNone},
 	MsgBootRescue:      {"Rescue: the byoi agent", FaultNone},
+	APIBadParam:        {"parameter %s must be %s", FaultCustomer},
 }
 
 // Text formats the message of code c with args. An unknown code (a bug)

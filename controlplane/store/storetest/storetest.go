@@ -175,7 +175,7 @@ func testOneRunning(t *testing.T, s store.Store) {
 	sv := server(t, s, "acme", "ns1")
 	other := server(t, s, "acme", "ns2")
 	d, tk := create(t, s, sv)
-	if d.Status != store.StatusDoing || d.Message != "starting" || tk.Status != store.TaskInit || tk.Function != store.FunctionReinstall || d.TaskID != tk.ID || d.ServerName != "ns1" {
+	if d.Status != store.StatusDoing || d.Message != job.Text(job.MsgStarting) || tk.Status != store.TaskInit || tk.Function != store.FunctionReinstall || d.TaskID != tk.ID || d.ServerName != "ns1" {
 		t.Fatalf("%+v %+v", d, tk)
 	}
 	_, _, err := s.CreateDeployment(ctx, store.NewDeployment{ServerID: sv.ID, Shape: job.ShapeReinstall, SealedJob: []byte("x"), Now: t0})
@@ -183,7 +183,7 @@ func testOneRunning(t *testing.T, s store.Store) {
 	if !errors.As(err, &tr) || tr.Task.ID != tk.ID || tr.Server != "ns1" || tr.Task.Status != store.TaskInit {
 		t.Fatalf("second deployment: %v", err)
 	}
-	want := fmt.Sprintf("Task %d of type reinstallServer with status init is already running on server ns1", tk.ID)
+	want := job.Text(job.APITaskRunning, tk.ID, "reinstallServer", "init", "ns1")
 	if err.Error() != want {
 		t.Errorf("%q, want %q", err.Error(), want)
 	}
@@ -250,7 +250,7 @@ func testDone(t *testing.T, s store.Store) {
 		t.Fatalf("%+v", ack)
 	}
 	cur := must(s.CurrentDeployment(ctx, sv.ID))
-	if cur.Message != "downloading 1.0 GiB of 4.0 GiB" || cur.Step != job.StepDownload || cur.BytesTotal != 4<<30 {
+	if cur.Message != job.Text(job.MsgDownloading, "1.0 GiB", "4.0 GiB") || cur.Step != job.StepDownload || cur.BytesTotal != 4<<30 {
 		t.Fatalf("%+v", cur)
 	}
 	ack = must(s.AppendEvents(ctx, store.Append{ServerID: sv.ID, DeploymentID: d.ID, Attempt: 1, Now: t0, Events: []job.Event{
@@ -263,7 +263,7 @@ func testDone(t *testing.T, s store.Store) {
 	cur = must(s.CurrentDeployment(ctx, sv.ID))
 	tk = must(s.Task(ctx, sv.ID, d.TaskID))
 	srv := must(s.ServerByName(ctx, "ns1"))
-	if cur.Status != store.StatusDone || cur.Message != "done" || cur.EndedAt.IsZero() || tk.Status != store.TaskDone || tk.DoneDate.IsZero() || srv.BootID != store.BootHarddisk {
+	if cur.Status != store.StatusDone || cur.Message != job.Text(job.MsgDone) || cur.EndedAt.IsZero() || tk.Status != store.TaskDone || tk.DoneDate.IsZero() || srv.BootID != store.BootHarddisk {
 		t.Fatalf("%+v %+v boot %d", cur, tk, srv.BootID)
 	}
 	h := must(s.History(ctx, d.ID, 0, 100))
@@ -380,7 +380,7 @@ func testRestart(t *testing.T, s store.Store) {
 	h := must(s.History(ctx, d.ID, 0, 100))
 	var restarted bool
 	for _, e := range h {
-		if e.Code == job.MsgRestarted && e.Message == "the agent restarted: the deployment starts over (attempt 2)" && e.Attempt == 2 {
+		if e.Code == job.MsgRestarted && e.Message == job.Text(job.MsgRestarted, 2) && e.Attempt == 2 {
 			restarted = true
 		}
 	}

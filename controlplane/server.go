@@ -1,0 +1,301 @@
+// Package controlplane is byoi-api: the customer API (OVH's paths and
+// shapes under /1.0 and /v1, authenticated as OVH's own Go client does it)
+// and the agent API (agentapi), over a store.Store.
+//
+// Handlers are thin: decode (size-limited, strict), authorize, call the
+// store, encode. Every refusal goes through one table (errors.go); every
+// text a customer sees comes from job's catalog. Nothing that matters
+// lives in an instance's memory: several instances may share a database.
+package controlplane
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/byoi/byoi/agentapi"
+	"github.com/byoi/byoi/controlplane/store"
+	"github.com/byoi/byoi/job"
+)
+
+// Clock tells the time and paces loops; tests use a fake one.
+type Clock interface {
+	Now() time.Time
+	// NewTicker returns a channel that ticks every d and a stop function.
+	NewTicker(d time.Duration) (<-chan time.Time, func())
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+func (realClock) NewTicker(d time.Duration) (<-chan time.Time, func()) {
+	t := time.NewTicker(d)
+	return t.C, t.Stop
+}
+
+// Config configures a Server.
+type Config struct {
+	Store  store.Store
+	Keys   *Keyring
+	Logger *slog.Logger // discard when nil
+	Clock  Clock        // real time when nil
+	// PublicURL is the URL clients reach this server's root at, when
+	// behind a proxy ("https://api.example.com/byoi"): signatures are
+	// checked against it instead of the request's own scheme and host.
+	PublicURL string
+	// TimeWindow is how far a signed request's timestamp may be from the
+	// server's clock (default 5 minutes).
+	TimeWindow time.Duration
+	// AgentTimeout fails a deployment whose agent has been silent that
+	// long (default 5 minutes).
+	AgentTimeout time.Duration
+	// PickupTimeout fails a deployment no agent picked up that long after
+	// it was created; 0 waits for ever (the customer can DELETE it).
+	PickupTimeout time.Duration
+	// SweepEvery is how often the timeout loop looks (default 15 s).
+	SweepEvery time.Duration
+}
+
+// Server serves the customer and agent APIs.
+type Server struct {
+	cfg Config
+	st  store.Store
+	log *slog.Logger
+	mux *http.ServeMux
+}
+
+// New returns a Server.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil || cfg.Keys == nil {
+		return nil, errors.New("controlplane: Store and Keys are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = realClock{}
+	}
+	if cfg.TimeWindow <= 0 {
+		cfg.TimeWindow = 5 * time.Minute
+	}
+	if cfg.AgentTimeout <= 0 {
+		cfg.AgentTimeout = 5 * time.Minute
+	}
+	if cfg.SweepEvery <= 0 {
+		cfg.SweepEvery = 15 * time.Second
+	}
+	cfg.PublicURL = strings.TrimSuffix(cfg.PublicURL, "/")
+	s := &Server{cfg: cfg, st: cfg.Store, log: cfg.Logger, mux: http.NewServeMux()}
+	s.routes()
+	return s, nil
+}
+
+// Handler returns the HTTP handler.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Body limits of requests that are not jobs.
+const (
+	maxSmallBody = 4 << 10
+)
+
+type authKind int
+
+const (
+	authNone authKind = iota
+	authCustomer
+	authAgent
+)
+
+// call is one request being served.
+type call struct {
+	w        http.ResponseWriter
+	r        *http.Request
+	body     []byte
+	customer store.Customer
+	server   store.Server // the path's server, owned by the caller
+	qid      string
+	who      string // for the request log: customer or server name
+}
+
+type handler func(c *call) (status int, v any, err error)
+
+type endpoint struct {
+	auth    authKind
+	maxBody int64
+	h       handler
+}
+
+// handle registers pattern (no method) with one endpoint per method; other
+// methods get OVH's error body with 405.
+func (s *Server) handle(pattern string, methods map[string]endpoint) {
+	allow := make([]string, 0, len(methods))
+	for m := range methods {
+		allow = append(allow, m)
+	}
+	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		ep, ok := methods[r.Method]
+		if !ok {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			s.serve(w, r, endpoint{h: func(c *call) (int, any, error) { return 0, nil, fail(kMethod, job.APIMethod, r.Method) }})
+			return
+		}
+		s.serve(w, r, ep)
+	})
+}
+
+// serve runs one endpoint: query id, size-limited body, authentication,
+// the handler, the JSON answer and the request log.
+func (s *Server) serve(w http.ResponseWriter, r *http.Request, ep endpoint) {
+	start := time.Now()
+	c := &call{w: w, r: r, qid: queryID()}
+	w.Header().Set("X-Ovh-QueryID", c.qid)
+	status, v, err := s.run(c, ep)
+	if err != nil {
+		var body errorBody
+		var ours bool
+		status, body, ours = describe(err)
+		if ours {
+			s.log.Error("request failed", "qid", c.qid, "method", r.Method, "route", r.Pattern, "err", err)
+		}
+		writeJSON(w, status, body)
+	} else if status == http.StatusNoContent {
+		w.WriteHeader(status)
+	} else {
+		writeJSON(w, status, v)
+	}
+	// The request log: no query string, body or header (they may carry
+	// secrets: signatures, tokens, pre-signed URLs).
+	s.log.Info("request", "qid", c.qid, "method", r.Method, "path", r.URL.Path, "status", status, "who", c.who, "ms", time.Since(start).Milliseconds())
+}
+
+func (s *Server) run(c *call, ep endpoint) (int, any, error) {
+	r := c.r
+	limit := ep.maxBody
+	if limit == 0 {
+		limit = maxSmallBody
+	}
+	if r.ContentLength > limit {
+		return 0, nil, &http.MaxBytesError{Limit: limit}
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(c.w, r.Body, limit))
+	if err != nil {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			return 0, nil, err
+		}
+		return 0, nil, fail(kBadRequest, job.APIBadRequest, "request body could not be read")
+	}
+	c.body = body
+	switch ep.auth {
+	case authCustomer:
+		if err := s.authCustomer(c); err != nil {
+			return 0, nil, err
+		}
+		if name := r.PathValue("serviceName"); name != "" {
+			if err := s.ownServer(c, name); err != nil {
+				return 0, nil, err
+			}
+		}
+	case authAgent:
+		if err := s.authAgent(c); err != nil {
+			return 0, nil, err
+		}
+	}
+	return ep.h(c)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"class":"Server::InternalServerError","message":"internal server error"}`)
+	}
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+// queryID is the X-Ovh-QueryID of a request, as OVH sends on every answer.
+func queryID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return "BYOI.api." + hex.EncodeToString(b[:])
+}
+
+// prefixes of the customer API: go-ovh's endpoint ends in /1.0, and a path
+// starting with /v1/ drops it.
+var prefixes = []string{"/1.0", "/v1"}
+
+func (s *Server) routes() {
+	for _, p := range prefixes {
+		d := p + "/dedicated/server/{serviceName}"
+		s.handle(p+"/auth/time", map[string]endpoint{"GET": {auth: authNone, h: s.getTime}})
+		s.handle(p+"/dedicated/server", map[string]endpoint{"GET": {auth: authCustomer, h: s.listServers}})
+		s.handle(d, map[string]endpoint{
+			"GET": {auth: authCustomer, h: s.getServer},
+			"PUT": {auth: authCustomer, h: s.putServer},
+		})
+		s.handle(d+"/boot", map[string]endpoint{"GET": {auth: authCustomer, h: s.listBoots}})
+		s.handle(d+"/boot/{bootId}", map[string]endpoint{"GET": {auth: authCustomer, h: s.getBoot}})
+		s.handle(d+"/bringYourOwnImage", map[string]endpoint{
+			"POST":   {auth: authCustomer, maxBody: maxJobBody, h: s.postBYOI},
+			"GET":    {auth: authCustomer, h: s.getBYOI},
+			"DELETE": {auth: authCustomer, h: s.deleteBYOI},
+		})
+		s.handle(d+"/bringYourOwnImage/history", map[string]endpoint{"GET": {auth: authCustomer, h: s.history}})
+		s.handle(d+"/bringYourOwnImage/events", map[string]endpoint{"GET": {auth: authCustomer, h: s.events}})
+		s.handle(d+"/reinstall", map[string]endpoint{"POST": {auth: authCustomer, maxBody: maxJobBody, h: s.postReinstall}})
+		s.handle(d+"/task/{taskId}", map[string]endpoint{"GET": {auth: authCustomer, h: s.getTask}})
+		s.handle(d+"/install/status", map[string]endpoint{"GET": {auth: authCustomer, h: s.installStatus}})
+		s.handle(d+"/specifications/hardware", map[string]endpoint{"GET": {auth: authCustomer, h: s.hardware}})
+	}
+	a := agentapi.Prefix + "/servers/{server}"
+	s.handle(a+"/inventory", map[string]endpoint{"POST": {auth: authAgent, maxBody: agentapi.MaxInventoryBody, h: s.agentInventory}})
+	s.handle(a+"/job", map[string]endpoint{"GET": {auth: authAgent, h: s.agentJob}})
+	s.handle(a+"/deployments/{id}/attempts", map[string]endpoint{"POST": {auth: authAgent, h: s.agentAttempt}})
+	s.handle(a+"/deployments/{id}/events", map[string]endpoint{"POST": {auth: authAgent, maxBody: agentapi.MaxEventsBody, h: s.agentEvents}})
+	s.handle("/", map[string]endpoint{
+		"GET": {h: s.notFound}, "POST": {h: s.notFound}, "PUT": {h: s.notFound}, "DELETE": {h: s.notFound},
+	})
+}
+
+func (s *Server) notFound(c *call) (int, any, error) {
+	return 0, nil, fail(kNotFound, job.APINotFound, "path")
+}
+
+// RunTimeouts runs the agent-silence loop until ctx ends.
+func (s *Server) RunTimeouts(ctx context.Context) {
+	tick, stop := s.cfg.Clock.NewTicker(s.cfg.SweepEvery)
+	defer stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick:
+			if _, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
+				s.log.Error("timeout sweep failed", "err", err)
+			}
+		}
+	}
+}
+
+// Sweep fails the deployments whose agent went silent (or never came, with
+// a pickup timeout). The database decides which instance fails each one.
+func (s *Server) Sweep(ctx context.Context) ([]store.Expired, error) {
+	now := s.cfg.Clock.Now()
+	var pickup time.Time
+	if s.cfg.PickupTimeout > 0 {
+		pickup = now.Add(-s.cfg.PickupTimeout)
+	}
+	exp, err := s.st.ExpireSilent(ctx, now, now.Add(-s.cfg.AgentTimeout), pickup, s.cfg.AgentTimeout, s.cfg.PickupTimeout)
+	for _, e := range exp {
+		s.log.Warn("deployment failed: agent silent", "deployment", e.DeploymentID, "task", e.TaskID)
+	}
+	return exp, err
+}
