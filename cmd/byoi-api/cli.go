@@ -1,0 +1,245 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"strings"
+	"time"
+
+	"github.com/byoi/byoi/controlplane"
+	"github.com/byoi/byoi/controlplane/store/sqlitestore"
+)
+
+const usage = `usage:
+  byoi-api serve [--db FILE] [--listen ADDR] [--tls-cert FILE --tls-key FILE] [--public-url URL]
+                 [--agent-timeout 5m] [--pickup-timeout 1h] [--pprof ADDR] [-v]
+  byoi-api customer add NAME
+  byoi-api credential add --customer NAME
+  byoi-api token add --customer NAME
+  byoi-api server add NAME --customer NAME [--mac MAC]
+  byoi-api server token NAME
+Every command takes --db FILE (default byoi.db), --key-file FILE (default FILE.key
+beside the database, created 0600 on first use) and --json (admin commands).`
+
+// run is the CLI, callable from tests: args without the program name.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, usage)
+		return 2
+	}
+	var err error
+	switch cmd := args[0]; {
+	case cmd == "serve":
+		err = serve(ctx, args[1:], stderr)
+	case cmd == "customer" && len(args) > 1 && args[1] == "add":
+		err = admin(ctx, args[2:], stdout, 1, func(ctx context.Context, a *controlplane.Admin, f *adminFlags) (any, string, error) {
+			name := f.fs.Arg(0)
+			if err := a.AddCustomer(ctx, name); err != nil {
+				return nil, "", err
+			}
+			return map[string]string{"customer": name}, "customer " + name + " added", nil
+		})
+	case cmd == "credential" && len(args) > 1 && args[1] == "add":
+		err = admin(ctx, args[2:], stdout, 0, func(ctx context.Context, a *controlplane.Admin, f *adminFlags) (any, string, error) {
+			c, err := a.AddCredential(ctx, f.customer)
+			if err != nil {
+				return nil, "", err
+			}
+			return c, fmt.Sprintf("applicationKey    %s\napplicationSecret %s\nconsumerKey       %s\n(the secret and consumer key are shown only now)", c.ApplicationKey, c.ApplicationSecret, c.ConsumerKey), nil
+		})
+	case cmd == "token" && len(args) > 1 && args[1] == "add":
+		err = admin(ctx, args[2:], stdout, 0, func(ctx context.Context, a *controlplane.Admin, f *adminFlags) (any, string, error) {
+			t, err := a.AddToken(ctx, f.customer)
+			if err != nil {
+				return nil, "", err
+			}
+			return map[string]string{"accessToken": t}, "accessToken " + t + "\n(shown only now)", nil
+		})
+	case cmd == "server" && len(args) > 1 && args[1] == "add":
+		err = admin(ctx, args[2:], stdout, 1, func(ctx context.Context, a *controlplane.Admin, f *adminFlags) (any, string, error) {
+			name := f.fs.Arg(0)
+			t, err := a.AddServer(ctx, name, f.customer, f.mac)
+			if err != nil {
+				return nil, "", err
+			}
+			return map[string]string{"server": name, "agentToken": t}, "server     " + name + "\nagentToken " + t + "\n(shown only now)", nil
+		})
+	case cmd == "server" && len(args) > 1 && args[1] == "token":
+		err = admin(ctx, args[2:], stdout, 1, func(ctx context.Context, a *controlplane.Admin, f *adminFlags) (any, string, error) {
+			name := f.fs.Arg(0)
+			t, err := a.NewAgentToken(ctx, name)
+			if err != nil {
+				return nil, "", err
+			}
+			return map[string]string{"server": name, "agentToken": t}, "server     " + name + "\nagentToken " + t + "\n(shown only now; the previous token no longer works)", nil
+		})
+	default:
+		fmt.Fprintln(stderr, usage)
+		return 2
+	}
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 2
+		}
+		fmt.Fprintln(stderr, "byoi-api:", err)
+		return 1
+	}
+	return 0
+}
+
+type dbFlags struct {
+	db, keyFile string
+}
+
+func (d *dbFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&d.db, "db", "byoi.db", "SQLite database file")
+	fs.StringVar(&d.keyFile, "key-file", "", "key file sealing secrets at rest (default: the database path + .key)")
+}
+
+func (d *dbFlags) open(ctx context.Context) (*sqlitestore.Store, *controlplane.Keyring, error) {
+	kf := d.keyFile
+	if kf == "" {
+		kf = d.db + ".key"
+	}
+	keys, err := controlplane.LoadOrCreateKey(kf)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := sqlitestore.Open(ctx, d.db)
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, keys, nil
+}
+
+type adminFlags struct {
+	fs       *flag.FlagSet
+	db       dbFlags
+	json     bool
+	customer string
+	mac      string
+}
+
+// parseInterspersed parses flags anywhere among the arguments.
+func parseInterspersed(fs *flag.FlagSet, args []string) error {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	return fs.Parse(append([]string{"--"}, pos...))
+}
+
+func admin(ctx context.Context, args []string, stdout io.Writer, nargs int, fn func(context.Context, *controlplane.Admin, *adminFlags) (any, string, error)) error {
+	f := &adminFlags{fs: flag.NewFlagSet("byoi-api", flag.ContinueOnError)}
+	f.db.register(f.fs)
+	f.fs.BoolVar(&f.json, "json", false, "print JSON")
+	f.fs.StringVar(&f.customer, "customer", "", "customer name")
+	f.fs.StringVar(&f.mac, "mac", "", "server MAC address")
+	if err := parseInterspersed(f.fs, args); err != nil {
+		return err
+	}
+	if f.fs.NArg() != nargs {
+		return fmt.Errorf("want %d argument(s), got %d\n%s", nargs, f.fs.NArg(), usage)
+	}
+	st, keys, err := f.db.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	v, text, err := fn(ctx, &controlplane.Admin{Store: st, Keys: keys}, f)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		b, _ := json.Marshal(v)
+		_, err = fmt.Fprintln(stdout, string(b))
+	} else {
+		_, err = fmt.Fprintln(stdout, text)
+	}
+	return err
+}
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("byoi-api serve", flag.ContinueOnError)
+	var d dbFlags
+	d.register(fs)
+	listen := fs.String("listen", "127.0.0.1:8080", "address to listen on")
+	tlsCert := fs.String("tls-cert", "", "TLS certificate file (PEM)")
+	tlsKey := fs.String("tls-key", "", "TLS key file (PEM)")
+	publicURL := fs.String("public-url", "", "URL clients reach this server's root at, behind a proxy (e.g. https://api.example.com/byoi): signatures are checked against it")
+	agentTimeout := fs.Duration("agent-timeout", 5*time.Minute, "fail a deployment whose agent has been silent this long")
+	pickupTimeout := fs.Duration("pickup-timeout", time.Hour, "fail a deployment no agent picked up this long after it was posted (0: wait for ever)")
+	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060)")
+	verbose := fs.Bool("v", false, "log every request")
+	if err := parseInterspersed(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return fmt.Errorf("serve takes no arguments\n%s", usage)
+	}
+	if (*tlsCert == "") != (*tlsKey == "") {
+		return errors.New("--tls-cert and --tls-key go together")
+	}
+	level := slog.LevelWarn
+	if *verbose {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	st, keys, err := d.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	srv, err := controlplane.New(controlplane.Config{Store: st, Keys: keys, Logger: log, PublicURL: strings.TrimSuffix(*publicURL, "/"), AgentTimeout: *agentTimeout, PickupTimeout: *pickupTimeout})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	if *pprofAddr != "" {
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		go http.ListenAndServe(*pprofAddr, mux)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go srv.RunTimeouts(ctx)
+	errc := make(chan error, 1)
+	go func() {
+		if *tlsCert != "" {
+			errc <- hs.ServeTLS(ln, *tlsCert, *tlsKey)
+		} else {
+			errc <- hs.Serve(ln)
+		}
+	}()
+	log.Warn("byoi-api serving", "addr", ln.Addr().String(), "tls", *tlsCert != "", "db", d.db)
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	return hs.Shutdown(sctx)
+}
