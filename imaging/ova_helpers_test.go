@@ -2,6 +2,7 @@ package imaging_test
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -90,31 +91,74 @@ func (l ovaLayout) String() string {
 // ovaPackage tars an OVF descriptor, the disk and a manifest in layout.
 func ovaPackage(t testing.TB, layout ovaLayout, diskName string, vmdk []byte, capacity int64, algo string) []byte {
 	t.Helper()
+	return ovaPackageOpts(t, layout, diskName, vmdk, capacity, algo)
+}
+
+// ovaBuild is what ovaOpts may change in a package being built.
+type ovaBuild struct {
+	disk     testimage.OVFDisk
+	ovf      *testimage.Member
+	disks    []testimage.Member // the disk member(s)
+	manifest func(ovf testimage.Member, disks []testimage.Member) []byte
+	before   []testimage.Member // members before the disk, after the OVF (and the manifest)
+	after    []testimage.Member // members after the disk (before a last manifest)
+}
+
+type ovaOpt func(*ovaBuild)
+
+func ovaCompression(c string) ovaOpt { return func(b *ovaBuild) { b.disk.Compression = c } }
+
+func ovaFormat(f string) ovaOpt { return func(b *ovaBuild) { b.disk.Format = f } }
+
+// ovaPackageOpts is ovaPackage with changes.
+func ovaPackageOpts(t testing.TB, layout ovaLayout, diskName string, vmdk []byte, capacity int64, algo string, opts ...ovaOpt) []byte {
+	t.Helper()
 	style := testimage.VMware
 	if layout == layoutVirtualBox {
 		style = testimage.VirtualBox
 	}
-	disk := testimage.OVFDisk{File: diskName, Capacity: capacity, Address: 0}
+	b := &ovaBuild{disk: testimage.OVFDisk{File: diskName, Capacity: capacity, Address: 0}}
 	if style == testimage.VMware {
-		disk.FileSize = int64(len(vmdk))
+		b.disk.FileSize = int64(len(vmdk))
 	}
-	ovf := testimage.Member{Name: "vm.ovf", Data: testimage.OVF(style, []testimage.OVFDisk{disk})}
-	dm := testimage.Member{Name: diskName, Data: vmdk}
-	mf := testimage.Member{Name: "vm.mf", Data: testimage.Manifest(algo, layout == layoutVirtualBox, ovf, dm)}
-	var members []testimage.Member
-	switch layout {
-	case layoutVMware:
-		members = []testimage.Member{ovf, mf, dm}
-	case layoutVirtualBox:
-		members = []testimage.Member{ovf, dm, mf}
-	default:
-		members = []testimage.Member{ovf, dm}
+	b.disks = []testimage.Member{{Name: diskName, Data: vmdk}}
+	b.manifest = func(ovf testimage.Member, disks []testimage.Member) []byte {
+		return testimage.Manifest(algo, layout == layoutVirtualBox, append([]testimage.Member{ovf}, disks...)...)
 	}
-	b, err := testimage.Tar(members...)
+	for _, o := range opts {
+		o(b)
+	}
+	ovf := testimage.Member{Name: "vm.ovf", Data: testimage.OVF(style, []testimage.OVFDisk{b.disk})}
+	if b.ovf != nil {
+		ovf = *b.ovf
+	}
+	mf := testimage.Member{Name: "vm.mf", Data: b.manifest(ovf, b.disks)}
+	members := []testimage.Member{ovf}
+	if layout == layoutVMware {
+		members = append(members, mf)
+	}
+	members = append(members, b.before...)
+	members = append(members, b.disks...)
+	members = append(members, b.after...)
+	if layout == layoutVirtualBox {
+		members = append(members, mf)
+	}
+	out, err := testimage.Tar(members...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return b
+	return out
+}
+
+// dzGzip gzips b.
+func dzGzip(t testing.TB, b []byte) []byte {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write(b)
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }
 
 // ovaMemTarget is an in-memory Target that counts its writes.
@@ -217,6 +261,41 @@ func ovaTarget(t *testing.T, size int64, fill byte, loop bool) (*blockdev.Device
 	return d, path
 }
 
+// ovaOldTarget is a target of size bytes that held a previous system: every
+// byte 0xFF but for a GPT (primary and backup, one partition) that sfdisk
+// and blkid see. loop puts it behind a loop device.
+func ovaOldTarget(t *testing.T, size int64, loop bool) (*blockdev.Device, string) {
+	t.Helper()
+	old, err := testimage.GPT(size, 512, []testimage.Part{
+		{Name: "old system", Type: testimage.TypeLinux, Start: 1 * ovaMiB, Size: size - 2*ovaMiB},
+	}, 99)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := bytes.Repeat([]byte{0xFF}, int(size))
+	copy(b, old[:34*512])
+	copy(b[size-33*512:], old[size-33*512:])
+	p := filepath.Join(t.TempDir(), "target.img")
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	path := p
+	if loop {
+		path = testutil.LoopDevice(t, p, 0)
+	}
+	testutil.RequireCommand(t, "sfdisk", "blkid")
+	if out := testutil.Run(t, "sfdisk", "-l", path); !strings.Contains(out, "Disklabel type: gpt") {
+		t.Fatalf("old GPT not seen by sfdisk -l before:\n%s", out)
+	}
+	testutil.Run(t, "blkid", "-p", path)
+	d, err := blockdev.Open(path, blockdev.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d, path
+}
+
 // ovaReadPath reads n bytes at off of a file or device.
 func ovaReadPath(t *testing.T, path string, off, n int64) []byte {
 	t.Helper()
@@ -283,3 +362,7 @@ func ovaHashVerify(b []byte) (imaging.OVAOptions, func() bool) {
 			return called
 		}
 }
+
+func osWriteFile(p string, b []byte) error { return os.WriteFile(p, b, 0o644) }
+func osReadFile(p string) ([]byte, error)  { return os.ReadFile(p) }
+func osCreate(p string) (*os.File, error)  { return os.Create(p) }

@@ -68,9 +68,14 @@ func (p *ovaPipeline) decode(infl *vmdkInflater, j *ovaJob) error {
 // to the first grain that does not; it returns that grain's job, or nil
 // when the whole disk was held back (a disk of at most 2 MiB). headKnown
 // tells whether the partition table's bytes (the first 4608: an MBR, and
-// a GPT header at 512 or 4096) came by then, or can no longer come.
+// a GPT header at 512 or 4096) came by then, or will not come: the grains
+// came in ascending order so far.
 func (p *ovaPipeline) prelude(xw *extentWriter) (first *ovaJob, headKnown bool, err error) {
 	covered := func(off int64) bool { return off >= p.ds.info.Capacity || p.ds.hasGrain(off/p.ds.grainBytes) }
+	// Writers stream grains in ascending order and leave out grains of
+	// zeros: a stream ascending so far has brought every grain of the
+	// head it has. Only another order leaves the head undecided.
+	ascending, last := true, int64(-1)
 	for {
 		j := <-p.pool // the pool is full here: never blocks
 		err := p.ds.next(&j.g)
@@ -81,9 +86,13 @@ func (p *ovaPipeline) prelude(xw *extentWriter) (first *ovaJob, headKnown bool, 
 		if err != nil {
 			return nil, false, err
 		}
+		if j.g.off <= last {
+			ascending = false
+		}
+		last = j.g.off
 		n := min(p.ds.grainBytes, p.ds.info.Capacity-j.g.off)
 		if !xw.held(j.g.off, n) {
-			return j, covered(0) && covered(4096), nil
+			return j, ascending || (covered(0) && covered(4096)), nil
 		}
 		if err := p.decode(&p.infl, j); err != nil {
 			return nil, false, err

@@ -93,6 +93,10 @@ const (
 	vmdkMaxTrailing = 16 << 20
 )
 
+// vmdkDescriptorMagic starts a descriptor file (VDF 5.0, "The Descriptor
+// File").
+const vmdkDescriptorMagic = "# Disk DescriptorFile"
+
 // ErrVMDK is matched (errors.Is) by every refusal of a VMDK image: a layout
 // byoi does not stream, a descriptor naming other files, or corrupt data.
 var ErrVMDK = errors.New("vmdk image refused")
@@ -388,7 +392,7 @@ func vmdkPlainName(name string) bool {
 // a *SizeError. Other refusals are *VMDKError. It does not look past the
 // descriptor.
 func CheckVMDKHeader(head []byte, file string, maxCapacity int64) (*VMDKInfo, error) {
-	if bytes.HasPrefix(head, []byte("# Disk DescriptorFile")) {
+	if bytes.HasPrefix(head, []byte(vmdkDescriptorMagic)) {
 		return nil, vmdkRefuse("this is a descriptor-only VMDK: its data lives in the files it names, which byoi never opens")
 	}
 	h, err := parseVMDKHeaderBytes(head)
@@ -481,11 +485,11 @@ type vmdkStream struct {
 // span (its file size, when known; <= 0: no bound).
 func openVMDKStream(r io.Reader, file string, maxCapacity, max int64) (*vmdkStream, error) {
 	s := &vmdkStream{r: bufio.NewReaderSize(r, 256<<10), max: max, gdData: -1}
+	if b, _ := s.r.Peek(len(vmdkDescriptorMagic)); string(b) == vmdkDescriptorMagic {
+		return nil, vmdkRefuse("this is a descriptor-only VMDK: its data lives in the files it names, which byoi never opens")
+	}
 	if err := s.readFull(s.sec[:]); err != nil {
 		return nil, err
-	}
-	if bytes.HasPrefix(s.sec[:], []byte("# Disk DescriptorFile")) {
-		return nil, vmdkRefuse("this is a descriptor-only VMDK: its data lives in the files it names, which byoi never opens")
 	}
 	h, err := parseVMDKHeaderBytes(s.sec[:])
 	if err != nil {
