@@ -248,7 +248,11 @@ func ParseOVF(data []byte) (*OVFInfo, error) {
 		sys = &env.Collections[0].Systems[0]
 		info.Warnings = append(info.Warnings, fmt.Sprintf("the package holds a collection of virtual systems: only %q is considered", sys.ID))
 	}
-	boot, warn, err := ovfBootDisk(info.Disks, sys)
+	hrefOf := map[string]string{}
+	for _, f := range info.Files {
+		hrefOf[f.ID] = f.Href
+	}
+	boot, warn, err := ovfBootDisk(info.Disks, sys, hrefOf)
 	if err != nil {
 		return nil, err
 	}
@@ -356,12 +360,12 @@ func parseOVFCapacity(value, units string) (int64, error) {
 // lowest AddressOnParent (VirtualBox writes the port, VMware the unit
 // number). When that does not single out one disk the package is refused:
 // deploying the wrong disk would leave a server that does not boot.
-func ovfBootDisk(disks []OVFDisk, sys *ovfXSystem) (OVFDisk, []string, error) {
+func ovfBootDisk(disks []OVFDisk, sys *ovfXSystem, hrefOf map[string]string) (OVFDisk, []string, error) {
 	var warn []string
 	others := func(boot OVFDisk) []string {
 		for _, d := range disks {
 			if d.ID != boot.ID {
-				warn = append(warn, fmt.Sprintf("disk %s (file %s) is not deployed: only the boot disk %s is", d.ID, d.FileRef, boot.ID))
+				warn = append(warn, fmt.Sprintf("disk %s (%q) is not deployed: only the boot disk %s (%q) is", d.ID, hrefOf[d.FileRef], boot.ID, hrefOf[boot.FileRef]))
 			}
 		}
 		return warn
