@@ -102,6 +102,7 @@ type ovaBuild struct {
 	manifest func(ovf testimage.Member, disks []testimage.Member) []byte
 	before   []testimage.Member // members before the disk, after the OVF (and the manifest)
 	after    []testimage.Member // members after the disk (before a last manifest)
+	noPad    bool               // no padding to tar's 10 KiB records
 }
 
 type ovaOpt func(*ovaBuild)
@@ -142,6 +143,13 @@ func ovaPackageOpts(t testing.TB, layout ovaLayout, diskName string, vmdk []byte
 	members = append(members, b.after...)
 	if layout == layoutVirtualBox {
 		members = append(members, mf)
+	}
+	if b.noPad {
+		var buf bytes.Buffer
+		if err := testimage.WriteTar(&buf, members...); err != nil {
+			t.Fatal(err)
+		}
+		return buf.Bytes()
 	}
 	out, err := testimage.Tar(members...)
 	if err != nil {

@@ -35,6 +35,9 @@ type VMDK struct {
 	// GrainHook, when set, may change each grain marker's bytes (LBA,
 	// size, data) before they are written, e.g. for hostile tests.
 	GrainHook func(lba uint64, marker []byte) []byte
+	// Overhead is where the grains start, in sectors (default 128, as
+	// VMware writes; the smallest possible keeps fuzz seeds small).
+	Overhead int64
 }
 
 // VMDK layout constants (see imaging/vmdk.go for the citations).
@@ -150,7 +153,10 @@ func (v VMDK) StreamOptimized() ([]byte, error) {
 	}
 	descBytes := padSector([]byte(desc))
 	descSectors := int64(len(descBytes)) / vmdkSector
-	overHead := max(128, 1+descSectors)
+	overHead := max(v.Overhead, 1+descSectors)
+	if v.Overhead == 0 {
+		overHead = max(128, 1+descSectors)
+	}
 	const flags = 1 | 1<<16 | 1<<17 // NL detect, compressed, markers
 	gdHeader := uint64(vmdkGDAtEnd)
 	if v.NoFooter {
@@ -228,4 +234,65 @@ func (v VMDK) grain(g, grainBytes int64) []byte {
 	b := make([]byte, grainBytes)
 	copy(b, v.Raw[s:e])
 	return b
+}
+
+// MonolithicSparse builds a hosted sparse VMDK as qemu-img and VMware
+// write it: header, embedded descriptor, redundant grain directory and
+// tables, grain directory and tables, then the allocated grains
+// (uncompressed, in disk order, grains of zeros left out).
+func (v VMDK) MonolithicSparse() ([]byte, error) {
+	if len(v.Raw)%vmdkSector != 0 || len(v.Raw) == 0 {
+		return nil, fmt.Errorf("disk size %d is not a positive multiple of 512", len(v.Raw))
+	}
+	gs := v.GrainSectors
+	if gs == 0 {
+		gs = 128
+	}
+	name := v.Name
+	if name == "" {
+		name = "disk.vmdk"
+	}
+	capacity := int64(len(v.Raw)) / vmdkSector
+	grains := (capacity + gs - 1) / gs
+	nGT := (grains + vmdkGTEs - 1) / vmdkGTEs
+	gdSectors := (nGT*4 + vmdkSector - 1) / vmdkSector
+	gtSectors := int64(vmdkGTEs * 4 / vmdkSector)
+	desc := v.Descriptor
+	if desc == "" {
+		desc = Descriptor("monolithicSparse", name, capacity)
+	}
+	descBytes := padSector([]byte(desc))
+	descSectors := int64(len(descBytes)) / vmdkSector
+	rgd := 1 + descSectors
+	gd := rgd + gdSectors + nGT*gtSectors
+	overHead := gd + gdSectors + nGT*gtSectors
+	if v.Overhead == 0 {
+		overHead = (overHead + gs - 1) / gs * gs
+	}
+	overHead = max(overHead, v.Overhead)
+	const flags = 1 | 2 // NL detect, redundant grain table
+	out := VMDKHeader(1, flags, uint64(capacity), uint64(gs), 1, uint64(descSectors), uint64(gd), uint64(overHead), 0)
+	binary.LittleEndian.PutUint64(out[48:], uint64(rgd))
+	out = append(out, descBytes...)
+	out = append(out, make([]byte, overHead*vmdkSector-int64(len(out)))...)
+	next := overHead
+	grainBytes := gs * vmdkSector
+	for g := int64(0); g < grains; g++ {
+		data := v.grain(g, grainBytes)
+		if isZero(data) {
+			continue
+		}
+		for _, dir := range []int64{rgd, gd} {
+			gt := dir + gdSectors + (g/vmdkGTEs)*gtSectors
+			binary.LittleEndian.PutUint32(out[gt*vmdkSector+4*(g%vmdkGTEs):], uint32(next))
+		}
+		out = append(out, data...)
+		next += gs
+	}
+	for t := int64(0); t < nGT; t++ {
+		for _, dir := range []int64{rgd, gd} {
+			binary.LittleEndian.PutUint32(out[dir*vmdkSector+4*t:], uint32(dir+gdSectors+t*gtSectors))
+		}
+	}
+	return out, nil
 }

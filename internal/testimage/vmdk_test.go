@@ -33,6 +33,7 @@ func TestStreamOptimizedReadByQemu(t *testing.T) {
 		{"reverse", testimage.VMDK{Raw: raw, Reverse: true}},
 		{"nofooter", testimage.VMDK{Raw: raw, NoFooter: true}},
 		{"grain16", testimage.VMDK{Raw: raw, GrainSectors: 16}},
+		{"small-overhead", testimage.VMDK{Raw: raw, GrainSectors: 8, Overhead: 1}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -58,6 +59,40 @@ func TestStreamOptimizedReadByQemu(t *testing.T) {
 				t.Fatal("qemu-img reads another disk")
 			}
 		})
+	}
+}
+
+// TestMonolithicSparseReadByQemu: the same for the monolithicSparse
+// builder.
+func TestMonolithicSparseReadByQemu(t *testing.T) {
+	testutil.RequireCommand(t, "qemu-img")
+	raw, err := testimage.GPT(3<<20, 512, []testimage.Part{
+		{Name: "root", Type: testimage.TypeLinux, Start: 1 << 20, Size: 1 << 20, Fill: testimage.FillMixed},
+	}, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []testimage.VMDK{{Raw: raw}, {Raw: raw, GrainSectors: 8, Overhead: 1}} {
+		img, err := v.MonolithicSparse()
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		p := filepath.Join(dir, "disk.vmdk")
+		if err := os.WriteFile(p, img, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out := testutil.Run(t, "qemu-img", "check", p); !strings.Contains(out, "No errors") {
+			t.Errorf("qemu-img check:\n%s", out)
+		}
+		testutil.Run(t, "qemu-img", "convert", "-f", "vmdk", "-O", "raw", p, filepath.Join(dir, "out.raw"))
+		got, err := os.ReadFile(filepath.Join(dir, "out.raw"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, raw) {
+			t.Fatalf("grain %d: qemu-img reads another disk", v.GrainSectors)
+		}
 	}
 }
 
