@@ -403,11 +403,16 @@ func TestConcurrentPosts(t *testing.T) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			c := cu.bearer
+			// one go-ovh client per goroutine: a go-ovh Client is not safe
+			// for concurrent use (NewRequest writes c.Client.Timeout)
+			c, err := ovh.NewAccessTokenClient(e.url+"/1.0", cu.token)
 			if i%2 == 0 {
-				c = cu.signed
+				c, err = ovh.NewClient(e.url+"/1.0", cu.cred.ApplicationKey, cu.cred.ApplicationSecret, cu.cred.ConsumerKey)
 			}
-			var err error
+			if err != nil {
+				t.Error(err)
+				return
+			}
 			if i%3 == 0 {
 				err = c.Post(path("ns1", "/reinstall"), reinstallBody(), nil)
 			} else {

@@ -441,7 +441,7 @@ func (s *Server) installStatus(c *call) (int, any, error) {
 // hardwareView is the part of OVH's specifications/hardware the agent's
 // inventory gives.
 type hardwareView struct {
-	BootMode   *string               `json:"bootMode"`
+	BootMode   *string              `json:"bootMode"`
 	DiskGroups []agentapi.DiskGroup `json:"diskGroups"`
 }
 

@@ -86,7 +86,7 @@ func (b *logBuffer) String() string {
 
 // env is one byoi-api on a temporary database, listening on 127.0.0.1.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	dbPath  string
 	keyPath string
 	st      *sqlitestore.Store
@@ -102,7 +102,7 @@ type env struct {
 
 type envOpt func(*controlplane.Config)
 
-func newEnv(t *testing.T, opts ...envOpt) *env {
+func newEnv(t testing.TB, opts ...envOpt) *env {
 	t.Helper()
 	t.Setenv("HOME", t.TempDir()) // no ~/.ovh.conf for go-ovh
 	for _, k := range []string{"OVH_ENDPOINT", "OVH_APPLICATION_KEY", "OVH_APPLICATION_SECRET", "OVH_CONSUMER_KEY", "OVH_CLIENT_ID", "OVH_CLIENT_SECRET", "OVH_ACCESS_TOKEN"} {
@@ -156,9 +156,6 @@ func (e *env) restart() {
 
 func (e *env) checkLogs() {
 	logs := e.logs.String()
-	if !strings.Contains(logs, "request") {
-		e.t.Errorf("no request was logged")
-	}
 	for _, s := range e.secrets {
 		if s != "" && strings.Contains(logs, s) {
 			e.t.Errorf("a secret (%.6s...) appears in the logs", s)

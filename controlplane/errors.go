@@ -106,4 +106,3 @@ func describe(err error) (int, errorBody, bool) {
 	}
 	return row.status, body, ae.kind == kInternal
 }
-

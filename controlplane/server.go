@@ -97,8 +97,15 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Handler returns the HTTP handler.
-func (s *Server) Handler() http.Handler { return s.mux }
+// Handler returns the HTTP handler. Every answer carries an
+// X-Ovh-QueryID, also those the router writes itself (a path-cleaning
+// redirect).
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Ovh-QueryID", queryID())
+		s.mux.ServeHTTP(w, r)
+	})
+}
 
 // Body limits of requests that are not jobs.
 const (
@@ -154,8 +161,7 @@ func (s *Server) handle(pattern string, methods map[string]endpoint) {
 // the handler, the JSON answer and the request log.
 func (s *Server) serve(w http.ResponseWriter, r *http.Request, ep endpoint) {
 	start := time.Now()
-	c := &call{w: w, r: r, qid: queryID()}
-	w.Header().Set("X-Ovh-QueryID", c.qid)
+	c := &call{w: w, r: r, qid: w.Header().Get("X-Ovh-QueryID")}
 	status, v, err := s.run(c, ep)
 	if err != nil {
 		var body errorBody
