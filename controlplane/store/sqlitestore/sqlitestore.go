@@ -7,8 +7,16 @@
 // own goroutines) and each write transaction starts with BEGIN IMMEDIATE,
 // so another process on the same file (a second byoi-api, byoi-load
 // creating servers) waits on the busy timeout instead of failing a lock
-// upgrade. synchronous=FULL: a committed transaction survives a power
-// loss, which is what the agent API promises before the agent reboots.
+// upgrade.
+//
+// Durability: progress events are committed with synchronous=NORMAL (in
+// WAL mode a commit then survives a crash of byoi-api, but the last ones
+// may be lost on a power loss: the next progress event supersedes them).
+// Every transaction that changes a deployment's life (created, attempt
+// opened, final event, cancelled, expired) is committed with
+// synchronous=FULL, so the final event is on disk before the agent is
+// told and reboots. Progress events are group-committed: one writer
+// goroutine takes every batch waiting and commits them together.
 package sqlitestore
 
 import (
@@ -29,7 +37,31 @@ import (
 type Store struct {
 	w *sql.DB // the single writer connection
 	r *sql.DB // readers
+
+	// Event batches are group-committed: one writer goroutine takes every
+	// batch waiting, runs them in one transaction and answers each after
+	// the commit (one fsync for the group).
+	appends chan *appendReq
+	quit    chan struct{}
+	done    chan struct{}
+	st      stmts
 }
+
+// stmts are the hot path's prepared statements (on the writer).
+type stmts struct {
+	selDepl, insEvent, updDepl, updSeen *sql.Stmt
+}
+
+type appendReq struct {
+	ctx  context.Context
+	a    store.Append
+	ack  store.Ack
+	err  error
+	done chan struct{}
+}
+
+// maxGroup bounds the batches one transaction commits.
+const maxGroup = 512
 
 var _ store.Store = (*Store)(nil)
 
@@ -40,7 +72,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		return nil, fmt.Errorf("sqlite: database path %q is empty or holds '?'", path)
 	}
 	common := "_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)"
-	w, err := sql.Open("sqlite", path+"?"+common+"&_pragma=synchronous(FULL)&_txlock=immediate")
+	w, err := sql.Open("sqlite", path+"?"+common+"&_pragma=synchronous(NORMAL)&_txlock=immediate")
 	if err != nil {
 		return nil, err
 	}
@@ -58,15 +90,98 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	r.SetConnMaxIdleTime(0)
 	s := &Store{w: w, r: r}
 	if err := s.migrate(ctx); err != nil {
-		s.Close()
+		errors.Join(r.Close(), w.Close())
 		return nil, err
 	}
+	for _, p := range []struct {
+		dst **sql.Stmt
+		q   string
+	}{
+		{&s.st.selDepl, `SELECT status, attempt, last_seq, step, bytes_done, event_time, history_n, task_id FROM deployments WHERE id = ? AND server_id = ?`},
+		{&s.st.insEvent, `INSERT INTO events (deployment_id, n, attempt, seq, source, time, received_at, status, step, kind, code, message, bytes_done, bytes_total, rate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
+		{&s.st.updDepl, `UPDATE deployments SET last_seq = ?, step = ?, bytes_done = ?, bytes_total = ?, event_time = ?, history_n = ?, message = ?, last_seen = ?, updated_at = ? WHERE id = ?`},
+		{&s.st.updSeen, `UPDATE deployments SET last_seen = ? WHERE id = ?`},
+	} {
+		if *p.dst, err = w.PrepareContext(ctx, p.q); err != nil {
+			errors.Join(r.Close(), w.Close())
+			return nil, err
+		}
+	}
+	s.appends, s.quit, s.done = make(chan *appendReq, maxGroup), make(chan struct{}), make(chan struct{})
+	go s.appender()
 	return s, nil
 }
 
-// Close closes the database.
+// Close stops the appender and closes the database.
 func (s *Store) Close() error {
+	close(s.quit)
+	<-s.done
 	return errors.Join(s.r.Close(), s.w.Close())
+}
+
+// appender is the group committer of event batches.
+func (s *Store) appender() {
+	defer close(s.done)
+	for {
+		var group []*appendReq
+		select {
+		case <-s.quit:
+			return
+		case r := <-s.appends:
+			group = append(group, r)
+		}
+	more:
+		for len(group) < maxGroup {
+			select {
+			case r := <-s.appends:
+				group = append(group, r)
+			default:
+				break more
+			}
+		}
+		s.commitGroup(group)
+		for _, r := range group {
+			close(r.done)
+		}
+	}
+}
+
+func (s *Store) commitGroup(group []*appendReq) {
+	fail := func(err error) {
+		for _, r := range group {
+			r.ack, r.err = store.Ack{}, err
+		}
+	}
+	durable := false
+	for _, r := range group {
+		if n := len(r.a.Events); n > 0 && r.a.Events[n-1].Final() {
+			durable = true // a final event is on disk before it is acknowledged
+		}
+	}
+	err := s.writeTx(context.Background(), durable, func(tx *sql.Tx) error {
+		for _, r := range group {
+			if r.ctx.Err() != nil {
+				r.err = r.ctx.Err()
+				continue
+			}
+			// A refusal (stale, gone, not found) is decided before any
+			// write and leaves the transaction clean; a database error
+			// fails the whole group. One caller leaving must not fail the
+			// group: the statements run without its context.
+			r.ack, r.err = s.appendTx(context.Background(), tx, r.a)
+			if r.err != nil && !isRefusal(r.err) {
+				return r.err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		fail(err)
+	}
+}
+
+func isRefusal(err error) bool {
+	return errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrGone) || errors.Is(err, store.ErrStaleAttempt)
 }
 
 func (s *Store) migrate(ctx context.Context) error {
@@ -133,9 +248,25 @@ func notFound(err error) error {
 	return err
 }
 
-// write runs fn in a write transaction.
+// write runs fn in a durable write transaction (synchronous=FULL).
 func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := s.w.BeginTx(ctx, nil)
+	return s.writeTx(ctx, true, fn)
+}
+
+// writeTx runs fn in a write transaction, fsynced at commit when durable.
+func (s *Store) writeTx(ctx context.Context, durable bool, fn func(tx *sql.Tx) error) error {
+	conn, err := s.w.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if durable {
+		if _, err := conn.ExecContext(ctx, `PRAGMA synchronous = FULL`); err != nil {
+			return err
+		}
+		defer conn.ExecContext(context.Background(), `PRAGMA synchronous = NORMAL`)
+	}
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
@@ -150,7 +281,9 @@ func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
 
 func (s *Store) CreateCustomer(ctx context.Context, name string, now time.Time) (store.Customer, error) {
 	c := store.Customer{Name: name, CreatedAt: tm(ms(now))}
-	err := s.w.QueryRowContext(ctx, `INSERT INTO customers (name, created_at) VALUES (?, ?) RETURNING id`, name, ms(now)).Scan(&c.ID)
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `INSERT INTO customers (name, created_at) VALUES (?, ?) RETURNING id`, name, ms(now)).Scan(&c.ID)
+	})
 	if isUnique(err) {
 		return store.Customer{}, store.ErrExists
 	}
@@ -176,8 +309,10 @@ func (s *Store) Customer(ctx context.Context, id int64) (store.Customer, error) 
 }
 
 func (s *Store) CreateCredential(ctx context.Context, c store.Credential) (store.Credential, error) {
-	err := s.w.QueryRowContext(ctx, `INSERT INTO credentials (customer_id, app_key, app_secret_sealed, consumer_key_hash, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id`,
-		c.CustomerID, c.AppKey, c.SealedSecret, c.ConsumerKeyHash, ms(c.CreatedAt)).Scan(&c.ID)
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `INSERT INTO credentials (customer_id, app_key, app_secret_sealed, consumer_key_hash, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id`,
+			c.CustomerID, c.AppKey, c.SealedSecret, c.ConsumerKeyHash, ms(c.CreatedAt)).Scan(&c.ID)
+	})
 	if isUnique(err) {
 		return store.Credential{}, store.ErrExists
 	}
@@ -200,7 +335,10 @@ func (s *Store) CredentialByAppKey(ctx context.Context, appKey string) (store.Cr
 }
 
 func (s *Store) CreateAccessToken(ctx context.Context, customerID int64, tokenHash []byte, now time.Time) error {
-	_, err := s.w.ExecContext(ctx, `INSERT INTO access_tokens (customer_id, token_hash, created_at) VALUES (?, ?, ?)`, customerID, tokenHash, ms(now))
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO access_tokens (customer_id, token_hash, created_at) VALUES (?, ?, ?)`, customerID, tokenHash, ms(now))
+		return err
+	})
 	if isUnique(err) {
 		return store.ErrExists
 	}
@@ -231,8 +369,10 @@ func (s *Store) CreateServer(ctx context.Context, sv store.Server, agentTokenHas
 	if sv.BootID == 0 {
 		sv.BootID = store.BootRescue
 	}
-	err := s.w.QueryRowContext(ctx, `INSERT INTO servers (customer_id, name, mac, agent_token_hash, boot_id, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id`,
-		sv.CustomerID, sv.Name, sv.MAC, agentTokenHash, sv.BootID, ms(sv.CreatedAt)).Scan(&sv.ID)
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `INSERT INTO servers (customer_id, name, mac, agent_token_hash, boot_id, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id`,
+			sv.CustomerID, sv.Name, sv.MAC, agentTokenHash, sv.BootID, ms(sv.CreatedAt)).Scan(&sv.ID)
+	})
 	if isUnique(err) {
 		return store.Server{}, store.ErrExists
 	}
@@ -243,24 +383,27 @@ func (s *Store) CreateServer(ctx context.Context, sv store.Server, agentTokenHas
 	return sv, nil
 }
 
-func (s *Store) exec1(ctx context.Context, q string, args ...any) error {
-	res, err := s.w.ExecContext(ctx, q, args...)
-	if err != nil {
-		if isUnique(err) {
-			return store.ErrExists
+// exec1 runs one update that must change one row; durable or not.
+func (s *Store) exec1(ctx context.Context, durable bool, q string, args ...any) error {
+	return s.writeTx(ctx, durable, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, q, args...)
+		if err != nil {
+			if isUnique(err) {
+				return store.ErrExists
+			}
+			return err
 		}
-		return err
-	}
-	if n, err := res.RowsAffected(); err != nil {
-		return err
-	} else if n == 0 {
-		return store.ErrNotFound
-	}
-	return nil
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return store.ErrNotFound
+		}
+		return nil
+	})
 }
 
 func (s *Store) SetAgentToken(ctx context.Context, serverID int64, hash []byte) error {
-	return s.exec1(ctx, `UPDATE servers SET agent_token_hash = ? WHERE id = ?`, hash, serverID)
+	return s.exec1(ctx, true, `UPDATE servers SET agent_token_hash = ? WHERE id = ?`, hash, serverID)
 }
 
 func (s *Store) ServerByName(ctx context.Context, name string) (store.Server, error) {
@@ -289,15 +432,15 @@ func (s *Store) ListServers(ctx context.Context, customerID int64) ([]store.Serv
 }
 
 func (s *Store) SetBoot(ctx context.Context, serverID, bootID int64) error {
-	return s.exec1(ctx, `UPDATE servers SET boot_id = ? WHERE id = ?`, bootID, serverID)
+	return s.exec1(ctx, true, `UPDATE servers SET boot_id = ? WHERE id = ?`, bootID, serverID)
 }
 
 func (s *Store) SetEFIBootloaderPath(ctx context.Context, serverID int64, path string) error {
-	return s.exec1(ctx, `UPDATE servers SET efi_bootloader_path = ? WHERE id = ?`, path, serverID)
+	return s.exec1(ctx, true, `UPDATE servers SET efi_bootloader_path = ? WHERE id = ?`, path, serverID)
 }
 
 func (s *Store) PutInventory(ctx context.Context, serverID int64, inv []byte, now time.Time) error {
-	return s.exec1(ctx, `UPDATE servers SET inventory = ?, inventory_at = ? WHERE id = ?`, inv, ms(now), serverID)
+	return s.exec1(ctx, false, `UPDATE servers SET inventory = ?, inventory_at = ? WHERE id = ?`, inv, ms(now), serverID)
 }
 
 // Deployments.
@@ -553,66 +696,74 @@ func (s *Store) OpenAttempt(ctx context.Context, serverID, deploymentID int64, n
 }
 
 func (s *Store) AppendEvents(ctx context.Context, a store.Append) (store.Ack, error) {
+	r := &appendReq{ctx: ctx, a: a, done: make(chan struct{})}
+	select {
+	case s.appends <- r:
+	case <-ctx.Done():
+		return store.Ack{}, ctx.Err()
+	}
+	// Wait for the commit even if ctx ends meanwhile: the answer must
+	// match what the database holds.
+	<-r.done
+	return r.ack, r.err
+}
+
+// appendTx is AppendEvents inside a group's transaction.
+func (s *Store) appendTx(ctx context.Context, tx *sql.Tx, a store.Append) (store.Ack, error) {
 	var ack store.Ack
-	err := s.write(ctx, func(tx *sql.Tx) error {
-		var status, step string
-		var attempt int
-		var lastSeq, bytesDone, eventTime, n, taskID int64
-		var cleared int
-		err := tx.QueryRowContext(ctx, `SELECT status, attempt, last_seq, step, bytes_done, event_time, history_n, task_id, cleared FROM deployments WHERE id = ? AND server_id = ?`, a.DeploymentID, a.ServerID).
-			Scan(&status, &attempt, &lastSeq, &step, &bytesDone, &eventTime, &n, &taskID, &cleared)
-		if err != nil {
-			return notFound(err)
+	var status, step string
+	var attempt int
+	var lastSeq, bytesDone, eventTime, n, taskID int64
+	err := tx.StmtContext(ctx, s.st.selDepl).QueryRowContext(ctx, a.DeploymentID, a.ServerID).
+		Scan(&status, &attempt, &lastSeq, &step, &bytesDone, &eventTime, &n, &taskID)
+	if err != nil {
+		return ack, notFound(err)
+	}
+	if status != store.StatusDoing {
+		// A repeat of the batch that ended the deployment (its answer was
+		// lost) is acknowledged again; anything else is gone.
+		if (status == store.StatusDone || status == store.StatusError) && a.Attempt == attempt && len(a.Events) > 0 && a.Events[len(a.Events)-1].Seq <= lastSeq {
+			return store.Ack{Seq: lastSeq, Done: true}, nil
 		}
-		if status != store.StatusDoing {
-			// A repeat of the batch that ended the deployment (its answer
-			// was lost) is acknowledged again; anything else is gone.
-			if (status == store.StatusDone || status == store.StatusError) && a.Attempt == attempt && len(a.Events) > 0 && a.Events[len(a.Events)-1].Seq <= lastSeq {
-				ack = store.Ack{Seq: lastSeq, Done: true}
-				return nil
-			}
-			return store.ErrGone
+		return ack, store.ErrGone
+	}
+	if a.Attempt != attempt {
+		return ack, &store.StaleAttemptError{Got: a.Attempt, Current: attempt}
+	}
+	var last *job.Event
+	prevStep, prevBytes, prevTime := job.Step(step), bytesDone, tm(eventTime)
+	ins := tx.StmtContext(ctx, s.st.insEvent)
+	for i := range a.Events {
+		e := a.Events[i]
+		if e.Seq <= lastSeq {
+			continue // already stored: a retry
 		}
-		if a.Attempt != attempt {
-			return &store.StaleAttemptError{Got: a.Attempt, Current: attempt}
+		rate := store.Rate(prevStep, prevBytes, prevTime, e)
+		n++
+		if _, err := ins.ExecContext(ctx, a.DeploymentID, n, attempt, e.Seq, store.SourceAgent, e.Time.UnixMilli(), ms(a.Now), string(e.Status), string(e.Step), string(e.Kind), string(e.Code), e.Message, e.BytesDone, e.BytesTotal, rate); err != nil {
+			return ack, err
 		}
-		var last *job.Event
-		prevStep, prevBytes, prevTime := job.Step(step), bytesDone, tm(eventTime)
-		for i := range a.Events {
-			e := a.Events[i]
-			if e.Seq <= lastSeq {
-				continue // already stored: a retry
-			}
-			rate := store.Rate(prevStep, prevBytes, prevTime, e)
-			if n, err = addEntry(ctx, tx, a.DeploymentID, n, attempt, e.Seq, store.SourceAgent, a.Now, rate, e); err != nil {
-				return err
-			}
-			lastSeq = e.Seq
-			if e.Kind == job.KindProgress || e.Kind == job.KindInfo {
-				prevStep, prevBytes, prevTime = e.Step, e.BytesDone, e.Time
-			}
-			last = &a.Events[i]
-		}
-		ack.Seq = lastSeq
-		if last == nil {
-			_, err := tx.ExecContext(ctx, `UPDATE deployments SET last_seen = ? WHERE id = ?`, ms(a.Now), a.DeploymentID)
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE deployments SET last_seq = ?, step = ?, bytes_done = ?, bytes_total = ?, event_time = ?, history_n = ?, message = ?, last_seen = ?, updated_at = ? WHERE id = ?`,
-			lastSeq, string(prevStep), prevBytes, last.BytesTotal, ms(prevTime), n, job.ProgressMessage(*last), ms(a.Now), ms(a.Now), a.DeploymentID); err != nil {
-			return err
-		}
-		if !last.Final() {
-			return nil
-		}
-		ack.Done = true
-		if last.Status == job.StatusDone {
-			_, err = endDeployment(ctx, tx, a.DeploymentID, taskID, a.ServerID, store.StatusDone, last.Code, job.ProgressMessage(*last), a.Now, store.BootHarddisk)
-		} else {
-			_, err = endDeployment(ctx, tx, a.DeploymentID, taskID, a.ServerID, store.StatusError, last.Code, last.Message, a.Now, 0)
-		}
-		return err
-	})
+		lastSeq = e.Seq
+		prevStep, prevBytes, prevTime = e.Step, e.BytesDone, e.Time
+		last = &a.Events[i]
+	}
+	ack.Seq = lastSeq
+	if last == nil {
+		_, err := tx.StmtContext(ctx, s.st.updSeen).ExecContext(ctx, ms(a.Now), a.DeploymentID)
+		return ack, err
+	}
+	if _, err := tx.StmtContext(ctx, s.st.updDepl).ExecContext(ctx, lastSeq, string(prevStep), prevBytes, last.BytesTotal, ms(prevTime), n, job.ProgressMessage(*last), ms(a.Now), ms(a.Now), a.DeploymentID); err != nil {
+		return ack, err
+	}
+	if !last.Final() {
+		return ack, nil
+	}
+	ack.Done = true
+	if last.Status == job.StatusDone {
+		_, err = endDeployment(ctx, tx, a.DeploymentID, taskID, a.ServerID, store.StatusDone, last.Code, job.ProgressMessage(*last), a.Now, store.BootHarddisk)
+	} else {
+		_, err = endDeployment(ctx, tx, a.DeploymentID, taskID, a.ServerID, store.StatusError, last.Code, last.Message, a.Now, 0)
+	}
 	return ack, err
 }
 
