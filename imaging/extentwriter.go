@@ -69,7 +69,7 @@ func newExtentWriter(ctx context.Context, dst Target, size int64, format string)
 		tail:      make([]byte, size-tailStart),
 		tailStart: tailStart,
 		zeroedTo:  headEnd,
-		buf:       make([]byte, 0, extentBuf),
+		buf:       make([]byte, 0, min(extentBuf, size)),
 	}
 }
 

@@ -11,16 +11,18 @@ import (
 // of hashes, each in its own goroutine, so hashing runs beside the reader
 // instead of in its way. Bytes are copied into a few chunk buffers the
 // hashes share; a chunk goes back to the pool when every hash is done with
-// it, so at most chunks*chunkSize bytes are held. close must be called: it
+// it, so at most chunks*chunkSize bytes are held (allocated as needed). close must be called: it
 // hashes what is left and waits until every hash has seen every byte.
 type hashTee struct {
-	r      io.Reader
-	hashes []hash.Hash
-	cur    *teeChunk
-	pool   chan *teeChunk
-	work   []chan *teeChunk
-	wg     sync.WaitGroup
-	closed bool
+	r         io.Reader
+	hashes    []hash.Hash
+	cur       *teeChunk
+	pool      chan *teeChunk // chunks free for reuse
+	chunks    int            // chunks allocated so far, at most cap(pool)
+	chunkSize int
+	work      []chan *teeChunk
+	wg        sync.WaitGroup
+	closed    bool
 }
 
 type teeChunk struct {
@@ -29,14 +31,11 @@ type teeChunk struct {
 }
 
 func newHashTee(r io.Reader, hashes []hash.Hash, chunkSize, chunks int) *hashTee {
-	t := &hashTee{r: r, hashes: hashes}
+	t := &hashTee{r: r, hashes: hashes, chunkSize: chunkSize}
 	if len(hashes) == 0 {
 		return t
 	}
 	t.pool = make(chan *teeChunk, chunks)
-	for range chunks {
-		t.pool <- &teeChunk{b: make([]byte, 0, chunkSize)}
-	}
 	for _, h := range hashes {
 		ch := make(chan *teeChunk, chunks) // never blocks: chunks is the most in flight
 		t.work = append(t.work, ch)
@@ -64,7 +63,16 @@ func (t *hashTee) Read(p []byte) (int, error) {
 func (t *hashTee) feed(p []byte) {
 	for len(p) > 0 {
 		if t.cur == nil {
-			t.cur = <-t.pool
+			select {
+			case t.cur = <-t.pool:
+			default:
+				if t.chunks < cap(t.pool) {
+					t.chunks++
+					t.cur = &teeChunk{b: make([]byte, 0, t.chunkSize)}
+				} else {
+					t.cur = <-t.pool
+				}
+			}
 		}
 		c := t.cur
 		k := copy(c.b[len(c.b):cap(c.b)], p)

@@ -138,7 +138,7 @@ func WriteOVA(ctx context.Context, src io.Reader, dst Target, opts OVAOptions) (
 		return res, err
 	}
 	start := time.Now()
-	w := newOVAWalk(src, opts, log)
+	w := newOVAWalk(ctx, src, opts, log)
 	started := false // the pipeline owns w once started
 	defer func() {
 		if !started {
@@ -313,6 +313,7 @@ func ovaDescribe(head []byte) string {
 
 // ovaCounter counts the bytes read from the OVA and reports progress.
 type ovaCounter struct {
+	ctx      context.Context
 	r        io.Reader
 	n        int64
 	total    int64
@@ -322,6 +323,9 @@ type ovaCounter struct {
 }
 
 func (c *ovaCounter) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	if n == 0 && err == nil {
@@ -377,9 +381,9 @@ type ovaWalk struct {
 	curHash []hash.Hash
 }
 
-func newOVAWalk(src io.Reader, opts OVAOptions, log *slog.Logger) *ovaWalk {
+func newOVAWalk(ctx context.Context, src io.Reader, opts OVAOptions, log *slog.Logger) *ovaWalk {
 	w := &ovaWalk{log: log, names: map[string]bool{}, digests: map[string]map[string]string{}}
-	w.counter = &ovaCounter{r: src, total: opts.DeclaredSize, progress: opts.Progress, last: time.Now()}
+	w.counter = &ovaCounter{ctx: ctx, r: src, total: opts.DeclaredSize, progress: opts.Progress, last: time.Now()}
 	var hs []hash.Hash
 	if opts.Hash != nil {
 		hs = append(hs, opts.Hash)
@@ -476,7 +480,7 @@ func (w *ovaWalk) tarErr(err error) error {
 // open starts reading member name through its digests: the algorithms
 // the manifest lists for it, or every algorithm byoi checks while the
 // manifest has not been seen.
-func (w *ovaWalk) open(name string) io.Reader {
+func (w *ovaWalk) open(name string, size int64) io.Reader {
 	w.cur = name
 	if w.manifest != nil {
 		w.curAlgo = w.manifest.algos(name)
@@ -487,7 +491,7 @@ func (w *ovaWalk) open(name string) io.Reader {
 	for _, a := range w.curAlgo {
 		w.curHash = append(w.curHash, ovaNewHash(a))
 	}
-	w.curTee = newHashTee(w.tr, w.curHash, 256<<10, 4)
+	w.curTee = newHashTee(w.tr, w.curHash, int(min(max(size, 4096), 256<<10)), 4)
 	return w.curTee
 }
 
@@ -515,7 +519,7 @@ func (w *ovaWalk) readSmall(hdr *tar.Header, name string, limit int64, what stri
 	if hdr.Size > limit {
 		return nil, ovaRefuse(name, "%s of %d bytes is larger than %d", what, hdr.Size, limit)
 	}
-	r := w.open(name)
+	r := w.open(name, hdr.Size)
 	b := make([]byte, hdr.Size)
 	if _, err := io.ReadFull(r, b); err != nil {
 		return nil, w.tarErr(err)
@@ -604,7 +608,7 @@ func (w *ovaWalk) member(hdr *tar.Header, name string) error {
 		}
 		w.warn(fmt.Sprintf("member %q is not referenced by the OVF descriptor and is ignored", name))
 	}
-	return w.endMember(w.open(name))
+	return w.endMember(w.open(name, hdr.Size))
 }
 
 // untilDisk handles the members before the disk and returns the disk's
@@ -634,16 +638,20 @@ func (w *ovaWalk) openDisk(hdr *tar.Header, targetSize int64) (*ovaDisk, error) 
 	if f.Size >= 0 && f.Size != hdr.Size {
 		return nil, ovaRefuse(w.diskName, "member is %d bytes, the OVF descriptor says %d", hdr.Size, f.Size)
 	}
-	d := &ovaDisk{member: w.open(w.diskName)}
+	d := &ovaDisk{member: w.open(w.diskName, hdr.Size)}
 	var r io.Reader = d.member
 	limit := hdr.Size
 	if f.Compression == "gzip" {
-		zr, err := gzip.NewReader(d.member)
+		src := &dzSource{r: d.member}
+		zr, err := gzip.NewReader(src)
 		if err != nil {
+			if src.err != nil {
+				return nil, w.tarErr(src.err)
+			}
 			return nil, &OVAError{Member: w.diskName, Reason: "disk member is not gzip data", Err: err}
 		}
 		d.gz = zr
-		r = zr
+		r = &ovaGzip{zr: zr, src: src, member: w.diskName}
 		limit = 0 // bounded below, once the capacity is known
 	}
 	ds, err := openVMDKStream(r, w.diskName, targetSize, limit)
@@ -665,6 +673,28 @@ type ovaDisk struct {
 	*vmdkStream
 	member io.Reader
 	gz     *gzip.Reader
+}
+
+// ovaGzip tells gzip's errors (corrupt data: an OVAError) from those of
+// the archive or the source under it (returned unchanged).
+type ovaGzip struct {
+	zr     *gzip.Reader
+	src    *dzSource
+	member string
+}
+
+func (g *ovaGzip) Read(p []byte) (int, error) {
+	n, err := g.zr.Read(p)
+	if err != nil && err != io.EOF {
+		if g.src.err != nil {
+			return n, g.src.err
+		}
+		if err == io.ErrUnexpectedEOF {
+			return n, &OVAError{Member: g.member, Reason: "gzip data truncated", Err: io.ErrUnexpectedEOF}
+		}
+		return n, &OVAError{Member: g.member, Reason: "corrupt gzip data", Err: err}
+	}
+	return n, err
 }
 
 // finishDisk reads the rest of the disk member after the VMDK's data.

@@ -87,7 +87,7 @@ func ovaFuzzSeeds(tb testing.TB) [][]byte {
 	return seeds
 }
 
-// FuzzOVA feeds whole packages to WriteOVA onto a 4 MiB in-memory target:
+// FuzzOVA feeds whole packages to WriteOVA onto a 2 MiB in-memory target:
 // nothing may panic or hang; every error is one of the documented types;
 // a failure leaves no partition table; a success leaves the disk's.
 func FuzzOVA(f *testing.F) {
@@ -95,8 +95,7 @@ func FuzzOVA(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		dst := newOVAMemTarget(4<<20, 0xEE)
-		before := dst.sum()
+		dst := newOVAMemTarget(2<<20, 0xEE)
 		res, err := imaging.WriteOVA(context.Background(), bytes.NewReader(b), dst, imaging.OVAOptions{Workers: 2})
 		if err != nil {
 			var se *imaging.SizeError
@@ -109,12 +108,12 @@ func FuzzOVA(f *testing.F) {
 				if _, ok := imaging.HasPartitionTable(dst.b[:imaging.HeadSize]); ok {
 					t.Fatal("partition table left after a failure")
 				}
-			} else if dst.sum() != before {
+			} else if !bytes.Equal(dst.b, bytes.Repeat([]byte{0xEE}, len(dst.b))) {
 				t.Fatal("target changed without a write")
 			}
 			return
 		}
-		if _, ok := imaging.HasPartitionTable(dst.b[:imaging.HeadSize]); !ok || res.VirtualSize <= 0 || res.VirtualSize > 4<<20 {
+		if _, ok := imaging.HasPartitionTable(dst.b[:imaging.HeadSize]); !ok || res.VirtualSize <= 0 || res.VirtualSize > 2<<20 {
 			t.Fatalf("accepted %+v without a partition table", res)
 		}
 	})

@@ -21,7 +21,8 @@ type ovaJob struct {
 type ovaPipeline struct {
 	ds      *ovaDisk
 	workers int
-	pool    chan *ovaJob
+	pool    chan *ovaJob // jobs free for reuse
+	jobs    int          // jobs allocated so far, at most cap(pool)
 	infl    vmdkInflater // the prelude's, in the caller's goroutine
 }
 
@@ -32,16 +33,33 @@ func newOVAPipeline(ds *ovaDisk, workers int) *ovaPipeline {
 	gb := ds.grainBytes
 	per := gb + ds.maxCompressed()
 	n := int(min(max(ovaGrainMemory/per, int64(2*workers+2)), 256))
-	p := &ovaPipeline{ds: ds, workers: workers, pool: make(chan *ovaJob, n)}
-	for range n {
-		j := &ovaJob{}
-		j.g.data = make([]byte, 0, gb)
-		if ds.info.Compressed {
-			j.g.comp = make([]byte, 0, ds.maxCompressed())
-		}
-		p.pool <- j
+	return &ovaPipeline{ds: ds, workers: workers, pool: make(chan *ovaJob, n)}
+}
+
+// get returns a free job, allocating one while fewer than cap(pool)
+// exist (a small disk needs few), else waiting for one; nil when ctx is
+// done first. Only the reader (one goroutine at a time) calls it.
+func (p *ovaPipeline) get(ctx context.Context) *ovaJob {
+	select {
+	case j := <-p.pool:
+		return j
+	default:
 	}
-	return p
+	if p.jobs < cap(p.pool) {
+		p.jobs++
+		j := &ovaJob{}
+		j.g.data = make([]byte, 0, p.ds.grainBytes)
+		if p.ds.info.Compressed {
+			j.g.comp = make([]byte, 0, p.ds.maxCompressed())
+		}
+		return j
+	}
+	select {
+	case j := <-p.pool:
+		return j
+	case <-ctx.Done():
+		return nil
+	}
 }
 
 // decode makes j.out: the inflated grain, or the raw one.
@@ -77,7 +95,7 @@ func (p *ovaPipeline) prelude(xw *extentWriter) (first *ovaJob, headKnown bool, 
 	// head it has. Only another order leaves the head undecided.
 	ascending, last := true, int64(-1)
 	for {
-		j := <-p.pool // the pool is full here: never blocks
+		j := p.get(context.Background()) // a job is free here: never blocks
 		err := p.ds.next(&j.g)
 		if err == io.EOF {
 			p.pool <- j
@@ -144,10 +162,8 @@ func (p *ovaPipeline) run(ctx context.Context, w *ovaWalk, xw *extentWriter, fir
 			send(first)
 		}
 		for {
-			var j *ovaJob
-			select {
-			case j = <-p.pool:
-			case <-ctx.Done():
+			j := p.get(ctx)
+			if j == nil {
 				return
 			}
 			err := p.ds.next(&j.g)

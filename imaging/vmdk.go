@@ -481,10 +481,14 @@ type vmdkStream struct {
 }
 
 // openVMDKStream reads the header and the embedded descriptor from r and
-// checks them (see CheckVMDKHeader). max bounds the bytes the extent may
+// checks them (see CheckVMDKHeader). limit bounds the bytes the extent may
 // span (its file size, when known; <= 0: no bound).
-func openVMDKStream(r io.Reader, file string, maxCapacity, max int64) (*vmdkStream, error) {
-	s := &vmdkStream{r: bufio.NewReaderSize(r, 256<<10), max: max, gdData: -1}
+func openVMDKStream(r io.Reader, file string, maxCapacity, limit int64) (*vmdkStream, error) {
+	bufSize := int64(256 << 10)
+	if limit > 0 {
+		bufSize = min(max(limit, 4096), bufSize)
+	}
+	s := &vmdkStream{r: bufio.NewReaderSize(r, int(bufSize)), max: limit, gdData: -1}
 	if b, _ := s.r.Peek(len(vmdkDescriptorMagic)); string(b) == vmdkDescriptorMagic {
 		return nil, vmdkRefuse("this is a descriptor-only VMDK: its data lives in the files it names, which byoi never opens")
 	}
