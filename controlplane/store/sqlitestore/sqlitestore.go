@@ -38,10 +38,10 @@ type Store struct {
 	w *sql.DB // the single writer connection
 	r *sql.DB // readers
 
-	// Event batches are group-committed: one writer goroutine takes every
-	// batch waiting, runs them in one transaction and answers each after
-	// the commit (one fsync for the group).
-	appends chan *appendReq
+	// Writes are group-committed: one writer goroutine takes every write
+	// waiting, runs each in its own savepoint of one transaction and
+	// answers each after the commit (one fsync for the group).
+	appends chan *writeReq
 	quit    chan struct{}
 	done    chan struct{}
 	st      stmts
@@ -52,15 +52,16 @@ type stmts struct {
 	selDepl, insEvent, updDepl, updSeen *sql.Stmt
 }
 
-type appendReq struct {
-	ctx  context.Context
-	a    store.Append
-	ack  store.Ack
-	err  error
-	done chan struct{}
+// writeReq is one write waiting for the group committer.
+type writeReq struct {
+	ctx     context.Context
+	fn      func(tx *sql.Tx) error
+	durable bool // commit with synchronous=FULL
+	err     error
+	done    chan struct{}
 }
 
-// maxGroup bounds the batches one transaction commits.
+// maxGroup bounds the writes one transaction commits.
 const maxGroup = 512
 
 var _ store.Store = (*Store)(nil)
@@ -107,7 +108,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 			return nil, err
 		}
 	}
-	s.appends, s.quit, s.done = make(chan *appendReq, maxGroup), make(chan struct{}), make(chan struct{})
+	s.appends, s.quit, s.done = make(chan *writeReq, maxGroup), make(chan struct{}), make(chan struct{})
 	go s.appender()
 	return s, nil
 }
@@ -119,11 +120,11 @@ func (s *Store) Close() error {
 	return errors.Join(s.r.Close(), s.w.Close())
 }
 
-// appender is the group committer of event batches.
+// appender is the group committer.
 func (s *Store) appender() {
 	defer close(s.done)
 	for {
-		var group []*appendReq
+		var group []*writeReq
 		select {
 		case <-s.quit:
 			return
@@ -146,42 +147,39 @@ func (s *Store) appender() {
 	}
 }
 
-func (s *Store) commitGroup(group []*appendReq) {
-	fail := func(err error) {
-		for _, r := range group {
-			r.ack, r.err = store.Ack{}, err
-		}
-	}
+func (s *Store) commitGroup(group []*writeReq) {
 	durable := false
 	for _, r := range group {
-		if n := len(r.a.Events); n > 0 && r.a.Events[n-1].Final() {
-			durable = true // a final event is on disk before it is acknowledged
-		}
+		durable = durable || r.durable
 	}
-	err := s.writeTx(context.Background(), durable, func(tx *sql.Tx) error {
+	err := s.txOnWriter(context.Background(), durable, func(tx *sql.Tx) error {
 		for _, r := range group {
-			if r.ctx.Err() != nil {
-				r.err = r.ctx.Err()
+			if r.err = r.ctx.Err(); r.err != nil {
 				continue
 			}
-			// A refusal (stale, gone, not found) is decided before any
-			// write and leaves the transaction clean; a database error
-			// fails the whole group. One caller leaving must not fail the
-			// group: the statements run without its context.
-			r.ack, r.err = s.appendTx(context.Background(), tx, r.a)
-			if r.err != nil && !isRefusal(r.err) {
-				return r.err
+			// Each write in its own savepoint: one that fails (a refusal,
+			// a unique constraint, its caller gone) rolls back alone.
+			if _, err := tx.Exec(`SAVEPOINT w`); err != nil {
+				return err
+			}
+			if r.err = r.fn(tx); r.err != nil {
+				if _, err := tx.Exec(`ROLLBACK TO w`); err != nil {
+					return err
+				}
+			}
+			if _, err := tx.Exec(`RELEASE w`); err != nil {
+				return err
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		fail(err)
+		for _, r := range group {
+			if r.err == nil {
+				r.err = err
+			}
+		}
 	}
-}
-
-func isRefusal(err error) bool {
-	return errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrGone) || errors.Is(err, store.ErrStaleAttempt)
 }
 
 func (s *Store) migrate(ctx context.Context) error {
@@ -253,8 +251,35 @@ func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	return s.writeTx(ctx, true, fn)
 }
 
-// writeTx runs fn in a write transaction, fsynced at commit when durable.
+// writeTx runs fn through the group committer; its transaction is fsynced
+// at commit when durable. It returns once the group is committed (or fn's
+// savepoint rolled back).
 func (s *Store) writeTx(ctx context.Context, durable bool, fn func(tx *sql.Tx) error) error {
+	r := &writeReq{ctx: ctx, fn: fn, durable: durable, done: make(chan struct{})}
+	select {
+	case s.appends <- r:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.quit:
+		return errors.New("sqlite: store closed")
+	}
+	// Wait for the commit even if ctx ends meanwhile: the answer must
+	// match what the database holds.
+	select {
+	case <-r.done:
+		return r.err
+	case <-s.done: // closed before our group ran
+		select {
+		case <-r.done:
+			return r.err
+		default:
+			return errors.New("sqlite: store closed")
+		}
+	}
+}
+
+// txOnWriter runs fn in one transaction on the writer connection.
+func (s *Store) txOnWriter(ctx context.Context, durable bool, fn func(tx *sql.Tx) error) error {
 	conn, err := s.w.Conn(ctx)
 	if err != nil {
 		return err
@@ -696,16 +721,15 @@ func (s *Store) OpenAttempt(ctx context.Context, serverID, deploymentID int64, n
 }
 
 func (s *Store) AppendEvents(ctx context.Context, a store.Append) (store.Ack, error) {
-	r := &appendReq{ctx: ctx, a: a, done: make(chan struct{})}
-	select {
-	case s.appends <- r:
-	case <-ctx.Done():
-		return store.Ack{}, ctx.Err()
-	}
-	// Wait for the commit even if ctx ends meanwhile: the answer must
-	// match what the database holds.
-	<-r.done
-	return r.ack, r.err
+	// A final event is on disk before it is acknowledged.
+	durable := len(a.Events) > 0 && a.Events[len(a.Events)-1].Final()
+	var ack store.Ack
+	err := s.writeTx(ctx, durable, func(tx *sql.Tx) error {
+		var err error
+		ack, err = s.appendTx(ctx, tx, a)
+		return err
+	})
+	return ack, err
 }
 
 // appendTx is AppendEvents inside a group's transaction.
