@@ -9,7 +9,7 @@ import (
 	"hash"
 	"io"
 	"log/slog"
-	"sync/atomic"
+	"strings"
 	"time"
 
 	"github.com/byoi/byoi/configdrive"
@@ -150,14 +150,27 @@ func FailedStep(err error) job.Step {
 // deployment is the state of one Deploy.
 type deployment struct {
 	*Deployer
-	job  *job.Job
-	disk Disk
-	res  *Result
-	log  *slog.Logger
-	hash hash.Hash // nil when no checksum is asked for
+	job   *job.Job
+	real  Disk           // the disk itself
+	guard *imaging.Guard // over real: holds the table regions until commit
+	disk  Disk           // what the pipeline writes: the guard
+	res   *Result
+	log   *slog.Logger
+	hash  hash.Hash // nil when no checksum is asked for
 	// imageEnd is how far the image region reached on the disk, for the
 	// wipe after a failure.
 	imageEnd int64
+	// cd is the ConfigDrive, built in preflight (nil without one).
+	cd       []byte
+	cdFormat configdrive.Format
+	cdUUID   string
+	// verdict is the head's partition table verdict, once known.
+	verdict *partition.Verdict
+}
+
+// guardDisk is the Guard seen as a Disk.
+type guardDisk struct {
+	*imaging.Guard
 }
 
 // Deploy runs the whole job onto disk. The disk must already be checked
@@ -165,9 +178,16 @@ type deployment struct {
 // On failure after the disk was touched, the disk is left with no partition
 // table at all. Deploy works on its own copy of j: the caller's Job is left
 // as it was. It sends no final event (Run does).
+//
+// Nothing that looks like a partition table reaches the disk before the
+// end: an imaging.Guard holds the first MiB, the last MiB and the image's
+// last MiB in memory, the old tables are cleared before the first byte is
+// written, and Commit writes the held regions last. A crash at any point
+// leaves either no table at all or the complete new system.
 func (d *Deployer) Deploy(ctx context.Context, j *job.Job, disk Disk) (*Result, error) {
 	start := time.Now()
-	dp := &deployment{Deployer: d, job: j.Clone(), disk: disk, log: d.logger()}
+	g := imaging.NewGuard(disk)
+	dp := &deployment{Deployer: d, job: j.Clone(), real: disk, guard: g, disk: guardDisk{g}, log: d.logger()}
 	dp.res = &Result{Disk: disk.Path()}
 	if err := dp.preflight(ctx); err != nil {
 		return nil, err
@@ -211,8 +231,96 @@ func (dp *deployment) preflight(ctx context.Context) error {
 			}
 			dp.hash = h
 		}
-		return nil
+		return dp.buildConfigDrive(ctx)
 	})
+}
+
+// buildConfigDrive builds the config-2 filesystem before anything is
+// downloaded: its size decides whether it will fit, and a build failure
+// must not cost the old system.
+func (dp *deployment) buildConfigDrive(ctx context.Context) error {
+	cd := dp.job.ConfigDrive
+	if cd == nil {
+		return nil
+	}
+	content := configdrive.Content{
+		UUID:     configdrive.DeriveUUID(dp.job.ImageURL + "\x00" + cd.Hostname + "\x00" + dp.real.Path()),
+		Hostname: cd.Hostname,
+		SSHKey:   cd.SSHKey,
+		UserData: cd.UserData,
+		Meta:     cd.Metadata,
+	}
+	dp.cdFormat = configdrive.FormatFor(dp.real.SectorSize())
+	img, err := configdrive.Build(ctx, content, dp.cdFormat)
+	if err != nil {
+		return job.Wrap(err, job.ConfigDriveFailed)
+	}
+	dp.cd, dp.cdUUID = img, content.UUID
+	return nil
+}
+
+// examineHead is every check of the disk image's first MiB (the raw image's,
+// or a qcow2's virtual disk's) made before the disk is touched: the
+// partition table as Linux will read it, the sector size, and room for the
+// ConfigDrive on this disk.
+func (dp *deployment) examineHead(ctx context.Context, head []byte) error {
+	v, err := partition.Examine(head)
+	switch {
+	case errors.Is(err, partition.ErrNoTable):
+		return &imaging.FormatError{Declared: job.ImageTypeRaw, Found: imaging.Sniff(head), NoTable: true}
+	case err != nil:
+		return err
+	}
+	if err := partition.CheckSectorSize(head, dp.real.SectorSize()); err != nil {
+		return err
+	}
+	if dp.cd != nil {
+		if err := partition.CheckRoom(ctx, head, dp.real.Size(), dp.real.SectorSize(), int64(len(dp.cd))); err != nil && !mayReuseConfigDrive(head) {
+			return job.Wrap(err, job.ConfigDriveFailed)
+		}
+	}
+	dp.verdict = v
+	return nil
+}
+
+// mayReuseConfigDrive reports whether the image's table names a partition
+// "config-2" (GPT name): the image may carry its own ConfigDrive partition,
+// which is reused whatever room is left, so a lack of room is decided only
+// once its filesystem label can be read.
+func mayReuseConfigDrive(head []byte) bool {
+	d := &headDisk{head}
+	t, err := partition.Read(d)
+	if err != nil {
+		return false
+	}
+	for _, p := range t.Partitions {
+		if strings.EqualFold(p.Name, "config-2") {
+			return true
+		}
+	}
+	return false
+}
+
+// headDisk is an image's first MiB seen as a small read-only disk.
+type headDisk struct{ b []byte }
+
+func (h *headDisk) ReadAt(p []byte, off int64) (int, error) {
+	if off >= int64(len(h.b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, h.b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+func (h *headDisk) WriteAt([]byte, int64) (int, error) { return 0, errors.New("read-only") }
+func (h *headDisk) Size() int64                        { return int64(len(h.b)) }
+func (h *headDisk) SectorSize() int64 {
+	if _, ss := partition.DetectSectorSize(h.b); ss != 0 {
+		return ss
+	}
+	return 512
 }
 
 // fetch starts the download (the first step of the download stage).
@@ -244,15 +352,15 @@ func (dp *deployment) verify() error {
 	return nil
 }
 
-// checkHead is the checks of the image's first MiB that need the disk.
-func (dp *deployment) checkHead(head []byte) error {
-	return partition.CheckSectorSize(head, dp.disk.SectorSize())
-}
-
 // wipe leaves the disk without a partition table after a failure past the
-// point where it was touched, and returns the cause.
+// point where it was touched, and returns the cause. The held regions are
+// dropped; the disk itself is wiped only if anything reached it.
 func (dp *deployment) wipe(ctx context.Context, cause error) error {
-	if werr := imaging.WipeAfterFailure(ctx, dp.disk, dp.imageEnd); werr != nil {
+	dp.guard.Discard()
+	if !dp.guard.Touched() {
+		return cause
+	}
+	if werr := imaging.WipeAfterFailure(ctx, dp.real, dp.imageEnd); werr != nil {
 		dp.log.Error("could not wipe the disk after a failure", logAttrsErr(werr))
 		return errors.Join(cause, werr)
 	}
@@ -262,14 +370,35 @@ func (dp *deployment) wipe(ctx context.Context, cause error) error {
 
 // writeRaw streams a raw image onto the disk in one pass: download, hash
 // and write overlap (StepDownload), then the checksum (StepVerify), then
-// the held-back partition tables (StepWrite). WriteRaw wipes what it wrote
-// on any failure.
+// the held-back head and tail (StepWrite). WriteRaw wipes what it wrote on
+// any failure.
 func (dp *deployment) writeRaw(ctx context.Context, stream *imaging.Stream) error {
 	step, download := job.StepDownload, dp.progress(job.StepDownload)
+	if size := stream.Size(); size > 0 {
+		dp.guard.Hold(size-imaging.HeadSize, imaging.HeadSize)
+	}
+	var head []byte
 	r, err := imaging.WriteRaw(ctx, stream, dp.disk, imaging.RawOptions{
 		DeclaredSize: stream.Size(),
-		TargetName:   dp.disk.Path(),
+		TargetName:   dp.real.Path(),
 		Hash:         dp.hash,
+		Check: func(h []byte) error {
+			head = h
+			return dp.examineHead(ctx, h)
+		},
+		Ended: func(size int64) error {
+			// Where the image ends is known now: its last MiB (its
+			// backup GPT) stays in memory until the commit.
+			dp.guard.Hold(size-imaging.HeadSize, imaging.HeadSize)
+			if dp.hash == nil {
+				// No checksum to catch a truncated download: the image's
+				// own table says how far it must reach.
+				if need := dp.verdict.MinImageSize(head, dp.real.SectorSize()); need > size {
+					return &partition.TruncatedError{Got: size, Need: need}
+				}
+			}
+			return nil
+		},
 		Verify: func() error {
 			step = job.StepVerify
 			dp.begin(step, "")
@@ -286,12 +415,14 @@ func (dp *deployment) writeRaw(ctx context.Context, stream *imaging.Stream) erro
 			}
 		},
 		Logger: dp.log,
-		Check:  dp.checkHead,
 	})
 	dp.res.ImageBytes, dp.res.DiskBytes = r.Written, r.Written
 	dp.imageEnd = r.Written
 	if err != nil {
 		dp.log.Error("step failed", "step", step, logAttrsErr(err))
+		if dp.guard.Touched() {
+			err = dp.wipe(ctx, err)
+		}
 		return &stepError{step: step, err: err}
 	}
 	return nil
@@ -302,15 +433,10 @@ func (dp *deployment) writeRaw(ctx context.Context, stream *imaging.Stream) erro
 // (StepVerify), then converts it onto the disk (StepWrite).
 func (dp *deployment) writeQcow2(ctx context.Context, stream *imaging.Stream) error {
 	var staged imaging.Staged
-	// Staging may use the disk's tail: once it has, any failure must
-	// leave no partition table (the old system's tail is gone).
-	tracked := &writeTracker{Target: dp.disk}
-	failed := func(err error) error {
-		if tracked.wrote.Load() {
-			return dp.wipe(ctx, err)
-		}
-		return err
-	}
+	// Staging may use the disk's tail (through the Guard, which clears the
+	// old tables first): once it has, any failure must leave no partition
+	// table. wipe touches the disk only if something reached it.
+	failed := func(err error) error { return dp.wipe(ctx, err) }
 	if err := dp.step(ctx, job.StepDownload, func() error {
 		// The real format must be qcow2 before anything is staged.
 		head := make([]byte, 64<<10)
@@ -325,7 +451,7 @@ func (dp *deployment) writeQcow2(ctx context.Context, stream *imaging.Stream) er
 		staged, err = imaging.Stage(ctx, io.MultiReader(bytes.NewReader(head), stream), imaging.StageOptions{
 			DeclaredSize:  stream.Size(),
 			MemoryReserve: dp.MemoryReserve,
-			Target:        tracked,
+			Target:        dp.disk,
 			StagingDir:    dp.StagingDir,
 			Hash:          dp.hash,
 			Progress:      dp.progress(job.StepDownload),
@@ -352,19 +478,24 @@ func (dp *deployment) writeQcow2(ctx context.Context, stream *imaging.Stream) er
 		if err != nil {
 			return err
 		}
-		return dp.checkHead(head)
+		// The virtual disk's table decides, before converting: a qcow2
+		// without one is refused like the same bytes as raw.
+		return dp.examineHead(ctx, head)
 	}); err != nil {
 		return failed(err)
 	}
 	dp.res.DiskBytes = info.VirtualSize
-	return dp.step(ctx, job.StepWrite, func() error {
+	dp.guard.Hold(info.VirtualSize-imaging.HeadSize, imaging.HeadSize)
+	if err := dp.step(ctx, job.StepWrite, func() error {
 		dp.imageEnd = info.VirtualSize
-		// ConvertQcow2 wipes what it wrote on failure.
 		return imaging.ConvertQcow2(ctx, staged, staged.Size(), dp.disk, imaging.ConvertOptions{
 			Progress: dp.progress(job.StepWrite),
 			Logger:   dp.log,
 		})
-	})
+	}); err != nil {
+		return dp.wipe(ctx, err)
+	}
+	return nil
 }
 
 // finishDisk is the tail every image type shares once the image is on the
@@ -372,6 +503,9 @@ func (dp *deployment) writeQcow2(ctx context.Context, stream *imaging.Stream) er
 // flush and re-read. Any failure leaves the disk without a table.
 func (dp *deployment) finishDisk(ctx context.Context) error {
 	if err := dp.step(ctx, job.StepRelocate, func() error {
+		if err := dp.repairHead(); err != nil {
+			return err
+		}
 		return partition.RelocateBackupGPTFrom(ctx, dp.disk, dp.res.DiskBytes)
 	}); err != nil {
 		return dp.wipe(ctx, err)
@@ -416,18 +550,43 @@ func (dp *deployment) bootCheck() error {
 	return nil
 }
 
-// flush syncs the disk, reads the final table and asks the kernel to
-// re-read it.
+// repairHead applies the head verdict's repairs (a protective MBR that
+// Linux would not accept) to the held first MiB, and reports them.
+func (dp *deployment) repairHead() error {
+	v := dp.verdict
+	if v == nil || len(v.Repairs) == 0 {
+		return nil
+	}
+	head := make([]byte, imaging.HeadSize)
+	if _, err := dp.disk.ReadAt(head, 0); err != nil {
+		return fmt.Errorf("read the image head: %w", err)
+	}
+	v.RepairHead(head, uint64(dp.real.Size()/dp.real.SectorSize()))
+	if _, err := dp.disk.WriteAt(head[:512], 0); err != nil {
+		return fmt.Errorf("repair the protective MBR: %w", err)
+	}
+	for _, r := range v.Repairs {
+		dp.warn(dp.res, job.StepRelocate, job.WarnProtectiveMBR, r)
+	}
+	return nil
+}
+
+// flush commits the held tables (the Guard writes the backup GPT areas,
+// then the first MiB, flushing in between), reads the final table back from
+// the disk itself and asks the kernel to re-read it.
 func (dp *deployment) flush(ctx context.Context) error {
-	if err := dp.disk.Sync(); err != nil {
+	if err := dp.guard.Commit(ctx); err != nil {
 		return &imaging.WriteError{Format: dp.job.ImageType, Err: err}
 	}
-	t, err := partition.Read(dp.disk)
+	t, err := partition.Read(dp.real)
 	if err != nil {
 		return fmt.Errorf("read the final partition table: %w", err)
 	}
+	if t.FromBackup {
+		return fmt.Errorf("the final partition table was read from its backup: %s", strings.Join(t.Problems, "; "))
+	}
 	dp.res.Table = t
-	if rr, ok := dp.disk.(rereader); ok {
+	if rr, ok := dp.real.(rereader); ok {
 		if err := rr.RereadPartitions(ctx); err != nil {
 			// The table is on disk; only the running kernel has not
 			// seen it. The reboot applies it.
@@ -438,23 +597,11 @@ func (dp *deployment) flush(ctx context.Context) error {
 	return nil
 }
 
-// addConfigDrive builds the config-2 filesystem and writes it into a new
-// partition at the end of the disk, or into the image's own config-2
-// partition when it has one.
+// addConfigDrive writes the config-2 filesystem built in preflight into a
+// new partition at the end of the disk, or into the image's own config-2
+// partition when it has one, and reads it back as cloud-init will.
 func (dp *deployment) addConfigDrive(ctx context.Context) (partition.Partition, error) {
-	cd, disk := dp.job.ConfigDrive, dp.disk
-	content := configdrive.Content{
-		UUID:     configdrive.DeriveUUID(dp.job.ImageURL + "\x00" + cd.Hostname + "\x00" + disk.Path()),
-		Hostname: cd.Hostname,
-		SSHKey:   cd.SSHKey,
-		UserData: cd.UserData,
-		Meta:     cd.Metadata,
-	}
-	format := configdrive.FormatFor(disk.SectorSize())
-	img, err := configdrive.Build(ctx, content, format)
-	if err != nil {
-		return partition.Partition{}, err
-	}
+	disk, img := dp.disk, dp.cd
 	p, found, err := partition.FindByLabel(disk, "config-2")
 	if err != nil {
 		return partition.Partition{}, err
@@ -482,25 +629,8 @@ func (dp *deployment) addConfigDrive(ctx context.Context) (partition.Partition, 
 		return partition.Partition{}, err
 	}
 	// Read it back from the disk as cloud-init will.
-	if err := configdrive.Verify(io.NewSectionReader(disk, p.Start, int64(len(img))), int64(len(img)), format, content.UUID); err != nil {
+	if err := configdrive.Verify(io.NewSectionReader(disk, p.Start, int64(len(img))), int64(len(img)), dp.cdFormat, dp.cdUUID); err != nil {
 		return partition.Partition{}, err
 	}
 	return p, nil
-}
-
-// writeTracker records whether anything was written through it.
-type writeTracker struct {
-	imaging.Target
-	wrote atomic.Bool
-}
-
-func (w *writeTracker) WriteAt(p []byte, off int64) (int, error) {
-	w.wrote.Store(true)
-	return w.Target.WriteAt(p, off)
-}
-
-// ZeroRange counts as a write too: it destroys what was there.
-func (w *writeTracker) ZeroRange(ctx context.Context, off, n int64) error {
-	w.wrote.Store(true)
-	return w.Target.ZeroRange(ctx, off, n)
 }

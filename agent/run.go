@@ -191,18 +191,17 @@ func openDisk(env *Env, j *job.Job) (*blockdev.Device, error) {
 		path = d.Path
 		env.logger().Info("selected disk", "group", j.DiskGroupID, "disk", path)
 	}
-	st, err := os.Stat(path)
-	if err != nil {
+	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("target: %w", err)
 	}
-	if st.Mode()&os.ModeDevice != 0 {
-		reason, err := m.InUseByPath(path)
-		if err != nil {
-			return nil, fmt.Errorf("check whether %s is in use: %w", path, err)
-		}
-		if reason != "" {
-			return nil, job.Errorf(job.DiskInUse, path, reason)
-		}
+	// A block device the running system uses, a partition, a file behind
+	// a loop device in use: refused before it is opened.
+	reason, err := m.InUseByPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("check whether %s is in use: %w", path, err)
+	}
+	if reason != "" {
+		return nil, job.Errorf(job.DiskInUse, path, reason)
 	}
 	d, err := blockdev.Open(path, blockdev.OpenOptions{SectorSize: env.SectorSize})
 	if err != nil {

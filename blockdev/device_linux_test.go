@@ -196,12 +196,14 @@ func TestLoopMountedPartition(t *testing.T) {
 	})
 
 	s := System{}
-	for _, p := range []string{dev, part} {
+	for p, want := range map[string]string{
+		dev:  "partition " + filepath.Base(part) + " is mounted at " + mnt,
+		part: "it is partition " + filepath.Base(part) + " of disk " + filepath.Base(dev) + ", not a whole disk",
+	} {
 		reason, err := s.InUseByPath(p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := "partition " + filepath.Base(part) + " is mounted at " + mnt
 		if reason != want {
 			t.Errorf("InUseByPath(%s) = %q, want %q", p, reason, want)
 		}
@@ -273,4 +275,46 @@ func waitFor(path string) bool {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return false
+}
+
+// TestLoopBackingFileInUse: the file behind a mounted loop device is in use
+// (writing it would corrupt the mounted filesystem), and so is a second
+// loop device over the same file; the same file unmounted is free.
+func TestLoopBackingFileInUse(t *testing.T) {
+	testutil.RequireCommand(t, "mkfs.ext4", "mount", "umount")
+	file := testutil.SparseFile(t, 32<<20)
+	testutil.Run(t, "mkfs.ext4", "-q", "-F", file)
+	s := System{}
+	if reason, err := s.InUseByPath(file); err != nil || reason != "" {
+		t.Fatalf("unattached file: %q, %v", reason, err)
+	}
+	dev := testutil.LoopDevice(t, file, 0)
+	if reason, err := s.InUseByPath(file); err != nil || reason != "" {
+		t.Fatalf("file behind an unmounted loop device: %q, %v", reason, err)
+	}
+	mnt := t.TempDir()
+	if _, errOut, err := testutil.RunErr("mount", dev, mnt); err != nil {
+		testutil.Unavailable(t, "mount %s: %v: %s", dev, err, errOut)
+	}
+	t.Cleanup(func() {
+		if _, errOut, err := testutil.RunErr("umount", mnt); err != nil {
+			t.Errorf("umount %s: %v: %s", mnt, err, errOut)
+		}
+	})
+	name := filepath.Base(dev)
+	reason, err := s.InUseByPath(file)
+	if err != nil || !strings.Contains(reason, "its file backs "+name) || !strings.Contains(reason, mnt) {
+		t.Errorf("file behind a mounted loop device: %q, %v", reason, err)
+	}
+	// A second loop device over the same file shares its bytes.
+	dev2 := testutil.LoopDevice(t, file, 0)
+	reason, err = s.InUseByPath(dev2)
+	if err != nil || !strings.Contains(reason, "its file backs "+name) {
+		t.Errorf("second loop device over the file: %q, %v", reason, err)
+	}
+	// A copy of the file (another inode) is free.
+	cp := testutil.SparseFile(t, 1<<20)
+	if reason, err := s.InUseByPath(cp); err != nil || reason != "" {
+		t.Errorf("another file: %q, %v", reason, err)
+	}
 }

@@ -262,8 +262,12 @@ func TestInUseFake(t *testing.T) {
 	if got, err := s.InUse("sde1"); err != nil || !strings.Contains(got, "running system") {
 		t.Errorf("InUse(sde1) = %q, %v", got, err)
 	}
-	if got, err := s.InUseByPath(filepath.Join(s.DevRoot, "sdb1")); err != nil || !strings.Contains(got, "swap") {
+	// A partition node is never a target: a BYOI target is a whole disk.
+	if got, err := s.InUseByPath(filepath.Join(s.DevRoot, "sdb1")); err != nil || got != "it is partition sdb1 of disk sdb, not a whole disk" {
 		t.Errorf("InUseByPath(sdb1) = %q, %v", got, err)
+	}
+	if got, err := s.InUseByPath(filepath.Join(s.DevRoot, "sdd")); err != nil || got != "" {
+		t.Errorf("InUseByPath(sdd) = %q, %v", got, err)
 	}
 	// A /dev/mapper symlink resolves to dm-0, which is mounted.
 	if got, err := s.InUseByPath(filepath.Join(s.DevRoot, "mapper", "vg0-lv0")); err != nil || !strings.Contains(got, "/var/lib/data") {

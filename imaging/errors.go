@@ -3,7 +3,9 @@ package imaging
 import (
 	"errors"
 	"fmt"
+
 	"github.com/byoi/byoi/job"
+	"github.com/byoi/byoi/partition"
 )
 
 // ErrFormat is matched (errors.Is) by every error about the image's format:
@@ -98,7 +100,12 @@ func CheckFormat(declared string, head []byte) (Format, error) {
 	found := Sniff(head)
 	switch declared {
 	case string(FormatRaw):
-		if _, ok := HasPartitionTable(head); ok && found == FormatRaw {
+		if found == FormatRaw {
+			// Examine's verdict: a table Linux would read otherwise is
+			// refused here, before anything is written.
+			if _, err := partition.Examine(head); err != nil {
+				return found, err
+			}
 			return found, nil
 		}
 		if found == FormatQcow2 {

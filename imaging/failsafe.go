@@ -3,6 +3,8 @@ package imaging
 import (
 	"context"
 	"fmt"
+
+	"github.com/byoi/byoi/partition"
 )
 
 // HeadSize is the part of an image held back and written last: it holds the
@@ -11,19 +13,33 @@ import (
 // a failure at any point leaves nothing that looks bootable.
 const HeadSize = 1 << 20
 
-// ClearTables zeroes the first and the last MiB of the target before an
-// image is written: the previous system's MBR, primary and backup GPT, and
-// the signatures blkid would still find there.
+// ClearTables invalidates the previous system's partition tables before an
+// image is written: it zeroes the first and the last MiB of the target (its
+// MBR, primary and backup GPT, and the signatures blkid would still find
+// there) and every other place a GPT header there names as its backup
+// (partition.HeaderLocations: the backup of a disk that grew without
+// moving it). After it no tool (sfdisk, blkid, sgdisk's backup recovery, a
+// scan of those locations) finds the old tables.
 func ClearTables(ctx context.Context, t Target) error {
 	size := t.Size()
+	locs := partition.HeaderLocations(t, size) // read before anything is zeroed
 	head := min(int64(HeadSize), size)
 	if err := t.ZeroRange(ctx, 0, head); err != nil {
 		return fmt.Errorf("clear old partition table: %w", err)
 	}
+	tail := max(size-HeadSize, head)
 	if size > head {
-		tail := max(size-HeadSize, head)
 		if err := t.ZeroRange(ctx, tail, size-tail); err != nil {
 			return fmt.Errorf("clear old backup partition table: %w", err)
+		}
+	}
+	for _, off := range locs {
+		if off < head || off >= tail {
+			continue
+		}
+		at := off / 4096 * 4096
+		if err := t.ZeroRange(ctx, at, min(4096, size-at)); err != nil {
+			return fmt.Errorf("clear old backup partition table at %d: %w", at, err)
 		}
 	}
 	return nil

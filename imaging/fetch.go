@@ -24,6 +24,8 @@ import (
 const (
 	defaultConnectTimeout = 30 * time.Second
 	defaultStallTimeout   = 60 * time.Second
+	defaultSpeedLimit     = 1024 // bytes/s
+	defaultSpeedTime      = 60 * time.Second
 	defaultMaxRetries     = 8
 	defaultRetryBase      = time.Second
 	defaultMaxBackoff     = 30 * time.Second
@@ -47,6 +49,15 @@ type FetchOptions struct {
 	// ConnectTimeout bounds dial + TLS handshake + response headers of one
 	// attempt. Default 30 s.
 	ConnectTimeout time.Duration
+	// SpeedLimit and SpeedTime: a transfer slower than SpeedLimit bytes/s
+	// over SpeedTime of waiting for the server is a broken transfer, which
+	// is resumed (curl's --speed-limit/--speed-time). A server trickling a
+	// byte now and then never trips StallTimeout, but trips this. Only the
+	// time spent waiting for the body counts: a slow consumer is not a
+	// slow server. Defaults 1024 bytes/s over 60 s; SpeedLimit < 0 turns
+	// the check off.
+	SpeedLimit int64
+	SpeedTime  time.Duration
 	// StallTimeout: no body byte for this long is a broken transfer, which
 	// is then resumed. Default 60 s.
 	StallTimeout time.Duration
@@ -73,6 +84,12 @@ func (o *FetchOptions) normalize() {
 	}
 	if o.StallTimeout <= 0 {
 		o.StallTimeout = defaultStallTimeout
+	}
+	if o.SpeedLimit == 0 {
+		o.SpeedLimit = defaultSpeedLimit
+	}
+	if o.SpeedTime <= 0 {
+		o.SpeedTime = defaultSpeedTime
 	}
 	if o.MaxRetries == 0 {
 		o.MaxRetries = defaultMaxRetries
@@ -132,6 +149,8 @@ var (
 	ErrResumeRefused = errors.New("server cannot resume the download")
 	// ErrTruncated: the transfer kept ending before Content-Length.
 	ErrTruncated = errors.New("transfer ended early")
+	// ErrTooSlow: the body arrived slower than SpeedLimit over SpeedTime.
+	ErrTooSlow = errors.New("transfer too slow")
 	// ErrStalled: no body byte arrived for StallTimeout.
 	ErrStalled = errors.New("transfer stalled")
 	// ErrRedirect: a redirect to a non-http(s) URL, or too many redirects.
@@ -182,6 +201,10 @@ type Stream struct {
 	cancel     context.CancelCauseFunc
 	actx       context.Context
 	stallTimer *time.Timer
+	// The speed window of the current body: time spent waiting in its
+	// Read, and the bytes it delivered meanwhile.
+	waited   time.Duration
+	winBytes int64
 
 	err error // sticky: io.EOF, or the final *DownloadError
 }
@@ -293,6 +316,10 @@ func (s *Stream) checkRedirect(req *http.Request, via []*http.Request) error {
 // and the job's headers removed (stripped true) unless the redirect stays
 // on the first request's origin.
 func CheckRedirect(req *http.Request, via []*http.Request, headers []job.Header) (stripped bool, err error) {
+	// Go's client sets Referer to the previous URL on a redirect: the
+	// next host would receive the original URL, query (pre-signed
+	// signature) included. Never send one.
+	req.Header.Del("Referer")
 	if len(via) >= maxRedirects {
 		return false, fmt.Errorf("%w: stopped after %d redirects", ErrRedirect, maxRedirects)
 	}
@@ -467,6 +494,7 @@ func (s *Stream) attempt() error {
 		return fail(&retryable{err: fmt.Errorf("%w (%s)", errConnectTimeout, s.opts.ConnectTimeout)})
 	}
 	s.body, s.bodyStart, s.actx, s.cancel = resp.Body, off, actx, cancel
+	s.waited, s.winBytes = 0, 0
 	// The stall timer runs only while Read waits on the body (see Read): a
 	// consumer that is slow to call Read is not a stalled server.
 	s.stallTimer = time.AfterFunc(s.opts.StallTimeout, func() { cancel(ErrStalled) })
@@ -480,7 +508,7 @@ func (s *Stream) checkResponse(resp *http.Response, off int64) error {
 	switch {
 	case resp.StatusCode == http.StatusOK:
 		if off > 0 {
-			return fmt.Errorf("%w: the server answered the Range request from byte %d with the whole file (HTTP %s)", ErrResumeRefused, off, resp.Status)
+			return fmt.Errorf("%w: the server answered the Range request from byte %d with the whole file (HTTP %s)", ErrResumeRefused, off, StatusText(resp.StatusCode))
 		}
 		if !s.started {
 			s.started = true
@@ -533,24 +561,27 @@ func (s *Stream) checkResponse(resp *http.Response, off int64) error {
 	return statusError(resp)
 }
 
+// statusError names an HTTP answer by its code and the standard reason
+// phrase only. The server's own reason phrase and body are never shown: a
+// server may echo there a piece of what it was sent (a token), and whole
+// header values are the only thing scrub can recognise.
 func statusError(resp *http.Response) *HTTPStatusError {
-	st := resp.Status
-	if len(st) > 100 {
-		st = st[:100]
+	return &HTTPStatusError{Code: resp.StatusCode, Status: StatusText(resp.StatusCode)}
+}
+
+// StatusText is "404 Not Found": the code and its standard phrase.
+func StatusText(code int) string {
+	if t := http.StatusText(code); t != "" {
+		return strconv.Itoa(code) + " " + t
 	}
-	if st == "" {
-		st = strconv.Itoa(resp.StatusCode)
-	}
-	return &HTTPStatusError{Code: resp.StatusCode, Status: st}
+	return strconv.Itoa(code)
 }
 
 // ParseContentRange parses a Content-Range header, "bytes start-end/total"
 // (RFC 9110 section 14.4); an unknown total ("*") is returned as -1.
 func ParseContentRange(v string) (start, end, total int64, err error) {
-	bad := fmt.Errorf("bad Content-Range %q", v)
-	if len(v) > 100 {
-		bad = errors.New("bad Content-Range")
-	}
+	// The header's text is not quoted: it comes from the server.
+	bad := errors.New("bad Content-Range header")
 	rest, ok := strings.CutPrefix(strings.TrimSpace(v), "bytes ")
 	if !ok {
 		return 0, 0, 0, bad
@@ -656,14 +687,19 @@ func (s *Stream) Read(p []byte) (int, error) {
 			}
 		}
 		s.stallTimer.Reset(s.opts.StallTimeout)
+		t0 := time.Now()
 		n, err := s.body.Read(p)
+		s.waited += time.Since(t0)
 		s.stallTimer.Stop()
 		off := s.offset.Load()
 		if n > 0 {
 			off = s.offset.Add(int64(n))
+			s.winBytes += int64(n)
 		}
 		if err == nil {
-			return n, nil
+			if err = s.checkSpeed(off); err == nil {
+				return n, nil
+			}
 		}
 		size := s.size.Load()
 		if size >= 0 && off > size {
@@ -694,10 +730,32 @@ func (s *Stream) Read(p []byte) (int, error) {
 	}
 }
 
+// errSlow marks a body abandoned for its speed (see checkSpeed).
+var errSlow = errors.New("slow body")
+
+// checkSpeed closes the speed window once SpeedTime of waiting passed: a
+// body that delivered less than SpeedLimit bytes/s over it is abandoned
+// (errSlow; bodyError makes it a retryable ErrTooSlow), else a new window
+// starts.
+func (s *Stream) checkSpeed(off int64) error {
+	if s.opts.SpeedLimit < 0 || s.waited < s.opts.SpeedTime {
+		return nil
+	}
+	slow := float64(s.winBytes) < float64(s.opts.SpeedLimit)*s.waited.Seconds()
+	s.waited, s.winBytes = 0, 0
+	if slow {
+		return errSlow
+	}
+	return nil
+}
+
 // bodyError explains a body read that ended before the image did.
 func (s *Stream) bodyError(err error, off, size int64) error {
 	if cerr := s.ctx.Err(); cerr != nil {
 		return cerr
+	}
+	if err == errSlow {
+		return &retryable{err: fmt.Errorf("%w: less than %d bytes/s over %s at byte %d", ErrTooSlow, s.opts.SpeedLimit, s.opts.SpeedTime, off)}
 	}
 	if context.Cause(s.actx) == ErrStalled {
 		return &retryable{err: fmt.Errorf("%w: no data for %s at byte %d", ErrStalled, s.opts.StallTimeout, off)}

@@ -190,23 +190,23 @@ func (h *HTTPRangeReader) fetch(off, n int64) ([]byte, error) {
 		// both.
 		return nil, ErrNoRange
 	case resp.StatusCode >= 500:
-		return nil, &transientError{fmt.Errorf("range request at %d: HTTP %s", off, resp.Status)}
+		return nil, &transientError{fmt.Errorf("range request at %d: HTTP %s", off, StatusText(resp.StatusCode))}
 	case resp.StatusCode != http.StatusPartialContent:
-		return nil, fmt.Errorf("range request at %d: HTTP %s", off, resp.Status)
+		return nil, fmt.Errorf("range request at %d: HTTP %s", off, StatusText(resp.StatusCode))
 	}
 	start, end, total, err := ParseContentRange(resp.Header.Get("Content-Range"))
 	if err != nil || start != off || total <= 0 || end < start || end >= total {
 		if h.size < 0 {
 			return nil, ErrNoRange
 		}
-		return nil, fmt.Errorf("range request at %d: the answer's Content-Range %q is not the range asked for", off, resp.Header.Get("Content-Range"))
+		return nil, fmt.Errorf("range request at %d: the answer's Content-Range is not the range asked for", off)
 	}
 	if h.size < 0 {
 		h.size = total
 		n = min(n, total-off)
 	}
 	if total != h.size || end != off+n-1 {
-		return nil, fmt.Errorf("range request at %d: the answer's Content-Range %q is not the range asked for (the image changed?)", off, resp.Header.Get("Content-Range"))
+		return nil, fmt.Errorf("range request at %d: the answer's Content-Range is not the range asked for (the image changed?)", off)
 	}
 	b := make([]byte, n)
 	if _, err := io.ReadFull(resp.Body, b); err != nil {

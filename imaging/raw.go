@@ -21,9 +21,14 @@ type RawOptions struct {
 	TargetName string
 	// Hash, when set, is fed every byte of the image in order.
 	Hash hash.Hash
-	// Verify is called once the whole image was read, hashed and written,
-	// before the head is written. An error aborts (checksum mismatch): the
-	// target is wiped and the error returned unchanged.
+	// Ended, when set, is called once the stream ended, with the image's
+	// size, before Verify: the caller learns where the image ends (for an
+	// unknown-length download). An error aborts like Verify's.
+	Ended func(size int64) error
+	// Verify is called once the whole image was read, hashed and written
+	// (but its first and last MiB), before those are written. An error
+	// aborts (checksum mismatch): the target is wiped and the error
+	// returned unchanged.
 	Verify func() error
 	// BufferSize is the size of one pipeline buffer (default 4 MiB).
 	BufferSize int
@@ -62,8 +67,11 @@ const zeroRun = 256 << 10
 // a partition table, fit the target (DeclaredSize) and pass opts.Check;
 // otherwise nothing is written. Then the old partition tables are cleared
 // and the rest streams to disk, reading, hashing and writing in parallel.
-// The head (MBR, primary GPT) is written last, after Verify accepted the
-// checksum and the rest was flushed: until then the target has no
+// Two regions are held back in memory: the head (MBR, primary GPT) and the
+// last HeadSize bytes of the image (its backup GPT; for a download of
+// unknown length the writes trail the stream by that much). They are
+// written last, after Verify accepted the checksum and the rest was
+// flushed, the tail first, then the head: until then the target has no
 // partition table, so no failure can leave a half-written disk that looks
 // bootable.
 //
@@ -132,8 +140,9 @@ func WriteRaw(ctx context.Context, src io.Reader, dst Target, opts RawOptions) (
 		opts.Hash.Write(head) // hash.Hash never returns an error
 	}
 	total := int64(len(head))
+	var tail []byte // the image's last bytes, held back (empty when the head is all)
 	if !short {
-		if total, err = w.stream(ctx, src, total); err != nil {
+		if total, tail, err = w.stream(ctx, src, total); err != nil {
 			return res, w.fail(ctx, err)
 		}
 	}
@@ -145,17 +154,31 @@ func WriteRaw(ctx context.Context, src io.Reader, dst Target, opts RawOptions) (
 	if opts.DeclaredSize > 0 && total > opts.DeclaredSize {
 		return res, w.fail(ctx, fmt.Errorf("image is %d bytes, more than the %d bytes announced", total, opts.DeclaredSize))
 	}
+	if opts.Ended != nil {
+		if err := opts.Ended(total); err != nil {
+			return res, w.fail(ctx, err)
+		}
+	}
 	if opts.Verify != nil {
 		if err := opts.Verify(); err != nil {
 			return res, w.fail(ctx, err)
 		}
 	}
-	// Flush the body before the head: a crash in between leaves no table.
+	// Flush the body before the tables: a crash in between leaves none.
 	if err := dst.Sync(); err != nil {
 		return res, w.fail(ctx, &WriteError{Format: "raw", Err: err})
 	}
 	if err := ctx.Err(); err != nil {
 		return res, w.fail(ctx, err)
+	}
+	if len(tail) > 0 {
+		w.end.Store(total)
+		if err := w.write(ctx, tail, total-int64(len(tail))); err != nil {
+			return res, w.fail(ctx, &WriteError{Format: "raw", Err: fmt.Errorf("write the image's last MiB: %w", err)})
+		}
+		if err := dst.Sync(); err != nil {
+			return res, w.fail(ctx, &WriteError{Format: "raw", Err: err})
+		}
 	}
 	if _, err := dst.WriteAt(head, 0); err != nil {
 		return res, w.fail(ctx, &WriteError{Format: "raw", Err: fmt.Errorf("write partition table: %w", err)})
@@ -204,9 +227,11 @@ type chunk struct {
 // stream reads src (positioned at off) to its end in a reader goroutine
 // and hands each buffer, in order, to a hasher and a writer goroutine
 // working in parallel. A buffer goes back to the pool when both are done
-// with it, so at most opts.Buffers buffers exist. It returns the image
-// size.
-func (w *rawWriter) stream(ctx context.Context, src io.Reader, off int64) (int64, error) {
+// with it, so at most opts.Buffers buffers exist. The writer trails the
+// stream by HeadSize bytes: the image's last HeadSize bytes (those past
+// off) are not written but returned, to be written after verification.
+// It returns the image size and that tail.
+func (w *rawWriter) stream(ctx context.Context, src io.Reader, off int64) (int64, []byte, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	fail := func(err error) { cancel(err) } // the first cause wins
@@ -284,21 +309,44 @@ func (w *rawWriter) stream(ctx context.Context, src io.Reader, off int64) (int64
 			}
 		})
 	}
+	// held is the stream's last bytes not yet written (at most HeadSize,
+	// from heldOff): they are copied out of their chunk so the chunk goes
+	// back to the pool at once, whatever the buffer size.
+	held := make([]byte, 0, HeadSize)
+	heldOff := off
+	var tail []byte
 	wg.Go(func() {
 		var last time.Time
 		for {
 			select {
 			case c, ok := <-writeCh:
 				if !ok {
+					if context.Cause(ctx) == nil {
+						tail = held
+					}
 					return
 				}
-				if err := w.write(ctx, c.buf[:c.n], c.off); err != nil {
-					fail(&WriteError{Format: "raw", Err: err})
-					return
+				data := c.buf[:c.n]
+				// Of held+data, all but the last HeadSize bytes can go.
+				if writable := len(held) + len(data) - HeadSize; writable > 0 {
+					wh := min(len(held), writable)
+					if err := w.write(ctx, held[:wh], heldOff); err != nil {
+						fail(&WriteError{Format: "raw", Err: err})
+						return
+					}
+					wd := writable - wh
+					if err := w.write(ctx, data[:wd], c.off); err != nil {
+						fail(&WriteError{Format: "raw", Err: err})
+						return
+					}
+					held = append(held[:copy(held, held[wh:])], data[wd:]...)
+					heldOff += int64(writable)
+					w.end.Store(heldOff)
+				} else {
+					held = append(held, data...)
 				}
 				end := c.off + int64(c.n)
 				release(c) // c may be reused from here on
-				w.end.Store(end)
 				if w.opts.Progress != nil && time.Since(last) >= progressEvery {
 					last = time.Now()
 					w.opts.Progress(end, w.opts.DeclaredSize)
@@ -310,9 +358,9 @@ func (w *rawWriter) stream(ctx context.Context, src io.Reader, off int64) (int64
 	})
 	wg.Wait()
 	if err := context.Cause(ctx); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	return total.Load(), nil
+	return total.Load(), tail, nil
 }
 
 // write puts p at off, zeroing (hole punch, BLKZEROOUT) rather than

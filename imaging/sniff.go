@@ -2,7 +2,9 @@ package imaging
 
 import (
 	"bytes"
-	"encoding/binary"
+	"errors"
+
+	"github.com/byoi/byoi/partition"
 )
 
 // Format is what the first bytes of an image look like.
@@ -110,47 +112,20 @@ func Sniff(head []byte) Format {
 }
 
 // HasPartitionTable finds a partition table in the head of an image: "gpt"
-// when a GPT header signature "EFI PART" (UEFI 2.10 section 5.3.2) sits at
-// LBA 1 for 512-byte (offset 512) or 4096-byte sectors (offset 4096), else
-// "mbr" for a classic MBR.
-//
-// The 0x55AA signature at 510 alone is not enough: a bare FAT or NTFS boot
-// sector (a partitionless filesystem) ends with it too. An MBR is accepted
-// only when every one of the four entries at 446 has a boot indicator of
-// 0x00 or 0x80 (boot code there has other bytes) and at least one entry is
-// in use and sane: type != 0, size != 0 and start+size within the 32-bit
-// LBA range of an MBR. A start of 0 is allowed: hybrid ISO images map their
-// first partition over the whole image, MBR included.
+// or "mbr", by partition.Examine, the one detector byoi has (Linux's rules:
+// a GPT header at LBA 1 of 512 or 4096 bytes, or a classic MBR). A table
+// Examine refuses (a GPT hidden behind an MBR) still counts as a table
+// here: the image is a disk image, and CheckFormat says why it is refused.
 func HasPartitionTable(head []byte) (table string, ok bool) {
-	for _, off := range []int{512, 4096} {
-		if len(head) >= off+8 && string(head[off:off+8]) == "EFI PART" {
-			return "gpt", true
-		}
+	v, err := partition.Examine(head)
+	var te *partition.TableError
+	switch {
+	case err == nil:
+		return v.Table, true
+	case errors.As(err, &te):
+		return te.Table, true
 	}
-	if len(head) < 512 || head[510] != 0x55 || head[511] != 0xAA {
-		return "", false
-	}
-	used := 0
-	for i := 0; i < 4; i++ {
-		e := head[446+16*i : 446+16*(i+1)]
-		if e[0] != 0x00 && e[0] != 0x80 {
-			return "", false
-		}
-		typ := e[4]
-		start := uint64(binary.LittleEndian.Uint32(e[8:12]))
-		size := uint64(binary.LittleEndian.Uint32(e[12:16]))
-		if typ == 0 || size == 0 {
-			continue
-		}
-		if start+size > 1<<32 {
-			continue // not sane: does not count
-		}
-		used++
-	}
-	if used == 0 {
-		return "", false
-	}
-	return "mbr", true
+	return "", false
 }
 
 // zeroBlock is compared against: bytes.Equal is vectorised.

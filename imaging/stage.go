@@ -188,7 +188,9 @@ func (st *q2Stager) tailStart() int64 { return stageAlignMiB(st.vsize) }
 
 func (st *q2Stager) tailFits(total int64) bool {
 	t := st.opts.Target
-	return t != nil && st.vsize > 0 && st.tailStart()+stageAlignMiB(total) <= t.Size()
+	// The last MiB stays out of it: the backup GPT goes there, and a
+	// crash must not leave staged bytes where tools look for one.
+	return t != nil && st.vsize > 0 && st.tailStart()+stageAlignMiB(total) <= t.Size()-HeadSize
 }
 
 func (st *q2Stager) dirFits(total int64) bool {
@@ -381,7 +383,7 @@ type stageTailSink struct {
 }
 
 func (s *stageTailSink) kind() int         { return stageTail }
-func (s *stageTailSink) room(n int64) bool { return s.off+s.n+n <= s.t.Size() }
+func (s *stageTailSink) room(n int64) bool { return s.off+s.n+n <= s.t.Size()-HeadSize }
 func (s *stageTailSink) Size() int64       { return s.n }
 func (s *stageTailSink) Where() string     { return "disk tail at offset " + strconv.FormatInt(s.off, 10) }
 func (s *stageTailSink) Close() error      { return nil }

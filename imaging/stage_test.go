@@ -88,11 +88,12 @@ func TestStageMemory(t *testing.T) {
 }
 
 // TestStageTailThenConvert stages on the tail of a target just big enough
-// (the staged bytes fill its last MiB), then converts from there: the tail
-// must survive until it was read.
+// (the staged bytes end where its last MiB, which staging never uses,
+// begins), then converts from there: the tail must survive until it was
+// read.
 func TestStageTailThenConvert(t *testing.T) {
 	c, img, ref := stageImage(t)
-	tsize := alignMiB(c.size) + alignMiB(int64(len(img)))
+	tsize := alignMiB(c.size) + alignMiB(int64(len(img))) + imaging.HeadSize
 	for _, loop := range []bool{false, true} {
 		t.Run(map[bool]string{false: "file", true: "loop"}[loop], func(t *testing.T) {
 			path := filledFile(t, tsize)
@@ -140,7 +141,7 @@ func TestStageTailThenConvert(t *testing.T) {
 // leaves no partition table anywhere.
 func TestStageTailFailureWipes(t *testing.T) {
 	c, img, _ := stageImage(t)
-	tsize := alignMiB(c.size) + alignMiB(int64(len(img)))
+	tsize := alignMiB(c.size) + alignMiB(int64(len(img))) + imaging.HeadSize
 	dst := newMemTarget(tsize, 0xEE)
 	copy(dst.b[510:], []byte{0x55, 0xAA})
 	s, err := stageAll(t, img, imaging.StageOptions{DeclaredSize: int64(len(img)), MemAvailable: memAvail(0), Target: dst})

@@ -1,6 +1,9 @@
 package partition
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 // DetectSectorSize looks at the first bytes of an image (at least 8 KiB to
 // see a 4096-byte-sector GPT) and tells which partition table it holds:
@@ -10,29 +13,15 @@ import "fmt"
 // header checks out wins, 512 first. A protective MBR (type 0xEE) whose
 // GPT header is gone gives "gpt" with 0: a GPT of unknown sector size.
 func DetectSectorSize(head []byte) (table string, sectorSize int64) {
-	var sigAt []int64
-	for _, ss := range []int64{512, 4096} {
-		if int64(len(head)) >= 2*ss && string(head[ss:ss+8]) == gptSignature {
-			sigAt = append(sigAt, ss)
-		}
+	v, err := Examine(head)
+	var te *TableError
+	switch {
+	case err == nil:
+		return v.Table, v.SectorSize
+	case errors.As(err, &te):
+		return te.Table, 0
 	}
-	for _, ss := range sigAt {
-		if h, err := parseGPTHeader(head[ss : 2*ss]); err == nil && h.myLBA == 1 {
-			return "gpt", ss
-		}
-	}
-	if len(sigAt) > 0 {
-		return "gpt", sigAt[0]
-	}
-	if len(head) < mbrSize || !looksLikeMBR(head[:mbrSize]) {
-		return "", 0
-	}
-	for _, e := range parseMBREntries(head[:mbrSize]) {
-		if !e.empty() && e.typ == mbrTypeProtective {
-			return "gpt", 0
-		}
-	}
-	return "mbr", 0
+	return "", 0
 }
 
 // CheckSectorSize refuses a GPT image made for another logical sector size

@@ -69,10 +69,11 @@ func putMBREntry(b []byte, i int, e mbrEntry) {
 	binary.LittleEndian.PutUint32(o[12:], e.sectors)
 }
 
-// looksLikeMBR reports whether a sector holds a plausible partition table:
-// the boot signature, status bytes 0x00 or 0x80, at least one used entry,
-// and no used entry starting at LBA 0. A FAT or NTFS boot sector (which
-// also ends in 0x55AA) usually fails the status byte test.
+// looksLikeMBR reports whether a sector holds a partition table as Linux
+// reads one (block/partitions/msdos.c): the boot signature, status bytes
+// 0x00 or 0x80, and at least one used entry within the 32-bit LBA range.
+// An entry may start at LBA 0 (hybrid ISO images). A FAT or NTFS boot
+// sector, which also ends in 0x55AA, fails the status byte test.
 func looksLikeMBR(b []byte) bool {
 	if !hasBootSignature(b) {
 		return false
@@ -82,11 +83,8 @@ func looksLikeMBR(b []byte) bool {
 		if e.status != 0 && e.status != 0x80 {
 			return false
 		}
-		if e.empty() {
+		if e.empty() || e.end() > mbrMaxLBA {
 			continue
-		}
-		if e.start == 0 {
-			return false
 		}
 		used++
 	}
