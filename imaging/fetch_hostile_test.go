@@ -1,8 +1,8 @@
 package imaging
 
 import (
-	"context"
 	"bufio"
+	"context"
 	"errors"
 	"io"
 	"net"
