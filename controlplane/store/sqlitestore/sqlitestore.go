@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/byoi/byoi/controlplane/store"
+	"github.com/byoi/byoi/controlplane/store/migrations"
 	"github.com/byoi/byoi/job"
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -195,11 +196,11 @@ func (s *Store) migrate(ctx context.Context) error {
 	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&have); err != nil {
 		return fmt.Errorf("sqlite: migrate: %w", err)
 	}
-	if have > len(migrations)-1 {
-		return fmt.Errorf("sqlite: database schema version %d is newer than this program's %d", have, len(migrations)-1)
+	if have > migrations.Latest() {
+		return fmt.Errorf("sqlite: database schema version %d is newer than this program's %d", have, migrations.Latest())
 	}
-	for v := have + 1; v < len(migrations); v++ {
-		if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {
+	for v := have + 1; v <= migrations.Latest(); v++ {
+		if _, err := tx.ExecContext(ctx, migrations.Steps[v].SQL(migrations.SQLite)); err != nil {
 			return fmt.Errorf("sqlite: migration %d: %w", v, err)
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`, v, time.Now().UnixMilli()); err != nil {
@@ -214,6 +215,26 @@ func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
 	var v int
 	err := s.r.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v)
 	return v, err
+}
+
+// SchemaNames lists the schema's "table.column" and "index name" (explicit
+// indexes), for comparing the dialects of the migrations.
+func (s *Store) SchemaNames(ctx context.Context) ([]string, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT m.name || '.' || p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p WHERE m.type = 'table'
+		UNION ALL SELECT 'index ' || name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, rows.Err()
 }
 
 func ms(t time.Time) int64 {

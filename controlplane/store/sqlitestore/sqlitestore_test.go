@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/byoi/byoi/controlplane/store"
+	"github.com/byoi/byoi/controlplane/store/migrations"
 	"github.com/byoi/byoi/controlplane/store/sqlitestore"
 	"github.com/byoi/byoi/controlplane/store/storetest"
 )
@@ -17,6 +18,24 @@ func TestConformance(t *testing.T) {
 			t.Fatal(err)
 		}
 		return s
+	})
+}
+
+// TestInstances: two stores on one file (two processes would do the
+// same; byoi-api on SQLite is meant to run alone, but nothing breaks).
+func TestInstances(t *testing.T) {
+	storetest.RunInstances(t, func(t *testing.T) (store.Store, store.Store) {
+		path := filepath.Join(t.TempDir(), "byoi.db")
+		a, err := sqlitestore.Open(context.Background(), path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := sqlitestore.Open(context.Background(), path)
+		if err != nil {
+			a.Close()
+			t.Fatal(err)
+		}
+		return a, b
 	})
 }
 
@@ -36,7 +55,7 @@ func TestMigrationsIdempotent(t *testing.T) {
 	}
 	defer b.Close()
 	v, err := b.SchemaVersion(ctx)
-	if err != nil || v != 1 {
+	if err != nil || v != migrations.Latest() {
 		t.Fatalf("version %d %v", v, err)
 	}
 }
