@@ -17,6 +17,7 @@ pkgs=(
   e2fsprogs         # mkfs.ext4 for in-use tests
   openssh-client    # ssh-keygen for key fixtures
   curl time file    # benchmarks and the static-binary check
+  postgresql        # the control plane's PostgreSQL store tests (scripts/pg-throwaway.sh)
 )
 if [ "${BYOI_SKIP_BOOT:-0}" != 1 ]; then
   pkgs+=(

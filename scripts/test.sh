@@ -12,6 +12,16 @@ scripts/install-test-deps.sh
 export CGO_ENABLED=0 GOFLAGS=-mod=readonly
 echo "== go vet"
 go vet ./...
+# --- PostgreSQL for the control plane's store tests (pgstore, two
+# instances on one database): a throw-away cluster on a Unix socket in a
+# temporary directory, stopped at exit. An existing database can be given
+# instead with BYOI_TEST_PG_DSN.
+if [ -z "${BYOI_TEST_PG_DSN:-}" ]; then
+  BYOI_TEST_PG_DSN=$(scripts/pg-throwaway.sh start)
+  export BYOI_TEST_PG_DSN
+  trap 'scripts/pg-throwaway.sh stop "$BYOI_TEST_PG_DSN"' EXIT
+fi
+# --- end PostgreSQL
 echo "== go test"
 go test -count=1 -timeout 20m ./...
 if [ "${BYOI_SKIP_BOOT:-0}" != 1 ]; then
