@@ -86,16 +86,7 @@ func Run(ctx context.Context, j *job.Job, env Env) (*Result, error) {
 	log := env.logger()
 	res, err := run(ctx, j, &env, sink)
 	if err != nil {
-		code, msg := job.Describe(err)
-		step := FailedStep(err)
-		if step == "" {
-			step = job.StepPreflight
-		}
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalTimeout)
-		defer cancel()
-		if ferr := deliver(fctx, &env, sink, job.Event{Status: job.StatusError, Step: step, Code: code, Message: msg}); ferr != nil {
-			log.Error("final status not delivered", logAttrsErr(ferr))
-		}
+		reportFailure(ctx, &env, sink, err)
 		return nil, err
 	}
 	done := job.Event{Status: job.StatusDone, Step: job.StepFinish, Code: job.MsgDone, Message: job.Text(job.MsgDone),
@@ -112,6 +103,22 @@ func Run(ctx context.Context, j *job.Job, env Env) (*Result, error) {
 		}
 	}
 	return res, nil
+}
+
+// reportFailure sends the final error event for err: the catalog code and
+// message, at the step it happened in. It must get out even when ctx was
+// cancelled (SIGTERM: "interrupted"), within finalTimeout.
+func reportFailure(ctx context.Context, env *Env, sink *Sink, err error) {
+	code, msg := job.Describe(err)
+	step := FailedStep(err)
+	if step == "" {
+		step = job.StepPreflight
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalTimeout)
+	defer cancel()
+	if ferr := deliver(fctx, env, sink, job.Event{Status: job.StatusError, Step: step, Code: code, Message: msg}); ferr != nil {
+		env.logger().Error("final status not delivered", logAttrsErr(ferr))
+	}
 }
 
 // deliver sends the final event: through the reporter's Final when it has

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"math/rand"
 	"os"
@@ -18,70 +17,14 @@ import (
 	"github.com/byoi/byoi/internal/testutil"
 )
 
-// cloudInitPython is Debian's interpreter, the one with cloud-init's modules.
-const cloudInitPython = "/usr/bin/python3"
+type cloudInitView = testutil.CloudInitView
 
-// cloudInitScript reads a config drive directory with cloud-init's own code:
-// the OpenStack helper's read_v2 and the datasource's read_config_drive.
-const cloudInitScript = `
-import base64, json, sys
-from cloudinit.sources.helpers import openstack
-from cloudinit.sources import DataSourceConfigDrive as ds
-from cloudinit import sources
-r = openstack.ConfigDriveReader(sys.argv[1]).read_v2()
-full = ds.read_config_drive(sys.argv[1])
-md = r["metadata"]
-ud = r.get("userdata") or b""
-if isinstance(ud, str):
-    ud = ud.encode()
-print(json.dumps({
-    "uuid": md.get("uuid"),
-    "instance_id": md.get("instance-id"),
-    "hostname": md.get("local-hostname"),
-    "name": md.get("name"),
-    "public_keys": sources.normalize_pubkey_data(md.get("public_keys")),
-    "meta": md.get("meta"),
-    "availability_zone": md.get("availability_zone"),
-    "launch_index": md.get("launch_index"),
-    "userdata": base64.b64encode(ud).decode(),
-    "full_uuid": full["metadata"].get("uuid"),
-    "version": r["version"],
-}))
-`
-
-type cloudInitView struct {
-	UUID             string            `json:"uuid"`
-	InstanceID       string            `json:"instance_id"`
-	Hostname         *string           `json:"hostname"`
-	Name             *string           `json:"name"`
-	PublicKeys       []string          `json:"public_keys"`
-	Meta             map[string]string `json:"meta"`
-	AvailabilityZone *string           `json:"availability_zone"`
-	LaunchIndex      int               `json:"launch_index"`
-	UserData         string            `json:"userdata"`
-	FullUUID         string            `json:"full_uuid"`
-	Version          int               `json:"version"`
-}
-
-func requireCloudInit(t *testing.T) {
-	t.Helper()
-	if _, _, err := testutil.RunErr(cloudInitPython, "-c", "import cloudinit.sources.helpers.openstack"); err != nil {
-		testutil.Unavailable(t, "needs cloud-init's python modules in %s: %v", cloudInitPython, err)
-	}
-}
+func requireCloudInit(t *testing.T) { t.Helper(); testutil.RequireCloudInit(t) }
 
 // readWithCloudInit runs cloud-init's reader on dir.
 func readWithCloudInit(t *testing.T, dir string) (cloudInitView, error) {
 	t.Helper()
-	out, errOut, err := testutil.RunErr(cloudInitPython, "-c", cloudInitScript, dir)
-	if err != nil {
-		return cloudInitView{}, errors.New(err.Error() + ": " + lastLine(errOut))
-	}
-	var v cloudInitView
-	if err := json.Unmarshal([]byte(out), &v); err != nil {
-		t.Fatalf("cloud-init script output %q: %v", out, err)
-	}
-	return v, nil
+	return testutil.ReadWithCloudInit(t, dir)
 }
 
 func lastLine(s string) string {
@@ -98,23 +41,10 @@ func writeImage(t *testing.T, img []byte) string {
 	return p
 }
 
-// extract copies the drive's tree out with userspace tools (this kernel
-// cannot mount iso9660 or vfat): xorriso for ISO, mcopy for FAT.
+// extract copies the drive's tree out with userspace tools.
 func extract(t *testing.T, imgPath string, f Format) string {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), "drive")
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	switch f {
-	case ISO9660:
-		testutil.RequireCommand(t, "xorriso")
-		testutil.Run(t, "xorriso", "-osirrox", "on", "-indev", imgPath, "-extract", "/", dir)
-	case VFAT:
-		testutil.RequireCommand(t, "mcopy")
-		testutil.Run(t, "mcopy", "-s", "-n", "-i", imgPath, "::/openstack", dir+"/")
-	}
-	return dir
+	return testutil.ExtractDrive(t, imgPath, f == VFAT)
 }
 
 // checkJudges runs the filesystem-level judges: blkid, and isoinfo or
@@ -372,9 +302,9 @@ func TestDeriveUUID(t *testing.T) {
 		t.Errorf("different seeds give the same UUID %s", c)
 	}
 	// Cross-check with Python's uuid.uuid5 (an independent implementation).
-	if _, err := exec.LookPath(cloudInitPython); err == nil {
+	if _, err := exec.LookPath(testutil.CloudInitPython); err == nil {
 		ns := "6f1c9a52-3e0b-4d8e-9b27-5cd48013a64f"
-		out := testutil.Run(t, cloudInitPython, "-c", "import uuid,sys; print(uuid.uuid5(uuid.UUID(sys.argv[1]), sys.argv[2]))", ns, "seed")
+		out := testutil.Run(t, testutil.CloudInitPython, "-c", "import uuid,sys; print(uuid.uuid5(uuid.UUID(sys.argv[1]), sys.argv[2]))", ns, "seed")
 		if got := DeriveUUID("seed"); strings.TrimSpace(out) != got {
 			t.Errorf("DeriveUUID(seed) = %s, python uuid5 = %s", got, out)
 		}

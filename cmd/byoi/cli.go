@@ -23,6 +23,7 @@ Usage:
   byoi deploy --url URL --type raw|qcow2 [--checksum SUM --checksum-type sha256] [--header 'Name: value'] --disk TARGET
   byoi deploy ... --disk-group N                 pick the first disk of disk group N instead of --disk
   byoi demo                                      deploy a built-in image onto ./byoi-demo-disk.img
+  byoi agent --url URL --server NAME --token T   the rescue agent: pull jobs from byoi-api, deploy, report, reboot
   byoi inspect [--json] IMAGE|URL                  what an image holds and why it would not deploy or boot
   byoi disks [--json] [--all]                    list the disks and disk groups
   byoi version
@@ -44,6 +45,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = cmdDeploy(ctx, args[1:], stdin, stdout, stderr)
 	case "demo":
 		err = cmdDemo(ctx, args[1:], stdout, stderr)
+	case "agent":
+		err = cmdAgent(ctx, args[1:], stdout, stderr)
 	case "inspect":
 		err = cmdInspect(ctx, args[1:], stdout, stderr)
 	case "disks":

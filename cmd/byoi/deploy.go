@@ -27,6 +27,8 @@ type deployFlags struct {
 	hostname, sshKey, userDataFile     string
 	caCert                             string
 	connectTimeout, stallTimeout       time.Duration
+	speedTime                          time.Duration
+	speedLimit                         int64
 	retries                            int
 	memoryReserve                      int64
 	stagingDir                         string
@@ -55,6 +57,8 @@ func cmdDeploy(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 30*time.Second, "connect and response-header timeout")
 	fs.DurationVar(&f.stallTimeout, "stall-timeout", 60*time.Second, "a transfer that delivers nothing for this long is resumed")
 	fs.IntVar(&f.retries, "retries", 8, "download retries on connection errors, 408, 429, 5xx")
+	fs.Int64Var(&f.speedLimit, "speed-limit", 1024, "a transfer slower than this many `bytes`/s over --speed-time is resumed (-1: off)")
+	fs.DurationVar(&f.speedTime, "speed-time", 60*time.Second, "the window of --speed-limit")
 	fs.Int64Var(&f.memoryReserve, "memory-reserve", 1<<30, "qcow2 staging: `bytes` of memory to keep free")
 	fs.StringVar(&f.stagingDir, "staging-dir", "", "qcow2 staging: a `directory` to use when memory and the disk tail do not fit")
 	fs.Int64Var(&f.sectorSize, "sector-size", 0, "logical sector size of a regular-file target (512 or 4096)")
@@ -84,10 +88,11 @@ func cmdDeploy(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	rep := newRenderer(stdout, stderr, f.jsonOut)
 	defer rep.close()
 	env := agent.Env{
-		Machine:       blockdev.System{SysRoot: f.sysRoot, ProcRoot: f.procRoot, DevRoot: f.devRoot},
-		Target:        f.disk,
-		SectorSize:    f.sectorSize,
-		Fetch:         imaging.FetchOptions{ConnectTimeout: f.connectTimeout, StallTimeout: f.stallTimeout, MaxRetries: f.retries},
+		Machine:    blockdev.System{SysRoot: f.sysRoot, ProcRoot: f.procRoot, DevRoot: f.devRoot},
+		Target:     f.disk,
+		SectorSize: f.sectorSize,
+		Fetch: imaging.FetchOptions{ConnectTimeout: f.connectTimeout, StallTimeout: f.stallTimeout, MaxRetries: f.retries,
+			SpeedLimit: f.speedLimit, SpeedTime: f.speedTime},
 		MemoryReserve: f.memoryReserve,
 		StagingDir:    f.stagingDir,
 		Logger:        log,

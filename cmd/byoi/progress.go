@@ -57,8 +57,13 @@ func (r *renderer) Event(e job.Event) {
 		}
 	}
 	switch {
-	case e.Status != job.StatusDoing:
+	case e.Status == job.StatusDone:
 		r.endBar()
+		fmt.Fprintln(r.err, "deployment done")
+		return
+	case e.Status == job.StatusError:
+		r.endBar()
+		fmt.Fprintln(r.err, "deployment failed: "+e.Message)
 		return
 	case e.Kind == job.KindWarning:
 		r.endBar()
