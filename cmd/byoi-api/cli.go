@@ -11,10 +11,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
+	"runtime"
 	"strings"
 	"time"
 
 	"github.com/byoi/byoi/controlplane"
+	"github.com/byoi/byoi/controlplane/store"
+	"github.com/byoi/byoi/controlplane/store/pgstore"
 	"github.com/byoi/byoi/controlplane/store/sqlitestore"
 )
 
@@ -27,7 +31,9 @@ const usage = `usage:
   byoi-api server add NAME --customer NAME [--mac MAC]
   byoi-api server token NAME
 Every command takes --db FILE (default byoi.db), --key-file FILE (default FILE.key
-beside the database, created 0600 on first use) and --json (admin commands).`
+beside the database, created 0600 on first use) and --json (admin commands).
+--db postgres://user@host/db?sslmode=... uses PostgreSQL instead (several
+instances may share it; then --key-file is required, the same file on each).`
 
 // run is the CLI, callable from tests: args without the program name.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -100,24 +106,48 @@ type dbFlags struct {
 }
 
 func (d *dbFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&d.db, "db", "byoi.db", "SQLite database file")
-	fs.StringVar(&d.keyFile, "key-file", "", "key file sealing secrets at rest (default: the database path + .key)")
+	fs.StringVar(&d.db, "db", "byoi.db", "SQLite database file, or a PostgreSQL URL (postgres://user@host/db?sslmode=...)")
+	fs.StringVar(&d.keyFile, "key-file", "", "key file sealing secrets at rest (default: the SQLite database path + .key; required with PostgreSQL)")
 }
 
-func (d *dbFlags) open(ctx context.Context) (*sqlitestore.Store, *controlplane.Keyring, error) {
+// open opens the store --db names: a PostgreSQL URL, or a SQLite file.
+func (d *dbFlags) open(ctx context.Context) (store.Store, *controlplane.Keyring, error) {
 	kf := d.keyFile
 	if kf == "" {
+		if pgstore.IsDSN(d.db) {
+			// Every instance must seal and open with the same key: it
+			// cannot be made up beside a database that has no file.
+			return nil, nil, errors.New("--db postgres://... needs --key-file (the same key file for every instance)")
+		}
 		kf = d.db + ".key"
 	}
 	keys, err := controlplane.LoadOrCreateKey(kf)
 	if err != nil {
 		return nil, nil, err
 	}
-	st, err := sqlitestore.Open(ctx, d.db)
+	var st store.Store
+	if pgstore.IsDSN(d.db) {
+		st, err = pgstore.Open(ctx, d.db)
+	} else {
+		st, err = sqlitestore.Open(ctx, d.db)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
 	return st, keys, nil
+}
+
+// shown is the database for a log line: a PostgreSQL URL without its
+// password.
+func (d *dbFlags) shown() string {
+	if !pgstore.IsDSN(d.db) {
+		return d.db
+	}
+	u, err := url.Parse(d.db)
+	if err != nil {
+		return "postgres://?"
+	}
+	return u.Redacted()
 }
 
 type adminFlags struct {
@@ -213,8 +243,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	// Agents and customers keep their connections (HTTP/1.1 keep-alive):
+	// an idle one is closed after 2 minutes; headers must come within 10 s
+	// and stay small (our requests carry a few short ones).
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	if *pprofAddr != "" {
+		// Block and mutex profiles too (/debug/pprof/block, /mutex): a
+		// sample of waits longer than 100 µs and of 1 in 20 contended locks.
+		runtime.SetBlockProfileRate(100_000)
+		runtime.SetMutexProfileFraction(20)
 		mux := http.NewServeMux()
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -233,7 +271,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			errc <- hs.Serve(ln)
 		}
 	}()
-	log.Warn("byoi-api serving", "addr", ln.Addr().String(), "tls", *tlsCert != "", "db", d.db)
+	log.Warn("byoi-api serving", "addr", ln.Addr().String(), "tls", *tlsCert != "", "db", d.shown())
 	select {
 	case err := <-errc:
 		return err
