@@ -45,8 +45,10 @@ if [ ! -f "$W/src.raw" ]; then
 fi
 if [ ! -f "$W/disk.vmdk" ]; then
   echo "== qemu-img convert -O vmdk -o subformat=streamOptimized"
-  qemu-img convert -f raw -O vmdk -o subformat=streamOptimized "$W/src.raw" "$W/disk.vmdk.tmp"
-  mv "$W/disk.vmdk.tmp" "$W/disk.vmdk"
+  # The descriptor names the file qemu-img wrote: write it under its name.
+  mkdir -p "$W/tmp"
+  qemu-img convert -f raw -O vmdk -o subformat=streamOptimized "$W/src.raw" "$W/tmp/disk.vmdk"
+  mv "$W/tmp/disk.vmdk" "$W/disk.vmdk"
 fi
 for l in vmware virtualbox; do
   [ -f "$W/$l.ova" ] || "$W/benchova" -pack "$W/$l.ova" -vmdk "$W/disk.vmdk" -capacity "$SIZE" -layout "$l"
