@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"context"
 	"crypto/sha1"
 	"encoding/hex"
 	"errors"
@@ -52,6 +53,10 @@ func SignedURL(publicURL string, tls bool, host, requestURI string) string {
 // authCustomer authenticates a customer request: a bearer access token, or
 // OVH's application key, consumer key and signature.
 func (s *Server) authCustomer(c *call) error {
+	if cu, ok := panelCustomer(c.r); ok { // the Control Panel's session
+		c.customer, c.who = cu, cu.Name+" (panel)"
+		return nil
+	}
 	h := c.r.Header
 	if auth := h.Get("Authorization"); auth != "" {
 		tok, ok := strings.CutPrefix(auth, "Bearer ")
@@ -122,19 +127,25 @@ const maxServerName = 253
 // ownServer resolves the path's server; one that does not exist and one of
 // another customer look the same (404), so names cannot be probed.
 func (s *Server) ownServer(c *call, name string) error {
-	notFound := fail(kNotFound, job.APINotFound, "serviceName = "+truncate(name, 64))
-	if len(name) > maxServerName {
-		return notFound
-	}
-	sv, err := s.st.ServerByName(c.r.Context(), name)
-	if errors.Is(err, store.ErrNotFound) || err == nil && sv.CustomerID != c.customer.ID {
-		return notFound
-	}
+	sv, err := s.customerServer(c.r.Context(), c.customer, name)
 	if err != nil {
 		return err
 	}
 	c.server = sv
 	return nil
+}
+
+// customerServer is the server called name when customer cu owns it.
+func (s *Server) customerServer(ctx context.Context, cu store.Customer, name string) (store.Server, error) {
+	notFound := fail(kNotFound, job.APINotFound, "serviceName = "+truncate(name, 64))
+	if len(name) > maxServerName {
+		return store.Server{}, notFound
+	}
+	sv, err := s.st.ServerByName(ctx, name)
+	if errors.Is(err, store.ErrNotFound) || err == nil && sv.CustomerID != cu.ID {
+		return store.Server{}, notFound
+	}
+	return sv, err
 }
 
 // authAgent authenticates an agent by its server's token; the token opens

@@ -153,17 +153,8 @@ func (s *Server) getBoot(c *call) (int, any, error) {
 // createDeployment parses a job body in one shape and creates the
 // deployment; the body is kept sealed, exactly as posted.
 func (s *Server) createDeployment(c *call, shape job.Shape) (store.Task, error) {
-	var j *job.Job
-	var err error
-	if shape == job.ShapeLegacy {
-		j, err = job.ParseLegacy(c.body)
-	} else {
-		j, err = job.ParseReinstall(c.body)
-	}
+	j, err := checkJob(c.server, shape, c.body)
 	if err != nil {
-		return store.Task{}, err
-	}
-	if err := checkDiskGroup(c.server, j); err != nil {
 		return store.Task{}, err
 	}
 	_, t, err := s.st.CreateDeployment(c.r.Context(), store.NewDeployment{
@@ -177,9 +168,28 @@ func (s *Server) createDeployment(c *call, shape job.Shape) (store.Task, error) 
 	return t, err
 }
 
+// checkJob is every check of a job body posted in shape for server sv:
+// the job package's parse and validation, then the disk group.
+func checkJob(sv store.Server, shape job.Shape, body []byte) (*job.Job, error) {
+	var j *job.Job
+	var err error
+	if shape == job.ShapeLegacy {
+		j, err = job.ParseLegacy(body)
+	} else {
+		j, err = job.ParseReinstall(body)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := checkDiskGroup(sv, shape, j); err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
 // checkDiskGroup refuses a diskGroupId the server does not have, when its
 // agent has told its disk groups.
-func checkDiskGroup(sv store.Server, j *job.Job) error {
+func checkDiskGroup(sv store.Server, shape job.Shape, j *job.Job) error {
 	if sv.Inventory == nil {
 		return nil
 	}
@@ -191,7 +201,11 @@ func checkDiskGroup(sv store.Server, j *job.Job) error {
 	for _, g := range inv.DiskGroups {
 		have = append(have, fmt.Sprintf("%d (%s)", g.DiskGroupID, g.Description))
 	}
-	return fail(kBadRequest, job.DiskGroupMissing, j.DiskGroupID, strings.Join(have, ", "))
+	field := "diskGroupId"
+	if shape == job.ShapeReinstall {
+		field = "storage.diskGroupId"
+	}
+	return &job.ValidationError{Code: job.DiskGroupMissing, Field: field, Message: job.Text(job.DiskGroupMissing, j.DiskGroupID, strings.Join(have, ", "))}
 }
 
 func (s *Server) postBYOI(c *call) (int, any, error) {

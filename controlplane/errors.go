@@ -74,6 +74,11 @@ type errorBody struct {
 	Message   string `json:"message"`
 	ErrorCode string `json:"errorCode,omitempty"`
 	HTTPCode  string `json:"httpCode,omitempty"`
+	// Details of a refused job (OVH's error bodies carry a details map,
+	// which go-ovh decodes into APIError.Details): "field", the JSON path
+	// of what was wrong, and "code", the catalog code of the message. The
+	// Control Panel shows the message next to that field.
+	Details map[string]string `json:"details,omitempty"`
 }
 
 // describe maps any error a handler returns to what the client sees. The
@@ -81,6 +86,7 @@ type errorBody struct {
 func describe(err error) (int, errorBody, bool) {
 	var ae *apiError
 	var ve *job.ValidationError
+	var details map[string]string
 	var tr *store.TaskRunningError
 	var se *store.StaleAttemptError
 	var mb *http.MaxBytesError
@@ -88,6 +94,7 @@ func describe(err error) (int, errorBody, bool) {
 	case errors.As(err, &ae):
 	case errors.As(err, &ve):
 		ae = &apiError{kind: kBadRequest, message: ve.Message}
+		details = map[string]string{"field": ve.Field, "code": string(ve.Code)}
 	case errors.As(err, &tr):
 		ae = &apiError{kind: kTaskExists, message: tr.Error()}
 	case errors.As(err, &se):
@@ -100,7 +107,7 @@ func describe(err error) (int, errorBody, bool) {
 		ae = fail(kInternal, job.APIInternal)
 	}
 	row := errTable[ae.kind]
-	body := errorBody{Class: row.class, Message: ae.message, ErrorCode: row.errorCode}
+	body := errorBody{Class: row.class, Message: ae.message, ErrorCode: row.errorCode, Details: details}
 	if row.errorCode != "" {
 		body.HTTPCode = strconv.Itoa(row.status) + " " + http.StatusText(row.status)
 	}

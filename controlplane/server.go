@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/byoi/byoi/agentapi"
+	"github.com/byoi/byoi/controlplane/panel"
 	"github.com/byoi/byoi/controlplane/store"
 	"github.com/byoi/byoi/job"
 )
@@ -266,6 +267,7 @@ func (s *Server) routes() {
 	s.handle(a+"/job", map[string]endpoint{"GET": {auth: authAgent, h: s.agentJob}})
 	s.handle(a+"/deployments/{id}/attempts", map[string]endpoint{"POST": {auth: authAgent, h: s.agentAttempt}})
 	s.handle(a+"/deployments/{id}/events", map[string]endpoint{"POST": {auth: authAgent, maxBody: agentapi.MaxEventsBody, h: s.agentEvents}})
+	s.mux.Handle(panel.Prefix, panel.New(panel.Config{Backend: s, Store: s.st, Logger: s.log, Now: s.cfg.Clock.Now, PublicURL: s.cfg.PublicURL}))
 	s.handle("/", map[string]endpoint{
 		"GET": {h: s.notFound}, "POST": {h: s.notFound}, "PUT": {h: s.notFound}, "DELETE": {h: s.notFound},
 	})

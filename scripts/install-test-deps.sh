@@ -18,6 +18,7 @@ pkgs=(
   openssh-client    # ssh-keygen for key fixtures
   curl time file    # benchmarks and the static-binary check
   postgresql        # the control plane's PostgreSQL store tests (scripts/pg-throwaway.sh)
+  chromium          # the Control Panel browser tests (chromedp drives it headless)
 )
 if [ "${BYOI_SKIP_BOOT:-0}" != 1 ]; then
   pkgs+=(

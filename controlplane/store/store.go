@@ -167,6 +167,16 @@ type Entry struct {
 	job.Event
 }
 
+// Session is a Control Panel sign-in. Only the SHA-256 hash of its random
+// id is stored (the id is the browser's cookie); the store never returns a
+// session that has expired.
+type Session struct {
+	IDHash     []byte
+	CustomerID int64
+	CreatedAt  time.Time
+	ExpiresAt  time.Time
+}
+
 // NewDeployment is what CreateDeployment needs.
 type NewDeployment struct {
 	ServerID  int64
@@ -213,6 +223,17 @@ type Store interface {
 	CredentialByAppKey(ctx context.Context, appKey string) (Credential, error)
 	CreateAccessToken(ctx context.Context, customerID int64, tokenHash []byte, now time.Time) error
 	CustomerByAccessToken(ctx context.Context, tokenHash []byte) (Customer, error)
+
+	// Control Panel sessions, shared by every instance on the database.
+
+	// CreateSession stores a session (ErrExists for a hash already
+	// there) and deletes the sessions expired at s.CreatedAt.
+	CreateSession(ctx context.Context, s Session) error
+	// SessionByHash is the session whose id hashes to idHash, or
+	// ErrNotFound when there is none or it expired at now.
+	SessionByHash(ctx context.Context, idHash []byte, now time.Time) (Session, error)
+	// DeleteSession deletes a session; one already gone is not an error.
+	DeleteSession(ctx context.Context, idHash []byte) error
 
 	// Servers.
 	CreateServer(ctx context.Context, s Server, agentTokenHash []byte) (Server, error)

@@ -395,6 +395,41 @@ func (s *Store) CustomerByAccessToken(ctx context.Context, tokenHash []byte) (st
 	return s.scanCustomer(s.r.QueryRowContext(ctx, `SELECT c.id, c.name, c.created_at FROM access_tokens t JOIN customers c ON c.id = t.customer_id WHERE t.token_hash = ?`, tokenHash))
 }
 
+// Control Panel sessions.
+
+func (s *Store) CreateSession(ctx context.Context, se store.Session) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM sessions WHERE expires_at <= ?`, ms(se.CreatedAt)); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO sessions (id_hash, customer_id, created_at, expires_at) VALUES (?, ?, ?, ?)`, se.IDHash, se.CustomerID, ms(se.CreatedAt), ms(se.ExpiresAt))
+		return err
+	})
+	if isUnique(err) {
+		return store.ErrExists
+	}
+	return err
+}
+
+func (s *Store) SessionByHash(ctx context.Context, idHash []byte, now time.Time) (store.Session, error) {
+	var se store.Session
+	var created, expires int64
+	err := s.r.QueryRowContext(ctx, `SELECT id_hash, customer_id, created_at, expires_at FROM sessions WHERE id_hash = ? AND expires_at > ?`, idHash, ms(now)).
+		Scan(&se.IDHash, &se.CustomerID, &created, &expires)
+	if err != nil {
+		return store.Session{}, notFound(err)
+	}
+	se.CreatedAt, se.ExpiresAt = tm(created), tm(expires)
+	return se, nil
+}
+
+func (s *Store) DeleteSession(ctx context.Context, idHash []byte) error {
+	return s.write(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `DELETE FROM sessions WHERE id_hash = ?`, idHash)
+		return err
+	})
+}
+
 // Servers.
 
 const serverCols = `id, customer_id, name, mac, boot_id, efi_bootloader_path, inventory, inventory_at, created_at`

@@ -56,6 +56,7 @@ var cases = []struct {
 	{"PickupTimeout", testPickup},
 	{"HistoryPaging", testPaging},
 	{"NotFound", testNotFound},
+	{"Sessions", testSessions},
 }
 
 // must returns v, or fails the case (Run recovers the panic into t.Fatal).
@@ -544,6 +545,36 @@ func testNotFound(t *testing.T, s store.Store) {
 		if !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("%s: %v, want ErrNotFound", name, err)
 		}
+	}
+}
+
+func testSessions(t *testing.T, s store.Store) {
+	c := must(s.CreateCustomer(ctx, "acme", t0))
+	a := store.Session{IDHash: []byte("hash-a"), CustomerID: c.ID, CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}
+	ok(t, s.CreateSession(ctx, a))
+	if err := s.CreateSession(ctx, a); !errors.Is(err, store.ErrExists) {
+		t.Fatalf("duplicate session: %v", err)
+	}
+	got := must(s.SessionByHash(ctx, []byte("hash-a"), t0.Add(time.Minute)))
+	if string(got.IDHash) != "hash-a" || got.CustomerID != c.ID || !got.CreatedAt.Equal(t0) || !got.ExpiresAt.Equal(a.ExpiresAt) {
+		t.Fatalf("%+v", got)
+	}
+	if _, err := s.SessionByHash(ctx, []byte("hash-b"), t0); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("unknown session: %v", err)
+	}
+	// expired: never returned, and removed by the next CreateSession
+	if _, err := s.SessionByHash(ctx, []byte("hash-a"), a.ExpiresAt); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("expired session: %v", err)
+	}
+	b := store.Session{IDHash: []byte("hash-b"), CustomerID: c.ID, CreatedAt: t0.Add(2 * time.Hour), ExpiresAt: t0.Add(3 * time.Hour)}
+	ok(t, s.CreateSession(ctx, b))
+	if _, err := s.SessionByHash(ctx, []byte("hash-a"), t0); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("expired session kept: %v", err)
+	}
+	ok(t, s.DeleteSession(ctx, []byte("hash-b")))
+	ok(t, s.DeleteSession(ctx, []byte("hash-b")))
+	if _, err := s.SessionByHash(ctx, []byte("hash-b"), t0.Add(2*time.Hour)); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("deleted session: %v", err)
 	}
 }
 

@@ -1,0 +1,91 @@
+package panel_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/byoi/byoi/job"
+)
+
+// TestBrowserHostile: hostile strings (markup, quotes, unicode) typed in
+// the URL, the hostname and the metadata, and sent back in messages by an
+// agent (the status message, a warning, install/status, the history),
+// appear on the page as text: the same characters, no element created, no
+// script run. The job the agent receives holds them exactly as typed.
+func TestBrowserHostile(t *testing.T) {
+	if testing.Short() {
+		t.Skip("browser test")
+	}
+	e := newEnv(t)
+	tok := e.customer("acme")
+	a := e.server("ns1", "acme")
+	a.inventory(inventory)
+	ctx := newBrowser(t)
+	signInBrowser(t, ctx, e, tok)
+	openServerPage(t, ctx, e, "ns1", 2)
+
+	const pwn = `<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script><b>bold</b>`
+	hostileURL := `http://127.0.0.1:9/` + pwn + `/"quotes"/'single'/ünïcødé ✓.qcow2`
+	meta := [][2]string{{`<b>key</b>"'ü`, pwn + ` "quotes" 'single' ünïcødé ✓`}}
+	setField(t, ctx, "#f-imageURL", hostileURL)
+	do(t, ctx, chromedp.Click(chromedp.ID("f-configdrive")), chromedp.WaitVisible(chromedp.ID("f-hostname")))
+	// a hostile hostname: refused, and the refusal quotes it as text
+	setField(t, ctx, "#f-hostname", pwn)
+	_, err := job.ParseReinstall([]byte(formCase{url: hostileURL, configDrive: true, hostname: pwn}.body()))
+	if err == nil || !strings.Contains(err.Error(), `"<img src=x onerror=`) {
+		t.Fatalf("the job package says %v", err)
+	}
+	want := err.Error()
+	waitFor(t, ctx, "the hostname's error", `document.getElementById('e-hostname').textContent === `+jsString(want), 5*time.Second)
+	setField(t, ctx, "#f-hostname", "web1")
+	do(t, ctx, chromedp.Click(chromedp.ID("add-meta")))
+	setField(t, ctx, "#meta-rows .kv-row:nth-child(1) .kv-key", meta[0][0])
+	setField(t, ctx, "#meta-rows .kv-row:nth-child(1) .kv-value", meta[0][1])
+	noFieldError(t, ctx)
+	do(t, ctx, chromedp.Click(chromedp.ID("install-submit")))
+	waitFor(t, ctx, "the task", `document.getElementById('submit-note').textContent.includes('task')`, 10*time.Second)
+
+	var j *job.Job
+	j, err = job.ParseReinstall(a.pickUp())
+	if err != nil || j.ImageURL != hostileURL || j.ConfigDrive.Metadata[meta[0][0]] != meta[0][1] {
+		t.Fatalf("the agent's job: %+v %v", j, err)
+	}
+	// The agent fails the download: OVH's message quotes the URL.
+	failed := job.Text(job.DownloadFailed, job.RedactURL(hostileURL))
+	a.send(a.event("doing", job.StepPreflight, job.KindInfo, job.MsgPreflight, job.Text(job.MsgPreflight), 0, 0))
+	a.send(a.event("doing", job.StepDownload, job.KindWarning, job.WarnImageNote, job.Text(job.WarnImageNote, pwn), 0, 0))
+	a.send(a.event("error", job.StepDownload, job.KindInfo, job.DownloadFailed, failed, 0, 0))
+	waitFor(t, ctx, "the error", `document.getElementById('status-badge').textContent === 'error'`, 10*time.Second)
+	checks := map[string]string{
+		"status message": `document.getElementById('status-message').textContent`,
+		"step error":     `document.querySelector('#steps .step-error').textContent`,
+	}
+	for what, expr := range checks {
+		if got := eval[string](t, ctx, expr); got != failed {
+			t.Errorf("%s: %q, want %q", what, got, failed)
+		}
+	}
+	waitFor(t, ctx, "the warning", `document.querySelector('#warnings li') && document.querySelector('#warnings li').textContent === `+jsString(pwn), 5*time.Second)
+	waitFor(t, ctx, "the history", `document.querySelector('#history-body .history-message') && document.querySelector('#history-body .history-message').textContent === `+jsString(failed), 10*time.Second)
+	if !eval[bool](t, ctx, noInjection) {
+		t.Fatal("something was injected into the page")
+	}
+
+	// A second deployment whose agent reports a hostile message of its own.
+	do(t, ctx, chromedp.Click(chromedp.ID("install-submit")))
+	waitFor(t, ctx, "the second deployment", `document.getElementById('status-badge').textContent === 'doing'`, 10*time.Second)
+	a.pickUp()
+	msg := job.Text(job.Internal, pwn+` "quotes" 'single' ünïcødé ✓ </td></tr><tr><td>`)
+	a.send(a.event("error", job.StepWrite, job.KindInfo, job.Internal, msg, 0, 0))
+	waitFor(t, ctx, "the agent's message", `document.getElementById('status-message').textContent === `+jsString(msg), 10*time.Second)
+	waitFor(t, ctx, "the history", `document.querySelectorAll('#history-body tr').length === 2 && document.querySelector('#history-body .history-message').textContent === `+jsString(msg), 10*time.Second)
+	if !eval[bool](t, ctx, noInjection) {
+		t.Fatal("something was injected into the page")
+	}
+	if n := eval[int](t, ctx, `document.querySelectorAll('#history-body td').length`); n != 12 {
+		t.Fatalf("the history table has %d cells, want 12: markup in a message made cells", n)
+	}
+}
