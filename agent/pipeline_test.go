@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/byoi/byoi/internal/crashcheck"
+
 	"github.com/byoi/byoi/job"
 
 	"github.com/byoi/byoi/blockdev"
@@ -144,21 +146,6 @@ func oldSystemDisk(t testing.TB, size int64) string {
 	return p
 }
 
-// assertNoTable checks with independent tools that the target has no
-// partition table at all.
-func assertNoTable(t *testing.T, path string) {
-	t.Helper()
-	testutil.RequireCommand(t, "sfdisk", "blkid")
-	out, errOut, _ := testutil.RunErr("sfdisk", "-l", path)
-	if strings.Contains(out, "Disklabel type") {
-		t.Errorf("sfdisk still finds a partition table:\n%s%s", out, errOut)
-	}
-	out, _, err := testutil.RunErr("blkid", "-p", path)
-	if err == nil || strings.TrimSpace(out) != "" {
-		t.Errorf("blkid -p still finds something: %q (err %v)", out, err)
-	}
-}
-
 func TestDeployRawAllChecksumsByteIdentical(t *testing.T) {
 	img := testImage(t, 24*mib, 512)
 	url := serve(t, img, "")
@@ -249,7 +236,7 @@ func TestDeployChecksumMismatchLeavesNoTable(t *testing.T) {
 	if last.Status != job.StatusError || last.Message != msg || last.Code != job.ChecksumMismatch || last.Step != job.StepVerify {
 		t.Errorf("last event %+v", last)
 	}
-	assertNoTable(t, path)
+	crashcheck.AssertNoTable(t, path)
 }
 
 func TestDeploySecretsNeverShown(t *testing.T) {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/byoi/byoi/internal/crashcheck"
+
 	"github.com/byoi/byoi/job"
 
 	"github.com/byoi/byoi/configdrive"
@@ -96,7 +98,7 @@ func TestDeployQcow2ChecksumMismatch(t *testing.T) {
 			}
 			continue
 		}
-		assertNoTable(t, path)
+		crashcheck.AssertNoTable(t, path)
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"github.com/byoi/byoi/job"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -16,8 +15,11 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/byoi/byoi/job"
 )
 
 // Defaults of FetchOptions.
@@ -207,6 +209,15 @@ type Stream struct {
 	winBytes int64
 
 	err error // sticky: io.EOF, or the final *DownloadError
+
+	// Close may come from another goroutine while Read waits on the body
+	// (WriteRaw abandons a blocked reader after a failure, and its caller
+	// closes the stream): Close then only cancels (stop), and the Read in
+	// progress cleans up when it returns.
+	stop    context.CancelFunc
+	closeMu sync.Mutex
+	reading bool
+	closed  bool
 }
 
 // Fetch starts downloading rawURL (http or https) and returns once the
@@ -219,8 +230,10 @@ type Stream struct {
 // it reads never hashes anything twice.
 func Fetch(ctx context.Context, rawURL string, opts FetchOptions) (*Stream, error) {
 	opts.normalize()
+	sctx, stop := context.WithCancel(ctx)
 	s := &Stream{
-		ctx:      ctx,
+		ctx:      sctx,
+		stop:     stop,
 		rawURL:   rawURL,
 		redacted: job.RedactURL(rawURL),
 		opts:     opts,
@@ -229,11 +242,13 @@ func Fetch(ctx context.Context, rawURL string, opts FetchOptions) (*Stream, erro
 	s.size.Store(-1)
 	s.collectSecrets()
 	if err := s.setup(); err != nil {
+		stop()
 		return nil, s.downloadError(err)
 	}
 	s.log.Info("download starting", "url", s.redacted)
 	if err := s.connect(); err != nil {
 		s.closeIdle()
+		stop()
 		return nil, s.downloadError(err)
 	}
 	s.log.Info("download connected", "url", s.redacted, "size", s.size.Load())
@@ -670,6 +685,26 @@ func unwrapURLError(err error) error {
 // every byte arrived; a transfer that keeps ending early, stalls or breaks
 // after the retries is a *DownloadError, never io.EOF.
 func (s *Stream) Read(p []byte) (int, error) {
+	s.closeMu.Lock()
+	if s.closed {
+		s.closeMu.Unlock()
+		return 0, s.downloadError(errClosed)
+	}
+	s.reading = true
+	s.closeMu.Unlock()
+	defer func() {
+		s.closeMu.Lock()
+		s.reading = false
+		if s.closed {
+			s.release()
+		}
+		s.closeMu.Unlock()
+	}()
+	return s.read(p)
+}
+
+// read is Read once the stream is known open.
+func (s *Stream) read(p []byte) (int, error) {
 	if s.err != nil {
 		return 0, s.err
 	}
@@ -820,13 +855,29 @@ func (s *Stream) Retries() int { return int(s.retries.Load()) }
 
 // Close stops the download and releases its connection. Reads after Close
 // fail.
+// Close may be called from another goroutine than the one reading: a Read
+// blocked on the body then returns (with an error) and releases it.
 func (s *Stream) Close() error {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	s.stop()
+	if !s.reading {
+		s.release()
+	}
+	return nil
+}
+
+// release frees the connection once no Read is running.
+func (s *Stream) release() {
 	s.closeBody()
 	s.closeIdle()
 	if s.err == nil {
 		s.err = s.downloadError(errClosed)
 	}
-	return nil
 }
 
 // downloadError wraps err as a *DownloadError whose text holds no secret.
