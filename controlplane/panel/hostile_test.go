@@ -89,3 +89,62 @@ func TestBrowserHostile(t *testing.T) {
 		t.Fatalf("the history table has %d cells, want 12: markup in a message made cells", n)
 	}
 }
+
+// TestBrowserRescueAndSignOut: "Back to rescue" asks first (cancel changes
+// nothing), then erases the status and boots the server to rescue; sign
+// out ends the session: the page shows the sign-in, the old session's
+// requests get 401.
+func TestBrowserRescueAndSignOut(t *testing.T) {
+	if testing.Short() {
+		t.Skip("browser test")
+	}
+	e := newEnv(t)
+	tok := e.customer("acme")
+	a := e.server("ns1", "acme")
+	a.inventory(inventory)
+	c := e.client()
+	c.signIn(tok)
+	if st, data := c.call("POST", "/panel/api/dedicated/server/ns1/reinstall", reinstallBody("web1")); st != 200 {
+		t.Fatalf("reinstall: %d %s", st, data)
+	}
+	a.pickUp()
+	a.send(a.event("doing", job.StepDownload, job.KindProgress, "", "", 1<<20, 4<<20))
+	ctx := newBrowser(t)
+	signInBrowser(t, ctx, e, tok)
+	openServerPage(t, ctx, e, "ns1", 2)
+	waitFor(t, ctx, "the running deployment", `document.getElementById('status-badge').textContent === 'doing' && !document.getElementById('rescue-button').hidden`, 10*time.Second)
+
+	do(t, ctx, chromedp.Click(chromedp.ID("rescue-button")))
+	waitFor(t, ctx, "the confirmation", `document.getElementById('rescue-dialog').open && document.getElementById('rescue-server').textContent === 'ns1'`, 5*time.Second)
+	do(t, ctx, chromedp.Click(chromedp.ID("rescue-cancel")))
+	waitFor(t, ctx, "the dialog closed", `!document.getElementById('rescue-dialog').open`, 5*time.Second)
+	time.Sleep(500 * time.Millisecond)
+	if st, data := c.call("GET", "/panel/api/dedicated/server/ns1/bringYourOwnImage", ""); st != 200 || !strings.Contains(string(data), `"status":"doing"`) {
+		t.Fatalf("cancel changed the deployment: %d %s", st, data)
+	}
+
+	do(t, ctx, chromedp.Click(chromedp.ID("rescue-button")))
+	waitFor(t, ctx, "the confirmation", `document.getElementById('rescue-dialog').open`, 5*time.Second)
+	do(t, ctx, chromedp.Click(chromedp.ID("rescue-confirm")))
+	want := job.Text(job.APINoDeployment, "ns1")
+	waitFor(t, ctx, "no deployment", `document.getElementById('status-message').textContent === `+jsString(want), 10*time.Second)
+	waitFor(t, ctx, "the cancelled deployment in the history", `document.querySelector('#history-body .badge') && document.querySelector('#history-body .badge').textContent === 'cancelled'`, 10*time.Second)
+	if got := eval[string](t, ctx, `document.getElementById('info-boot').textContent`); got != "Rescue" {
+		t.Fatalf("boot %q", got)
+	}
+	if st := a.do("POST", "/agent/v1/servers/ns1/deployments/1/events", map[string]any{"attempt": 1, "events": []any{}}, nil); st != 410 {
+		t.Fatalf("the agent after back to rescue: %d, want 410", st)
+	}
+
+	cookies := eval[string](t, ctx, `document.cookie`)
+	if strings.Contains(cookies, "byoi_session") {
+		t.Fatal("the session cookie is readable by scripts")
+	}
+	do(t, ctx, chromedp.Click(chromedp.ID("sign-out")), chromedp.WaitVisible(chromedp.ID("view-signin")))
+	if n := eval[int](t, ctx, `document.querySelectorAll('#view-server:not([hidden]), #account:not([hidden])').length`); n != 0 {
+		t.Fatal("the server view is still shown after sign-out")
+	}
+	if st, _ := chromedp.Run(ctx, chromedp.Evaluate[int](`fetch('api/session').then(r => r.status)`, chromedp.EvalAwaitPromise)); st != 401 {
+		t.Fatalf("the session after sign-out: %d", st)
+	}
+}
