@@ -8,8 +8,8 @@ import (
 	"strings"
 
 	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/job"
 	"github.com/byoi/byoi/partition"
-	"github.com/lima-vm/go-qcow2reader/image/qcow2"
 )
 
 // InspectOptions describe the deployment an image is inspected for. Zero
@@ -26,6 +26,9 @@ type InspectOptions struct {
 	// DeclaredType is the job's image type, "raw" or "qcow2" ("": none;
 	// then the image must only be one of the two).
 	DeclaredType string
+	// ConfigDrive: the job has a ConfigDrive; with DiskSize, check it will
+	// have room on the disk (a free MiB at its end, a free MBR slot).
+	ConfigDrive bool
 }
 
 // InspectReport is what Inspect found. Problems lists, with the messages a
@@ -212,6 +215,16 @@ func InspectImage(ctx context.Context, src io.ReaderAt, size int64, opts Inspect
 		return nil, fmt.Errorf("inspect: %w", err)
 	}
 	rep.inspectDisk(disk, head, opts)
+	if opts.ConfigDrive && opts.DiskSize > 0 {
+		ss := opts.DiskSectorSize
+		if ss == 0 {
+			ss = max(rep.SectorSize, 512)
+		}
+		// The same dry run a deployment makes before writing.
+		if err := partition.CheckRoom(ctx, head, opts.DiskSize, ss, 1<<20); err != nil && !mayReuseConfigDrive(head) {
+			rep.problem(job.Wrap(err, job.ConfigDriveFailed))
+		}
+	}
 	return rep, nil
 }
 
@@ -263,14 +276,14 @@ func (r *InspectReport) inspectQcow2(ctx context.Context, src io.ReaderAt, size 
 	s.AllocatedClusters, s.CompressedClusters = checked.AllocatedClusters, checked.CompressedClusters
 	// CheckQcow2 accepted it: no backing file, and the nil opener would
 	// refuse to open one anyway.
-	img, err := qcow2.Open(src, nil)
+	vd, closeVD, err := imaging.OpenQcow2Disk(src, size, info)
 	if err != nil {
 		s.Accepted = false
-		s.Refused = fmt.Sprintf("qcow2 image refused: %v", err)
+		s.Refused = err.Error()
 		r.Problems = append(r.Problems, s.Refused)
 		return nil, nil, nil
 	}
-	return imaging.Qcow2VirtualDisk(img, info), func() { img.Close() }, nil
+	return vd, func() { closeVD() }, nil
 }
 
 // qcow2Features names what the header sets (qcow2 spec, "feature bits").

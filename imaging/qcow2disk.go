@@ -4,7 +4,24 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/lima-vm/go-qcow2reader/image/qcow2"
 )
+
+// OpenQcow2Disk opens the virtual disk of a qcow2 image of size bytes in
+// src that CheckQcow2 accepted (info): never a backing file (the nil opener
+// refuses), our decompressors registered first (zstd), read through whole,
+// aligned clusters (Qcow2VirtualDisk). close releases it; src stays open.
+func OpenQcow2Disk(src io.ReaderAt, size int64, info *Qcow2Info) (io.ReaderAt, func() error, error) {
+	RegisterDecompressors()
+	// go-qcow2reader's Close closes its ReaderAt when it is an io.Closer:
+	// a SectionReader keeps src open.
+	img, err := qcow2.Open(io.NewSectionReader(src, 0, size), nil)
+	if err != nil {
+		return nil, nil, &Qcow2Error{Reason: "cannot be opened", Err: err}
+	}
+	return Qcow2VirtualDisk(img, info), img.Close, nil
+}
 
 // Qcow2VirtualDisk reads the virtual disk of an opened qcow2 image (img,
 // from go-qcow2reader's qcow2.Open after CheckQcow2 accepted the image)

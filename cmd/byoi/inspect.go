@@ -29,6 +29,7 @@ func cmdInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	var (
 		headers                  stringList
 		jsonOut, verbose         bool
+		configDrive              bool
 		caCert, typ, efiPath     string
 		stagingDir               string
 		diskSize, sectorSize     int64
@@ -39,6 +40,7 @@ func cmdInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.StringVar(&caCert, "ca-cert", "", "PEM `file` of extra CA certificates for HTTPS")
 	fs.StringVar(&typ, "type", "", "the job's image type, raw or qcow2: report the mismatch a deploy would refuse")
 	fs.StringVar(&efiPath, "efi-bootloader-path", "", "the job's efiBootloaderPath: check the ESP holds it")
+	fs.BoolVar(&configDrive, "configdrive", false, "the job has a ConfigDrive: with --disk-size, check there is room for it")
 	fs.Int64Var(&diskSize, "disk-size", 0, "target disk size in `bytes`: check the image fits (0: unknown)")
 	fs.Int64Var(&sectorSize, "sector-size", 0, "target disk logical sector size, 512 or 4096: check the image matches (0: unknown)")
 	fs.StringVar(&stagingDir, "staging-dir", "", "`directory` for the temporary copy of a URL whose server ignores Range (default: the system temp dir)")
@@ -91,7 +93,7 @@ func cmdInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return usagef("--header and --ca-cert apply to a URL, not to a local file")
 	}
 	ins, err := agent.Inspect(ctx, src, agent.SourceOptions{
-		InspectOptions: agent.InspectOptions{EFIBootloaderPath: efiPath, DiskSize: diskSize, DiskSectorSize: sectorSize, DeclaredType: typ},
+		InspectOptions: agent.InspectOptions{EFIBootloaderPath: efiPath, DiskSize: diskSize, DiskSectorSize: sectorSize, DeclaredType: typ, ConfigDrive: configDrive},
 		Headers:        hdrs,
 		CACertPEM:      caPEM,
 		ConnectTimeout: connectTimeout,
