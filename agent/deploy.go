@@ -91,25 +91,34 @@ func (d *Deployer) progress(step job.Step) imaging.Progress {
 	}
 }
 
-// stepMessages is the event message when each step starts.
+// stepMessages is the event message when each step starts (operator
+// text; the customer's status message comes from job.ProgressMessage).
 var stepMessages = map[job.Step]string{
-	job.StepPreflight:   job.Text(job.MsgPreflight),
 	job.StepDownload:    "downloading image",
 	job.StepVerify:      "verifying image",
 	job.StepWrite:       "writing image",
-	job.StepRelocate:    job.Text(job.MsgStepPartition),
-	job.StepBootCheck:   job.Text(job.MsgStepBoot),
 	job.StepConfigDrive: "creating the config-2 ConfigDrive",
 	job.StepFinish:      "flushing the disk",
+}
+
+// stepCodes are the steps whose start message is a catalog text.
+var stepCodes = map[job.Step]job.Code{
+	job.StepPreflight: job.MsgPreflight,
+	job.StepRelocate:  job.MsgStepPartition,
+	job.StepBootCheck: job.MsgStepBoot,
 }
 
 // begin reports that step starts.
 func (d *Deployer) begin(step job.Step, msg string) {
 	d.logger().Info("step start", "step", step)
+	e := job.Event{Step: step, Kind: job.KindInfo, Message: msg}
 	if msg == "" {
-		msg = stepMessages[step]
+		e.Message = stepMessages[step]
+		if c, ok := stepCodes[step]; ok {
+			e.Code, e.Message = c, job.Text(c)
+		}
 	}
-	d.emit(job.Event{Step: step, Kind: job.KindInfo, Message: msg})
+	d.emit(e)
 }
 
 // step runs one pipeline step: it logs its start and end, reports status,

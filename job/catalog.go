@@ -122,7 +122,6 @@ const (
 	BootloaderMissing  Code = "BootloaderMissing"  // path, why
 	DiskInUse          Code = "DiskInUse"          // disk, reason
 	DiskGroupMissing   Code = "DiskGroupMissing"   // group, the groups there are
-	DiskUnavailable    Code = "DiskUnavailable"    // disk
 	Interrupted        Code = "Interrupted"        //
 	AgentSilent        Code = "AgentSilent"        // duration
 	Internal           Code = "Internal"           // the error text
@@ -136,7 +135,6 @@ const (
 	MsgWriting       Code = "MsgWriting"       // percent
 	MsgWritingStart  Code = "MsgWritingStart"  //
 	MsgConfiguring   Code = "MsgConfiguring"   //
-	MsgRebooting     Code = "MsgRebooting"     //
 	MsgDone          Code = "MsgDone"          //
 	MsgRestarted     Code = "MsgRestarted"     // attempt
 	MsgWaitingAgent  Code = "MsgWaitingAgent"  //
@@ -266,7 +264,6 @@ var catalog = map[Code]entry{
 	BootloaderMissing:  {"EFI bootloader %s not found: %s", FaultCustomer},
 	DiskInUse:          {"refusing %s: %s", FaultProvider},
 	DiskGroupMissing:   {"disk group %d does not exist on this server: %s", FaultCustomer},
-	DiskUnavailable:    {"cannot use disk %s", FaultProvider},
 	Interrupted:        {"interrupted", FaultProvider},
 	AgentSilent:        {"the agent stopped reporting: no news from the server for %s", FaultProvider},
 	Internal:           {"%s", FaultProvider},
@@ -279,7 +276,6 @@ var catalog = map[Code]entry{
 	MsgWriting:       {"writing %d%%", FaultNone},
 	MsgWritingStart:  {"writing", FaultNone},
 	MsgConfiguring:   {"configuring", FaultNone},
-	MsgRebooting:     {"rebooting to disk", FaultNone},
 	MsgDone:          {"done", FaultNone},
 	MsgRestarted:     {"the agent restarted: the deployment starts over (attempt %d)", FaultNone},
 	MsgWaitingAgent:  {"waiting for the server's agent", FaultNone},

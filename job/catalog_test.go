@@ -2,12 +2,14 @@ package job
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestOnlyStandardLibrary: the control plane imports this package, and must
@@ -154,6 +156,7 @@ func TestValidationCodes(t *testing.T) {
 	leg := func(extra string) string { return `{"URL":"https://h/i","type":"raw"` + extra + `}` }
 	cd := func(inner string) string { return leg(`,"configdrive":{` + inner + `}`) }
 	ed := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO82/7e9WQiwfzkfAePAXbwRasmsmauPfV02uYKlHDB9"
+	triggered := map[Code]bool{}
 	for _, tt := range []struct {
 		code Code
 		body string
@@ -220,22 +223,47 @@ func TestValidationCodes(t *testing.T) {
 		if ve.Code != tt.code {
 			t.Errorf("%s: got code %s (%s)", tt.code, ve.Code, ve.Message)
 		}
+		triggered[ve.Code] = true
 	}
 	// Codes that Parse cannot reach: a nil Job, a bad JSON kind the
 	// decoder rejects, the flag parser.
-	if err := (*Job)(nil).Validate(); codeOf(err) != JobMissing {
-		t.Errorf("nil job: %v", err)
+	for code, err := range map[Code]error{
+		JobMissing:        (*Job)(nil).Validate(),
+		HeaderFlagNoColon: second(ParseHeaderFlag("Bearer x")),
+		HeaderFlagName:    second(ParseHeaderFlag("a b: x")),
+		JobFieldType: decodeStrict([]byte(`{"F":1}`), &struct {
+			F float64 `json:"F"`
+		}{}),
+		JobInvalidJSON: jsonSyntaxError(errors.New("other"), json.NewDecoder(strings.NewReader(""))),
+		JobShape: decodeStrict([]byte(`{"T":{}}`), &struct {
+			T time.Time `json:"T"`
+		}{}),
+		SSHKeyEmpty:      sshKeyInvalid(second(ParseSSHPublicKey("  "))),
+		SSHKeyCurve:      sshKeyInvalid(second(ParseSSHPublicKey("ecdsa-sha2-nistp256 " + b64(wire([]byte("ecdsa-sha2-nistp256"), []byte("nistp384"), make([]byte, 65)))))),
+		SSHKeyECDSAPoint: sshKeyInvalid(second(ParseSSHPublicKey("ecdsa-sha2-nistp256 " + b64(wire([]byte("ecdsa-sha2-nistp256"), []byte("nistp256"), []byte{4}))))),
+		SSHKeyEmptyInt:   sshKeyInvalid(second(ParseSSHPublicKey("ssh-rsa " + b64(wire([]byte("ssh-rsa"), []byte{}, []byte{1}))))),
+		SSHKeyTrailing:   sshKeyInvalid(second(ParseSSHPublicKey("ssh-ed25519 " + b64(wire([]byte("ssh-ed25519"), make([]byte, 32), []byte{1}))))),
+		SSHKeyRSASmall:   sshKeyInvalid(second(ParseSSHPublicKey("ssh-rsa " + b64(wire([]byte("ssh-rsa"), []byte{1}, []byte{0xff}))))),
+	} {
+		if got := codeOf(err); got != code {
+			t.Errorf("%s: got %s (%v)", code, got, err)
+		}
+		triggered[code] = true
 	}
-	if _, err := ParseHeaderFlag("Bearer x"); codeOf(err) != HeaderFlagNoColon {
-		t.Errorf("flag: %v", err)
+	// Every code of the job spec's group was triggered here.
+	for _, c := range Codes() {
+		if IsJobSpecCode(c) && !triggered[c] {
+			t.Errorf("job spec code %s is never triggered by this test", c)
+		}
 	}
-	if _, err := ParseHeaderFlag("a b: x"); codeOf(err) != HeaderFlagName {
-		t.Errorf("flag name: %v", err)
-	}
-	if err := decodeStrict([]byte(`{"URL":"x"}`), &struct{ URL int }{}); codeOf(err) == "" {
-		t.Errorf("shape: %v", err)
+	for c := range triggered {
+		if !IsJobSpecCode(c) {
+			t.Errorf("%s is triggered by validation but not in the job spec group", c)
+		}
 	}
 }
+
+func second[T any](_ T, err error) error { return err }
 
 func manyKeys(n int) string {
 	var b strings.Builder

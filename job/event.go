@@ -32,11 +32,10 @@ const (
 	StepBootCheck   Step = "bootcheck"   // how the disk boots is checked
 	StepConfigDrive Step = "configdrive" // the config-2 ConfigDrive is written
 	StepFinish      Step = "finish"      // flushed, table re-read, final status
-	StepReboot      Step = "reboot"      // the server reboots to disk
 )
 
 // Steps lists the steps in the order they run, for install/status.
-var Steps = []Step{StepPreflight, StepDownload, StepVerify, StepWrite, StepRelocate, StepBootCheck, StepConfigDrive, StepFinish, StepReboot}
+var Steps = []Step{StepPreflight, StepDownload, StepVerify, StepWrite, StepRelocate, StepBootCheck, StepConfigDrive, StepFinish}
 
 // StepComment is the step's description in install/status (OVH shows
 // sentences such as "Downloading OS image").
@@ -58,8 +57,6 @@ func StepComment(s Step) string {
 		return "Creating the ConfigDrive"
 	case StepFinish:
 		return "Flushing the disk"
-	case StepReboot:
-		return "Rebooting to disk"
 	}
 	return string(s)
 }
@@ -186,8 +183,6 @@ func ProgressMessage(e Event) string {
 		return Text(MsgWritingStart)
 	case StepRelocate, StepBootCheck, StepConfigDrive, StepFinish:
 		return Text(MsgConfiguring)
-	case StepReboot:
-		return Text(MsgRebooting)
 	}
 	return e.Message
 }
