@@ -47,7 +47,9 @@ func startInstance(t *testing.T, args ...string) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	errb := &syncBuffer{}
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...), io.Discard, errb) }()
+	go func() {
+		done <- run(ctx, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...), io.Discard, errb)
+	}()
 	t.Cleanup(func() {
 		cancel()
 		if code := <-done; code != 0 {

@@ -1,14 +1,25 @@
 // Command byoi-load plays N agents and M customers against one or more
-// byoi-api base URLs, for a bounded time, and reports events/s, latency
-// per endpoint and errors; at the end it checks every event that was
-// acknowledged against what the API serves back.
+// byoi-api instances, for a bounded time, and reports events/s, latency per
+// endpoint, errors, the memory and CPU of the processes it is told about
+// (and its own CPU: it runs on the same machine); at the end it compares
+// every event an instance acknowledged with what the database holds.
 //
 // Servers, customers and their credentials are created directly in the
-// database (--db, the same code as `byoi-api server add`), which SQLite in
-// WAL mode allows while byoi-api runs: no admin endpoint is exposed over
-// HTTP for it.
+// database (--db, a SQLite file or a PostgreSQL URL; the same code as
+// `byoi-api server add`): no admin endpoint is exposed over HTTP for it.
 //
-//	byoi-load --db byoi.db --url http://127.0.0.1:8080 --agents 500 --customers 50 --duration 60s --pid $(pidof byoi-api)
+//	byoi-load --db byoi.db --url http://127.0.0.1:8080 --agents 1000 --duration 60s --pid api=$(pidof byoi-api)
+//	byoi-load --db postgres://... --key-file k --url http://127.0.0.1:8080,http://127.0.0.1:8081 --agents 10000 --duration 5m
+//
+// Each simulated server posts its inventory, then loops: asks for its job;
+// when it has none, its customer posts one (signed as go-ovh does) and it
+// asks again; it opens an attempt and sends one event every --interval
+// through a whole deployment (preflight, download progress, verify, write
+// progress, relocate, boot check, ConfigDrive, done), then starts over.
+// Agents are spread over the base URLs; an agent whose instance stops
+// answering (connection refused: killed) moves to the next URL and sends the
+// same event again, as the real agent retries (events are idempotent).
+// Customers poll GET bringYourOwnImage and install/status of their servers.
 package main
 
 import (
@@ -20,6 +31,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -28,10 +40,13 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/byoi/byoi/agentapi"
 	"github.com/byoi/byoi/controlplane"
+	"github.com/byoi/byoi/controlplane/store"
+	"github.com/byoi/byoi/controlplane/store/pgstore"
 	"github.com/byoi/byoi/controlplane/store/sqlitestore"
 	"github.com/byoi/byoi/job"
 )
@@ -45,11 +60,17 @@ type config struct {
 	interval       time.Duration
 	customerPause  time.Duration
 	progressEvents int
-	pid            int
+	pids           []namedPid
+	report         time.Duration
+}
+
+type namedPid struct {
+	name string
+	pid  int
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "byoi-load:", err)
@@ -61,49 +82,105 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("byoi-load", flag.ContinueOnError)
 	var c config
 	urls := fs.String("url", "http://127.0.0.1:8080", "byoi-api base URLs, comma-separated (agents and customers are spread over them)")
-	fs.StringVar(&c.db, "db", "byoi.db", "the byoi-api database, to create the simulated servers and customers")
-	fs.StringVar(&c.keyFile, "key-file", "", "its key file (default: the database path + .key)")
+	fs.StringVar(&c.db, "db", "byoi.db", "the byoi-api database (SQLite file or postgres:// URL), to create the simulated servers and to verify")
+	fs.StringVar(&c.keyFile, "key-file", "", "its key file (default: the SQLite path + .key)")
 	fs.IntVar(&c.agents, "agents", 100, "simulated agents (servers), at most 20000")
-	fs.IntVar(&c.customers, "customers", 10, "simulated customers, at most 2000")
+	fs.IntVar(&c.customers, "customers", 0, "simulated customers polling, at most 2000 (default: one per 20 servers)")
 	fs.DurationVar(&c.duration, "duration", 60*time.Second, "how long to run, at most 30m")
 	fs.DurationVar(&c.interval, "interval", 2*time.Second, "time between two events of an agent")
-	fs.DurationVar(&c.customerPause, "customer-pause", 500*time.Millisecond, "pause between two requests of a customer")
-	fs.IntVar(&c.progressEvents, "progress-events", 8, "progress events per download and per write step")
-	fs.IntVar(&c.pid, "pid", 0, "byoi-api's process id, to report its memory")
+	fs.DurationVar(&c.customerPause, "customer-pause", time.Second, "pause between two requests of a customer")
+	fs.IntVar(&c.progressEvents, "progress-events", 20, "progress events in the download and in the write step")
+	pids := fs.String("pid", "", "processes to report memory and CPU of: name=pid,... (a bare pid is named byoi-api); CPU counts the process's children too")
+	fs.DurationVar(&c.report, "report-every", 10*time.Second, "interval of the progress lines")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	c.urls = strings.Split(*urls, ",")
-	if c.agents < 1 || c.agents > 20000 || c.customers < 1 || c.customers > 2000 || c.duration <= 0 || c.duration > 30*time.Minute || c.interval < 10*time.Millisecond {
-		return errors.New("--agents 1..20000, --customers 1..2000, --duration up to 30m, --interval at least 10ms")
+	if c.customers == 0 {
+		c.customers = max(1, c.agents/20)
+	}
+	if c.agents < 1 || c.agents > 20000 || c.customers < 1 || c.customers > 2000 || c.duration <= 0 || c.duration > 30*time.Minute || c.interval < 10*time.Millisecond || c.progressEvents < 1 || c.progressEvents > 100 {
+		return errors.New("--agents 1..20000, --customers 1..2000, --duration up to 30m, --interval at least 10ms, --progress-events 1..100")
 	}
 	if c.customers > c.agents {
 		c.customers = c.agents
 	}
-	l, err := provision(ctx, c)
+	for _, p := range strings.Split(*pids, ",") {
+		if p == "" {
+			continue
+		}
+		name, v, ok := strings.Cut(p, "=")
+		if !ok {
+			name, v = "byoi-api", p
+		}
+		pid, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("--pid %q: %w", p, err)
+		}
+		c.pids = append(c.pids, namedPid{name, pid})
+	}
+	st, keys, err := openStore(ctx, c)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "provisioned %d servers for %d customers (run %s); running %s\n", c.agents, c.customers, l.run, c.duration)
-	return l.loadAndReport(ctx, out)
+	defer st.Close()
+	t0 := time.Now()
+	l, err := provision(ctx, c, st, keys)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "provisioned %d servers for %d customers in %s (run %s); running %s against %s\n", c.agents, c.customers, time.Since(t0).Round(time.Millisecond), l.run, c.duration, strings.Join(c.urls, " "))
+	if err := l.loadAndReport(ctx, out); err != nil {
+		return err
+	}
+	return l.verify(ctx, out, st)
+}
+
+func openStore(ctx context.Context, c config) (store.Store, *controlplane.Keyring, error) {
+	kf := c.keyFile
+	if kf == "" {
+		if pgstore.IsDSN(c.db) {
+			return nil, nil, errors.New("--db postgres://... needs --key-file (the instances' key file)")
+		}
+		kf = c.db + ".key"
+	}
+	keys, err := controlplane.LoadOrCreateKey(kf)
+	if err != nil {
+		return nil, nil, err
+	}
+	var st store.Store
+	if pgstore.IsDSN(c.db) {
+		st, err = pgstore.Open(ctx, c.db)
+	} else {
+		st, err = sqlitestore.Open(ctx, c.db)
+	}
+	return st, keys, err
 }
 
 type customer struct {
 	name    string
 	cred    controlplane.Credential
-	base    string
-	delta   int64 // server time - local time, seconds
+	url     atomic.Int32 // index in urls
+	delta   int64        // server time - local time, seconds
 	servers []*agentSim
 }
 
 type agentSim struct {
 	name     string
 	token    string
-	base     string
+	auth     string // "Bearer " + token
+	url      int    // index in urls (failover moves it)
 	customer *customer
-	// acked: every event acknowledged, by deployment, for the final check
-	acked map[int64][]job.Event
-	att   map[int64]int
+	// deployments this agent ran, for the final check: for each, the
+	// attempt and the time of every event acknowledged, in seq order (the
+	// events themselves are lifecycle()'s).
+	runs []deployRun
+}
+
+type deployRun struct {
+	deployment int64
+	attempt    int
+	times      []int64 // Unix ms of acknowledged events 1, 2, ...
 }
 
 type load struct {
@@ -112,75 +189,132 @@ type load struct {
 	client    *http.Client
 	customers []*customer
 	agents    []*agentSim
+	lifecycle []job.Event
 	stats     stats
 	events    atomic.Int64
 	deploys   atomic.Int64
+	failovers atomic.Int64
 }
 
-func provision(ctx context.Context, c config) (*load, error) {
-	kf := c.keyFile
-	if kf == "" {
-		kf = c.db + ".key"
-	}
-	keys, err := controlplane.LoadOrCreateKey(kf)
-	if err != nil {
-		return nil, err
-	}
-	st, err := sqlitestore.Open(ctx, c.db)
-	if err != nil {
-		return nil, err
-	}
-	defer st.Close()
+func provision(ctx context.Context, c config, st store.Store, keys *controlplane.Keyring) (*load, error) {
 	admin := &controlplane.Admin{Store: st, Keys: keys}
-	l := &load{c: c, run: strconv.FormatInt(time.Now().Unix()%1000000, 36), client: &http.Client{
-		Timeout:   30 * time.Second,
-		Transport: &http.Transport{MaxIdleConns: 0, MaxIdleConnsPerHost: 100000, IdleConnTimeout: time.Minute},
+	l := &load{c: c, run: strconv.FormatInt(time.Now().Unix()%1000000, 36), lifecycle: lifecycle(c.progressEvents), client: &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{
+			// One keep-alive connection per agent at most, never closed
+			// for want of idle room.
+			MaxIdleConns: 0, MaxIdleConnsPerHost: 25000, IdleConnTimeout: time.Minute,
+			DialContext:       (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+			ForceAttemptHTTP2: false,
+		},
 	}}
 	for i := 0; i < c.customers; i++ {
-		cu := &customer{name: fmt.Sprintf("load-%s-c%d", l.run, i), base: c.urls[i%len(c.urls)]}
-		if err := admin.AddCustomer(ctx, cu.name); err != nil {
-			return nil, err
-		}
-		if cu.cred, err = admin.AddCredential(ctx, cu.name); err != nil {
-			return nil, err
-		}
+		cu := &customer{name: fmt.Sprintf("load-%s-c%d", l.run, i)}
+		cu.url.Store(int32(i % len(c.urls)))
 		l.customers = append(l.customers, cu)
 	}
 	for i := 0; i < c.agents; i++ {
 		cu := l.customers[i%len(l.customers)]
-		a := &agentSim{name: fmt.Sprintf("load-%s-s%d", l.run, i), base: c.urls[i%len(c.urls)], customer: cu, acked: map[int64][]job.Event{}, att: map[int64]int{}}
-		if a.token, err = admin.AddServer(ctx, a.name, cu.name, ""); err != nil {
-			return nil, err
-		}
+		a := &agentSim{name: fmt.Sprintf("load-%s-s%d", l.run, i), url: i % len(c.urls), customer: cu}
 		cu.servers = append(cu.servers, a)
 		l.agents = append(l.agents, a)
+	}
+	// Concurrently: the store groups the writes (one commit for many).
+	parallel := func(n int, fn func(i int) error) error {
+		var wg sync.WaitGroup
+		var first atomic.Value
+		next := atomic.Int64{}
+		for range 64 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					i := int(next.Add(1) - 1)
+					if i >= n || first.Load() != nil {
+						return
+					}
+					if err := fn(i); err != nil {
+						first.CompareAndSwap(nil, err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if err, _ := first.Load().(error); err != nil {
+			return err
+		}
+		return ctx.Err()
+	}
+	if err := parallel(len(l.customers), func(i int) error {
+		cu := l.customers[i]
+		if err := admin.AddCustomer(ctx, cu.name); err != nil {
+			return err
+		}
+		var err error
+		cu.cred, err = admin.AddCredential(ctx, cu.name)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	if err := parallel(len(l.agents), func(i int) error {
+		a := l.agents[i]
+		var err error
+		a.token, err = admin.AddServer(ctx, a.name, a.customer.name, "")
+		a.auth = "Bearer " + a.token
+		return err
+	}); err != nil {
+		return nil, err
 	}
 	return l, nil
 }
 
-// stats records latencies and errors per endpoint.
+// stats records latencies (µs) and errors per endpoint.
 type stats struct {
-	mu  sync.Mutex
-	lat map[string][]time.Duration
-	err map[string]int
-	why map[string]string
+	mu sync.Mutex
+	ep map[string]*epStats
+}
+
+type epStats struct {
+	lat    []int32
+	errors int
+	last   string
 }
 
 func (s *stats) add(ep string, d time.Duration, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.lat == nil {
-		s.lat, s.err, s.why = map[string][]time.Duration{}, map[string]int{}, map[string]string{}
+	if s.ep == nil {
+		s.ep = map[string]*epStats{}
 	}
-	s.lat[ep] = append(s.lat[ep], d)
+	e := s.ep[ep]
+	if e == nil {
+		e = &epStats{lat: make([]int32, 0, 1024)}
+		s.ep[ep] = e
+	}
+	e.lat = append(e.lat, int32(min(d.Microseconds(), 1<<31-1)))
 	if err != nil {
-		s.err[ep]++
-		s.why[ep] = err.Error()
+		e.errors++
+		e.last = err.Error()
 	}
 }
 
-// do sends one request and decodes a 2xx JSON answer into out; it
-// returns the status.
+func (s *stats) errorsTotal() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, e := range s.ep {
+		n += e.errors
+	}
+	return n
+}
+
+// errTransport marks a request that got no HTTP answer.
+var errTransport = errors.New("no answer")
+
+// do sends one request and decodes a 2xx JSON answer into out; it returns
+// the status. A request that got no answer returns an error wrapping
+// errTransport.
 func (l *load) do(ctx context.Context, ep string, req *http.Request, out any, okStatus ...int) (int, error) {
 	req = req.WithContext(ctx)
 	start := time.Now()
@@ -189,7 +323,7 @@ func (l *load) do(ctx context.Context, ep string, req *http.Request, out any, ok
 		if ctx.Err() == nil {
 			l.stats.add(ep, time.Since(start), err)
 		}
-		return 0, err
+		return 0, fmt.Errorf("%w: %w", errTransport, err)
 	}
 	body, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
@@ -203,29 +337,35 @@ func (l *load) do(ctx context.Context, ep string, req *http.Request, out any, ok
 		}
 	}
 	if err == nil && out != nil && resp.StatusCode < 300 && len(body) > 0 {
-		dec := json.NewDecoder(bytes.NewReader(body))
-		dec.UseNumber() // byte counts past 2^53 stay exact
-		err = dec.Decode(out)
+		err = json.Unmarshal(body, out)
 	}
-	l.stats.add(ep, d, err)
+	if ctx.Err() == nil || err == nil {
+		l.stats.add(ep, d, err)
+	}
 	return resp.StatusCode, err
 }
 
-func (a *agentSim) req(method, path string, body any) *http.Request {
+func (l *load) agentReq(a *agentSim, method, path string, body []byte) *http.Request {
 	var r io.Reader = http.NoBody
 	if body != nil {
-		b, _ := json.Marshal(body)
-		r = bytes.NewReader(b)
+		r = bytes.NewReader(body)
 	}
-	req, _ := http.NewRequest(method, a.base+path, r)
-	req.Header.Set("Authorization", "Bearer "+a.token)
+	req, _ := http.NewRequest(method, l.c.urls[a.url]+path, r)
+	req.Header.Set("Authorization", a.auth)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	return req
 }
 
 // signed builds a customer request signed as go-ovh does.
-func (cu *customer) signed(method, path string, body []byte) *http.Request {
-	url := cu.base + "/1.0" + path
-	req, _ := http.NewRequest(method, url, bytes.NewReader(body))
+func (l *load) signed(cu *customer, method, path string, body []byte) *http.Request {
+	url := l.c.urls[cu.url.Load()] + "/1.0" + path
+	var r io.Reader = http.NoBody
+	if body != nil {
+		r = bytes.NewReader(body)
+	}
+	req, _ := http.NewRequest(method, url, r)
 	ts := time.Now().Unix() + cu.delta
 	req.Header.Set("X-Ovh-Application", cu.cred.ApplicationKey)
 	req.Header.Set("X-Ovh-Consumer", cu.cred.ConsumerKey)
@@ -239,7 +379,8 @@ func (cu *customer) signed(method, path string, body []byte) *http.Request {
 
 var jobBody = []byte(`{"URL":"https://images.example.com/debian-12.qcow2","type":"qcow2","checkSum":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08","checkSumType":"sha256","configdrive":{"enable":true,"hostname":"web1"}}`)
 
-// lifecycle is the events of one deployment, as a real agent sends them.
+// lifecycle is the events of one deployment, as a real agent sends them
+// (Seq and Time are set when sent).
 func lifecycle(n int) []job.Event {
 	const total = 3 << 30
 	evs := []job.Event{{Status: job.StatusDoing, Step: job.StepPreflight, Kind: job.KindInfo, Code: job.MsgPreflight, Message: job.Text(job.MsgPreflight)}}
@@ -256,14 +397,21 @@ func lifecycle(n int) []job.Event {
 	return append(evs, job.Event{Status: job.StatusDone, Step: job.StepFinish, Kind: job.KindInfo, Code: job.MsgDone, Message: job.Text(job.MsgDone)})
 }
 
+// failover moves an agent to the next base URL after a request got no
+// answer (its instance is gone).
+func (l *load) failover(a *agentSim, err error) {
+	if errors.Is(err, errTransport) && len(l.c.urls) > 1 {
+		a.url = (a.url + 1) % len(l.c.urls)
+		l.failovers.Add(1)
+	}
+}
+
 func (l *load) agent(ctx context.Context, a *agentSim, start time.Duration) {
 	select {
 	case <-time.After(start):
 	case <-ctx.Done():
 		return
 	}
-	inv := agentapi.Inventory{BootMode: agentapi.BootModeUEFI, AgentVersion: "byoi-load", DiskGroups: []agentapi.DiskGroup{{DiskGroupID: 1, Description: "1 X Disk NVME 960 GB, JBOD", DiskSize: agentapi.DiskSize{Unit: "GB", Value: 960}, DiskType: "NVME", NumberOfDisks: 1}}}
-	l.do(ctx, "agent inventory", a.req("POST", agentapi.InventoryPath(a.name), inv), nil)
 	tick := time.NewTicker(l.c.interval)
 	defer tick.Stop()
 	wait := func() bool {
@@ -274,63 +422,90 @@ func (l *load) agent(ctx context.Context, a *agentSim, start time.Duration) {
 			return false
 		}
 	}
+	inv, _ := json.Marshal(agentapi.Inventory{BootMode: agentapi.BootModeUEFI, AgentVersion: "byoi-load", DiskGroups: []agentapi.DiskGroup{{DiskGroupID: 1, Description: "1 X Disk NVME 960 GB, JBOD", DiskSize: agentapi.DiskSize{Unit: "GB", Value: 960}, DiskType: "NVME", NumberOfDisks: 1}}})
+	for {
+		_, err := l.do(ctx, "agent inventory", l.agentReq(a, "POST", agentapi.InventoryPath(a.name), inv), nil)
+		if err == nil {
+			break
+		}
+		l.failover(a, err)
+		if !wait() {
+			return
+		}
+	}
+	jobPath := agentapi.JobPath(a.name)
+	var ebuf bytes.Buffer
 	for ctx.Err() == nil {
 		var as agentapi.Assignment
-		st, err := l.do(ctx, "agent job", a.req("GET", agentapi.JobPath(a.name), nil), &as)
-		if err != nil {
-			if !wait() {
-				return
+		st, err := l.do(ctx, "agent job", l.agentReq(a, "GET", jobPath, nil), &as)
+		if err == nil && st == http.StatusNoContent {
+			// Nothing to do: the server's customer posts a deployment
+			// (409 when one already runs), and the agent asks again.
+			if _, err := l.do(ctx, "customer POST bringYourOwnImage", l.signed(a.customer, "POST", "/dedicated/server/"+a.name+"/bringYourOwnImage", jobBody), nil, http.StatusConflict); err == nil {
+				l.deploys.Add(1)
 			}
-			continue
+			st, err = l.do(ctx, "agent job", l.agentReq(a, "GET", jobPath, nil), &as)
 		}
-		if st == http.StatusNoContent {
-			// nothing to do: the server's customer posts a deployment
-			l.do(ctx, "customer POST bringYourOwnImage", a.customer.signed("POST", "/dedicated/server/"+a.name+"/bringYourOwnImage", jobBody), nil, http.StatusConflict)
-			l.deploys.Add(1)
+		if err != nil || st != http.StatusOK {
+			l.failover(a, err)
 			if !wait() {
 				return
 			}
 			continue
 		}
 		var at agentapi.Attempt
-		if _, err := l.do(ctx, "agent attempt", a.req("POST", agentapi.AttemptsPath(a.name, as.DeploymentID), nil), &at); err != nil {
+		if _, err := l.do(ctx, "agent attempt", l.agentReq(a, "POST", agentapi.AttemptsPath(a.name, as.DeploymentID), nil), &at); err != nil {
+			l.failover(a, err)
 			if !wait() {
 				return
 			}
 			continue
 		}
-		a.att[as.DeploymentID] = at.Attempt
-		evs := lifecycle(l.c.progressEvents)
-		for i := 0; i < len(evs) && ctx.Err() == nil; {
+		r := deployRun{deployment: as.DeploymentID, attempt: at.Attempt, times: make([]int64, 0, len(l.lifecycle))}
+		evPath := agentapi.EventsPath(a.name, as.DeploymentID)
+		for i := 0; i < len(l.lifecycle); {
 			if !wait() {
-				return
+				break
 			}
-			e := evs[i]
-			e.Seq, e.Time = int64(i+1), time.Now()
+			e := l.lifecycle[i]
+			e.Seq, e.Time = int64(i+1), time.UnixMilli(time.Now().UnixMilli())
+			ebuf.Reset()
+			json.NewEncoder(&ebuf).Encode(agentapi.EventBatch{Attempt: at.Attempt, Events: []job.Event{e}})
 			var ack agentapi.Ack
-			st, err := l.do(ctx, "agent events", a.req("POST", agentapi.EventsPath(a.name, as.DeploymentID), agentapi.EventBatch{Attempt: at.Attempt, Events: []job.Event{e}}), &ack)
+			st, err := l.do(ctx, "agent events", l.agentReq(a, "POST", evPath, ebuf.Bytes()), &ack)
 			if err != nil {
 				if st == http.StatusGone || st == http.StatusConflict {
 					break
 				}
-				continue // retry the same event
+				l.failover(a, err)
+				continue // the same event again, at the next tick
 			}
-			if ack.Seq == e.Seq {
-				a.acked[as.DeploymentID] = append(a.acked[as.DeploymentID], e)
+			if ack.Seq >= e.Seq {
+				r.times = append(r.times, e.Time.UnixMilli())
 				l.events.Add(1)
 				i++
 			}
 		}
+		a.runs = append(a.runs, r)
 	}
 }
 
-func (l *load) customerLoop(ctx context.Context, cu *customer) {
+func (l *load) customerLoop(ctx context.Context, cu *customer, start time.Duration) {
+	select {
+	case <-time.After(start):
+	case <-ctx.Done():
+		return
+	}
 	for i := 0; ctx.Err() == nil; i++ {
-		a := cu.servers[i%len(cu.servers)]
+		a := cu.servers[(i/2)%len(cu.servers)]
+		var err error
 		if i%2 == 0 {
-			l.do(ctx, "customer GET bringYourOwnImage", cu.signed("GET", "/dedicated/server/"+a.name+"/bringYourOwnImage", nil), nil, http.StatusNotFound)
+			_, err = l.do(ctx, "customer GET bringYourOwnImage", l.signed(cu, "GET", "/dedicated/server/"+a.name+"/bringYourOwnImage", nil), nil, http.StatusNotFound)
 		} else {
-			l.do(ctx, "customer GET install/status", cu.signed("GET", "/dedicated/server/"+a.name+"/install/status", nil), nil, http.StatusNotFound)
+			_, err = l.do(ctx, "customer GET install/status", l.signed(cu, "GET", "/dedicated/server/"+a.name+"/install/status", nil), nil, http.StatusNotFound)
+		}
+		if errors.Is(err, errTransport) && len(l.c.urls) > 1 {
+			cu.url.Store((cu.url.Load() + 1) % int32(len(l.c.urls)))
 		}
 		select {
 		case <-time.After(l.c.customerPause):
@@ -342,13 +517,17 @@ func (l *load) customerLoop(ctx context.Context, cu *customer) {
 func (l *load) loadAndReport(ctx context.Context, out io.Writer) error {
 	for _, cu := range l.customers {
 		var ts int64
-		req, _ := http.NewRequest("GET", cu.base+"/1.0/auth/time", nil)
+		req, _ := http.NewRequest("GET", l.c.urls[cu.url.Load()]+"/1.0/auth/time", nil)
 		if _, err := l.do(ctx, "auth/time", req, &ts); err != nil {
-			return fmt.Errorf("auth/time on %s: %w", cu.base, err)
+			return fmt.Errorf("auth/time on %s: %w", l.c.urls[cu.url.Load()], err)
 		}
 		cu.delta = ts - time.Now().Unix()
 	}
-	rss0 := readRSS(l.c.pid)
+	procs := make([]*proc, len(l.c.pids))
+	for i, p := range l.c.pids {
+		procs[i] = newProc(p)
+	}
+	self0 := selfCPU()
 	runCtx, cancel := context.WithTimeout(ctx, l.c.duration)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -362,99 +541,253 @@ func (l *load) loadAndReport(ctx context.Context, out io.Writer) error {
 	}
 	for _, cu := range l.customers {
 		wg.Add(1)
-		go func() { defer wg.Done(); l.customerLoop(runCtx, cu) }()
+		go func() {
+			defer wg.Done()
+			l.customerLoop(runCtx, cu, time.Duration(rand.Int64N(int64(l.c.customerPause))))
+		}()
 	}
-	var peak string
 	stopSample := make(chan struct{})
+	sampled := make(chan struct{})
 	go func() {
-		for {
+		defer close(sampled)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		lastEv, lastT, lastSelf := int64(0), begin, self0
+		var lastCPU []float64
+		for _, p := range procs {
+			lastCPU = append(lastCPU, p.cpu0)
+		}
+		for n := 1; ; n++ {
 			select {
 			case <-stopSample:
 				return
-			case <-time.After(time.Second):
-				if r := readRSS(l.c.pid); r != "" {
-					peak = r
-				}
+			case <-tick.C:
 			}
+			for _, p := range procs {
+				p.sample()
+			}
+			if l.c.report <= 0 || time.Duration(n)*time.Second%l.c.report != 0 {
+				continue
+			}
+			now, ev, self := time.Now(), l.events.Load(), selfCPU()
+			dt := now.Sub(lastT).Seconds()
+			line := fmt.Sprintf("t=%4.0fs events/s %6.0f errors %d failovers %d load-cpu %3.0f%%", now.Sub(begin).Seconds(), float64(ev-lastEv)/dt, l.stats.errorsTotal(), l.failovers.Load(), 100*(self-lastSelf)/dt)
+			for i, p := range procs {
+				c := p.cpuNow()
+				line += fmt.Sprintf(" %s-cpu %3.0f%% %s-rss %dMiB", p.name, 100*(c-lastCPU[i])/dt, p.name, p.rss>>20)
+				lastCPU[i] = c
+			}
+			fmt.Fprintln(out, line)
+			lastEv, lastT, lastSelf = ev, now, self
 		}
 	}()
 	wg.Wait()
 	close(stopSample)
+	<-sampled
 	elapsed := time.Since(begin)
-	fmt.Fprintf(out, "\n%d agents, %d customers, %s, %d base URL(s)\n", len(l.agents), len(l.customers), elapsed.Round(time.Millisecond), len(l.c.urls))
-	fmt.Fprintf(out, "events acknowledged: %d (%.0f events/s), deployments posted: %d\n", l.events.Load(), float64(l.events.Load())/elapsed.Seconds(), l.deploys.Load())
+	selfUsed := selfCPU() - self0
+	fmt.Fprintf(out, "\n%d agents, %d customers, %s, %d base URL(s), an event every %s per agent (offered %.0f events/s)\n", len(l.agents), len(l.customers), elapsed.Round(time.Millisecond), len(l.c.urls), l.c.interval, float64(len(l.agents))/l.c.interval.Seconds())
+	fmt.Fprintf(out, "events acknowledged: %d (%.0f events/s), deployments posted: %d, failovers: %d\n", l.events.Load(), float64(l.events.Load())/elapsed.Seconds(), l.deploys.Load(), l.failovers.Load())
 	l.report(out)
-	if l.c.pid != 0 {
-		fmt.Fprintf(out, "byoi-api memory (pid %d): before %s; at the end %s; %s\n", l.c.pid, rss0, peak, readHWM(l.c.pid))
+	fmt.Fprintf(out, "CPU (of 2 cores = 200%%): byoi-load %.0f%%", 100*selfUsed/elapsed.Seconds())
+	for _, p := range procs {
+		fmt.Fprintf(out, ", %s %.0f%%", p.name, 100*(p.cpuNow()-p.cpu0)/elapsed.Seconds())
 	}
-	return l.verify(ctx, out)
+	fmt.Fprintln(out)
+	for _, p := range procs {
+		fmt.Fprintf(out, "memory %s (pid %d): RSS at start %d MiB, peak sampled %d MiB, %s\n", p.name, p.pid, p.rss0>>20, p.peak>>20, procStatus(p.pid, "VmHWM"))
+	}
+	return nil
 }
 
 func (l *load) report(out io.Writer) {
 	l.stats.mu.Lock()
 	defer l.stats.mu.Unlock()
 	var eps []string
-	for ep := range l.stats.lat {
+	for ep := range l.stats.ep {
 		eps = append(eps, ep)
 	}
 	sort.Strings(eps)
-	fmt.Fprintf(out, "%-34s %8s %7s %9s %9s %9s\n", "endpoint", "requests", "errors", "p50", "p99", "max")
+	fmt.Fprintf(out, "%-34s %9s %7s %9s %9s %9s\n", "endpoint", "requests", "errors", "p50", "p99", "max")
+	us := func(v int32) string {
+		return (time.Duration(v) * time.Microsecond).Round(10 * time.Microsecond).String()
+	}
 	for _, ep := range eps {
-		d := l.stats.lat[ep]
+		e := l.stats.ep[ep]
+		d := e.lat
 		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
-		q := func(p float64) time.Duration { return d[min(len(d)-1, int(float64(len(d))*p))] }
-		fmt.Fprintf(out, "%-34s %8d %7d %9s %9s %9s\n", ep, len(d), l.stats.err[ep], q(0.50).Round(10*time.Microsecond), q(0.99).Round(10*time.Microsecond), d[len(d)-1].Round(10*time.Microsecond))
-		if l.stats.err[ep] > 0 {
-			fmt.Fprintf(out, "    last error: %.200s\n", l.stats.why[ep])
+		q := func(p float64) int32 { return d[min(len(d)-1, int(float64(len(d))*p))] }
+		fmt.Fprintf(out, "%-34s %9d %7d %9s %9s %9s\n", ep, len(d), e.errors, us(q(0.50)), us(q(0.99)), us(d[len(d)-1]))
+		if e.errors > 0 {
+			fmt.Fprintf(out, "    last error: %.200s\n", e.last)
 		}
 	}
 }
 
-// verify reads every deployment's history back through the customer API
-// and checks each acknowledged event is there, unchanged.
-func (l *load) verify(ctx context.Context, out io.Writer) error {
-	checked, missing, differ := 0, 0, 0
-	for _, a := range l.agents {
-		for depl, evs := range a.acked {
-			stored := map[int64]map[string]any{}
-			after := "0"
-			for {
-				var page struct {
-					Next   json.Number
-					Events []map[string]any
+// verify compares every acknowledged event with what the database holds
+// (read through the store, not through an instance: one may have been
+// killed): each must be there, in its deployment and attempt, unchanged.
+func (l *load) verify(ctx context.Context, out io.Writer, st store.Store) error {
+	type item struct {
+		a *agentSim
+		r deployRun
+	}
+	items := make(chan item, 1024)
+	var checked, missing, differ, deployments atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for it := range items {
+				deployments.Add(1)
+				stored := map[int64]store.Entry{}
+				after := int64(0)
+				for {
+					page, err := st.History(ctx, it.r.deployment, after, 1000)
+					if err != nil {
+						firstErr.CompareAndSwap(nil, err)
+						return
+					}
+					if len(page) == 0 {
+						break
+					}
+					for _, e := range page {
+						if e.Source == store.SourceAgent && e.Attempt == it.r.attempt {
+							stored[e.Seq] = e
+						}
+					}
+					after = page[len(page)-1].N
 				}
-				path := fmt.Sprintf("/dedicated/server/%s/bringYourOwnImage/events?deployment=%d&after=%s&limit=1000", a.name, depl, after)
-				if _, err := l.do(ctx, "verify events", a.customer.signed("GET", path, nil), &page); err != nil {
-					return fmt.Errorf("verify %s: %w", a.name, err)
-				}
-				if len(page.Events) == 0 {
-					break
-				}
-				for _, e := range page.Events {
-					if e["source"] == "agent" && fmt.Sprint(e["attempt"]) == strconv.Itoa(a.att[depl]) {
-						seq, _ := strconv.ParseInt(fmt.Sprint(e["seq"]), 10, 64)
-						stored[seq] = e
+				for i, ms := range it.r.times {
+					checked.Add(1)
+					want := l.lifecycle[i]
+					s, ok := stored[int64(i+1)]
+					switch {
+					case !ok:
+						missing.Add(1)
+					case s.Step != want.Step || s.Status != want.Status || s.Kind != want.Kind || s.Code != want.Code || s.BytesDone != want.BytesDone || s.BytesTotal != want.BytesTotal || s.Message != want.Message || s.Time.UnixMilli() != ms:
+						differ.Add(1)
 					}
 				}
-				after = page.Next.String()
 			}
-			for _, e := range evs {
-				checked++
-				s, ok := stored[e.Seq]
-				switch {
-				case !ok:
-					missing++
-				case s["step"] != string(e.Step) || s["status"] != string(e.Status) || fmt.Sprint(s["bytesDone"]) != strconv.FormatInt(e.BytesDone, 10) || s["message"] != e.Message:
-					differ++
-				}
+		}()
+	}
+	start := time.Now()
+	for _, a := range l.agents {
+		for _, r := range a.runs {
+			if len(r.times) > 0 {
+				items <- item{a, r}
 			}
 		}
 	}
-	fmt.Fprintf(out, "verification: %d acknowledged events checked against the API: %d missing, %d different\n", checked, missing, differ)
-	if missing+differ > 0 {
+	close(items)
+	wg.Wait()
+	if err, _ := firstErr.Load().(error); err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	fmt.Fprintf(out, "verification against the database: %d acknowledged events of %d deployments checked in %s: %d missing, %d different\n",
+		checked.Load(), deployments.Load(), time.Since(start).Round(time.Millisecond), missing.Load(), differ.Load())
+	if checked.Load() != l.events.Load() {
+		return fmt.Errorf("%d events acknowledged but %d checked", l.events.Load(), checked.Load())
+	}
+	if missing.Load()+differ.Load() > 0 {
 		return errors.New("acknowledged events were lost or changed")
 	}
 	return nil
+}
+
+// proc follows a process's memory and CPU through /proc.
+type proc struct {
+	name            string
+	pid             int
+	rss0, rss, peak int64
+	cpu0            float64
+}
+
+func newProc(p namedPid) *proc {
+	pr := &proc{name: p.name, pid: p.pid}
+	pr.rss0 = rssBytes(p.pid)
+	pr.cpu0 = treeCPU(p.pid)
+	return pr
+}
+
+func (p *proc) sample() {
+	if r := rssBytes(p.pid); r > 0 {
+		p.rss = r
+		p.peak = max(p.peak, r)
+	}
+}
+
+// cpuNow is the process's CPU seconds; a process that is gone (killed)
+// keeps its last reading.
+func (p *proc) cpuNow() float64 {
+	if c := treeCPU(p.pid); c > 0 {
+		p.cpu0 = min(p.cpu0, c)
+		return c
+	}
+	return p.cpu0
+}
+
+const clockTicks = 100 // USER_HZ on Linux
+
+// statFields returns the fields of /proc/pid/stat after the command name.
+func statFields(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(string(b[i+1:]))
+}
+
+// treeCPU is the CPU seconds of pid, its reaped children, and its live
+// children (PostgreSQL's backends are children of the postmaster).
+func treeCPU(pid int) float64 {
+	f := statFields(pid)
+	if len(f) < 15 {
+		return 0
+	}
+	sum := 0.0
+	for _, k := range []int{11, 12, 13, 14} { // utime stime cutime cstime
+		v, _ := strconv.ParseFloat(f[k], 64)
+		sum += v
+	}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		c, err := strconv.Atoi(e.Name())
+		if err != nil || c == pid {
+			continue
+		}
+		cf := statFields(c)
+		if len(cf) < 15 || cf[1] != strconv.Itoa(pid) {
+			continue
+		}
+		for _, k := range []int{11, 12} {
+			v, _ := strconv.ParseFloat(cf[k], 64)
+			sum += v
+		}
+	}
+	return sum / clockTicks
+}
+
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+func rssBytes(pid int) int64 {
+	f := strings.Fields(procStatus(pid, "VmRSS"))
+	if len(f) < 2 {
+		return 0
+	}
+	kb, _ := strconv.ParseInt(f[1], 10, 64)
+	return kb << 10
 }
 
 func procStatus(pid int, key string) string {
@@ -472,6 +805,3 @@ func procStatus(pid int, key string) string {
 	}
 	return ""
 }
-
-func readRSS(pid int) string { return procStatus(pid, "VmRSS") }
-func readHWM(pid int) string { return procStatus(pid, "VmHWM") }
