@@ -165,7 +165,6 @@ const (
 	APIInternal        Code = "APIInternal"        //
 	APINoDeployment    Code = "APINoDeployment"    // server
 	APICSRF            Code = "APICSRF"            //
-	APIRateLimited     Code = "APIRateLimited"     //
 	APIAgentNotAllowed Code = "APIAgentNotAllowed" //
 	APIPickupTimeout   Code = "APIPickupTimeout"   // duration
 	MsgCancelled       Code = "MsgCancelled"       //
@@ -304,7 +303,6 @@ var catalog = map[Code]entry{
 	APIInternal:        {"internal server error", FaultProvider},
 	APINoDeployment:    {"no deployment on server %s", FaultCustomer},
 	APICSRF:            {"missing or invalid CSRF token: reload the page", FaultCustomer},
-	APIRateLimited:     {"too many requests: slow down", FaultCustomer},
 	APIAgentNotAllowed: {"this agent token does not belong to server %s", FaultCustomer},
 	APIPickupTimeout:   {"the server's agent did not pick up the deployment within %s", FaultProvider},
 	MsgCancelled:       {"the deployment was cancelled: its status was erased", FaultNone},
