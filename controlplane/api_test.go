@@ -145,7 +145,7 @@ func TestLegacyDeploymentDone(t *testing.T) {
 	if st.Status != "doing" || *st.Message != job.Text(job.MsgStarting) || *st.Checksum != sha || *st.Servername != "ns1.example" {
 		t.Fatalf("%+v", st)
 	}
-	if got := stepStatuses(t, c, a.server); got != "todo todo todo todo todo todo todo todo todo" {
+	if got := stepStatuses(t, c, a.server); got != "todo todo todo todo todo todo todo todo" {
 		t.Fatal(got)
 	}
 	if b := serverInfo(t, c, a.server)["bootId"]; fmt.Sprint(b) != "2" {
@@ -162,21 +162,21 @@ func TestLegacyDeploymentDone(t *testing.T) {
 		t.Fatalf("job does not parse back: %v", err)
 	}
 	a.mustSend(a.event("doing", job.StepPreflight, job.KindInfo, job.MsgPreflight, job.Text(job.MsgPreflight), 0, 0))
-	if got := stepStatuses(t, c, a.server); got != "doing todo todo todo todo todo todo todo todo" {
+	if got := stepStatuses(t, c, a.server); got != "doing todo todo todo todo todo todo todo" {
 		t.Fatal(got)
 	}
 	a.mustSend(a.event("doing", job.StepDownload, job.KindProgress, "", "", 1<<30, 4<<30))
 	if st := getStatus(t, c, a.server); *st.Message != job.Text(job.MsgDownloading, "1.0 GiB", "4.0 GiB") {
 		t.Fatalf("%q", *st.Message)
 	}
-	if got := stepStatuses(t, c, a.server); got != "done doing todo todo todo todo todo todo todo" {
+	if got := stepStatuses(t, c, a.server); got != "done doing todo todo todo todo todo todo" {
 		t.Fatal(got)
 	}
 	a.mustSend(a.event("doing", job.StepVerify, job.KindInfo, "", "", 0, 0), a.event("doing", job.StepWrite, job.KindProgress, "", "", 1<<30, 4<<30))
 	if st := getStatus(t, c, a.server); *st.Message != job.Text(job.MsgWriting, 25) {
 		t.Fatalf("%q", *st.Message)
 	}
-	if got := stepStatuses(t, c, a.server); got != "done done done doing todo todo todo todo todo" {
+	if got := stepStatuses(t, c, a.server); got != "done done done doing todo todo todo todo" {
 		t.Fatal(got)
 	}
 	ack := a.mustSend(a.event("doing", job.StepConfigDrive, job.KindInfo, "", "", 0, 0), a.event("done", job.StepFinish, job.KindInfo, job.MsgDone, job.Text(job.MsgDone), 0, 0))
@@ -187,7 +187,7 @@ func TestLegacyDeploymentDone(t *testing.T) {
 	if st.Status != "done" || *st.Message != job.Text(job.MsgDone) {
 		t.Fatalf("%+v", st)
 	}
-	if got := stepStatuses(t, c, a.server); got != "done done done done done done done done done" {
+	if got := stepStatuses(t, c, a.server); got != "done done done done done done done done" {
 		t.Fatal(got)
 	}
 	info := serverInfo(t, c, a.server)
