@@ -11,8 +11,8 @@ import (
 // that every byte of [0, size) ends up either written or zeroed: nothing of
 // the previous system survives in the image region.
 //
-// Two regions are held back in memory and written only by writeHeld, at
-// the very end: the first HeadSize bytes (MBR and primary GPT) and the last
+// Two regions are held back in memory and written only by writeTail and
+// writeHead, at the very end: the first HeadSize bytes (MBR and primary GPT) and the last
 // HeadSize bytes (the image's own backup GPT). Until then the target has
 // no partition table the image brought, so a failure at any point leaves
 // nothing that looks bootable (failsafe.go).
@@ -200,17 +200,24 @@ func (w *extentWriter) finish() error {
 	return w.flush()
 }
 
-// writeHeld writes the held-back regions: the tail (the image's backup
-// GPT) and then the head (MBR, primary GPT). The caller syncs after.
-func (w *extentWriter) writeHeld() error {
-	if len(w.tail) > 0 {
-		if _, err := w.dst.WriteAt(w.tail, w.tailStart); err != nil {
-			return &WriteError{Format: w.format, Err: fmt.Errorf("write the last MiB of the image: %w", err)}
-		}
+// writeTail writes the held-back end of the virtual disk (the image's
+// backup GPT); writeHead then the first MiB (MBR, primary GPT). The caller
+// syncs after each.
+func (w *extentWriter) writeTail() error {
+	if len(w.tail) == 0 {
+		return nil
 	}
+	if _, err := w.dst.WriteAt(w.tail, w.tailStart); err != nil {
+		return &WriteError{Format: w.format, Err: fmt.Errorf("write the last MiB of the image: %w", err)}
+	}
+	w.written += int64(len(w.tail))
+	return nil
+}
+
+func (w *extentWriter) writeHead() error {
 	if _, err := w.dst.WriteAt(w.head, 0); err != nil {
 		return &WriteError{Format: w.format, Err: fmt.Errorf("write partition table: %w", err)}
 	}
-	w.written += int64(len(w.head) + len(w.tail))
+	w.written += int64(len(w.head))
 	return nil
 }

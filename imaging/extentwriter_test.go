@@ -34,7 +34,7 @@ func (m *ewTarget) ZeroRange(_ context.Context, off, n int64) error {
 // TestExtentWriterAnyOrder: extents in any order, some of zeros, some
 // missing, land exactly; every other byte of the virtual disk is zeroed;
 // nothing past it is touched; the held-back regions are not written
-// before writeHeld.
+// before writeTail and writeHead.
 func TestExtentWriterAnyOrder(t *testing.T) {
 	const grain = 64 << 10
 	for _, size := range []int64{3 << 20, 5<<20 + 3*512, 700 << 10, HeadSize + 512} {
@@ -74,9 +74,12 @@ func TestExtentWriterAnyOrder(t *testing.T) {
 				tailStart := max(size-HeadSize, headEnd)
 				if !bytes.Equal(dst.b[:headEnd], bytes.Repeat([]byte{0xFF}, int(headEnd))) ||
 					!bytes.Equal(dst.b[tailStart:size], bytes.Repeat([]byte{0xFF}, int(size-tailStart))) {
-					t.Fatal("held-back regions touched before writeHeld")
+					t.Fatal("held-back regions touched before writeTail and writeHead")
 				}
-				if err := w.writeHeld(); err != nil {
+				if err := w.writeTail(); err != nil {
+					t.Fatal(err)
+				}
+				if err := w.writeHead(); err != nil {
 					t.Fatal(err)
 				}
 				if !bytes.Equal(dst.b[:size], want) {

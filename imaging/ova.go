@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/gzip"
+
+	"github.com/byoi/byoi/partition"
 )
 
 // Bounds on what an OVA may hold (DSP0243 section 5: an OVA is a tar
@@ -95,7 +97,7 @@ type OVAResult struct {
 // (ParseOVF), every member before the disk (plain names, regular files,
 // sizes), the VMDK's header and descriptor (no other file named, capacity
 // within dst), and the disk's first MiB, which must hold a partition table
-// and pass opts.Check. It is assembled from the grains the stream brings
+// (partition.Examine's verdict) and pass opts.Check. It is assembled from the grains the stream brings
 // before the first grain past it: VMware, VirtualBox and qemu-img write
 // grains in disk order, so all of them. A stream in another order (the
 // format allows it) whose first grain comes later is checked once read,
@@ -114,6 +116,7 @@ type OVAResult struct {
 // On any failure once writing started, the target is wiped of partition
 // tables (WipeAfterFailure over the virtual disk) and the original error
 // returned: a *SizeError, *VMDKError, *OVAError, *ManifestError, a
+// *partition.TableError, a
 // *WriteError{Format: "ova"} for the target's errors, src's and Verify's
 // errors unchanged, or the context's error. Refusals before writing are
 // the same types, with the target untouched.
@@ -189,10 +192,17 @@ func WriteOVA(ctx context.Context, src io.Reader, dst Target, opts OVAOptions) (
 		if res.Table != "" && sum == checked {
 			return nil
 		}
-		table, ok := HasPartitionTable(xw.head)
-		if !ok {
+		// partition.Examine is byoi's one partition-table verdict (Linux's
+		// rules), as for raw images: a table Linux would read otherwise
+		// is refused with its *partition.TableError.
+		v, err := partition.Examine(xw.head)
+		if errors.Is(err, partition.ErrNoTable) {
 			return ovaRefuse(w.diskName, "the virtual disk holds no partition table; it seems to contain: %s", ovaDescribe(xw.head))
 		}
+		if err != nil {
+			return err
+		}
+		table := v.Table
 		if res.Table != "" && table != res.Table {
 			return ovaRefuse(w.diskName, "a grain that came late changed the virtual disk's partition table")
 		}
@@ -262,7 +272,16 @@ func WriteOVA(ctx context.Context, src io.Reader, dst Target, opts OVAOptions) (
 	if err := ctx.Err(); err != nil {
 		return fail(err)
 	}
-	if err := xw.writeHeld(); err != nil {
+	// The image's backup GPT, flushed, then the first MiB, flushed: in
+	// between, the disk holds the complete new system, readable from its
+	// backup GPT (the order of Guard.Commit and WriteRaw).
+	if err := xw.writeTail(); err != nil {
+		return fail(err)
+	}
+	if err := dst.Sync(); err != nil {
+		return fail(&WriteError{Format: "ova", Err: err})
+	}
+	if err := xw.writeHead(); err != nil {
 		return fail(err)
 	}
 	if err := dst.Sync(); err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/byoi/byoi/imaging"
 	"github.com/byoi/byoi/internal/testimage"
 	"github.com/byoi/byoi/internal/testutil"
+	"github.com/byoi/byoi/partition"
 )
 
 const (
@@ -191,6 +192,8 @@ func TestWriteOVARefusedUntouched(t *testing.T) {
 			"not aligned to the grain size", vmdkErr},
 		{"no-partition-table", hostTar(t, testimage.Member{Name: "disk1.vmdk", Data: hostVMDK(t, testimage.VMDK{Raw: append(make([]byte, 2*ovaMiB), raw[2*ovaMiB:]...)})}), 0,
 			"the virtual disk holds no partition table; it seems to contain: only zeros", ovaErr},
+		{"gpt-behind-mbr", hostTar(t, testimage.Member{Name: "disk1.vmdk", Data: hostVMDK(t, testimage.VMDK{Raw: hostHiddenGPT(raw)})}), 0,
+			"", &partition.TableError{}},
 		// The archive.
 		{"member-dotdot", hostTar(t, testimage.Member{Name: "../disk1.vmdk", Data: good}), 0,
 			`"../disk1.vmdk": member name is not a plain file name`, ovaErr},
@@ -289,6 +292,10 @@ func TestWriteOVARefusedUntouched(t *testing.T) {
 				if !errors.As(err, &want) {
 					t.Errorf("error %T is not a SizeError", err)
 				}
+			case *partition.TableError:
+				if !errors.As(err, &want) {
+					t.Errorf("error %T is not a partition.TableError", err)
+				}
 			}
 			if verified {
 				t.Error("Verify called")
@@ -298,6 +305,14 @@ func TestWriteOVARefusedUntouched(t *testing.T) {
 			}
 		})
 	}
+}
+
+// hostHiddenGPT turns the protective MBR of a GPT disk into an MBR with a
+// Linux partition: Linux would read the MBR and ignore the GPT.
+func hostHiddenGPT(raw []byte) []byte {
+	b := bytes.Clone(raw)
+	b[446+4] = 0x83
+	return b
 }
 
 // hostGNUSparse tars an OVF and disk1.vmdk as a GNU sparse member with
