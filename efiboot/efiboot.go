@@ -48,13 +48,19 @@ const DefaultDir = "/sys/firmware/efi/efivars"
 // BootOrder, BootCurrent and BootNext.
 const GlobalVariableGUID = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 
-// Variable attributes: the 4-byte prefix of every efivarfs file.
+// Variable attributes: the 4-byte prefix of every efivarfs file. Boot####
+// and BootOrder are written with all three.
 const (
-	AttrNonVolatile      = 0x1
-	AttrBootService      = 0x2
-	AttrRuntimeAccess    = 0x4
+	AttrNonVolatile   = 0x1
+	AttrBootService   = 0x2
+	AttrRuntimeAccess = 0x4
+)
+
+// LoadOptionActive is the LOAD_OPTION_ACTIVE bit of EFI_LOAD_OPTION.Attributes.
+const LoadOptionActive = 0x1
+
+const (
 	attrBootVars         = AttrNonVolatile | AttrBootService | AttrRuntimeAccess
-	LoadOptionActive     = 0x1 // EFI_LOAD_OPTION.Attributes: LOAD_OPTION_ACTIVE
 	maxDescriptionRunes  = 256
 	maxLoaderPathRunes   = 1024
 	hardDriveNodeLength  = 42

@@ -20,10 +20,10 @@
 #        BYOI_RESCUE_REBUILD=1     ignore the cached result
 # Cache key: sha256 of this script, everything in scripts/rescue/, the exact .deb versions,
 # the byoi binary, the module list and the compression. Downloaded .debs are kept in
-# $CACHE/debs, so a key change does not download them again.
+# $CACHE/debs, so a key change does not download them again; the 8 newest builds are kept.
 #
 # Boot it with e.g. (iPXE):
-#   kernel http://HOST/vmlinuz initrd=initrd.img console=ttyS0,115200 quiet BOOTIF=01-${net0/mac:hexhyp} byoi.url=... byoi.server=... byoi.token=...
+#   kernel http://HOST/vmlinuz initrd=initrd.img console=ttyS0,115200 quiet BOOTIF=01-${netX/mac:hexhyp} byoi.url=... byoi.server=... byoi.token=...
 #   initrd http://HOST/initrd.img
 #   boot
 # (`initrd=initrd.img` is for the EFI stub under UEFI; `quiet` keeps the kernel from echoing
@@ -212,6 +212,9 @@ SIZES="vmlinuz $(mib "$WORK/out/vmlinuz"), initrd.img $(mib "$WORK/out/initrd.im
 } >"$WORK/out/manifest.txt"
 rm -rf "$OUT"
 mv "$WORK/out" "$OUT"
+# keep the 8 newest builds
+find "$CACHE" -mindepth 1 -maxdepth 1 -type d -regextype posix-extended -regex '.*/[0-9a-f]{16}' -printf '%T@ %p\n' |
+  sort -rn | tail -n +9 | cut -d' ' -f2- | while read -r old; do rm -rf "$old"; done
 log "built $OUT in $(( $(date +%s) - START )) s: $SIZES"
 echo "$OUT/vmlinuz"
 echo "$OUT/initrd.img"

@@ -7,7 +7,9 @@
 #   direct         the rescue system booted with -kernel: init, DHCP, agent restarts, shell
 #   bios           SeaBIOS: network -> rescue -> stand-in agent writes a BIOS image to the
 #                  first disk of the group (2nd NVMe) -> reboot -> iPXE runs $DISK_SCRIPT
-#                  (default "sanboot --no-describe --drive 0x81")
+#                  (default "chain /files/bootsel.bin || exit": bootsel.S, patched with the
+#                  image's MBR signature or GPT disk GUID, finds the disk whatever its BIOS
+#                  number; "sanboot --no-describe --drive 0x81" works too when N is known)
 #   uefi           OVMF: network -> rescue -> stand-in writes a GPT image whose ESP holds only
 #                  \EFI\debian\grubx64.efi to the 2nd NVMe and a Boot#### for it (efiboot)
 #                  -> reboot -> iPXE runs $DISK_SCRIPT (default "exit") -> marker; then a
@@ -28,6 +30,8 @@
 #      SEED=1       uefi (default there): first boot the VM once with bootindex=1 on the NIC only, until iPXE
 #                   starts, so that OVMF writes a BootOrder with the network first (what an
 #                   operator does in the firmware setup); later boots use BOOTINDEX
+#      BIOS_TABLE   bios: the deployed image has an MBR (default) or a GPT (gpt) partition table
+#      BOOTSEL_KEY  bios: the MBR signature bootsel looks for (default: the image's, 1a2b3c4d)
 #      FWCFG        extra QEMU arguments for OVMF, e.g. "-fw_cfg name=opt/org.tianocore/IPv6PXESupport,string=no"
 # The three NVMe disks: c (128 MiB, first on the bus, a decoy that boots and says so),
 # a (256 MiB, serial byoi-a: the first disk of the group of two 256 MiB disks: the target),
@@ -117,7 +121,8 @@ EOF
     --install-modules="normal part_gpt fat serial terminal echo halt sleep test" \
     --locales= --fonts= --themes= "boot/grub/grub.cfg=$cfg"
 }
-# mbr_marker OUT MARKER: a legacy boot sector printing MARKER and the BIOS drive number it got
+# mbr_marker OUT MARKER [SIGNATURE_HEX8]: a legacy boot sector printing MARKER and the BIOS
+# drive number it got; the MBR disk signature (bytes 440..443) is SIGNATURE (little-endian)
 mbr_marker() {
   [ -s "$WORK/mbr.bin" ] || {
     as --32 -o "$WORK/mbr.o" "$HERE/mbr-marker.S"
@@ -129,7 +134,25 @@ mbr_marker() {
   # one partition (type 0x83, 1 MiB..end) and the boot signature
   printf '\x80\x00\x00\x00\x83\x00\x00\x00\x00\x08\x00\x00\x00\xf8\x00\x00' | dd of="$1" bs=1 seek=446 conv=notrunc status=none
   printf '\x55\xaa' | dd of="$1" bs=1 seek=510 conv=notrunc status=none
+  if [ -n "${3:-}" ]; then
+    printf "\\x${3:6:2}\\x${3:4:2}\\x${3:2:2}\\x${3:0:2}" | dd of="$1" bs=1 seek=440 conv=notrunc status=none
+  fi
   rm -f "$1.mbr"
+}
+# bootsel OUT MODE KEYHEX: bootsel.S assembled, with its key patched in (mode 1: MBR signature
+# as 8 hex digits, the number; mode 2: GPT disk GUID as text)
+bootsel() {
+  as --32 -o "$WORK/bootsel.o" "$HERE/bootsel.S"
+  ld -m elf_i386 -Ttext 0x600 --oformat binary -o "$1" "$WORK/bootsel.o"
+  [ "$(dd if="$1" bs=1 skip=448 count=4 status=none)" = BSEL ] || die "bootsel.bin: no BSEL at 0x1C0"
+  local k=$3 bytes
+  if [ "$2" = 1 ]; then
+    bytes="${k:6:2}${k:4:2}${k:2:2}${k:0:2}"
+  else
+    k=${k//-/}
+    bytes="${k:6:2}${k:4:2}${k:2:2}${k:0:2}${k:10:2}${k:8:2}${k:14:2}${k:12:2}${k:16:16}"
+  fi
+  printf "\\x0$2$(echo "$bytes" | sed 's/../\\x&/g')" | dd of="$1" bs=1 seek=452 conv=notrunc status=none
 }
 # gpt_esp_image OUT SIZE_MIB EFI_PATH LOADER [PARTNUM]: GPT; p1 Linux data, p2 ESP (FAT)
 # holding LOADER at EFI_PATH (e.g. EFI/debian/grubx64.efi)
@@ -226,6 +249,12 @@ expect() { # expect PHASE NAME REGEX [SECONDS]
   else result FAIL "$2: /$3/ not seen"; show_tail "$1"; return 1; fi
 }
 
+# no_token: the token must not show on any console of this run
+no_token() {
+  if cat "$WORK"/*.log 2>/dev/null | tr -d '\r' | grep -aqF "$TOKEN"; then result FAIL "the token shows on a console"
+  else result PASS "the token shows on no console ($(ls "$WORK"/*.log | grep -vc qemu) boots)"; fi
+}
+
 TARGET_UEFI_MARK="BYOI-UEFI-MARKER target grubx64.efi on disk a"
 DECOY_MARK="BYOI-DECOY-MARKER"
 blank_disks() {
@@ -267,13 +296,21 @@ direct)
 bios|probe-bios)
   blank_disks
   if [ "${DECOYS:-1}" = 1 ]; then
-    mbr_marker "$WORK/disk-c.raw" "$DECOY_MARK disk c (first NVMe)"
-    mbr_marker "$WORK/disk-b.raw" "$DECOY_MARK disk b"
+    mbr_marker "$WORK/disk-c.raw" "$DECOY_MARK disk c (first NVMe)" c0c0c0c0
+    mbr_marker "$WORK/disk-b.raw" "$DECOY_MARK disk b" b0b0b0b0
   fi
   truncate -s 1M "$CP/files/bios.img"
-  mbr_marker "$CP/files/bios.img" "BYOI-BIOS-MARKER target disk a"
-  DISK_SCRIPT=${DISK_SCRIPT:-sanboot --no-describe --drive 0x81}
-  printf '#!ipxe\necho BYOI-PXE: state disk: %s\n%s\necho BYOI-PXE: returned from the disk command: ${errno}\n' "$DISK_SCRIPT" "$DISK_SCRIPT" >"$CP/disk.ipxe"
+  mbr_marker "$CP/files/bios.img" "BYOI-BIOS-MARKER target disk a" 1a2b3c4d
+  if [ "${BIOS_TABLE:-mbr}" = gpt ]; then
+    # a GPT image with the same boot code in its protective MBR, and a known disk GUID
+    truncate -s 8M "$CP/files/bios.img"
+    sgdisk -g -o -n 1:2048:0 -t 1:8300 -U 0FC0FFEE-1234-4321-ABCD-0123456789AB "$CP/files/bios.img" >/dev/null
+    bootsel "$CP/files/bootsel.bin" 2 0FC0FFEE-1234-4321-ABCD-0123456789AB
+  else
+    bootsel "$CP/files/bootsel.bin" 1 "${BOOTSEL_KEY:-1a2b3c4d}"
+  fi
+  DISK_SCRIPT=${DISK_SCRIPT:-chain /files/bootsel.bin || exit}
+  printf '#!ipxe\necho BYOI-PXE: state disk: %s\n%s\necho BYOI-PXE: returned from the disk command: ${errno}\n' "${DISK_SCRIPT//||/OR}" "$DISK_SCRIPT" >"$CP/disk.ipxe"
   echo "{\"image\": \"$BASE/files/bios.img\", \"diskSerial\": \"byoi-a\", \"then\": \"reboot\"}" >"$CP/job.json"
   if [ "$SCENARIO" = probe-bios ]; then
     cp "$CP/files/bios.img" "$WORK/bios.img"; dd if="$WORK/bios.img" of="$WORK/disk-a.raw" conv=notrunc status=none
@@ -293,6 +330,7 @@ bios|probe-bios)
   expect deploy disk-script "BYOI-PXE: state disk" 240
   expect deploy target-booted 'BYOI-BIOS-MARKER target disk a' 120 || true
   tr -d '\r' <"$WORK/deploy.log" | grep -aE 'STANDIN: (edd|disk) |BYOI-(BIOS|DECOY)-MARKER|BYOI-PXE: returned|iPXE [0-9]' | sed 's/^/    /' >&2
+  no_token
   ;;
 
 efibootmgr)
@@ -339,7 +377,7 @@ uefi|probe-uefi)
   fi
   gpt_esp_image "$CP/files/uefi.img" 64 EFI/debian/grubx64.efi "$WORK/target.efi"
   DISK_SCRIPT=${DISK_SCRIPT:-exit}
-  printf '#!ipxe\necho BYOI-PXE: state disk: %s\n%s\necho BYOI-PXE: returned from the disk command: ${errno}\n' "$DISK_SCRIPT" "$DISK_SCRIPT" >"$CP/disk.ipxe"
+  printf '#!ipxe\necho BYOI-PXE: state disk: %s\n%s\necho BYOI-PXE: returned from the disk command: ${errno}\n' "${DISK_SCRIPT//||/OR}" "$DISK_SCRIPT" >"$CP/disk.ipxe"
   echo "{\"image\": \"$BASE/files/uefi.img\", \"diskSerial\": \"byoi-a\", \"loader\": \"\\\\EFI\\\\debian\\\\grubx64.efi\", \"description\": \"byoi deployed image\", \"then\": \"reboot\"}" >"$CP/job.json"
   if [ "$SCENARIO" = probe-uefi ]; then
     dd if="$CP/files/uefi.img" of="$WORK/disk-a.raw" conv=notrunc status=none
@@ -387,6 +425,7 @@ uefi|probe-uefi)
   else
     result FAIL "the boot entry is gone after the reboots"
   fi
+  no_token
   ;;
 *) die "unknown scenario $SCENARIO";;
 esac
