@@ -12,6 +12,7 @@
 //	GET    {Prefix}/servers/{server}/job                       -                 → 200 Assignment, or 204 (nothing to do; Retry-After)
 //	POST   {Prefix}/servers/{server}/deployments/{id}/attempts -                 → 200 Attempt
 //	POST   {Prefix}/servers/{server}/deployments/{id}/events   EventBatch        → 200 Ack
+//	POST   {Prefix}/servers/{server}/boot                      BootInfo          → 204
 //
 // An Assignment is re-served until the deployment ends, so an agent that
 // restarts (a crash, a power cycle) gets it again; it then opens a new
@@ -58,6 +59,52 @@ func AttemptsPath(server string, deployment int64) string {
 }
 func EventsPath(server string, deployment int64) string {
 	return fmt.Sprintf("%s/servers/%s/deployments/%d/events", Prefix, server, deployment)
+}
+
+// BootPath is where the agent says how its server boots the deployed disk.
+func BootPath(server string) string { return Prefix + "/servers/" + server + "/boot" }
+
+// BootInfo is how the server will boot the disk a deployment wrote, posted
+// by the agent after the final "done" was acknowledged and before it
+// reboots. The control plane's network boot script uses it: under legacy
+// BIOS, DiskKey selects the deployed disk among the server's disks (the
+// BIOS numbers them in its own order); under UEFI the agent has written a
+// boot entry after the network one (EFIEntry says which), and the script
+// only has to exit to the firmware.
+type BootInfo struct {
+	DeploymentID int64 `json:"deploymentId"`
+	// DiskKey identifies the deployed disk: "mbr:" and the MBR disk
+	// signature (8 hex digits, as the 4 bytes at offset 440 read in
+	// order), or "gpt:" and the GPT disk GUID (32 hex digits, the 16 bytes
+	// at LBA 1 + 56 in order). "" when there is none usable (an MBR
+	// signature of zero).
+	DiskKey string `json:"diskKey,omitempty"`
+	// EFIEntry describes the UEFI boot entry written ("Boot000B
+	// \EFI\debian\grubx64.efi"); "" under legacy BIOS.
+	EFIEntry string `json:"efiEntry,omitempty"`
+}
+
+// Validate checks a BootInfo received from an agent.
+func (b *BootInfo) Validate() error {
+	if b.DeploymentID < 1 {
+		return fmt.Errorf("deploymentId must be 1 or more")
+	}
+	if b.DiskKey != "" {
+		kind, hexKey, ok := strings.Cut(b.DiskKey, ":")
+		want := map[string]int{"mbr": 8, "gpt": 32}[kind]
+		if !ok || want == 0 || len(hexKey) != want {
+			return fmt.Errorf("diskKey must be mbr:<8 hex digits> or gpt:<32 hex digits>")
+		}
+		for i := 0; i < len(hexKey); i++ {
+			if !isHex(hexKey[i]) {
+				return fmt.Errorf("diskKey must be lower-case hex")
+			}
+		}
+	}
+	if len(b.EFIEntry) > 1024 {
+		return fmt.Errorf("efiEntry too long")
+	}
+	return nil
 }
 
 // Inventory is what the agent tells about its server: how it booted and its
