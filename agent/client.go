@@ -216,3 +216,9 @@ func (c *Client) PostEvents(ctx context.Context, deployment int64, b agentapi.Ev
 	_, _, err := c.do(ctx, http.MethodPost, agentapi.EventsPath(c.server, deployment), b, &ack)
 	return ack, err
 }
+
+// PostBoot tells the control plane how the server boots the deployed disk.
+func (c *Client) PostBoot(ctx context.Context, b agentapi.BootInfo) error {
+	_, _, err := c.do(ctx, http.MethodPost, agentapi.BootPath(c.server), b, nil)
+	return err
+}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/byoi/byoi/agentapi"
 	"github.com/byoi/byoi/blockdev"
 	"github.com/byoi/byoi/imaging"
 	"github.com/byoi/byoi/job"
@@ -52,8 +53,17 @@ type Env struct {
 	// ProgressInterval throttles progress events (0: the Sink's default).
 	ProgressInterval time.Duration
 	// Rebooter reboots the machine after a successful deployment whose
-	// final status was delivered (nil: no reboot).
+	// final status was delivered (nil: no reboot). Before that, Run makes
+	// the deployed disk the next boot after the network (prepareBoot).
 	Rebooter Rebooter
+	// EFIVarsDir is the efivarfs the UEFI boot entry is written to before
+	// a reboot ("" = the kernel's when the machine booted by UEFI; "-" =
+	// never).
+	EFIVarsDir string
+	// BeforeReboot, when set, is called after the final "done" was
+	// delivered and just before the reboot, with how the disk will boot
+	// (the agent tells the control plane).
+	BeforeReboot func(ctx context.Context, boot agentapi.BootInfo)
 }
 
 func (env *Env) logger() *slog.Logger {
@@ -89,6 +99,13 @@ func Run(ctx context.Context, j *job.Job, env Env) (*Result, error) {
 		reportFailure(ctx, &env, sink, err)
 		return nil, err
 	}
+	var boot agentapi.BootInfo
+	if env.Rebooter != nil {
+		// Before "done": a boot entry that cannot be written is a warning
+		// the customer sees.
+		d := &Deployer{Logger: log, Events: func(e job.Event) { sink.Emit(e) }}
+		boot = prepareBoot(&env, d, j, res)
+	}
 	done := job.Event{Status: job.StatusDone, Step: job.StepFinish, Code: job.MsgDone, Message: job.Text(job.MsgDone),
 		BytesDone: res.ImageBytes, BytesTotal: res.ImageBytes}
 	if err := deliver(ctx, &env, sink, done); err != nil {
@@ -97,6 +114,9 @@ func Run(ctx context.Context, j *job.Job, env Env) (*Result, error) {
 		return res, fmt.Errorf("deployed, but the final status was not acknowledged: %w", err)
 	}
 	if env.Rebooter != nil {
+		if env.BeforeReboot != nil {
+			env.BeforeReboot(ctx, boot)
+		}
 		log.Info("rebooting to disk")
 		if err := env.Rebooter.Reboot(ctx); err != nil {
 			return res, fmt.Errorf("reboot: %w", err)

@@ -117,6 +117,23 @@ func runAssignment(ctx context.Context, cfg AgentConfig, a *agentapi.Assignment)
 	defer rep.Close()
 	env := cfg.Env
 	env.Report = teeReporter{FinalReporter: rep, also: cfg.Progress}
+	env.BeforeReboot = func(ctx context.Context, boot agentapi.BootInfo) {
+		// The control plane's BIOS boot script needs the disk's key; a
+		// few tries, then reboot anyway (the script falls back to the
+		// BIOS's first disk).
+		boot.DeploymentID = a.DeploymentID
+		for i := 0; i < 5; i++ {
+			err := cfg.Client.PostBoot(ctx, boot)
+			if err == nil {
+				log.Info("boot information posted", "diskKey", boot.DiskKey, "efiEntry", boot.EFIEntry)
+				return
+			}
+			log.Warn("could not post the boot information", "error", err.Error())
+			if waitFor(ctx, time.Duration(i+1)*time.Second) != nil {
+				return
+			}
+		}
+	}
 	j, err := job.Parse(a.Job)
 	if err != nil {
 		// A job the control plane accepted but this agent refuses (a

@@ -150,6 +150,7 @@ const (
 	WarnRereadDeferred   Code = "WarnRereadDeferred"   //
 	WarnProtectiveMBR    Code = "WarnProtectiveMBR"    // what was repaired
 	WarnImageNote        Code = "WarnImageNote"        // text from the image reader (skipped OVA disks)
+	WarnNoBootEntry      Code = "WarnNoBootEntry"      // why
 
 	// The control plane's API errors (OVH's words where OVH has them).
 	APITaskRunning     Code = "APITaskRunning"     // OVH; task id, function, status, server
@@ -289,6 +290,7 @@ var catalog = map[Code]entry{
 	WarnRereadDeferred:   {"partition table written, kernel re-read deferred: reboot applies it", FaultNone},
 	WarnProtectiveMBR:    {"the image's protective MBR was repaired: %s", FaultNone},
 	WarnImageNote:        {"%s", FaultNone},
+	WarnNoBootEntry:      {"no UEFI boot entry was written for the deployed disk (%s): the firmware's default loader path must boot it", FaultNone},
 
 	APITaskRunning:     {"Task %d of type %s with status %s is already running on server %s", FaultCustomer},
 	APINotFound:        {"The requested object (%s) does not exist", FaultCustomer},
