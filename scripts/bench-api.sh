@@ -113,6 +113,7 @@ fi
 
 IFS=,
 "$out/byoi-load" --db "$db" --key-file "$keyfile" --url "${urls[*]}" --agents "$agents" --customers "$customers" \
-  --duration "$duration" --interval "$interval" --progress-events "$progress" --pid "${pidargs[*]}" | tee "$out/load.txt"
+  --duration "$duration" --interval "$interval" --progress-events "$progress" --pid "${pidargs[*]}" \
+  --cpuprofile "$out/load-cpu.pprof" | tee "$out/load.txt"
 unset IFS
 for h in "${helpers[@]}"; do wait "$h" || true; done

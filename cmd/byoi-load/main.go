@@ -23,6 +23,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -33,8 +34,10 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -62,6 +65,7 @@ type config struct {
 	progressEvents int
 	pids           []namedPid
 	report         time.Duration
+	warmup         time.Duration
 }
 
 type namedPid struct {
@@ -92,6 +96,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.IntVar(&c.progressEvents, "progress-events", 20, "progress events in the download and in the write step")
 	pids := fs.String("pid", "", "processes to report memory and CPU of: name=pid,... (a bare pid is named byoi-api); CPU counts the process's children too")
 	fs.DurationVar(&c.report, "report-every", 10*time.Second, "interval of the progress lines")
+	cpuProfile := fs.String("cpuprofile", "", "write byoi-load's own CPU profile of the run to this file")
+	fs.DurationVar(&c.warmup, "warmup", 30*time.Second, "the first part of the run, reported apart: every agent registers, its customer posts and the deployments start at once")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -123,16 +129,33 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer st.Close()
 	t0 := time.Now()
 	l, err := provision(ctx, c, st, keys)
+	// Closed during the run: its background work (the SQLite store's
+	// checkpointer) is not the load generator's to pay for.
+	st.Close()
 	if err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	fmt.Fprintf(out, "provisioned %d servers for %d customers in %s (run %s); running %s against %s\n", c.agents, c.customers, time.Since(t0).Round(time.Millisecond), l.run, c.duration, strings.Join(c.urls, " "))
 	if err := l.loadAndReport(ctx, out); err != nil {
 		return err
 	}
+	if st, _, err = openStore(ctx, c); err != nil {
+		return err
+	}
+	defer st.Close()
 	return l.verify(ctx, out, st)
 }
 
@@ -170,6 +193,7 @@ type agentSim struct {
 	token    string
 	auth     string // "Bearer " + token
 	url      int    // index in urls (failover moves it)
+	wire     *wire
 	customer *customer
 	// deployments this agent ran, for the final check: for each, the
 	// attempt and the time of every event acknowledged, in seq order (the
@@ -185,6 +209,8 @@ type deployRun struct {
 
 type load struct {
 	c         config
+	hosts     []string  // host:port of each base URL
+	runEnd    time.Time // when the run ends
 	run       string
 	client    *http.Client
 	customers []*customer
@@ -208,6 +234,13 @@ func provision(ctx context.Context, c config, st store.Store, keys *controlplane
 			ForceAttemptHTTP2: false,
 		},
 	}}
+	for _, u := range c.urls {
+		pu, err := url.Parse(u)
+		if err != nil || pu.Scheme != "http" || pu.Host == "" || (pu.Path != "" && pu.Path != "/") {
+			return nil, fmt.Errorf("--url %q: want http://host:port", u)
+		}
+		l.hosts = append(l.hosts, pu.Host)
+	}
 	for i := 0; i < c.customers; i++ {
 		cu := &customer{name: fmt.Sprintf("load-%s-c%d", l.run, i)}
 		cu.url.Store(int32(i % len(c.urls)))
@@ -269,10 +302,13 @@ func provision(ctx context.Context, c config, st store.Store, keys *controlplane
 	return l, nil
 }
 
-// stats records latencies (µs) and errors per endpoint.
+// stats records latencies (µs) and errors per endpoint, for requests
+// started during the warm-up and after it apart.
 type stats struct {
-	mu sync.Mutex
-	ep map[string]*epStats
+	mu       sync.Mutex
+	steadyAt time.Time // zero: still provisioning
+	ep       map[string]*epStats
+	warm     map[string]*epStats
 }
 
 type epStats struct {
@@ -281,16 +317,20 @@ type epStats struct {
 	last   string
 }
 
-func (s *stats) add(ep string, d time.Duration, err error) {
+func (s *stats) add(ep string, start time.Time, d time.Duration, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ep == nil {
-		s.ep = map[string]*epStats{}
+		s.ep, s.warm = map[string]*epStats{}, map[string]*epStats{}
 	}
-	e := s.ep[ep]
+	m := s.ep
+	if start.Before(s.steadyAt) {
+		m = s.warm
+	}
+	e := m[ep]
 	if e == nil {
 		e = &epStats{lat: make([]int32, 0, 1024)}
-		s.ep[ep] = e
+		m[ep] = e
 	}
 	e.lat = append(e.lat, int32(min(d.Microseconds(), 1<<31-1)))
 	if err != nil {
@@ -304,6 +344,9 @@ func (s *stats) errorsTotal() int {
 	defer s.mu.Unlock()
 	n := 0
 	for _, e := range s.ep {
+		n += e.errors
+	}
+	for _, e := range s.warm {
 		n += e.errors
 	}
 	return n
@@ -321,7 +364,7 @@ func (l *load) do(ctx context.Context, ep string, req *http.Request, out any, ok
 	resp, err := l.client.Do(req)
 	if err != nil {
 		if ctx.Err() == nil {
-			l.stats.add(ep, time.Since(start), err)
+			l.stats.add(ep, start, time.Since(start), err)
 		}
 		return 0, fmt.Errorf("%w: %w", errTransport, err)
 	}
@@ -340,22 +383,115 @@ func (l *load) do(ctx context.Context, ep string, req *http.Request, out any, ok
 		err = json.Unmarshal(body, out)
 	}
 	if ctx.Err() == nil || err == nil {
-		l.stats.add(ep, d, err)
+		l.stats.add(ep, start, d, err)
 	}
 	return resp.StatusCode, err
 }
 
-func (l *load) agentReq(a *agentSim, method, path string, body []byte) *http.Request {
-	var r io.Reader = http.NoBody
-	if body != nil {
-		r = bytes.NewReader(body)
+// wire is an agent's own HTTP/1.1 keep-alive connection. Agents speak
+// HTTP by hand (one write, one buffered read, on the agent's goroutine):
+// net/http's client costs two goroutines per connection and a few
+// channel hand-offs per request, which on a 2-core machine shared with
+// byoi-api would make the load generator the bottleneck.
+type wire struct {
+	c   net.Conn
+	r   *bufio.Reader
+	w   *bufio.Writer
+	url int // the base URL it is connected to
+	buf []byte
+}
+
+func (l *load) close(a *agentSim) {
+	if a.wire != nil {
+		a.wire.c.Close()
+		a.wire = nil
 	}
-	req, _ := http.NewRequest(method, l.c.urls[a.url]+path, r)
-	req.Header.Set("Authorization", a.auth)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+}
+
+// agentDo sends one agent request on the agent's connection (dialed on
+// first use, again after an error) and decodes a 2xx JSON answer into
+// out; it returns the status. No answer: an error wrapping errTransport.
+func (l *load) agentDo(ctx context.Context, a *agentSim, ep, method, path string, body []byte, out any) (int, error) {
+	start := time.Now()
+	st, err := l.agentRoundTrip(a, method, path, body, out)
+	if errors.Is(err, errTransport) {
+		l.close(a)
+		if ctx.Err() != nil {
+			return 0, err
+		}
 	}
-	return req
+	l.stats.add(ep, start, time.Since(start), err)
+	return st, err
+}
+
+func (l *load) agentRoundTrip(a *agentSim, method, path string, body []byte, out any) (int, error) {
+	if a.wire != nil && a.wire.url != a.url {
+		l.close(a)
+	}
+	if a.wire == nil {
+		c, err := net.DialTimeout("tcp", l.hosts[a.url], 5*time.Second)
+		if err != nil {
+			return 0, fmt.Errorf("%w: %w", errTransport, err)
+		}
+		a.wire = &wire{c: c, r: bufio.NewReaderSize(c, 2048), w: bufio.NewWriterSize(c, 2048), url: a.url}
+	}
+	w := a.wire
+	// Never longer than the run (plus a grace): a request still waiting
+	// then fails instead of holding the end of the run.
+	dl := time.Now().Add(30 * time.Second)
+	if end := l.runEnd.Add(2 * time.Second); end.Before(dl) {
+		dl = end
+	}
+	w.c.SetDeadline(dl)
+	w.w.WriteString(method)
+	w.w.WriteByte(' ')
+	w.w.WriteString(path)
+	w.w.WriteString(" HTTP/1.1\r\nHost: ")
+	w.w.WriteString(l.hosts[a.url])
+	w.w.WriteString("\r\nAuthorization: ")
+	w.w.WriteString(a.auth)
+	if body != nil {
+		w.w.WriteString("\r\nContent-Type: application/json\r\nContent-Length: ")
+		w.w.WriteString(strconv.Itoa(len(body)))
+	} else if method == "POST" {
+		w.w.WriteString("\r\nContent-Length: 0")
+	}
+	w.w.WriteString("\r\n\r\n")
+	w.w.Write(body)
+	if err := w.w.Flush(); err != nil {
+		return 0, fmt.Errorf("%w: %w", errTransport, err)
+	}
+	resp, err := http.ReadResponse(w.r, nil)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", errTransport, err)
+	}
+	w.buf = w.buf[:0]
+	for {
+		if len(w.buf) == cap(w.buf) {
+			w.buf = append(w.buf, 0)[:len(w.buf)]
+		}
+		n, err := resp.Body.Read(w.buf[len(w.buf):cap(w.buf)])
+		w.buf = w.buf[:len(w.buf)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return 0, fmt.Errorf("%w: %w", errTransport, err)
+		}
+	}
+	resp.Body.Close()
+	if resp.Close {
+		l.close(a)
+	}
+	if resp.StatusCode >= 300 {
+		return resp.StatusCode, fmt.Errorf("%d %s", resp.StatusCode, bytes.TrimSpace(w.buf))
+	}
+	if out != nil && len(w.buf) > 0 {
+		if err := json.Unmarshal(w.buf, out); err != nil {
+			return resp.StatusCode, err
+		}
+	}
+	return resp.StatusCode, nil
 }
 
 // signed builds a customer request signed as go-ovh does.
@@ -399,8 +535,8 @@ func lifecycle(n int) []job.Event {
 
 // failover moves an agent to the next base URL after a request got no
 // answer (its instance is gone).
-func (l *load) failover(a *agentSim, err error) {
-	if errors.Is(err, errTransport) && len(l.c.urls) > 1 {
+func (l *load) failover(ctx context.Context, a *agentSim, err error) {
+	if errors.Is(err, errTransport) && len(l.c.urls) > 1 && ctx.Err() == nil {
 		a.url = (a.url + 1) % len(l.c.urls)
 		l.failovers.Add(1)
 	}
@@ -412,6 +548,7 @@ func (l *load) agent(ctx context.Context, a *agentSim, start time.Duration) {
 	case <-ctx.Done():
 		return
 	}
+	defer l.close(a)
 	tick := time.NewTicker(l.c.interval)
 	defer tick.Stop()
 	wait := func() bool {
@@ -424,11 +561,11 @@ func (l *load) agent(ctx context.Context, a *agentSim, start time.Duration) {
 	}
 	inv, _ := json.Marshal(agentapi.Inventory{BootMode: agentapi.BootModeUEFI, AgentVersion: "byoi-load", DiskGroups: []agentapi.DiskGroup{{DiskGroupID: 1, Description: "1 X Disk NVME 960 GB, JBOD", DiskSize: agentapi.DiskSize{Unit: "GB", Value: 960}, DiskType: "NVME", NumberOfDisks: 1}}})
 	for {
-		_, err := l.do(ctx, "agent inventory", l.agentReq(a, "POST", agentapi.InventoryPath(a.name), inv), nil)
+		_, err := l.agentDo(ctx, a, "agent inventory", "POST", agentapi.InventoryPath(a.name), inv, nil)
 		if err == nil {
 			break
 		}
-		l.failover(a, err)
+		l.failover(ctx, a, err)
 		if !wait() {
 			return
 		}
@@ -437,25 +574,25 @@ func (l *load) agent(ctx context.Context, a *agentSim, start time.Duration) {
 	var ebuf bytes.Buffer
 	for ctx.Err() == nil {
 		var as agentapi.Assignment
-		st, err := l.do(ctx, "agent job", l.agentReq(a, "GET", jobPath, nil), &as)
+		st, err := l.agentDo(ctx, a, "agent job", "GET", jobPath, nil, &as)
 		if err == nil && st == http.StatusNoContent {
 			// Nothing to do: the server's customer posts a deployment
 			// (409 when one already runs), and the agent asks again.
 			if _, err := l.do(ctx, "customer POST bringYourOwnImage", l.signed(a.customer, "POST", "/dedicated/server/"+a.name+"/bringYourOwnImage", jobBody), nil, http.StatusConflict); err == nil {
 				l.deploys.Add(1)
 			}
-			st, err = l.do(ctx, "agent job", l.agentReq(a, "GET", jobPath, nil), &as)
+			st, err = l.agentDo(ctx, a, "agent job", "GET", jobPath, nil, &as)
 		}
 		if err != nil || st != http.StatusOK {
-			l.failover(a, err)
+			l.failover(ctx, a, err)
 			if !wait() {
 				return
 			}
 			continue
 		}
 		var at agentapi.Attempt
-		if _, err := l.do(ctx, "agent attempt", l.agentReq(a, "POST", agentapi.AttemptsPath(a.name, as.DeploymentID), nil), &at); err != nil {
-			l.failover(a, err)
+		if _, err := l.agentDo(ctx, a, "agent attempt", "POST", agentapi.AttemptsPath(a.name, as.DeploymentID), nil, &at); err != nil {
+			l.failover(ctx, a, err)
 			if !wait() {
 				return
 			}
@@ -472,12 +609,12 @@ func (l *load) agent(ctx context.Context, a *agentSim, start time.Duration) {
 			ebuf.Reset()
 			json.NewEncoder(&ebuf).Encode(agentapi.EventBatch{Attempt: at.Attempt, Events: []job.Event{e}})
 			var ack agentapi.Ack
-			st, err := l.do(ctx, "agent events", l.agentReq(a, "POST", evPath, ebuf.Bytes()), &ack)
+			st, err := l.agentDo(ctx, a, "agent events", "POST", evPath, ebuf.Bytes(), &ack)
 			if err != nil {
 				if st == http.StatusGone || st == http.StatusConflict {
 					break
 				}
-				l.failover(a, err)
+				l.failover(ctx, a, err)
 				continue // the same event again, at the next tick
 			}
 			if ack.Seq >= e.Seq {
@@ -504,7 +641,7 @@ func (l *load) customerLoop(ctx context.Context, cu *customer, start time.Durati
 		} else {
 			_, err = l.do(ctx, "customer GET install/status", l.signed(cu, "GET", "/dedicated/server/"+a.name+"/install/status", nil), nil, http.StatusNotFound)
 		}
-		if errors.Is(err, errTransport) && len(l.c.urls) > 1 {
+		if errors.Is(err, errTransport) && len(l.c.urls) > 1 && ctx.Err() == nil {
 			cu.url.Store((cu.url.Load() + 1) % int32(len(l.c.urls)))
 		}
 		select {
@@ -527,11 +664,23 @@ func (l *load) loadAndReport(ctx context.Context, out io.Writer) error {
 	for i, p := range l.c.pids {
 		procs[i] = newProc(p)
 	}
-	self0 := selfCPU()
-	runCtx, cancel := context.WithTimeout(ctx, l.c.duration)
+	self0, mach0 := selfCPU(), machineCPU()
+	l.runEnd = time.Now().Add(l.c.duration)
+	runCtx, cancel := context.WithDeadline(ctx, l.runEnd)
 	defer cancel()
 	var wg sync.WaitGroup
 	begin := time.Now()
+	l.stats.mu.Lock()
+	l.stats.steadyAt = begin.Add(l.c.warmup)
+	l.stats.mu.Unlock()
+	// What the run reached after the warm-up: the counters at its end.
+	var mark struct {
+		set           bool
+		t             time.Time
+		events        int64
+		self, machine float64
+		procs         []float64
+	}
 	for _, a := range l.agents {
 		wg.Add(1)
 		go func() {
@@ -552,7 +701,7 @@ func (l *load) loadAndReport(ctx context.Context, out io.Writer) error {
 		defer close(sampled)
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
-		lastEv, lastT, lastSelf := int64(0), begin, self0
+		lastEv, lastT, lastSelf, lastMach := int64(0), begin, self0, mach0
 		var lastCPU []float64
 		for _, p := range procs {
 			lastCPU = append(lastCPU, p.cpu0)
@@ -566,45 +715,67 @@ func (l *load) loadAndReport(ctx context.Context, out io.Writer) error {
 			for _, p := range procs {
 				p.sample()
 			}
+			if !mark.set && time.Since(begin) >= l.c.warmup {
+				mark.set, mark.t, mark.events, mark.self, mark.machine = true, time.Now(), l.events.Load(), selfCPU(), machineCPU()
+				for _, p := range procs {
+					mark.procs = append(mark.procs, p.cpuNow())
+				}
+			}
 			if l.c.report <= 0 || time.Duration(n)*time.Second%l.c.report != 0 {
 				continue
 			}
-			now, ev, self := time.Now(), l.events.Load(), selfCPU()
+			now, ev, self, mach := time.Now(), l.events.Load(), selfCPU(), machineCPU()
 			dt := now.Sub(lastT).Seconds()
-			line := fmt.Sprintf("t=%4.0fs events/s %6.0f errors %d failovers %d load-cpu %3.0f%%", now.Sub(begin).Seconds(), float64(ev-lastEv)/dt, l.stats.errorsTotal(), l.failovers.Load(), 100*(self-lastSelf)/dt)
+			line := fmt.Sprintf("t=%4.0fs events/s %6.0f errors %d failovers %d machine-cpu %3.0f%% load-cpu %3.0f%%", now.Sub(begin).Seconds(), float64(ev-lastEv)/dt, l.stats.errorsTotal(), l.failovers.Load(), 100*(mach-lastMach)/dt, 100*(self-lastSelf)/dt)
 			for i, p := range procs {
 				c := p.cpuNow()
 				line += fmt.Sprintf(" %s-cpu %3.0f%% %s-rss %dMiB", p.name, 100*(c-lastCPU[i])/dt, p.name, p.rss>>20)
 				lastCPU[i] = c
 			}
 			fmt.Fprintln(out, line)
-			lastEv, lastT, lastSelf = ev, now, self
+			lastEv, lastT, lastSelf, lastMach = ev, now, self, mach
 		}
 	}()
 	wg.Wait()
 	close(stopSample)
 	<-sampled
-	elapsed := time.Since(begin)
-	selfUsed := selfCPU() - self0
+	end := time.Now()
+	elapsed := end.Sub(begin)
 	fmt.Fprintf(out, "\n%d agents, %d customers, %s, %d base URL(s), an event every %s per agent (offered %.0f events/s)\n", len(l.agents), len(l.customers), elapsed.Round(time.Millisecond), len(l.c.urls), l.c.interval, float64(len(l.agents))/l.c.interval.Seconds())
-	fmt.Fprintf(out, "events acknowledged: %d (%.0f events/s), deployments posted: %d, failovers: %d\n", l.events.Load(), float64(l.events.Load())/elapsed.Seconds(), l.deploys.Load(), l.failovers.Load())
-	l.report(out)
-	fmt.Fprintf(out, "CPU (of 2 cores = 200%%): byoi-load %.0f%%", 100*selfUsed/elapsed.Seconds())
-	for _, p := range procs {
-		fmt.Fprintf(out, ", %s %.0f%%", p.name, 100*(p.cpuNow()-p.cpu0)/elapsed.Seconds())
+	fmt.Fprintf(out, "events acknowledged: %d (%.0f events/s over the whole run), deployments posted: %d, failovers: %d\n", l.events.Load(), float64(l.events.Load())/elapsed.Seconds(), l.deploys.Load(), l.failovers.Load())
+	cpuLine := func(from time.Time, self, mach float64, pc []float64) string {
+		dt := end.Sub(from).Seconds()
+		line := fmt.Sprintf("CPU (of 2 cores = 200%%): machine %.0f%%, byoi-load %.0f%%", 100*(machineCPU()-mach)/dt, 100*(selfCPU()-self)/dt)
+		for i, p := range procs {
+			line += fmt.Sprintf(", %s %.0f%%", p.name, 100*(p.cpuNow()-pc[i])/dt)
+		}
+		return line
 	}
-	fmt.Fprintln(out)
+	var pc0 []float64
+	for _, p := range procs {
+		pc0 = append(pc0, p.cpu0)
+	}
+	if mark.set {
+		fmt.Fprintf(out, "\nafter the %s warm-up (%s): %.0f events/s acknowledged\n", l.c.warmup, end.Sub(mark.t).Round(time.Second), float64(l.events.Load()-mark.events)/end.Sub(mark.t).Seconds())
+		l.report(out, l.stats.ep)
+		fmt.Fprintln(out, cpuLine(mark.t, mark.self, mark.machine, mark.procs))
+		fmt.Fprintf(out, "\nduring the warm-up (registration, first POSTs and attempts of every server at once):\n")
+		l.report(out, l.stats.warm)
+	} else {
+		l.report(out, l.stats.warm)
+	}
+	fmt.Fprintln(out, "whole run: "+cpuLine(begin, self0, mach0, pc0))
 	for _, p := range procs {
 		fmt.Fprintf(out, "memory %s (pid %d): RSS at start %d MiB, peak sampled %d MiB, %s\n", p.name, p.pid, p.rss0>>20, p.peak>>20, procStatus(p.pid, "VmHWM"))
 	}
 	return nil
 }
 
-func (l *load) report(out io.Writer) {
+func (l *load) report(out io.Writer, m map[string]*epStats) {
 	l.stats.mu.Lock()
 	defer l.stats.mu.Unlock()
 	var eps []string
-	for ep := range l.stats.ep {
+	for ep := range m {
 		eps = append(eps, ep)
 	}
 	sort.Strings(eps)
@@ -613,7 +784,7 @@ func (l *load) report(out io.Writer) {
 		return (time.Duration(v) * time.Microsecond).Round(10 * time.Microsecond).String()
 	}
 	for _, ep := range eps {
-		e := l.stats.ep[ep]
+		e := m[ep]
 		d := e.lat
 		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
 		q := func(p float64) int32 { return d[min(len(d)-1, int(float64(len(d))*p))] }
@@ -771,6 +942,28 @@ func treeCPU(pid int) float64 {
 			v, _ := strconv.ParseFloat(cf[k], 64)
 			sum += v
 		}
+	}
+	return sum / clockTicks
+}
+
+// machineCPU is the CPU seconds the whole machine spent busy (every
+// process, ours and the others sharing it).
+func machineCPU() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	sum := 0.0
+	for i, v := range f {
+		// user nice system idle iowait irq softirq steal: busy is all
+		// but idle (3) and iowait (4)
+		if i == 0 || i == 4 || i == 5 || i > 8 {
+			continue
+		}
+		x, _ := strconv.ParseFloat(v, 64)
+		sum += x
 	}
 	return sum / clockTicks
 }

@@ -260,6 +260,16 @@ CREATE TABLE sessions (
 CREATE INDEX sessions_expiry ON sessions(expires_at);
 `,
 	},
+	// 4: the events' unique index on (deployment, attempt, seq) goes: each
+	// progress event wrote one more page into it (a 4 KiB WAL frame in
+	// SQLite). Events stay idempotent: both stores decide which seqs are
+	// new from the deployment's last_seq under the deployment's lock (the
+	// single writer in SQLite, the row lock in PostgreSQL), and the
+	// primary key (deployment_id, n) still refuses a position twice.
+	4: {
+		SQLite:   `DROP INDEX events_seq;`,
+		Postgres: `DROP INDEX events_seq;`,
+	},
 }
 
 // Latest is the newest schema version.

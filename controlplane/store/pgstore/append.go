@@ -54,15 +54,19 @@ func (s *Store) writer() {
 		case r := <-s.appends:
 			group = append(group, r)
 		}
+		// Linger a moment for more: a group's cost in round trips and
+		// statements is the same for one batch or a hundred.
+		linger := time.NewTimer(groupLinger)
 	more:
 		for len(group) < maxGroup {
 			select {
 			case r := <-s.appends:
 				group = append(group, r)
-			default:
+			case <-linger.C:
 				break more
 			}
 		}
+		linger.Stop()
 		err := s.appendGroup(group)
 		if err != nil && len(group) > 1 {
 			// One batch may have made the whole group fail (or two groups

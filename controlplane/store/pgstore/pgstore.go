@@ -63,8 +63,14 @@ var _ store.Store = (*Store)(nil)
 
 // Group commit of event batches.
 const (
-	writers  = 4   // transactions of event batches in flight per instance
+	// writers is the transactions of event batches in flight per
+	// instance: two, so that a group waiting for its WAL flush (a final
+	// event) does not hold up the progress of the others.
+	writers  = 2
 	maxGroup = 256 // batches in one transaction
+	// groupLinger is how long a writer waits for more batches once it
+	// has one.
+	groupLinger = 2 * time.Millisecond
 )
 
 // migrationLock is the advisory lock key serializing migrations of

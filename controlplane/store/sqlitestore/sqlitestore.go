@@ -9,14 +9,26 @@
 // creating servers) waits on the busy timeout instead of failing a lock
 // upgrade.
 //
-// Durability: progress events are committed with synchronous=NORMAL (in
-// WAL mode a commit then survives a crash of byoi-api, but the last ones
-// may be lost on a power loss: the next progress event supersedes them).
-// Every transaction that changes a deployment's life (created, attempt
-// opened, final event, cancelled, expired) is committed with
-// synchronous=FULL, so the final event is on disk before the agent is
-// told and reboots. Progress events are group-committed: one writer
-// goroutine takes every batch waiting and commits them together.
+// Durability: the model is a killed process (kill -9 of byoi-api), which
+// loses nothing it acknowledged: a transaction answered is committed, in
+// the WAL, in the kernel's page cache. Every write is committed with
+// synchronous=NORMAL, so the writer never waits for the disk. Writes that
+// change a deployment's life (created, attempt opened, final event,
+// cancelled, expired) and the admin writes must also survive a power
+// loss: they are answered only after a syncer goroutine has fsynced the
+// WAL past their commit (one fsync for every such write waiting, while
+// the writer goes on with the next group). Progress events are not
+// waited for: a power loss may lose the last ones, which the agent's next
+// events supersede.
+//
+// Checkpoints (copying the WAL back into the database file, and its fsync)
+// run on their own connection in the background, never inside the
+// writer's commit (wal_autocheckpoint is off on the writer).
+//
+// Readers use statements prepared once per connection; writes run with
+// a background context on the writer (the request's context is checked
+// before the write starts): modernc's cancellation watch costs a
+// goroutine per statement, which the single writer cannot afford.
 package sqlitestore
 
 import (
@@ -24,7 +36,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/byoi/byoi/controlplane/store"
@@ -36,16 +50,19 @@ import (
 
 // Store is a store.Store on one SQLite file.
 type Store struct {
-	w *sql.DB // the single writer connection
-	r *sql.DB // readers
+	path string
+	w    *sql.DB // the single writer connection
+	r    *sql.DB // readers
+	c    *sql.DB // the checkpointer's connection
 
 	// Writes are group-committed: one writer goroutine takes every write
-	// waiting, runs each in its own savepoint of one transaction and
-	// answers each after the commit (one fsync for the group).
+	// waiting and runs them in one transaction.
 	appends chan *writeReq
+	syncq   chan []*writeReq
 	quit    chan struct{}
 	done    chan struct{}
 	st      stmts
+	reads   sync.Map // query → *sql.Stmt prepared on r
 }
 
 // stmts are the hot path's prepared statements (on the writer).
@@ -56,14 +73,21 @@ type stmts struct {
 // writeReq is one write waiting for the group committer.
 type writeReq struct {
 	ctx     context.Context
-	fn      func(tx *sql.Tx) error
-	durable bool // commit with synchronous=FULL
-	err     error
-	done    chan struct{}
+	fn      func(ctx context.Context, tx *sql.Tx) error
+	durable bool // answered after an fsync of the WAL
+	// refusesFirst: fn refuses (a store error: not found, gone, stale)
+	// before it writes anything, so it needs no savepoint of its own.
+	refusesFirst bool
+	err          error
+	done         chan struct{}
 }
 
 // maxGroup bounds the writes one transaction commits.
 const maxGroup = 512
+
+// checkpointEvery is how often the background checkpointer copies the
+// WAL into the database file.
+const checkpointEvery = 250 * time.Millisecond
 
 var _ store.Store = (*Store)(nil)
 
@@ -73,8 +97,8 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if path == "" || strings.ContainsRune(path, '?') {
 		return nil, fmt.Errorf("sqlite: database path %q is empty or holds '?'", path)
 	}
-	common := "_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)"
-	w, err := sql.Open("sqlite", path+"?"+common+"&_pragma=synchronous(NORMAL)&_txlock=immediate")
+	common := "_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)&_pragma=temp_store(MEMORY)&_pragma=mmap_size(1073741824)"
+	w, err := sql.Open("sqlite", path+"?"+common+"&_pragma=wal_autocheckpoint(0)&_txlock=immediate")
 	if err != nil {
 		return nil, err
 	}
@@ -90,9 +114,18 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	r.SetMaxOpenConns(8)
 	r.SetMaxIdleConns(8)
 	r.SetConnMaxIdleTime(0)
-	s := &Store{w: w, r: r}
-	if err := s.migrate(ctx); err != nil {
+	c, err := sql.Open("sqlite", path+"?"+common)
+	if err != nil {
 		errors.Join(r.Close(), w.Close())
+		return nil, err
+	}
+	c.SetMaxOpenConns(1)
+	c.SetMaxIdleConns(1)
+	c.SetConnMaxIdleTime(0)
+	s := &Store{path: path, w: w, r: r, c: c}
+	closeAll := func() { errors.Join(c.Close(), r.Close(), w.Close()) }
+	if err := s.migrate(ctx); err != nil {
+		closeAll()
 		return nil, err
 	}
 	for _, p := range []struct {
@@ -105,25 +138,35 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		{&s.st.updSeen, `UPDATE deployments SET last_seen = ? WHERE id = ?`},
 	} {
 		if *p.dst, err = w.PrepareContext(ctx, p.q); err != nil {
-			errors.Join(r.Close(), w.Close())
+			closeAll()
 			return nil, err
 		}
 	}
-	s.appends, s.quit, s.done = make(chan *writeReq, maxGroup), make(chan struct{}), make(chan struct{})
-	go s.appender()
+	s.appends, s.syncq = make(chan *writeReq, maxGroup), make(chan []*writeReq, 64)
+	s.quit, s.done = make(chan struct{}), make(chan struct{})
+	synced, checkpointed := make(chan struct{}), make(chan struct{})
+	go func() {
+		s.appender()
+		close(s.syncq)
+		<-synced
+		<-checkpointed
+		close(s.done)
+	}()
+	go func() { defer close(synced); s.syncer() }()
+	go func() { defer close(checkpointed); s.checkpointer() }()
 	return s, nil
 }
 
-// Close stops the appender and closes the database.
+// Close stops the writer, the syncer and the checkpointer and closes the
+// database.
 func (s *Store) Close() error {
 	close(s.quit)
 	<-s.done
-	return errors.Join(s.r.Close(), s.w.Close())
+	return errors.Join(s.c.Close(), s.r.Close(), s.w.Close())
 }
 
 // appender is the group committer.
 func (s *Store) appender() {
-	defer close(s.done)
 	for {
 		var group []*writeReq
 		select {
@@ -141,29 +184,51 @@ func (s *Store) appender() {
 				break more
 			}
 		}
-		s.commitGroup(group)
+		if err := s.commitGroup(group, true); err != nil && len(group) > 1 {
+			// A write failed in a way that spoiled the transaction: each
+			// alone, so only the guilty one fails.
+			for _, r := range group {
+				r.err = nil
+				s.commitGroup([]*writeReq{r}, false)
+			}
+		}
+		var durable []*writeReq
 		for _, r := range group {
-			close(r.done)
+			if r.durable && r.err == nil {
+				durable = append(durable, r)
+			} else {
+				close(r.done)
+			}
+		}
+		if len(durable) > 0 {
+			s.syncq <- durable
 		}
 	}
 }
 
-func (s *Store) commitGroup(group []*writeReq) {
-	durable := false
-	for _, r := range group {
-		durable = durable || r.durable
-	}
-	err := s.txOnWriter(context.Background(), durable, func(tx *sql.Tx) error {
+// commitGroup runs the group's writes in one transaction, each in its own
+// savepoint unless it refuses before writing (shared says the group may
+// skip them). Each write's result is set on it; the error returned is the
+// transaction's, also set on every write that had none.
+func (s *Store) commitGroup(group []*writeReq, shared bool) error {
+	bg := context.Background()
+	err := s.txOnWriter(bg, func(tx *sql.Tx) error {
 		for _, r := range group {
 			if r.err = r.ctx.Err(); r.err != nil {
 				continue
 			}
-			// Each write in its own savepoint: one that fails (a refusal,
-			// a unique constraint, its caller gone) rolls back alone.
+			if shared && r.refusesFirst {
+				if r.err = r.fn(bg, tx); r.err != nil && !isRefusal(r.err) {
+					return r.err // it may have written part: the whole group again, one by one
+				}
+				continue
+			}
+			// In its own savepoint: a write that fails (a refusal, a
+			// unique constraint) rolls back alone.
 			if _, err := tx.Exec(`SAVEPOINT w`); err != nil {
 				return err
 			}
-			if r.err = r.fn(tx); r.err != nil {
+			if r.err = r.fn(bg, tx); r.err != nil {
 				if _, err := tx.Exec(`ROLLBACK TO w`); err != nil {
 					return err
 				}
@@ -176,11 +241,112 @@ func (s *Store) commitGroup(group []*writeReq) {
 	})
 	if err != nil {
 		for _, r := range group {
-			if r.err == nil {
+			if r.err == nil || !isRefusal(r.err) {
 				r.err = err
 			}
 		}
 	}
+	return err
+}
+
+// isRefusal reports whether err is one of the store's answers rather than
+// a failure of the database.
+func isRefusal(err error) bool {
+	return errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrGone) || errors.Is(err, store.ErrStaleAttempt) || errors.Is(err, store.ErrExists)
+}
+
+// syncer answers the durable writes once the WAL holding their commit is
+// on disk: one fsync for every group waiting.
+func (s *Store) syncer() {
+	var wal *os.File
+	defer func() {
+		if wal != nil {
+			wal.Close()
+		}
+	}()
+	for batch := range s.syncq {
+	more:
+		for {
+			select {
+			case b, ok := <-s.syncq:
+				if !ok {
+					break more
+				}
+				batch = append(batch, b...)
+			default:
+				break more
+			}
+		}
+		// fsync flushes the file's dirty pages whichever descriptor wrote
+		// them: the commits written by the writer connection included.
+		var err error
+		if wal == nil {
+			wal, err = os.Open(s.path + "-wal")
+		}
+		if err == nil {
+			if err = wal.Sync(); err != nil {
+				wal.Close()
+				wal = nil
+			}
+		}
+		for _, r := range batch {
+			if err != nil {
+				r.err = fmt.Errorf("sqlite: committed, but the WAL could not be synced: %w", err)
+			}
+			close(r.done)
+		}
+	}
+}
+
+// checkpointer copies the WAL into the database file now and then
+// (PASSIVE: it never waits for readers or the writer), on its own
+// connection, so that no commit of the writer carries a checkpoint.
+func (s *Store) checkpointer() {
+	t := time.NewTicker(checkpointEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-t.C:
+		}
+		var busy, log, done int
+		s.c.QueryRow(`PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &log, &done)
+	}
+}
+
+// stmt is query prepared on the readers (once per connection).
+func (s *Store) stmt(q string) (*sql.Stmt, error) {
+	if st, ok := s.reads.Load(q); ok {
+		return st.(*sql.Stmt), nil
+	}
+	st, err := s.r.Prepare(q)
+	if err != nil {
+		return nil, err
+	}
+	if old, loaded := s.reads.LoadOrStore(q, st); loaded {
+		st.Close()
+		return old.(*sql.Stmt), nil
+	}
+	return st, nil
+}
+
+// queryRow runs a read (a prepared statement on the readers).
+func (s *Store) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	st, err := s.stmt(q)
+	if err != nil {
+		return s.queryRow(ctx, q, args...)
+	}
+	return st.QueryRowContext(ctx, args...)
+}
+
+// query runs a read returning rows.
+func (s *Store) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	st, err := s.stmt(q)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryContext(ctx, args...)
 }
 
 func (s *Store) migrate(ctx context.Context) error {
@@ -213,14 +379,14 @@ func (s *Store) migrate(ctx context.Context) error {
 // SchemaVersion is the applied schema version.
 func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
 	var v int
-	err := s.r.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v)
+	err := s.queryRow(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v)
 	return v, err
 }
 
 // SchemaNames lists the schema's "table.column" and "index name" (explicit
 // indexes), for comparing the dialects of the migrations.
 func (s *Store) SchemaNames(ctx context.Context) ([]string, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT m.name || '.' || p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p WHERE m.type = 'table'
+	rows, err := s.query(ctx, `SELECT m.name || '.' || p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p WHERE m.type = 'table'
 		UNION ALL SELECT 'index ' || name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL`)
 	if err != nil {
 		return nil, err
@@ -267,16 +433,17 @@ func notFound(err error) error {
 	return err
 }
 
-// write runs fn in a durable write transaction (synchronous=FULL).
-func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	return s.writeTx(ctx, true, fn)
+// write runs fn in a durable write transaction (answered once on disk).
+func (s *Store) write(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
+	return s.writeTx(ctx, true, false, fn)
 }
 
-// writeTx runs fn through the group committer; its transaction is fsynced
-// at commit when durable. It returns once the group is committed (or fn's
-// savepoint rolled back).
-func (s *Store) writeTx(ctx context.Context, durable bool, fn func(tx *sql.Tx) error) error {
-	r := &writeReq{ctx: ctx, fn: fn, durable: durable, done: make(chan struct{})}
+// writeTx runs fn through the group committer, with a background context
+// (see the package comment); the answer waits for an fsync of the WAL
+// when durable. It returns once the group is committed (or fn's savepoint
+// rolled back).
+func (s *Store) writeTx(ctx context.Context, durable, refusesFirst bool, fn func(ctx context.Context, tx *sql.Tx) error) error {
+	r := &writeReq{ctx: ctx, fn: fn, durable: durable, refusesFirst: refusesFirst, done: make(chan struct{})}
 	select {
 	case s.appends <- r:
 	case <-ctx.Done():
@@ -300,19 +467,8 @@ func (s *Store) writeTx(ctx context.Context, durable bool, fn func(tx *sql.Tx) e
 }
 
 // txOnWriter runs fn in one transaction on the writer connection.
-func (s *Store) txOnWriter(ctx context.Context, durable bool, fn func(tx *sql.Tx) error) error {
-	conn, err := s.w.Conn(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	if durable {
-		if _, err := conn.ExecContext(ctx, `PRAGMA synchronous = FULL`); err != nil {
-			return err
-		}
-		defer conn.ExecContext(context.Background(), `PRAGMA synchronous = NORMAL`)
-	}
-	tx, err := conn.BeginTx(ctx, nil)
+func (s *Store) txOnWriter(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
@@ -327,7 +483,7 @@ func (s *Store) txOnWriter(ctx context.Context, durable bool, fn func(tx *sql.Tx
 
 func (s *Store) CreateCustomer(ctx context.Context, name string, now time.Time) (store.Customer, error) {
 	c := store.Customer{Name: name, CreatedAt: tm(ms(now))}
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		return tx.QueryRowContext(ctx, `INSERT INTO customers (name, created_at) VALUES (?, ?) RETURNING id`, name, ms(now)).Scan(&c.ID)
 	})
 	if isUnique(err) {
@@ -347,15 +503,15 @@ func (s *Store) scanCustomer(row *sql.Row) (store.Customer, error) {
 }
 
 func (s *Store) CustomerByName(ctx context.Context, name string) (store.Customer, error) {
-	return s.scanCustomer(s.r.QueryRowContext(ctx, `SELECT id, name, created_at FROM customers WHERE name = ?`, name))
+	return s.scanCustomer(s.queryRow(ctx, `SELECT id, name, created_at FROM customers WHERE name = ?`, name))
 }
 
 func (s *Store) Customer(ctx context.Context, id int64) (store.Customer, error) {
-	return s.scanCustomer(s.r.QueryRowContext(ctx, `SELECT id, name, created_at FROM customers WHERE id = ?`, id))
+	return s.scanCustomer(s.queryRow(ctx, `SELECT id, name, created_at FROM customers WHERE id = ?`, id))
 }
 
 func (s *Store) CreateCredential(ctx context.Context, c store.Credential) (store.Credential, error) {
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		return tx.QueryRowContext(ctx, `INSERT INTO credentials (customer_id, app_key, app_secret_sealed, consumer_key_hash, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id`,
 			c.CustomerID, c.AppKey, c.SealedSecret, c.ConsumerKeyHash, ms(c.CreatedAt)).Scan(&c.ID)
 	})
@@ -371,7 +527,7 @@ func (s *Store) CreateCredential(ctx context.Context, c store.Credential) (store
 func (s *Store) CredentialByAppKey(ctx context.Context, appKey string) (store.Credential, error) {
 	var c store.Credential
 	var at int64
-	err := s.r.QueryRowContext(ctx, `SELECT id, customer_id, app_key, app_secret_sealed, consumer_key_hash, created_at FROM credentials WHERE app_key = ?`, appKey).
+	err := s.queryRow(ctx, `SELECT id, customer_id, app_key, app_secret_sealed, consumer_key_hash, created_at FROM credentials WHERE app_key = ?`, appKey).
 		Scan(&c.ID, &c.CustomerID, &c.AppKey, &c.SealedSecret, &c.ConsumerKeyHash, &at)
 	if err != nil {
 		return store.Credential{}, notFound(err)
@@ -381,7 +537,7 @@ func (s *Store) CredentialByAppKey(ctx context.Context, appKey string) (store.Cr
 }
 
 func (s *Store) CreateAccessToken(ctx context.Context, customerID int64, tokenHash []byte, now time.Time) error {
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO access_tokens (customer_id, token_hash, created_at) VALUES (?, ?, ?)`, customerID, tokenHash, ms(now))
 		return err
 	})
@@ -392,13 +548,13 @@ func (s *Store) CreateAccessToken(ctx context.Context, customerID int64, tokenHa
 }
 
 func (s *Store) CustomerByAccessToken(ctx context.Context, tokenHash []byte) (store.Customer, error) {
-	return s.scanCustomer(s.r.QueryRowContext(ctx, `SELECT c.id, c.name, c.created_at FROM access_tokens t JOIN customers c ON c.id = t.customer_id WHERE t.token_hash = ?`, tokenHash))
+	return s.scanCustomer(s.queryRow(ctx, `SELECT c.id, c.name, c.created_at FROM access_tokens t JOIN customers c ON c.id = t.customer_id WHERE t.token_hash = ?`, tokenHash))
 }
 
 // Control Panel sessions.
 
 func (s *Store) CreateSession(ctx context.Context, se store.Session) error {
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM sessions WHERE expires_at <= ?`, ms(se.CreatedAt)); err != nil {
 			return err
 		}
@@ -414,7 +570,7 @@ func (s *Store) CreateSession(ctx context.Context, se store.Session) error {
 func (s *Store) SessionByHash(ctx context.Context, idHash []byte, now time.Time) (store.Session, error) {
 	var se store.Session
 	var created, expires int64
-	err := s.r.QueryRowContext(ctx, `SELECT id_hash, customer_id, created_at, expires_at FROM sessions WHERE id_hash = ? AND expires_at > ?`, idHash, ms(now)).
+	err := s.queryRow(ctx, `SELECT id_hash, customer_id, created_at, expires_at FROM sessions WHERE id_hash = ? AND expires_at > ?`, idHash, ms(now)).
 		Scan(&se.IDHash, &se.CustomerID, &created, &expires)
 	if err != nil {
 		return store.Session{}, notFound(err)
@@ -424,7 +580,7 @@ func (s *Store) SessionByHash(ctx context.Context, idHash []byte, now time.Time)
 }
 
 func (s *Store) DeleteSession(ctx context.Context, idHash []byte) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM sessions WHERE id_hash = ?`, idHash)
 		return err
 	})
@@ -450,7 +606,7 @@ func (s *Store) CreateServer(ctx context.Context, sv store.Server, agentTokenHas
 	if sv.BootID == 0 {
 		sv.BootID = store.BootRescue
 	}
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		return tx.QueryRowContext(ctx, `INSERT INTO servers (customer_id, name, mac, agent_token_hash, boot_id, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id`,
 			sv.CustomerID, sv.Name, sv.MAC, agentTokenHash, sv.BootID, ms(sv.CreatedAt)).Scan(&sv.ID)
 	})
@@ -466,7 +622,7 @@ func (s *Store) CreateServer(ctx context.Context, sv store.Server, agentTokenHas
 
 // exec1 runs one update that must change one row; durable or not.
 func (s *Store) exec1(ctx context.Context, durable bool, q string, args ...any) error {
-	return s.writeTx(ctx, durable, func(tx *sql.Tx) error {
+	return s.writeTx(ctx, durable, false, func(ctx context.Context, tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, q, args...)
 		if err != nil {
 			if isUnique(err) {
@@ -488,15 +644,15 @@ func (s *Store) SetAgentToken(ctx context.Context, serverID int64, hash []byte) 
 }
 
 func (s *Store) ServerByName(ctx context.Context, name string) (store.Server, error) {
-	return scanServer(s.r.QueryRowContext(ctx, `SELECT `+serverCols+` FROM servers WHERE name = ?`, name))
+	return scanServer(s.queryRow(ctx, `SELECT `+serverCols+` FROM servers WHERE name = ?`, name))
 }
 
 func (s *Store) ServerByAgentToken(ctx context.Context, hash []byte) (store.Server, error) {
-	return scanServer(s.r.QueryRowContext(ctx, `SELECT `+serverCols+` FROM servers WHERE agent_token_hash = ?`, hash))
+	return scanServer(s.queryRow(ctx, `SELECT `+serverCols+` FROM servers WHERE agent_token_hash = ?`, hash))
 }
 
 func (s *Store) ListServers(ctx context.Context, customerID int64) ([]store.Server, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT `+serverCols+` FROM servers WHERE customer_id = ? ORDER BY name`, customerID)
+	rows, err := s.query(ctx, `SELECT `+serverCols+` FROM servers WHERE customer_id = ? ORDER BY name`, customerID)
 	if err != nil {
 		return nil, err
 	}
@@ -557,7 +713,7 @@ func (s *Store) CreateDeployment(ctx context.Context, nd store.NewDeployment) (s
 	var d store.Deployment
 	var t store.Task
 	now := ms(nd.Now)
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var name string
 		if err := tx.QueryRowContext(ctx, `SELECT name FROM servers WHERE id = ?`, nd.ServerID).Scan(&name); err != nil {
 			return notFound(err)
@@ -615,15 +771,15 @@ func (s *Store) CreateDeployment(ctx context.Context, nd store.NewDeployment) (s
 }
 
 func (s *Store) CurrentDeployment(ctx context.Context, serverID int64) (store.Deployment, error) {
-	return scanDeployment(s.r.QueryRowContext(ctx, `SELECT `+deploymentCols+deploymentFrom+`WHERE d.server_id = ? AND d.cleared = 0 ORDER BY d.id DESC LIMIT 1`, serverID))
+	return scanDeployment(s.queryRow(ctx, `SELECT `+deploymentCols+deploymentFrom+`WHERE d.server_id = ? AND d.cleared = 0 ORDER BY d.id DESC LIMIT 1`, serverID))
 }
 
 func (s *Store) Deployment(ctx context.Context, serverID, id int64) (store.Deployment, error) {
-	return scanDeployment(s.r.QueryRowContext(ctx, `SELECT `+deploymentCols+deploymentFrom+`WHERE d.server_id = ? AND d.id = ?`, serverID, id))
+	return scanDeployment(s.queryRow(ctx, `SELECT `+deploymentCols+deploymentFrom+`WHERE d.server_id = ? AND d.id = ?`, serverID, id))
 }
 
 func (s *Store) Deployments(ctx context.Context, serverID int64, limit int) ([]store.Deployment, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT `+deploymentCols+deploymentFrom+`WHERE d.server_id = ? ORDER BY d.id DESC LIMIT ?`, serverID, limit)
+	rows, err := s.query(ctx, `SELECT `+deploymentCols+deploymentFrom+`WHERE d.server_id = ? ORDER BY d.id DESC LIMIT ?`, serverID, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -664,7 +820,7 @@ func endDeployment(ctx context.Context, tx *sql.Tx, id, taskID, serverID int64, 
 
 func (s *Store) ClearDeployments(ctx context.Context, serverID int64, now time.Time) (int64, error) {
 	var cancelled int64
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var id, taskID, n int64
 		var attempt int
 		err := tx.QueryRowContext(ctx, `SELECT id, task_id, history_n, attempt FROM deployments WHERE server_id = ? AND status = 'doing'`, serverID).Scan(&id, &taskID, &n, &attempt)
@@ -703,7 +859,7 @@ func (s *Store) ClearDeployments(ctx context.Context, serverID int64, now time.T
 func (s *Store) Task(ctx context.Context, serverID, taskID int64) (store.Task, error) {
 	var t store.Task
 	var sd, lu, dd int64
-	err := s.r.QueryRowContext(ctx, `SELECT id, server_id, deployment_id, function, status, start_date, last_update, done_date FROM tasks WHERE server_id = ? AND id = ?`, serverID, taskID).
+	err := s.queryRow(ctx, `SELECT id, server_id, deployment_id, function, status, start_date, last_update, done_date FROM tasks WHERE server_id = ? AND id = ?`, serverID, taskID).
 		Scan(&t.ID, &t.ServerID, &t.DeploymentID, &t.Function, &t.Status, &sd, &lu, &dd)
 	if err != nil {
 		return store.Task{}, notFound(err)
@@ -713,7 +869,7 @@ func (s *Store) Task(ctx context.Context, serverID, taskID int64) (store.Task, e
 }
 
 func (s *Store) History(ctx context.Context, deploymentID, after int64, limit int) ([]store.Entry, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT n, attempt, seq, source, time, received_at, status, step, kind, code, message, bytes_done, bytes_total, rate FROM events WHERE deployment_id = ? AND n > ? ORDER BY n LIMIT ?`, deploymentID, after, limit)
+	rows, err := s.query(ctx, `SELECT n, attempt, seq, source, time, received_at, status, step, kind, code, message, bytes_done, bytes_total, rate FROM events WHERE deployment_id = ? AND n > ? ORDER BY n LIMIT ?`, deploymentID, after, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -737,7 +893,7 @@ func (s *Store) History(ctx context.Context, deploymentID, after int64, limit in
 
 func (s *Store) RunningDeployment(ctx context.Context, serverID int64) (store.Deployment, []byte, error) {
 	var sealed []byte
-	d, err := scanDeployment(s.r.QueryRowContext(ctx, `SELECT `+deploymentCols+`, d.job_sealed`+deploymentFrom+`WHERE d.server_id = ? AND d.status = 'doing'`, serverID), &sealed)
+	d, err := scanDeployment(s.queryRow(ctx, `SELECT `+deploymentCols+`, d.job_sealed`+deploymentFrom+`WHERE d.server_id = ? AND d.status = 'doing'`, serverID), &sealed)
 	if err != nil {
 		return store.Deployment{}, nil, err
 	}
@@ -746,7 +902,7 @@ func (s *Store) RunningDeployment(ctx context.Context, serverID int64) (store.De
 
 func (s *Store) OpenAttempt(ctx context.Context, serverID, deploymentID int64, now time.Time) (int, error) {
 	var attempt int
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var status string
 		var n, taskID int64
 		if err := tx.QueryRowContext(ctx, `SELECT status, attempt, history_n, task_id FROM deployments WHERE id = ? AND server_id = ?`, deploymentID, serverID).Scan(&status, &attempt, &n, &taskID); err != nil {
@@ -780,7 +936,7 @@ func (s *Store) AppendEvents(ctx context.Context, a store.Append) (store.Ack, er
 	// A final event is on disk before it is acknowledged.
 	durable := len(a.Events) > 0 && a.Events[len(a.Events)-1].Final()
 	var ack store.Ack
-	err := s.writeTx(ctx, durable, func(tx *sql.Tx) error {
+	err := s.writeTx(ctx, durable, true, func(ctx context.Context, tx *sql.Tx) error {
 		var err error
 		ack, err = s.appendTx(ctx, tx, a)
 		return err
@@ -849,7 +1005,7 @@ func (s *Store) appendTx(ctx context.Context, tx *sql.Tx, a store.Append) (store
 
 func (s *Store) ExpireSilent(ctx context.Context, now, silentCutoff, pickupCutoff time.Time, silentFor, pickupFor time.Duration) ([]store.Expired, error) {
 	var out []store.Expired
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		out = out[:0]
 		expire := func(q string, cutoff time.Time, e job.Event) error {
 			// The conditional UPDATE decides: of several instances, the
