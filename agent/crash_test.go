@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/byoi/byoi/internal/crashcheck"
 
@@ -91,6 +94,8 @@ type crashConfig struct {
 	sector      int64
 	qcow2       bool
 	tail        bool // qcow2 staged on the disk's tail
+	ova         bool // an OVA (streamOptimized VMDK)
+	zstd        bool // a zstd-compressed raw image
 	configDrive bool
 }
 
@@ -112,6 +117,9 @@ func crashConfigs() []crashConfig {
 			}
 		}
 	}
+	out = append(out,
+		crashConfig{name: "ova-512-configdrive", sector: 512, ova: true, configDrive: true},
+		crashConfig{name: "raw-zstd-512-configdrive", sector: 512, zstd: true, configDrive: true})
 	return out
 }
 
@@ -138,12 +146,25 @@ func newCrashFixture(t *testing.T, cfg crashConfig) *crashFixture {
 	}
 	raw := v.([]byte)
 	data, typ := raw, "raw"
-	if cfg.qcow2 {
+	switch {
+	case cfg.qcow2:
 		q, err := testimage.Qcow2(raw, 16)
 		if err != nil {
 			t.Fatal(err)
 		}
 		data, typ = q, "qcow2"
+	case cfg.ova:
+		o, err := testimage.OVA(raw, testimage.VMware)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, typ = o, "ova"
+	case cfg.zstd:
+		var b bytes.Buffer
+		zw, _ := zstd.NewWriter(&b)
+		zw.Write(raw)
+		zw.Close()
+		data = b.Bytes()
 	}
 	sum := sha256.Sum256(data)
 	j := &job.Job{ImageURL: serve(t, data, ""), ImageType: typ, Checksum: fmt.Sprintf("%x", sum), ChecksumType: "sha256", DiskGroupID: 1}

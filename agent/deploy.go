@@ -49,7 +49,8 @@ type Deployer struct {
 // Result describes a finished deployment.
 type Result struct {
 	Disk        string               // the target's path
-	Format      string               // raw or qcow2
+	Format      string               // raw, qcow2 or ova
+	Compression string               // a raw image's: gzip, xz, zstd, bzip2 ("" when none)
 	ImageBytes  int64                // bytes downloaded
 	DiskBytes   int64                // bytes of the disk the image covers (virtual size)
 	Checksum    string               // the verified checksum ("" when none was given)
@@ -211,6 +212,8 @@ func (d *Deployer) Deploy(ctx context.Context, j *job.Job, disk Disk) (*Result, 
 		err = dp.writeRaw(ctx, stream)
 	case job.ImageTypeQcow2:
 		err = dp.writeQcow2(ctx, stream)
+	case job.ImageTypeOVA:
+		err = dp.writeOVA(ctx, stream)
 	default:
 		err = &stepError{job.StepPreflight, job.Errorf(job.BadImageType)}
 	}
@@ -383,14 +386,41 @@ func (dp *deployment) wipe(ctx context.Context, cause error) error {
 // any failure.
 func (dp *deployment) writeRaw(ctx context.Context, stream *imaging.Stream) error {
 	step, download := job.StepDownload, dp.progress(job.StepDownload)
-	if size := stream.Size(); size > 0 {
-		dp.guard.Hold(size-imaging.HeadSize, imaging.HeadSize)
+	// A raw image may arrive compressed (gzip, xz, zstd, bzip2): the
+	// content decides. The checksum is of the bytes downloaded; WriteRaw
+	// gets the decompressed stream (whose size is unknown: it refuses one
+	// that passes the disk's end, a decompression bomb included).
+	peek := make([]byte, 64<<10)
+	n, err := io.ReadFull(stream, peek)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return &stepError{step: step, err: err}
+	}
+	peek = peek[:n]
+	var src io.Reader = io.MultiReader(bytes.NewReader(peek), stream)
+	declared, hash := stream.Size(), dp.hash
+	if f := imaging.Sniff(peek); imaging.Compressed(f) {
+		if hash != nil {
+			hash.Write(peek)
+			src = io.TeeReader(stream, hash)
+		} else {
+			src = stream
+		}
+		dz, _, err := imaging.DecompressStream(peek, src)
+		if err != nil {
+			return &stepError{step: step, err: err}
+		}
+		defer dz.Close()
+		src, declared, hash = dz, -1, nil
+		dp.res.Compression = string(f)
+		dp.log.Info("raw image is compressed: decompressing as it streams", "compression", f)
+	} else if declared > 0 {
+		dp.guard.Hold(declared-imaging.HeadSize, imaging.HeadSize)
 	}
 	var head []byte
-	r, err := imaging.WriteRaw(ctx, stream, dp.disk, imaging.RawOptions{
-		DeclaredSize: stream.Size(),
+	r, err := imaging.WriteRaw(ctx, src, dp.disk, imaging.RawOptions{
+		DeclaredSize: declared,
 		TargetName:   dp.real.Path(),
-		Hash:         dp.hash,
+		Hash:         hash,
 		Check: func(h []byte) error {
 			head = h
 			return dp.examineHead(ctx, h)
@@ -425,7 +455,7 @@ func (dp *deployment) writeRaw(ctx context.Context, stream *imaging.Stream) erro
 		},
 		Logger: dp.log,
 	})
-	dp.res.ImageBytes, dp.res.DiskBytes = r.Written, r.Written
+	dp.res.ImageBytes, dp.res.DiskBytes = stream.BytesRead(), r.Written
 	dp.imageEnd = r.Written
 	if err != nil {
 		dp.log.Error("step failed", "step", step, logAttrsErr(err))
@@ -433,6 +463,49 @@ func (dp *deployment) writeRaw(ctx context.Context, stream *imaging.Stream) erro
 			err = dp.wipe(ctx, err)
 		}
 		return &stepError{step: step, err: err}
+	}
+	return nil
+}
+
+// writeOVA streams an OVA's boot disk onto the disk in one pass (the VMDK
+// grains inflated as they arrive): StepDownload, then the checksum and the
+// manifest (StepVerify), then the held-back regions (StepWrite).
+func (dp *deployment) writeOVA(ctx context.Context, stream *imaging.Stream) error {
+	step, download := job.StepDownload, dp.progress(job.StepDownload)
+	r, err := imaging.WriteOVA(ctx, stream, dp.disk, imaging.OVAOptions{
+		DeclaredSize: stream.Size(),
+		TargetName:   dp.real.Path(),
+		Hash:         dp.hash,
+		Check:        func(h []byte) error { return dp.examineHead(ctx, h) },
+		Capacity: func(n int64) {
+			// The disk's backup GPT stays in memory until the commit.
+			dp.guard.Hold(n-imaging.HeadSize, imaging.HeadSize)
+			dp.imageEnd = n
+		},
+		Verify: func() error {
+			step = job.StepVerify
+			dp.begin(step, "")
+			if err := dp.verify(); err != nil {
+				return err
+			}
+			step = job.StepWrite
+			dp.begin(step, "writing the partition tables")
+			return nil
+		},
+		Progress: func(done, total int64) {
+			if step == job.StepDownload {
+				download(done, total)
+			}
+		},
+		Logger: dp.log,
+	})
+	dp.res.ImageBytes, dp.res.DiskBytes = r.Read, r.VirtualSize
+	for _, w := range r.Warnings {
+		dp.warn(dp.res, job.StepDownload, job.WarnImageNote, w)
+	}
+	if err != nil {
+		dp.log.Error("step failed", "step", step, logAttrsErr(err))
+		return &stepError{step: step, err: dp.wipe(ctx, err)}
 	}
 	return nil
 }

@@ -44,6 +44,11 @@ type InspectReport struct {
 	// of a raw image, the virtual size of a qcow2 (0 when unknown).
 	VirtualSize int64         `json:"virtualSize"`
 	Qcow2       *Qcow2Summary `json:"qcow2,omitempty"`
+	OVA         *OVASummary   `json:"ova,omitempty"`
+	// Compression is a raw image's compression (gzip, xz, zstd, bzip2):
+	// its head was decompressed to read the partition table; the size on
+	// disk is known only once it is deployed.
+	Compression string `json:"compression,omitempty"`
 	// SectorSize is the logical sector size the image's partition table
 	// was made for (0 when it cannot tell, e.g. an MBR).
 	SectorSize int64         `json:"sectorSize"`
@@ -148,8 +153,8 @@ func InspectImage(ctx context.Context, src io.ReaderAt, size int64, opts Inspect
 	if ss := opts.DiskSectorSize; ss != 0 && ss != 512 && ss != 1024 && ss != 2048 && ss != 4096 {
 		return nil, fmt.Errorf("inspect: disk sector size %d is not supported (512, 1024, 2048 or 4096)", ss)
 	}
-	if t := opts.DeclaredType; t != "" && t != "raw" && t != "qcow2" {
-		return nil, fmt.Errorf("inspect: declared type %q is not raw or qcow2", t)
+	if t := opts.DeclaredType; t != "" && t != "raw" && t != "qcow2" && t != "ova" {
+		return nil, fmt.Errorf("inspect: declared type %q is not raw, qcow2 or ova", t)
 	}
 	if opts.DiskSize < 0 {
 		return nil, fmt.Errorf("inspect: negative disk size %d", opts.DiskSize)
@@ -166,17 +171,53 @@ func InspectImage(ctx context.Context, src io.ReaderAt, size int64, opts Inspect
 		Problems:     []string{},
 	}
 
+	// A compressed raw image: read the partition table from its
+	// decompressed head.
+	if f := imaging.Format(rep.Format); imaging.Compressed(f) && opts.DeclaredType != "qcow2" && opts.DeclaredType != "ova" {
+		dz, _, err := imaging.DecompressStream(head, io.NewSectionReader(src, int64(len(head)), size-int64(len(head))))
+		if err != nil {
+			rep.problem(err)
+			return rep, nil
+		}
+		defer dz.Close()
+		dhead := make([]byte, imaging.HeadSize)
+		n, err := io.ReadFull(dz, dhead)
+		if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+			rep.problem(err)
+			return rep, nil
+		}
+		rep.Compression, head = rep.Format, dhead[:n]
+		rep.Format = string(imaging.Sniff(head))
+		if _, err := imaging.CheckFormat("raw", head); err != nil {
+			rep.problem(err)
+			return rep, nil
+		}
+		rep.inspectHeadOnly(ctx, head, opts)
+		return rep, nil
+	}
+
 	// The format, as the deployment's format check words it. Without a
-	// declared type the image must be one of the two types byoi takes.
+	// declared type the image must be one of the types byoi takes.
 	switch {
+	case opts.DeclaredType == "ova":
+		if imaging.Format(rep.Format) != imaging.FormatTar {
+			rep.problem(&imaging.FormatError{Declared: "ova", Found: imaging.Format(rep.Format)})
+		}
 	case opts.DeclaredType != "":
 		if _, err := imaging.CheckFormat(opts.DeclaredType, head); err != nil {
 			rep.problem(err)
 		}
-	case rep.Format != string(imaging.FormatQcow2):
+	case rep.Format != string(imaging.FormatQcow2) && rep.Format != string(imaging.FormatTar):
 		if _, err := imaging.CheckFormat("raw", head); err != nil {
 			rep.problem(err)
 		}
+	}
+	if imaging.Format(rep.Format) == imaging.FormatTar {
+		rep.inspectOVA(src, size, opts)
+		if opts.DiskSize > 0 && rep.VirtualSize > opts.DiskSize {
+			rep.problem(&imaging.SizeError{ImageSize: rep.VirtualSize, TargetSize: opts.DiskSize})
+		}
+		return rep, nil
 	}
 
 	var disk io.ReaderAt // the disk the image becomes
@@ -286,6 +327,20 @@ func (r *InspectReport) inspectQcow2(ctx context.Context, src io.ReaderAt, size 
 	return vd, func() { closeVD() }, nil
 }
 
+// tableSummary is a table as the report shows it.
+func tableSummary(t *partition.Table) *TableSummary {
+	ts := &TableSummary{Type: t.Type, SectorSize: t.SectorSize, DiskGUID: t.DiskGUID, FromBackup: t.FromBackup,
+		Partitions: []PartitionSummary{}, Problems: t.Problems}
+	for _, p := range t.Partitions {
+		ps := PartitionSummary{Number: p.Number, Start: p.Start, Size: p.Size, TypeGUID: p.TypeGUID, TypeName: p.TypeName, Name: p.Name, Bootable: p.Bootable}
+		if t.Type == "mbr" {
+			ps.MBRType = fmt.Sprintf("0x%02x", p.MBRType)
+		}
+		ts.Partitions = append(ts.Partitions, ps)
+	}
+	return ts
+}
+
 // qcow2Features names what the header sets (qcow2 spec, "feature bits").
 func qcow2Features(info *imaging.Qcow2Info) []string {
 	f := []string{}
@@ -334,16 +389,7 @@ func (r *InspectReport) inspectDisk(disk io.ReaderAt, head []byte, opts InspectO
 		r.Problems = append(r.Problems, fmt.Sprintf("the partition table cannot be read: %v", err))
 		return
 	}
-	ts := &TableSummary{Type: t.Type, SectorSize: t.SectorSize, DiskGUID: t.DiskGUID, FromBackup: t.FromBackup,
-		Partitions: []PartitionSummary{}, Problems: t.Problems}
-	for _, p := range t.Partitions {
-		ps := PartitionSummary{Number: p.Number, Start: p.Start, Size: p.Size, TypeGUID: p.TypeGUID, TypeName: p.TypeName, Name: p.Name, Bootable: p.Bootable}
-		if t.Type == "mbr" {
-			ps.MBRType = fmt.Sprintf("0x%02x", p.MBRType)
-		}
-		ts.Partitions = append(ts.Partitions, ps)
-	}
-	r.Table = ts
+	r.Table = tableSummary(t)
 	for _, p := range t.Problems {
 		r.Problems = append(r.Problems, "partition table: "+p)
 	}
@@ -362,6 +408,31 @@ func (r *InspectReport) inspectDisk(disk io.ReaderAt, head []byte, opts InspectO
 	}
 	r.Boot = bs
 	r.Problems = append(r.Problems, b.Problems...)
+}
+
+// inspectHeadOnly reads what the first MiB of a disk tells (the table,
+// its sector size) when the rest cannot be read at random (a compressed
+// image): the partition table from the head, no boot check.
+func (r *InspectReport) inspectHeadOnly(ctx context.Context, head []byte, opts InspectOptions) {
+	_, ss := partition.DetectSectorSize(head)
+	r.SectorSize = ss
+	if opts.DiskSectorSize != 0 {
+		if err := partition.CheckSectorSize(head, opts.DiskSectorSize); err != nil {
+			r.problem(err)
+		}
+	}
+	if ss == 0 {
+		ss = max(opts.DiskSectorSize, 512)
+	}
+	hd := &headDisk{head}
+	if t, err := partition.Read(readOnlyDisk{r: hd, size: int64(len(head)), sector: ss}); err == nil {
+		r.Table = tableSummary(t)
+	}
+	if opts.ConfigDrive && opts.DiskSize > 0 {
+		if err := partition.CheckRoom(ctx, head, opts.DiskSize, max(opts.DiskSectorSize, ss), 1<<20); err != nil && !mayReuseConfigDrive(head) {
+			r.problem(job.Wrap(err, job.ConfigDriveFailed))
+		}
+	}
 }
 
 // HasProblems reports whether the image would fail to deploy or boot.

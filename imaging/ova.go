@@ -52,6 +52,10 @@ type OVAOptions struct {
 	// anything is written; an error aborts with nothing written and is
 	// returned unchanged.
 	Check func(head []byte) error
+	// Capacity, when set, is told the virtual disk's size once the VMDK
+	// header was read, before anything is written (the caller guards the
+	// disk's last MiB: its backup GPT).
+	Capacity func(n int64)
 	// Progress, when set, receives the bytes of the OVA read and
 	// DeclaredSize (-1 when unknown), at most every 100 ms and at the end.
 	Progress Progress
@@ -178,6 +182,9 @@ func WriteOVA(ctx context.Context, src io.Reader, dst Target, opts OVAOptions) (
 
 	// The head: grains up to the first one that is not held back in
 	// memory; then the partition table check.
+	if opts.Capacity != nil {
+		opts.Capacity(info.Capacity)
+	}
 	xw := newExtentWriter(ctx, dst, info.Capacity, "ova")
 	p := newOVAPipeline(ds, workers)
 	first, headKnown, err := p.prelude(xw)

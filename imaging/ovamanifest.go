@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"hash"
 	"strings"
+
+	"github.com/byoi/byoi/job"
 )
 
 // ManifestError is an OVA whose manifest (*.mf) does not vouch for its
@@ -29,11 +31,19 @@ type ManifestError struct {
 func (e *ManifestError) Error() string {
 	if e.Reason != "" {
 		if e.Member != "" {
-			return fmt.Sprintf("OVA manifest refused: %q: %s", e.Member, e.Reason)
+			return job.Text(job.ManifestRefused, fmt.Sprintf("%q: %s", e.Member, e.Reason))
 		}
-		return "OVA manifest refused: " + e.Reason
+		return job.Text(job.ManifestRefused, e.Reason)
 	}
-	return fmt.Sprintf("Bad %s for %s in the OVA manifest, got : %s while expecting %s.", strings.ToLower(e.Algo), e.Member, e.Got, e.Want)
+	return job.Text(job.ManifestMismatch, e.Member, strings.ToLower(e.Algo), e.Got, e.Want)
+}
+
+// MessageCode returns the catalog code.
+func (e *ManifestError) MessageCode() job.Code {
+	if e.Reason != "" {
+		return job.ManifestRefused
+	}
+	return job.ManifestMismatch
 }
 
 // Is makes errors.Is(err, ErrChecksum) true.

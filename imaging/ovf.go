@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/byoi/byoi/job"
 )
 
 // OVF envelope namespaces (DMTF DSP0243): OVF 1.x, which VirtualBox and
@@ -36,16 +38,19 @@ type OVAError struct {
 }
 
 func (e *OVAError) Error() string {
-	msg := "OVA image refused: "
+	reason := ""
 	if e.Member != "" {
-		msg += fmt.Sprintf("%q: ", e.Member)
+		reason = fmt.Sprintf("%q: ", e.Member)
 	}
-	msg += e.Reason
+	reason += e.Reason
 	if e.Err != nil {
-		msg += ": " + e.Err.Error()
+		reason += ": " + e.Err.Error()
 	}
-	return msg
+	return job.Text(job.ImageRefused, "OVA", reason)
 }
+
+// MessageCode returns the catalog code.
+func (e *OVAError) MessageCode() job.Code { return job.ImageRefused }
 
 // Is makes errors.Is(err, ErrOVA) true.
 func (e *OVAError) Is(target error) bool { return target == ErrOVA }

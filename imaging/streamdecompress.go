@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/byoi/byoi/job"
+
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
@@ -45,12 +47,15 @@ type CompressionError struct {
 }
 
 func (e *CompressionError) Error() string {
-	msg := fmt.Sprintf("%s image refused: %s", e.Format, e.Reason)
+	reason := e.Reason
 	if e.Err != nil {
-		msg += ": " + e.Err.Error()
+		reason += ": " + e.Err.Error()
 	}
-	return msg
+	return job.Text(job.ImageRefused, string(e.Format), reason)
 }
+
+// MessageCode returns the catalog code.
+func (e *CompressionError) MessageCode() job.Code { return job.ImageRefused }
 
 // Is makes errors.Is(err, ErrCompression) true.
 func (e *CompressionError) Is(target error) bool { return target == ErrCompression }

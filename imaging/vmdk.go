@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/byoi/byoi/job"
+
 	"github.com/klauspost/compress/zlib"
 )
 
@@ -108,12 +110,15 @@ type VMDKError struct {
 }
 
 func (e *VMDKError) Error() string {
-	msg := "VMDK image refused: " + e.Reason
+	reason := e.Reason
 	if e.Err != nil {
-		msg += ": " + e.Err.Error()
+		reason += ": " + e.Err.Error()
 	}
-	return msg
+	return job.Text(job.ImageRefused, "VMDK", reason)
 }
+
+// MessageCode returns the catalog code.
+func (e *VMDKError) MessageCode() job.Code { return job.ImageRefused }
 
 // Is makes errors.Is(err, ErrVMDK) true.
 func (e *VMDKError) Is(target error) bool { return target == ErrVMDK }

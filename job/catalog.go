@@ -114,6 +114,7 @@ const (
 	Qcow2Refused       Code = "Qcow2Refused"       // reason
 	ImageRefused       Code = "ImageRefused"       // format, reason
 	ManifestMismatch   Code = "ManifestMismatch"   // member, algorithm, got, want
+	ManifestRefused    Code = "ManifestRefused"    // reason
 	SectorSizeMismatch Code = "SectorSizeMismatch" // image, disk
 	TableRefused       Code = "TableRefused"       // reason
 	WriteFailed        Code = "WriteFailed"        // OVH; image type
@@ -200,7 +201,7 @@ var catalog = map[Code]entry{
 	URLUnparsable:       {"image URL cannot be parsed as a URL", FaultCustomer},
 	URLScheme:           {"image URL must start with http:// or https://", FaultCustomer},
 	URLNoHost:           {"image URL has no host name", FaultCustomer},
-	BadImageType:        {"Bad format image, expected : qcow2, raw.", FaultCustomer},
+	BadImageType:        {"Bad format image, expected : qcow2, raw, ova.", FaultCustomer},
 	ChecksumPair:        {"Please provide checkSum AND checkSumType or none of them", FaultCustomer},
 	BadChecksumType:     {"Bad checkSumType, expected : sha1, sha256, md5, sha512.", FaultCustomer},
 	ChecksumFormat:      {"checkSum must be %d hexadecimal digits for %s", FaultCustomer},
@@ -256,6 +257,7 @@ var catalog = map[Code]entry{
 	Qcow2Refused:       {"qcow2 image refused: %s", FaultCustomer},
 	ImageRefused:       {"%s image refused: %s", FaultCustomer},
 	ManifestMismatch:   {"Bad %[2]s for %[1]s in the OVA manifest, got : %[3]s while expecting %[4]s.", FaultCustomer},
+	ManifestRefused:    {"OVA manifest refused: %s", FaultCustomer},
 	SectorSizeMismatch: {"image sector size %d does not match disk sector size %d", FaultCustomer},
 	TableRefused:       {"image partition table refused: %s", FaultCustomer},
 	WriteFailed:        {"Can't write %s on disk.", FaultProvider},

@@ -14,11 +14,17 @@ import (
 	"strings"
 )
 
-// Image types accepted in a job (OVH's enum, lower-case only).
+// Image types accepted in a job (OVH's enum, lower-case only). The public
+// guide lists "ova" beside OVH's API's qcow2 and raw; a raw image may also
+// arrive gzip, xz, zstd or bzip2 compressed (the content decides).
 const (
 	ImageTypeQcow2 = "qcow2"
 	ImageTypeRaw   = "raw"
+	ImageTypeOVA   = "ova"
 )
+
+// ImageTypes lists the accepted image types, for forms and messages.
+var ImageTypes = []string{ImageTypeQcow2, ImageTypeRaw, ImageTypeOVA}
 
 // Operating systems of the reinstall shape that mean "bring your own
 // image": byoi_64, and byolinux_64, which OVH's API also lists.
@@ -60,7 +66,7 @@ var checksumHexLen = map[string]int{"md5": 32, "sha1": 40, "sha256": 64, "sha512
 // LogValue leave them out.
 type Job struct {
 	ImageURL     string
-	ImageType    string // "qcow2" or "raw"
+	ImageType    string // "qcow2", "raw" or "ova"
 	Checksum     string // lower-case hex, "" = none
 	ChecksumType string // md5 sha1 sha256 sha512, "" = none
 	// Headers are sent with the image download. Legacy shape: the order

@@ -188,10 +188,10 @@ func TestParseJobErrors(t *testing.T) {
 		name, in, field, want string
 	}{
 		// OVH's own messages, word for word.
-		{"type ova", `{"URL":"https://h/i","type":"ova"}`, "type", "Bad format image, expected : qcow2, raw."},
-		{"type upper", `{"URL":"https://h/i","type":"QCOW2"}`, "type", "Bad format image, expected : qcow2, raw."},
-		{"type missing", `{"URL":"https://h/i"}`, "type", "Bad format image, expected : qcow2, raw."},
-		{"imageType vmdk", `{"operatingSystem":"byoi_64","customizations":{"imageURL":"https://h/i","imageType":"vmdk"}}`, "customizations.imageType", "Bad format image, expected : qcow2, raw."},
+		{"type vmdk legacy", `{"URL":"https://h/i","type":"vmdk"}`, "type", "Bad format image, expected : qcow2, raw, ova."},
+		{"type upper", `{"URL":"https://h/i","type":"QCOW2"}`, "type", "Bad format image, expected : qcow2, raw, ova."},
+		{"type missing", `{"URL":"https://h/i"}`, "type", "Bad format image, expected : qcow2, raw, ova."},
+		{"imageType vmdk", `{"operatingSystem":"byoi_64","customizations":{"imageURL":"https://h/i","imageType":"vmdk"}}`, "customizations.imageType", "Bad format image, expected : qcow2, raw, ova."},
 		{"checksum alone", legacyBody(`,"checkSum":"` + sha + `"`), "checkSum", "Please provide checkSum AND checkSumType or none of them"},
 		{"checksum type alone", legacyBody(`,"checkSumType":"sha256"`), "checkSumType", "Please provide checkSum AND checkSumType or none of them"},
 		{"reinstall checksum alone", reinstallBody(`,"imageCheckSum":"`+sha+`"`, ""), "customizations.imageCheckSum", "Please provide checkSum AND checkSumType or none of them"},

@@ -40,7 +40,7 @@ func (j *Job) Validate() error {
 	if err := validateURL(j.ImageURL); err != nil {
 		return err
 	}
-	if j.ImageType != ImageTypeQcow2 && j.ImageType != ImageTypeRaw {
+	if j.ImageType != ImageTypeQcow2 && j.ImageType != ImageTypeRaw && j.ImageType != ImageTypeOVA {
 		return invalid("ImageType", BadImageType)
 	}
 	if (j.Checksum == "") != (j.ChecksumType == "") {

@@ -16,6 +16,7 @@ pkgs=(
   cloud-init        # its Python ConfigDrive reader judges our config-2
   e2fsprogs         # mkfs.ext4 for in-use tests
   openssh-client    # ssh-keygen for key fixtures
+  zstd xz-utils bzip2 # compressed raw images: the tools are the judges
   curl time file    # benchmarks and the static-binary check
   postgresql        # the control plane's PostgreSQL store tests (scripts/pg-throwaway.sh)
   chromium          # the Control Panel browser tests (chromedp drives it headless)

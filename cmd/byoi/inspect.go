@@ -38,7 +38,7 @@ func cmdInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.BoolVar(&jsonOut, "json", false, "print the report as JSON")
 	fs.Var(&headers, "header", "HTTP header 'Name: value' sent with the download (repeatable; the value is never shown)")
 	fs.StringVar(&caCert, "ca-cert", "", "PEM `file` of extra CA certificates for HTTPS")
-	fs.StringVar(&typ, "type", "", "the job's image type, raw or qcow2: report the mismatch a deploy would refuse")
+	fs.StringVar(&typ, "type", "", "the job's image type, raw, qcow2 or ova: report the mismatch a deploy would refuse")
 	fs.StringVar(&efiPath, "efi-bootloader-path", "", "the job's efiBootloaderPath: check the ESP holds it")
 	fs.BoolVar(&configDrive, "configdrive", false, "the job has a ConfigDrive: with --disk-size, check there is room for it")
 	fs.Int64Var(&diskSize, "disk-size", 0, "target disk size in `bytes`: check the image fits (0: unknown)")
@@ -58,8 +58,8 @@ func cmdInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return usagef("want one IMAGE file or URL, got %d arguments", fs.NArg())
 	}
 	src := fs.Arg(0)
-	if typ != "" && typ != "raw" && typ != "qcow2" {
-		return usagef("--type must be raw or qcow2, got %q", typ)
+	if typ != "" && typ != "raw" && typ != "qcow2" && typ != "ova" {
+		return usagef("--type must be raw, qcow2 or ova, got %q", typ)
 	}
 	switch sectorSize {
 	case 0, 512, 1024, 2048, 4096:
@@ -153,6 +153,26 @@ func printInspect(w io.Writer, o *inspectOutput) {
 			fmt.Fprintf(w, "qcow2: accepted (%d data clusters, %d compressed)\n", q.AllocatedClusters, q.CompressedClusters)
 		} else {
 			fmt.Fprintf(w, "qcow2: refused: %s\n", q.Refused)
+		}
+	}
+	if r.Compression != "" {
+		fmt.Fprintf(w, "compression: %s (a compressed raw image: decompressed as it streams; its size is known once deployed)\n", r.Compression)
+	}
+	if o := r.OVA; o != nil {
+		fmt.Fprintf(w, "OVA: %d disk(s) in the OVF", len(o.Disks))
+		if o.Manifest != "" {
+			fmt.Fprintf(w, ", manifest %s", o.Manifest)
+		}
+		fmt.Fprintln(w)
+		for _, d := range o.Disks {
+			mark := " "
+			if d.ID == o.Boot {
+				mark = "*"
+			}
+			fmt.Fprintf(w, "  %s %-12s %-24s %-18s %s\n", mark, d.ID, d.File, d.Format, humanBytes(d.Capacity))
+		}
+		if v := o.VMDK; v != nil {
+			fmt.Fprintf(w, "VMDK: %s (version %d), capacity %s, grains of %s, compressed %s\n", v.CreateType, v.Version, humanBytes(v.Capacity), humanBytes(v.GrainSize), yesNo(v.Compressed, "yes", "no"))
 		}
 	}
 	if r.SectorSize > 0 {

@@ -143,9 +143,9 @@ func TestDeployUsageErrors(t *testing.T) {
 	if code != 1 || !strings.Contains(lastLine(errOut), "http") {
 		t.Errorf("ftp URL: exit %d, %q", code, errOut)
 	}
-	code, _, errOut = runCLI(t, "deploy", "--url", "http://127.0.0.1/x", "--type", "ova", "--disk", sparse(t, 1<<20))
-	if code != 1 || lastLine(errOut) != "Bad format image, expected : qcow2, raw." {
-		t.Errorf("ova: exit %d, %q", code, errOut)
+	code, _, errOut = runCLI(t, "deploy", "--url", "http://127.0.0.1/x", "--type", "vmdk", "--disk", sparse(t, 1<<20))
+	if code != 1 || lastLine(errOut) != "Bad format image, expected : qcow2, raw, ova." {
+		t.Errorf("vmdk: exit %d, %q", code, errOut)
 	}
 }
 

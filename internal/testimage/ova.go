@@ -236,3 +236,25 @@ func WriteTar(w io.Writer, members ...Member) error {
 	}
 	return tw.Close()
 }
+
+// OVA packages the disk image raw (its size a multiple of 512) as an OVA in
+// the given style: the OVF descriptor, a streamOptimized VMDK named
+// disk1.vmdk, and a SHA256 manifest (right after the descriptor for
+// VMware, last for VirtualBox).
+func OVA(raw []byte, style OVFStyle) ([]byte, error) {
+	vmdk, err := VMDK{Raw: raw, Name: "disk1.vmdk"}.StreamOptimized()
+	if err != nil {
+		return nil, err
+	}
+	d := OVFDisk{File: "disk1.vmdk", Capacity: int64(len(raw)), Address: 0}
+	if style == VMware {
+		d.FileSize = int64(len(vmdk))
+	}
+	ovf := Member{Name: "vm.ovf", Data: OVF(style, []OVFDisk{d})}
+	disk := Member{Name: "disk1.vmdk", Data: vmdk}
+	mf := Member{Name: "vm.mf", Data: Manifest("SHA256", style == VirtualBox, ovf, disk)}
+	if style == VirtualBox {
+		return Tar(ovf, disk, mf)
+	}
+	return Tar(ovf, mf, disk)
+}
