@@ -8,10 +8,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/byoi/byoi/job"
 	"hash"
 	"io"
 	"strings"
+
+	"github.com/byoi/byoi/job"
 )
 
 // ErrChecksumType is returned by NewHash for a checksum type byoi does not

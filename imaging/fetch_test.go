@@ -8,7 +8,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"github.com/byoi/byoi/job"
 	"io"
 	"log"
 	"log/slog"
@@ -21,6 +20,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/byoi/byoi/job"
 )
 
 const (

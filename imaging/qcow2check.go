@@ -4,8 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/byoi/byoi/job"
 	"io"
+
+	"github.com/byoi/byoi/job"
 )
 
 // Layout constants from the qcow2 specification (qemu docs/interop/qcow2.txt).

@@ -6,13 +6,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/byoi/byoi/job"
 	"hash"
 	"io"
 	"log/slog"
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/byoi/byoi/job"
 
 	"golang.org/x/sys/unix"
 )

@@ -6,7 +6,8 @@
 #   scripts/boot-check.sh [--firmware uefi|bios|both] [--no-configdrive] [--expect-hostname NAME]
 #   scripts/boot-check.sh --acceptance     both firmwares pass AND the two negative cases fail
 #                                          (UEFI boots a reinstall-body deploy, BIOS a legacy-body
-#                                          one: both job shapes; --job-shape is ignored here)
+#                                          one: both job shapes; --job-shape is ignored here; and
+#                                          BIOS boots the same image deployed as an OVA)
 # Options:
 #   --firmware F           uefi (OVMF), bios (SeaBIOS) or both (default both)
 #   --no-configdrive       deploy a job without configdrive (expected to FAIL: no marker)
@@ -123,10 +124,11 @@ info "hostname $JOB_HOST, marker $MARKER, key fingerprint $KEY_FP"
 
 # --------------------------------------------------------------------------------- deployment
 write_job() { # $1 = with configdrive (1/0), $2 = output file, $3 = shape (legacy|reinstall)
-  "$PY" - "$1" "$2" "$IMG_URL" "$IMG_SHA" "$JOB_HOST" "$PUBKEY" "$MARKER" "$3" <<'EOF'
+  # The image: IMG_URL/IMG_SHA (qcow2), or W_URL/W_SHA/W_TYPE when set (the OVA).
+  "$PY" - "$1" "$2" "${W_URL:-$IMG_URL}" "${W_SHA:-$IMG_SHA}" "$JOB_HOST" "$PUBKEY" "$MARKER" "$3" "${W_TYPE:-qcow2}" <<'EOF'
 import json, sys
-with_cd, out, url, sha, host, key, marker, shape = sys.argv[1:]
-job = {"URL": url, "type": "qcow2", "checkSum": sha, "checkSumType": "sha256",
+with_cd, out, url, sha, host, key, marker, shape, typ = sys.argv[1:]
+job = {"URL": url, "type": typ, "checkSum": sha, "checkSumType": "sha256",
        "description": "byoi boot-check"}
 if with_cd == "1":
     user_data = ("#!/bin/sh\n"
@@ -139,7 +141,7 @@ if with_cd == "1":
                           "userMetadatas": [{"key": "byoi-test", "value": "boot-check"},
                                             {"key": "marker", "value": marker}]}
 if shape == "reinstall":  # the current OVH body: POST /dedicated/server/{sn}/reinstall
-    c = {"imageURL": url, "imageType": "qcow2", "imageCheckSum": sha, "imageCheckSumType": "sha256"}
+    c = {"imageURL": url, "imageType": typ, "imageCheckSum": sha, "imageCheckSumType": "sha256"}
     if "configdrive" in job:
         cd = job["configdrive"]
         c.update({"hostname": cd["hostname"], "sshKey": cd["sshKey"], "configDriveUserData": cd["userData"],
@@ -187,6 +189,36 @@ EOF
   dd if="$WORK/cd.iso" of="$disk" bs=512 seek="$start" conv=notrunc,sparse status=none
 }
 
+# make_ova $1: the test image as an OVA: OVF descriptor, SHA256 manifest, streamOptimized VMDK
+# (qemu-img writes it; VMware's member order: ovf, mf, vmdk).
+make_ova() {
+  local out=$1 d="$WORK/ova" cap
+  rm -rf "$d"; mkdir -p "$d"
+  qemu-img convert -f qcow2 -O vmdk -o subformat=streamOptimized "$IMAGE" "$d/disk1.vmdk"
+  cap=$(qemu-img info --output=json "$IMAGE" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')
+  cat >"$d/vm.ovf" <<EOF
+<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
+  xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData">
+  <References><File ovf:id="file1" ovf:href="disk1.vmdk"/></References>
+  <DiskSection><Info>Virtual disks</Info>
+    <Disk ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:capacity="$cap"
+      ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
+  </DiskSection>
+  <VirtualSystem ovf:id="byoi-boot-check"><Info>boot-check</Info>
+    <VirtualHardwareSection><Info>hardware</Info>
+      <Item><rasd:ElementName>disk1</rasd:ElementName><rasd:InstanceID>3</rasd:InstanceID>
+        <rasd:ResourceType>17</rasd:ResourceType><rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource>
+        <rasd:AddressOnParent>0</rasd:AddressOnParent></Item>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+EOF
+  (cd "$d" && for f in vm.ovf disk1.vmdk; do printf 'SHA256(%s)= %s\n' "$f" "$(sha256sum "$f" | cut -d' ' -f1)"; done >vm.mf)
+  tar -C "$d" -cf "$out" vm.ovf vm.mf disk1.vmdk
+  rm -rf "$d"
+}
+
 deploy() { # $1 name, $2 with-configdrive; sets DISK
   local name=$1 with_cd=$2 job="$WORK/job-$1.json" t0 rc
   DISK="$WORK/disk-$name.img"
@@ -209,7 +241,7 @@ deploy() { # $1 name, $2 with-configdrive; sets DISK
     say "FAIL deploy[$name]: exit $rc"
     exit 2
   fi
-  say "PASS deploy[$name]: $( [ "${BOOT_CHECK_PREPARE:-}" = manual ] && echo 'manual (dev)' || echo "byoi deploy ($JOB_SHAPE job)") in $(( $(date +%s) - t0 )) s"
+  say "PASS deploy[$name]: $( [ "${BOOT_CHECK_PREPARE:-}" = manual ] && echo 'manual (dev)' || echo "byoi deploy ($JOB_SHAPE job, ${W_TYPE:-qcow2})") in $(( $(date +%s) - t0 )) s"
   # independent judge of the table byoi left behind
   if sgdisk -v "$DISK" 2>&1 | grep -q "No problems found"; then
     say "PASS deploy[$name]: sgdisk -v finds no problems (backup GPT at the end of the disk)"
@@ -374,11 +406,18 @@ else
   JOB_SHAPE=legacy; deploy cd 1; DISK_CD=$DISK
   deploy nocd 0; DISK_NOCD=$DISK
   JOB_SHAPE=reinstall; deploy cd-reinstall 1; DISK_CDR=$DISK
+  # The same system as an OVA (a streamOptimized VMDK, as VMware and
+  # VirtualBox export it), deployed with type "ova".
+  make_ova "$WORK/srv/img.ova"
+  W_URL="http://127.0.0.1:$HTTP_PORT/img.ova" W_SHA=$(sha256sum "$WORK/srv/img.ova" | cut -d' ' -f1) W_TYPE=ova
+  export W_URL W_SHA W_TYPE
+  JOB_SHAPE=legacy; deploy ova 1; DISK_OVA=$DISK
+  unset W_URL W_SHA W_TYPE
   WRONG="wrong-$(rand_hex 2)"
-  run_boots "uefi uefi $DISK_CDR $JOB_HOST" "bios bios $DISK_CD $JOB_HOST" \
+  run_boots "uefi uefi $DISK_CDR $JOB_HOST" "bios bios $DISK_CD $JOB_HOST" "ova bios $DISK_OVA $JOB_HOST" \
             "negative-no-configdrive $NEG_FW $DISK_NOCD $JOB_HOST" \
             "negative-wrong-hostname $NEG_FW $DISK_CD $WRONG failfast"
-  for fw in uefi bios; do [ -z "$(fails_of "$fw")" ] || FAILED+=("$fw"); done
+  for fw in uefi bios ova; do [ -z "$(fails_of "$fw")" ] || FAILED+=("$fw"); done
   # negative 1: no ConfigDrive → cloud-init finishes (DataSourceNone) without the marker → must
   # fail on the marker (the boot runs until cloud-init's final message)
   f=$(fails_of negative-no-configdrive)
