@@ -31,6 +31,9 @@ func (s *Store) AppendEvents(ctx context.Context, a store.Append) (store.Ack, er
 	// Wait for the commit even if ctx ends meanwhile: the answer must
 	// match what the database holds.
 	<-r.done
+	if r.ack.Done {
+		s.tokens.Forget(a.ServerID) // boot
+	}
 	return r.ack, r.err
 }
 

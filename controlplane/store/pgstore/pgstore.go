@@ -45,6 +45,7 @@ import (
 
 	"github.com/byoi/byoi/controlplane/store"
 	"github.com/byoi/byoi/controlplane/store/migrations"
+	"github.com/byoi/byoi/controlplane/store/tokencache"
 	"github.com/byoi/byoi/job"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -54,6 +55,7 @@ import (
 // Store is a store.Store on a PostgreSQL database.
 type Store struct {
 	pool    *pgxpool.Pool
+	tokens  *tokencache.Cache
 	appends chan *appendReq
 	quit    chan struct{}
 	done    chan struct{}
@@ -99,7 +101,7 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
-	s := &Store{pool: pool}
+	s := &Store{pool: pool, tokens: tokencache.New(tokencache.TTL)}
 	if err := s.migrate(ctx); err != nil {
 		pool.Close()
 		return nil, err
@@ -322,6 +324,7 @@ func (s *Store) exec1(ctx context.Context, q string, args ...any) error {
 }
 
 func (s *Store) SetAgentToken(ctx context.Context, serverID int64, hash []byte) error {
+	defer s.tokens.Forget(serverID)
 	return s.exec1(ctx, `UPDATE servers SET agent_token_hash = $1 WHERE id = $2`, hash, serverID)
 }
 
@@ -329,8 +332,19 @@ func (s *Store) ServerByName(ctx context.Context, name string) (store.Server, er
 	return scanServer(s.pool.QueryRow(ctx, `SELECT `+serverCols+` FROM servers WHERE name = $1`, name))
 }
 
+// ServerByAgentToken answers from the token cache when it can (see
+// package tokencache).
 func (s *Store) ServerByAgentToken(ctx context.Context, hash []byte) (store.Server, error) {
-	return scanServer(s.pool.QueryRow(ctx, `SELECT `+serverCols+` FROM servers WHERE agent_token_hash = $1`, hash))
+	now := time.Now()
+	sv, gen, ok := s.tokens.Get(hash, now)
+	if ok {
+		return sv, nil
+	}
+	sv, err := scanServer(s.pool.QueryRow(ctx, `SELECT `+serverCols+` FROM servers WHERE agent_token_hash = $1`, hash))
+	if err == nil {
+		s.tokens.Put(hash, sv, now, gen)
+	}
+	return sv, err
 }
 
 func (s *Store) ListServers(ctx context.Context, customerID int64) ([]store.Server, error) {
@@ -351,14 +365,17 @@ func (s *Store) ListServers(ctx context.Context, customerID int64) ([]store.Serv
 }
 
 func (s *Store) SetBoot(ctx context.Context, serverID, bootID int64) error {
+	defer s.tokens.Forget(serverID)
 	return s.exec1(ctx, `UPDATE servers SET boot_id = $1 WHERE id = $2`, bootID, serverID)
 }
 
 func (s *Store) SetEFIBootloaderPath(ctx context.Context, serverID int64, path string) error {
+	defer s.tokens.Forget(serverID)
 	return s.exec1(ctx, `UPDATE servers SET efi_bootloader_path = $1 WHERE id = $2`, path, serverID)
 }
 
 func (s *Store) PutInventory(ctx context.Context, serverID int64, inv []byte, now time.Time) error {
+	defer s.tokens.Forget(serverID)
 	return s.exec1(ctx, `UPDATE servers SET inventory = $1, inventory_at = $2 WHERE id = $3`, inv, ms(now), serverID)
 }
 
@@ -403,6 +420,7 @@ func runningTask(ctx context.Context, tx pgx.Tx, serverID int64) (store.Task, er
 }
 
 func (s *Store) CreateDeployment(ctx context.Context, nd store.NewDeployment) (store.Deployment, store.Task, error) {
+	defer s.tokens.Forget(nd.ServerID) // boot, EFI path
 	var d store.Deployment
 	var t store.Task
 	now := ms(nd.Now)
@@ -509,6 +527,7 @@ func execAll(ctx context.Context, tx pgx.Tx, stmts [][]any) error {
 }
 
 func (s *Store) ClearDeployments(ctx context.Context, serverID int64, now time.Time) (int64, error) {
+	defer s.tokens.Forget(serverID)
 	var cancelled int64
 	err := s.write(ctx, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT id FROM servers WHERE id = $1 FOR UPDATE`, serverID); err != nil {

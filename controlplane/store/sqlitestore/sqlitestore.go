@@ -43,6 +43,7 @@ import (
 
 	"github.com/byoi/byoi/controlplane/store"
 	"github.com/byoi/byoi/controlplane/store/migrations"
+	"github.com/byoi/byoi/controlplane/store/tokencache"
 	"github.com/byoi/byoi/job"
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -63,6 +64,7 @@ type Store struct {
 	done    chan struct{}
 	st      stmts
 	reads   sync.Map // query → *sql.Stmt prepared on r
+	tokens  *tokencache.Cache
 }
 
 // stmts are the hot path's prepared statements (on the writer).
@@ -83,7 +85,11 @@ type writeReq struct {
 }
 
 // maxGroup bounds the writes one transaction commits.
-const maxGroup = 512
+const maxGroup = 1024
+
+// groupLinger is how long the writer waits for more writes once it has
+// one.
+const groupLinger = 5 * time.Millisecond
 
 // checkpointEvery is how often the background checkpointer copies the
 // WAL into the database file.
@@ -97,7 +103,10 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if path == "" || strings.ContainsRune(path, '?') {
 		return nil, fmt.Errorf("sqlite: database path %q is empty or holds '?'", path)
 	}
-	common := "_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)&_pragma=temp_store(MEMORY)&_pragma=mmap_size(1073741824)"
+	if err := create(ctx, path); err != nil {
+		return nil, err
+	}
+	common := "_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)&_pragma=temp_store(MEMORY)"
 	w, err := sql.Open("sqlite", path+"?"+common+"&_pragma=wal_autocheckpoint(0)&_txlock=immediate")
 	if err != nil {
 		return nil, err
@@ -122,7 +131,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	c.SetMaxOpenConns(1)
 	c.SetMaxIdleConns(1)
 	c.SetConnMaxIdleTime(0)
-	s := &Store{path: path, w: w, r: r, c: c}
+	s := &Store{path: path, w: w, r: r, c: c, tokens: tokencache.New(tokencache.TTL)}
 	closeAll := func() { errors.Join(c.Close(), r.Close(), w.Close()) }
 	if err := s.migrate(ctx); err != nil {
 		closeAll()
@@ -157,6 +166,30 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	return s, nil
 }
 
+// pageSize is the page size of a new database. A progress event rewrites
+// a few small rows in different pages (its deployment's history, its
+// deployment's summary), and each page changed is a frame of the WAL,
+// written at commit and again at checkpoint: 1 KiB pages write a quarter
+// of what 4 KiB pages do.
+const pageSize = 1024
+
+// create makes a new database file with pageSize pages in WAL mode (the
+// page size can be chosen only before the first page is written, and the
+// driver applies its pragmas in alphabetical order: journal_mode first).
+// An existing file is left as it is.
+func create(ctx context.Context, path string) error {
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	db, err := sql.Open("sqlite", path+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	_, err = db.ExecContext(ctx, fmt.Sprintf("PRAGMA page_size = %d; PRAGMA journal_mode = WAL", pageSize))
+	return err
+}
+
 // Close stops the writer, the syncer and the checkpointer and closes the
 // database.
 func (s *Store) Close() error {
@@ -175,15 +208,20 @@ func (s *Store) appender() {
 		case r := <-s.appends:
 			group = append(group, r)
 		}
+		// Linger a moment for more: every commit rewrites the pages it
+		// changed and makes every reader drop its page cache, whatever
+		// the group's size.
+		linger := time.NewTimer(groupLinger)
 	more:
 		for len(group) < maxGroup {
 			select {
 			case r := <-s.appends:
 				group = append(group, r)
-			default:
+			case <-linger.C:
 				break more
 			}
 		}
+		linger.Stop()
 		if err := s.commitGroup(group, true); err != nil && len(group) > 1 {
 			// A write failed in a way that spoiled the transaction: each
 			// alone, so only the guilty one fails.
@@ -640,6 +678,7 @@ func (s *Store) exec1(ctx context.Context, durable bool, q string, args ...any) 
 }
 
 func (s *Store) SetAgentToken(ctx context.Context, serverID int64, hash []byte) error {
+	defer s.tokens.Forget(serverID)
 	return s.exec1(ctx, true, `UPDATE servers SET agent_token_hash = ? WHERE id = ?`, hash, serverID)
 }
 
@@ -647,8 +686,19 @@ func (s *Store) ServerByName(ctx context.Context, name string) (store.Server, er
 	return scanServer(s.queryRow(ctx, `SELECT `+serverCols+` FROM servers WHERE name = ?`, name))
 }
 
+// ServerByAgentToken answers from the token cache when it can (see
+// package tokencache).
 func (s *Store) ServerByAgentToken(ctx context.Context, hash []byte) (store.Server, error) {
-	return scanServer(s.queryRow(ctx, `SELECT `+serverCols+` FROM servers WHERE agent_token_hash = ?`, hash))
+	now := time.Now()
+	sv, gen, ok := s.tokens.Get(hash, now)
+	if ok {
+		return sv, nil
+	}
+	sv, err := scanServer(s.queryRow(ctx, `SELECT `+serverCols+` FROM servers WHERE agent_token_hash = ?`, hash))
+	if err == nil {
+		s.tokens.Put(hash, sv, now, gen)
+	}
+	return sv, err
 }
 
 func (s *Store) ListServers(ctx context.Context, customerID int64) ([]store.Server, error) {
@@ -669,14 +719,17 @@ func (s *Store) ListServers(ctx context.Context, customerID int64) ([]store.Serv
 }
 
 func (s *Store) SetBoot(ctx context.Context, serverID, bootID int64) error {
+	defer s.tokens.Forget(serverID)
 	return s.exec1(ctx, true, `UPDATE servers SET boot_id = ? WHERE id = ?`, bootID, serverID)
 }
 
 func (s *Store) SetEFIBootloaderPath(ctx context.Context, serverID int64, path string) error {
+	defer s.tokens.Forget(serverID)
 	return s.exec1(ctx, true, `UPDATE servers SET efi_bootloader_path = ? WHERE id = ?`, path, serverID)
 }
 
 func (s *Store) PutInventory(ctx context.Context, serverID int64, inv []byte, now time.Time) error {
+	defer s.tokens.Forget(serverID)
 	return s.exec1(ctx, false, `UPDATE servers SET inventory = ?, inventory_at = ? WHERE id = ?`, inv, ms(now), serverID)
 }
 
@@ -710,6 +763,7 @@ func addEntry(ctx context.Context, tx *sql.Tx, id, n int64, attempt int, seq int
 }
 
 func (s *Store) CreateDeployment(ctx context.Context, nd store.NewDeployment) (store.Deployment, store.Task, error) {
+	defer s.tokens.Forget(nd.ServerID) // boot, EFI path
 	var d store.Deployment
 	var t store.Task
 	now := ms(nd.Now)
@@ -819,6 +873,7 @@ func endDeployment(ctx context.Context, tx *sql.Tx, id, taskID, serverID int64, 
 }
 
 func (s *Store) ClearDeployments(ctx context.Context, serverID int64, now time.Time) (int64, error) {
+	defer s.tokens.Forget(serverID)
 	var cancelled int64
 	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var id, taskID, n int64
@@ -941,6 +996,9 @@ func (s *Store) AppendEvents(ctx context.Context, a store.Append) (store.Ack, er
 		ack, err = s.appendTx(ctx, tx, a)
 		return err
 	})
+	if ack.Done {
+		s.tokens.Forget(a.ServerID) // boot
+	}
 	return ack, err
 }
 
