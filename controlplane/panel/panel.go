@@ -150,7 +150,7 @@ type pageData struct {
 // imageTypes and checksumTypes are the form's choices, the job package's
 // enums (OVA joins when the job package accepts it).
 var (
-	imageTypes    = []string{job.ImageTypeQcow2, job.ImageTypeRaw}
+	imageTypes    = job.ImageTypes
 	checksumTypes = []string{"sha256", "sha512", "sha1", "md5"}
 )
 
