@@ -107,7 +107,7 @@ type Server struct {
 	ID                int64
 	CustomerID        int64
 	Name              string
-	MAC               string
+	MAC               string // as given at creation; network boot goes by ServerMACs
 	BootID            int64
 	EFIBootloaderPath string
 	Inventory         []byte // agentapi.Inventory JSON, nil until the agent posted one
@@ -177,6 +177,17 @@ type Session struct {
 	ExpiresAt  time.Time
 }
 
+// BootInfo is how a server boots the disk a deployment wrote, as its agent
+// reported it (agentapi.BootInfo) before rebooting: the network boot script
+// uses it while that deployment is the server's current one, done.
+type BootInfo struct {
+	ServerID     int64
+	DeploymentID int64
+	DiskKey      string // "mbr:<8 hex>", "gpt:<32 hex>" or ""
+	EFIEntry     string
+	UpdatedAt    time.Time
+}
+
 // NewDeployment is what CreateDeployment needs.
 type NewDeployment struct {
 	ServerID  int64
@@ -244,6 +255,23 @@ type Store interface {
 	SetBoot(ctx context.Context, serverID, bootID int64) error
 	SetEFIBootloaderPath(ctx context.Context, serverID int64, path string) error
 	PutInventory(ctx context.Context, serverID int64, inventory []byte, now time.Time) error
+
+	// Network boot.
+
+	// SetServerMACs replaces the MAC addresses (normalized, lower-case
+	// colon form) that identify a server when it boots from the network:
+	// ErrExists when one belongs to another server (nothing changes
+	// then), ErrNotFound when the server does not exist. No MACs: none.
+	SetServerMACs(ctx context.Context, serverID int64, macs []string) error
+	// ServerMACs lists a server's MAC addresses, sorted.
+	ServerMACs(ctx context.Context, serverID int64) ([]string, error)
+	// ServerByMAC is the server a MAC address identifies, or ErrNotFound.
+	ServerByMAC(ctx context.Context, mac string) (Server, error)
+	// SetBootInfo records how the server boots the disk of b.DeploymentID,
+	// replacing the previous record (ErrNotFound for no such server).
+	SetBootInfo(ctx context.Context, b BootInfo) error
+	// BootInfo is the server's latest record, or ErrNotFound.
+	BootInfo(ctx context.Context, serverID int64) (BootInfo, error)
 
 	// Deployments, as the customer sees them.
 

@@ -270,6 +270,42 @@ CREATE INDEX sessions_expiry ON sessions(expires_at);
 		SQLite:   `DROP INDEX events_seq;`,
 		Postgres: `DROP INDEX events_seq;`,
 	},
+	// 5: network boot. A server's MAC addresses, each identifying one
+	// server (the primary key), those given at creation copied in (the
+	// lowest id wins a MAC two servers had); and how a server boots the
+	// disk its last deployment wrote, as its agent reported it.
+	5: {
+		SQLite: `
+CREATE TABLE server_macs (
+	mac TEXT PRIMARY KEY,
+	server_id INTEGER NOT NULL REFERENCES servers(id)
+) WITHOUT ROWID;
+CREATE INDEX server_macs_server ON server_macs(server_id);
+INSERT INTO server_macs (mac, server_id) SELECT mac, MIN(id) FROM servers WHERE mac <> '' GROUP BY mac;
+CREATE TABLE server_boot (
+	server_id INTEGER PRIMARY KEY REFERENCES servers(id),
+	deployment_id INTEGER NOT NULL,
+	disk_key TEXT NOT NULL DEFAULT '',
+	efi_entry TEXT NOT NULL DEFAULT '',
+	updated_at INTEGER NOT NULL
+);
+`,
+		Postgres: `
+CREATE TABLE server_macs (
+	mac TEXT PRIMARY KEY,
+	server_id BIGINT NOT NULL REFERENCES servers(id)
+);
+CREATE INDEX server_macs_server ON server_macs(server_id);
+INSERT INTO server_macs (mac, server_id) SELECT mac, MIN(id) FROM servers WHERE mac <> '' GROUP BY mac;
+CREATE TABLE server_boot (
+	server_id BIGINT PRIMARY KEY REFERENCES servers(id),
+	deployment_id BIGINT NOT NULL,
+	disk_key TEXT NOT NULL DEFAULT '',
+	efi_entry TEXT NOT NULL DEFAULT '',
+	updated_at BIGINT NOT NULL
+);
+`,
+	},
 }
 
 // Latest is the newest schema version.

@@ -57,6 +57,7 @@ var cases = []struct {
 	{"HistoryPaging", testPaging},
 	{"NotFound", testNotFound},
 	{"Sessions", testSessions},
+	{"Netboot", testNetboot},
 }
 
 // must returns v, or fails the case (Run recovers the panic into t.Fatal).
