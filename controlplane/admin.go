@@ -109,31 +109,98 @@ func (a *Admin) AddToken(ctx context.Context, customer string) (string, error) {
 	return tok, nil
 }
 
-// AddServer creates a server for a customer and returns its agent token.
+// AddServer creates a server for a customer and returns its agent token;
+// mac, when not empty, is the MAC address it boots from the network with.
 func (a *Admin) AddServer(ctx context.Context, name, customer, mac string) (string, error) {
+	var macs []string
+	if mac != "" {
+		macs = []string{mac}
+	}
+	return a.AddServerMACs(ctx, name, customer, macs)
+}
+
+// AddServerMACs creates a server with the MAC addresses that identify it
+// when it boots from the network (byoi-api serves its iPXE script only by
+// these), and returns its agent token.
+func (a *Admin) AddServerMACs(ctx context.Context, name, customer string, macs []string) (string, error) {
 	if !ValidName(name) {
 		return "", ErrBadName
 	}
-	if mac != "" {
-		m, err := agentapi.NormalizeMAC(mac)
-		if err != nil {
-			return "", err
-		}
-		mac = m
+	macs, err := a.freeMACs(ctx, macs, 0)
+	if err != nil {
+		return "", err
 	}
 	c, err := a.customer(ctx, customer)
 	if err != nil {
 		return "", err
 	}
+	first := ""
+	if len(macs) > 0 {
+		first = macs[0]
+	}
 	tok := randomToken("byoi_ag_")
-	_, err = a.Store.CreateServer(ctx, store.Server{CustomerID: c.ID, Name: name, MAC: mac, CreatedAt: a.now()}, hashToken(tok))
+	sv, err := a.Store.CreateServer(ctx, store.Server{CustomerID: c.ID, Name: name, MAC: first, CreatedAt: a.now()}, hashToken(tok))
 	if errors.Is(err, store.ErrExists) {
 		return "", fmt.Errorf("server %s already exists", name)
 	}
 	if err != nil {
 		return "", err
 	}
+	if len(macs) > 0 {
+		if err := a.Store.SetServerMACs(ctx, sv.ID, macs); err != nil {
+			return "", fmt.Errorf("server %s created, but its MAC addresses were refused (set them with byoi-api server macs): %w", name, macErr(err))
+		}
+	}
 	return tok, nil
+}
+
+// SetMACs replaces the MAC addresses of a server (none: it is no longer
+// served by network boot).
+func (a *Admin) SetMACs(ctx context.Context, server string, macs []string) error {
+	sv, err := a.Store.ServerByName(ctx, server)
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("no server %s", server)
+	}
+	if err != nil {
+		return err
+	}
+	if macs, err = a.freeMACs(ctx, macs, sv.ID); err != nil {
+		return err
+	}
+	return macErr(a.Store.SetServerMACs(ctx, sv.ID, macs))
+}
+
+// freeMACs normalizes macs, drops repeats, and refuses one another server
+// than self has.
+func (a *Admin) freeMACs(ctx context.Context, macs []string, self int64) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	for _, m := range macs {
+		n, err := agentapi.NormalizeMAC(m)
+		if err != nil {
+			return nil, err
+		}
+		if seen[n] {
+			continue
+		}
+		seen[n] = true
+		other, err := a.Store.ServerByMAC(ctx, n)
+		if err == nil && other.ID != self {
+			return nil, fmt.Errorf("MAC address %s belongs to server %s", n, other.Name)
+		}
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func macErr(err error) error {
+	if errors.Is(err, store.ErrExists) {
+		return errors.New("a MAC address belongs to another server")
+	}
+	return err
 }
 
 // NewAgentToken replaces a server's agent token (a server that re-enters

@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -62,6 +63,9 @@ type Config struct {
 	PickupTimeout time.Duration
 	// SweepEvery is how often the timeout loop looks (default 15 s).
 	SweepEvery time.Duration
+	// Netboot, when set, serves servers booting from the network through
+	// iPXE (netboot.go).
+	Netboot *NetbootConfig
 }
 
 // Server serves the customer and agent APIs.
@@ -93,6 +97,14 @@ func New(cfg Config) (*Server, error) {
 		cfg.SweepEvery = 15 * time.Second
 	}
 	cfg.PublicURL = strings.TrimSuffix(cfg.PublicURL, "/")
+	if cfg.Netboot != nil {
+		nb := *cfg.Netboot
+		nb.BootURL = strings.TrimSuffix(nb.BootURL, "/")
+		if err := nb.Check(); err != nil {
+			return nil, fmt.Errorf("controlplane: network boot: %w", err)
+		}
+		cfg.Netboot = &nb
+	}
 	s := &Server{cfg: cfg, st: cfg.Store, log: cfg.Logger, mux: http.NewServeMux()}
 	s.routes()
 	return s, nil
@@ -267,6 +279,7 @@ func (s *Server) routes() {
 	s.handle(a+"/job", map[string]endpoint{"GET": {auth: authAgent, h: s.agentJob}})
 	s.handle(a+"/deployments/{id}/attempts", map[string]endpoint{"POST": {auth: authAgent, h: s.agentAttempt}})
 	s.handle(a+"/deployments/{id}/events", map[string]endpoint{"POST": {auth: authAgent, maxBody: agentapi.MaxEventsBody, h: s.agentEvents}})
+	s.netbootRoutes()
 	s.mux.Handle(panel.Prefix, panel.New(panel.Config{Backend: s, Store: s.st, Logger: s.log, Now: s.cfg.Clock.Now, PublicURL: s.cfg.PublicURL}))
 	s.handle("/", map[string]endpoint{
 		"GET": {h: s.notFound}, "POST": {h: s.notFound}, "PUT": {h: s.notFound}, "DELETE": {h: s.notFound},

@@ -25,10 +25,12 @@ import (
 const usage = `usage:
   byoi-api serve [--db FILE] [--listen ADDR] [--tls-cert FILE --tls-key FILE] [--public-url URL]
                  [--agent-timeout 5m] [--pickup-timeout 1h] [--pprof ADDR] [-v]
+                 [--rescue-dir DIR --boot-url http://HOST:PORT [--agent-url URL] [--rescue-cmdline ARGS]]
   byoi-api customer add NAME
   byoi-api credential add --customer NAME
   byoi-api token add --customer NAME
-  byoi-api server add NAME --customer NAME [--mac MAC]
+  byoi-api server add NAME --customer NAME [--mac MAC]...
+  byoi-api server macs NAME [--mac MAC]...       (replaces the MACs; none: no network boot)
   byoi-api server token NAME
 Every command takes --db FILE (default byoi.db), --key-file FILE (default FILE.key
 beside the database, created 0600 on first use) and --json (admin commands).
@@ -72,11 +74,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case cmd == "server" && len(args) > 1 && args[1] == "add":
 		err = admin(ctx, args[2:], stdout, 1, func(ctx context.Context, a *controlplane.Admin, f *adminFlags) (any, string, error) {
 			name := f.fs.Arg(0)
-			t, err := a.AddServer(ctx, name, f.customer, f.mac)
+			t, err := a.AddServerMACs(ctx, name, f.customer, f.macs)
 			if err != nil {
 				return nil, "", err
 			}
 			return map[string]string{"server": name, "agentToken": t}, "server     " + name + "\nagentToken " + t + "\n(shown only now)", nil
+		})
+	case cmd == "server" && len(args) > 1 && args[1] == "macs":
+		err = admin(ctx, args[2:], stdout, 1, func(ctx context.Context, a *controlplane.Admin, f *adminFlags) (any, string, error) {
+			name := f.fs.Arg(0)
+			if err := a.SetMACs(ctx, name, f.macs); err != nil {
+				return nil, "", err
+			}
+			macs := f.macs
+			if macs == nil {
+				macs = []string{}
+			}
+			return map[string]any{"server": name, "macs": macs}, "server " + name + ": MAC addresses " + strings.Join(macs, " "), nil
 		})
 	case cmd == "server" && len(args) > 1 && args[1] == "token":
 		err = admin(ctx, args[2:], stdout, 1, func(ctx context.Context, a *controlplane.Admin, f *adminFlags) (any, string, error) {
@@ -155,8 +169,14 @@ type adminFlags struct {
 	db       dbFlags
 	json     bool
 	customer string
-	mac      string
+	macs     macList
 }
+
+// macList is a repeatable --mac.
+type macList []string
+
+func (m *macList) String() string     { return strings.Join(*m, ",") }
+func (m *macList) Set(v string) error { *m = append(*m, v); return nil }
 
 // parseInterspersed parses flags anywhere among the arguments.
 func parseInterspersed(fs *flag.FlagSet, args []string) error {
@@ -179,7 +199,7 @@ func admin(ctx context.Context, args []string, stdout io.Writer, nargs int, fn f
 	f.db.register(f.fs)
 	f.fs.BoolVar(&f.json, "json", false, "print JSON")
 	f.fs.StringVar(&f.customer, "customer", "", "customer name")
-	f.fs.StringVar(&f.mac, "mac", "", "server MAC address")
+	f.fs.Var(&f.macs, "mac", "a MAC address the server boots from the network with (repeat for several)")
 	if err := parseInterspersed(f.fs, args); err != nil {
 		return err
 	}
@@ -216,6 +236,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	pickupTimeout := fs.Duration("pickup-timeout", time.Hour, "fail a deployment no agent picked up this long after it was posted (0: wait for ever)")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060)")
 	verbose := fs.Bool("v", false, "log every request")
+	rescueDir := fs.String("rescue-dir", "", "serve network boot (iPXE) with the rescue system in this directory (vmlinuz, initrd.img: scripts/build-rescue.sh)")
+	bootURL := fs.String("boot-url", "", "with --rescue-dir: the plain-HTTP URL servers' iPXE reaches this server at (e.g. http://10.0.2.2:8080)")
+	agentURL := fs.String("agent-url", "", "with --rescue-dir: the URL the rescue agent reaches this server at (default: --boot-url)")
+	rescueCmdline := fs.String("rescue-cmdline", "console=tty0 console=ttyS0,115200", "with --rescue-dir: added to the rescue kernel's command line")
 	if err := parseInterspersed(fs, args); err != nil {
 		return err
 	}
@@ -235,7 +259,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer st.Close()
-	srv, err := controlplane.New(controlplane.Config{Store: st, Keys: keys, Logger: log, PublicURL: strings.TrimSuffix(*publicURL, "/"), AgentTimeout: *agentTimeout, PickupTimeout: *pickupTimeout})
+	cfg := controlplane.Config{Store: st, Keys: keys, Logger: log, PublicURL: strings.TrimSuffix(*publicURL, "/"), AgentTimeout: *agentTimeout, PickupTimeout: *pickupTimeout}
+	if *rescueDir != "" {
+		cfg.Netboot = &controlplane.NetbootConfig{RescueDir: *rescueDir, BootURL: *bootURL, AgentURL: *agentURL, Cmdline: *rescueCmdline}
+	} else if *bootURL != "" || *agentURL != "" {
+		return errors.New("--boot-url and --agent-url go with --rescue-dir")
+	}
+	srv, err := controlplane.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -271,7 +301,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			errc <- hs.Serve(ln)
 		}
 	}()
-	log.Warn("byoi-api serving", "addr", ln.Addr().String(), "tls", *tlsCert != "", "db", d.shown())
+	log.Warn("byoi-api serving", "addr", ln.Addr().String(), "tls", *tlsCert != "", "db", d.shown(), "netboot", cfg.Netboot != nil)
 	select {
 	case err := <-errc:
 		return err

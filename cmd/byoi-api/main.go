@@ -6,7 +6,8 @@
 //	byoi-api customer add acme
 //	byoi-api credential add --customer acme       → applicationKey, applicationSecret, consumerKey
 //	byoi-api token add --customer acme            → accessToken
-//	byoi-api server add ns1.example --customer acme [--mac 52:54:00:12:34:56] → agentToken
+//	byoi-api server add ns1.example --customer acme [--mac 52:54:00:12:34:56]... → agentToken
+//	byoi-api server macs ns1.example --mac 52:54:00:12:34:56   → the MACs it network-boots with
 //	byoi-api server token ns1.example             → a fresh agentToken
 package main
 
