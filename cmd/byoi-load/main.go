@@ -874,7 +874,7 @@ type proc struct {
 	name            string
 	pid             int
 	rss0, rss, peak int64
-	cpu0            float64
+	cpu0, last      float64
 }
 
 func newProc(p namedPid) *proc {
@@ -895,10 +895,10 @@ func (p *proc) sample() {
 // keeps its last reading.
 func (p *proc) cpuNow() float64 {
 	if c := treeCPU(p.pid); c > 0 {
-		p.cpu0 = min(p.cpu0, c)
+		p.last = c
 		return c
 	}
-	return p.cpu0
+	return max(p.last, p.cpu0)
 }
 
 const clockTicks = 100 // USER_HZ on Linux
