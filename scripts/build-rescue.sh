@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the byoi rescue system that servers network-boot into: a Debian 12 kernel and an
 # initramfs holding busybox (static), the init in scripts/rescue/, the few kernel modules it
-# needs, and a static `byoi` binary, which init runs as `byoi agent`.
+# needs, and a static `byoi` binary, which init runs as `byoi agent`. byoi-api serves it
+# (`byoi-api serve --rescue-dir DIR`: DIR holds vmlinuz and initrd.img; the printed paths are
+# in one directory).
 #
 #   kernel:     linux-image-cloud-amd64's image (NVMe and ext4 built in; virtio as modules)
 #   initramfs:  /init (scripts/rescue/init), /bin/busybox + applet links,
@@ -11,7 +13,8 @@
 # Usage: scripts/build-rescue.sh [--byoi PATH]          (or BYOI_BIN=PATH)
 #   Prints the kernel path, then the initramfs path (the last two lines of stdout);
 #   logs go to stderr. Needs root (the initramfs holds /dev/console) and apt-get.
-# Env:   BYOI_BIN                  the static byoi binary to bake in (required)
+# Env:   BYOI_BIN                  the static byoi binary to bake in (default: cmd/byoi of
+#                                  this tree, built with CGO_ENABLED=0 -trimpath -ldflags=-s -w)
 #        BYOI_RESCUE_CACHE         cache directory (default /var/cache/byoi-rescue)
 #        BYOI_RESCUE_MODULES       modules to add to the default set (names, space-separated;
 #                                  their dependencies come along), e.g. "mlx5_core ena"
@@ -22,9 +25,9 @@
 # the byoi binary, the module list and the compression. Downloaded .debs are kept in
 # $CACHE/debs, so a key change does not download them again; the 8 newest builds are kept.
 #
-# Boot it with e.g. (iPXE):
-#   kernel http://HOST/vmlinuz initrd=initrd.img console=ttyS0,115200 quiet BOOTIF=01-${netX/mac:hexhyp} byoi.url=... byoi.server=... byoi.token=...
-#   initrd http://HOST/initrd.img
+# byoi-api's rescue script boots it with (iPXE; controlplane/netboot):
+#   kernel http://HOST/boot/rescue/vmlinuz initrd=initrd.img quiet console=... BOOTIF=01-aa-bb-.. byoi.url=... byoi.server=... byoi.token=...
+#   initrd http://HOST/boot/rescue/initrd.img
 #   boot
 # (`initrd=initrd.img` is for the EFI stub under UEFI; `quiet` keeps the kernel from echoing
 # its command line, token included, to the console.)
@@ -43,7 +46,17 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ "$(id -u)" = 0 ] || die "must run as root (the initramfs holds the /dev/console node)"
-[ -n "$BYOI" ] || die "no byoi binary: --byoi PATH or BYOI_BIN=PATH"
+SELF=$(readlink -f "${BASH_SOURCE[0]}")
+BUILT=
+if [ -z "$BYOI" ]; then
+  command -v go >/dev/null || die "no byoi binary (--byoi PATH) and no go to build one"
+  BUILT=$(mktemp -d /tmp/byoi-rescue-bin.XXXXXX)
+  BYOI=$BUILT/byoi
+  trap 'rm -rf "$BUILT"' EXIT
+  log "building byoi (CGO_ENABLED=0 go build -trimpath -ldflags=-s -w ./cmd/byoi)"
+  (cd "$(dirname "$SELF")/.." && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$BYOI" ./cmd/byoi) ||
+    die "go build ./cmd/byoi failed"
+fi
 [ -f "$BYOI" ] && [ -x "$BYOI" ] || die "byoi binary $BYOI is not an executable file"
 if head -c 4 "$BYOI" | grep -q 'ELF' && LC_ALL=C readelf -l "$BYOI" 2>/dev/null | grep -q 'Requesting program interpreter'; then
   die "$BYOI is dynamically linked: build it with CGO_ENABLED=0"
@@ -52,7 +65,6 @@ for t in apt-get apt-cache dpkg-deb sha256sum flock find sort gzip; do
   command -v "$t" >/dev/null || die "missing tool: $t"
 done
 
-SELF=$(readlink -f "${BASH_SOURCE[0]}")
 SRC=$(dirname "$SELF")/rescue
 [ -f "$SRC/init" ] && [ -f "$SRC/udhcpc.script" ] || die "missing $SRC/init or $SRC/udhcpc.script"
 CACHE=${BYOI_RESCUE_CACHE:-/var/cache/byoi-rescue}
@@ -60,9 +72,9 @@ KPKG=${BYOI_RESCUE_KERNEL_PKG:-linux-image-cloud-amd64}
 COMPRESS=${BYOI_RESCUE_COMPRESS:-gzip}
 case "$COMPRESS" in gzip) ;; xz) command -v xz >/dev/null || die "missing tool: xz";; *) die "BYOI_RESCUE_COMPRESS must be gzip or xz";; esac
 # virtio NIC and disks (QEMU, most clouds), SCSI/SATA disks (sd_mod; ahci where the kernel has
-# it: the cloud kernel does not), efivarfs (UEFI boot entries) and edd (BIOS drive numbers <->
-# disks, under legacy BIOS). NVMe is built in. A leading "?" marks a module that may be missing.
-MODULES="virtio_pci virtio_net virtio_blk virtio_scsi virtio_rng sd_mod ?ahci efivarfs edd ${BYOI_RESCUE_MODULES:-}"
+# it: the cloud kernel does not) and efivarfs (the agent's UEFI boot entry). NVMe is built in.
+# A leading "?" marks a module that may be missing.
+MODULES="virtio_pci virtio_net virtio_blk virtio_scsi virtio_rng sd_mod ?ahci efivarfs ${BYOI_RESCUE_MODULES:-}"
 mkdir -p "$CACHE/debs"
 
 exec 9>"$CACHE/.lock"
@@ -97,7 +109,7 @@ if [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.img" ] && [ "${BYOI_RESCUE_REBUILD
 fi
 
 WORK=$(mktemp -d "$CACHE/build.XXXXXX")
-cleanup() { local rc=$?; rm -rf "$WORK"; [ $rc -eq 0 ] || log "FAILED (exit $rc)"; exit $rc; }
+cleanup() { local rc=$?; rm -rf "$WORK"; [ -z "$BUILT" ] || rm -rf "$BUILT"; [ $rc -eq 0 ] || log "FAILED (exit $rc)"; exit $rc; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 START=$(date +%s)
