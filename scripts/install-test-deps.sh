@@ -20,12 +20,14 @@ pkgs=(
   curl time file    # benchmarks and the static-binary check
   postgresql        # the control plane's PostgreSQL store tests (scripts/pg-throwaway.sh)
   chromium          # the Control Panel browser tests (chromedp drives it headless)
+  binutils          # as, ld: controlplane/netboot's test rebuilds bootsel.bin
 )
 if [ "${BYOI_SKIP_BOOT:-0}" != 1 ]; then
   pkgs+=(
     qemu-system-x86 # boot acceptance
     ovmf            # UEFI firmware for boot acceptance
     mmdebstrap      # builds the boot test image
+    ipxe-qemu       # the NICs' iPXE option ROMs of the network boot check (scripts/pxe-check.sh)
   )
 fi
 missing=()

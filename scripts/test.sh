@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the Debian packages the tests need, runs the
 # Go tests (as root they include the loop-device tests), then the boot
-# acceptance under UEFI and legacy BIOS. With CI=true a missing tool or root
-# is a failure, not a skip.
+# acceptance under UEFI and legacy BIOS, then the network boot check
+# (scripts/pxe-check.sh). With CI=true a missing tool or root is a failure,
+# not a skip.
 #   scripts/test.sh            everything
 #   BYOI_SKIP_BOOT=1 scripts/test.sh   Go tests only (the boot check takes minutes)
 set -euo pipefail
@@ -27,4 +28,8 @@ go test -count=1 -timeout 20m ./...
 if [ "${BYOI_SKIP_BOOT:-0}" != 1 ]; then
   echo "== boot acceptance"
   scripts/boot-check.sh --acceptance
+fi
+if [ "${BYOI_SKIP_BOOT:-0}" != 1 ]; then
+  echo "== network boot check (iPXE, rescue, deploy, reboot to disk; SeaBIOS and OVMF)"
+  scripts/pxe-check.sh
 fi
