@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/byoi/byoi/internal/testutil"
@@ -174,15 +176,17 @@ func TestCatalogCoverage(t *testing.T) {
 	t.Logf("%d codes triggered", len(seen))
 }
 
-// codeOfText finds the catalog code whose text (without arguments) is s, for
-// the progress texts.
+// codeOfText finds the catalog code whose text is s: its format as an
+// anchored pattern (each verb any text), for the progress texts.
 func codeOfText(s string) job.Code {
+	verb := regexp.MustCompile(`%(\[\d+\])?[-+# 0]*\d*(\.\d+)?[a-zA-Z]`)
 	for _, c := range job.Codes() {
-		f := job.Format(c)
-		if f == s {
-			return c
+		f := strings.ReplaceAll(job.Format(c), "%%", "%")
+		parts := verb.Split(f, -1)
+		for i := range parts {
+			parts[i] = regexp.QuoteMeta(parts[i])
 		}
-		if i := bytes.IndexByte([]byte(f), '%'); i > 0 && len(s) >= i && s[:i] == f[:i] && (c == job.MsgDownloading || c == job.MsgDownloadingN || c == job.MsgWriting) {
+		if regexp.MustCompile("^"+strings.Join(parts, ".+")+"$").MatchString(s) && strings.HasPrefix(string(c), "Msg") {
 			return c
 		}
 	}

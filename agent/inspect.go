@@ -187,7 +187,6 @@ func InspectImage(ctx context.Context, src io.ReaderAt, size int64, opts Inspect
 			return rep, nil
 		}
 		rep.Compression, head = rep.Format, dhead[:n]
-		rep.Format = string(imaging.Sniff(head))
 		if _, err := imaging.CheckFormat("raw", head); err != nil {
 			rep.problem(err)
 			return rep, nil

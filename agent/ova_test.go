@@ -159,7 +159,7 @@ func TestInspectOVAAndCompressed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Compression != "gzip" || r.Format != "raw" || r.Table == nil || r.Table.Type != "gpt" || len(r.Problems) != 0 {
+	if r.Compression != "gzip" || r.Format != "gzip" || r.Table == nil || r.Table.Type != "gpt" || len(r.Problems) != 0 {
 		t.Errorf("gzip report %+v (%v)", r, r.Problems)
 	}
 }

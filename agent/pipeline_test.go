@@ -291,7 +291,8 @@ func TestDeployRefusesWrongFormatBeforeWriting(t *testing.T) {
 	}{
 		{"qcow2 declared raw", "raw", qcow, "image provided format is qcow2 which does not match expected raw format"},
 		{"raw declared qcow2", "qcow2", img, "image provided format is raw which does not match expected qcow2 format"},
-		{"no table", "raw", bytes.Repeat([]byte{0x1f, 0x8b, 8, 0}, 1<<16), "image provided format is not of type raw because no partition table was found. It seems to contain: gzip"},
+		{"no table", "raw", bytes.Repeat([]byte("no disk "), 1<<16), "image provided format is not of type raw because no partition table was found. It seems to contain: unknown data"},
+		{"corrupt gzip", "raw", bytes.Repeat([]byte{0x1f, 0x8b, 8, 0}, 1<<16), "gzip image refused: corrupt compressed data"},
 		{"too big", "raw", testImage(t, 48*mib, 512), "image provided has a size of 50331648 bytes which is larger than "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
