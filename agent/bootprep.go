@@ -55,6 +55,9 @@ func prepareBoot(env *Env, d *Deployer, j *job.Job, res *Result) agentapi.BootIn
 		return info
 	}
 	loader := j.EFIBootloaderPath
+	if loader == "" && res.Boot != nil && res.Boot.BootloaderFound {
+		loader = res.Boot.BootloaderPath // the server's, found on the disk (bootCheck)
+	}
 	if loader == "" {
 		loader = defaultLoader
 	}

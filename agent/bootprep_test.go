@@ -78,6 +78,41 @@ func TestPrepareBootUEFI(t *testing.T) {
 	}
 }
 
+// TestPrepareBootServerPath: a job without efiBootloaderPath gets the
+// server's (OVH's server property) in its boot entry when the file is on
+// the image's ESP, and the default loader path, not a failure, when not.
+func TestPrepareBootServerPath(t *testing.T) {
+	img := testutil.ESPImage(t, []string{"EFI/debian/grubx64.efi"}, true, 8)
+	for _, c := range []struct{ server, want string }{
+		{`\EFI\debian\grubx64.efi`, `\EFI\debian\grubx64.efi`},
+		{`\efi\debian\GRUBX64.EFI`, `\efi\debian\GRUBX64.EFI`},
+		{`\EFI\ubuntu\shimx64.efi`, `\EFI\BOOT\BOOTX64.EFI`},
+	} {
+		dir := fakeEFIVars(t)
+		path := crashcheck.OldSystem(t, 512, 48*mib)
+		j := &job.Job{ImageURL: serve(t, img, ""), ImageType: "raw", DiskGroupID: 1}
+		var got agentapi.BootInfo
+		_, err := Run(context.Background(), j, Env{Target: path, Report: ReporterFunc((&recorder{}).report), Rebooter: &fakeRebooter{rec: &recorder{}},
+			EFIVarsDir: dir, ServerEFIBootloaderPath: c.server,
+			BeforeReboot: func(_ context.Context, b agentapi.BootInfo) { got = b }})
+		if err != nil {
+			t.Fatalf("server path %s: %v", c.server, err)
+		}
+		v := efiboot.Vars{Dir: dir}
+		order, err := v.BootOrder()
+		if err != nil || len(order) != 2 {
+			t.Fatalf("BootOrder %v %v", order, err)
+		}
+		entries, _ := v.Entries()
+		if dp := efiboot.DevicePathString(entries[order[1]].DevicePath); !strings.Contains(dp, c.want) {
+			t.Errorf("server path %s: entry %s, want %s", c.server, dp, c.want)
+		}
+		if !strings.HasSuffix(got.EFIEntry, " "+c.want) {
+			t.Errorf("server path %s: reported entry %q", c.server, got.EFIEntry)
+		}
+	}
+}
+
 // TestPrepareBootNeverTouchesRealVars: without a real reboot, no efivarfs
 // is written, whatever the machine booted with.
 func TestPrepareBootNeverTouchesRealVars(t *testing.T) {

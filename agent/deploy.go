@@ -44,6 +44,13 @@ type Deployer struct {
 	// Events receives every event as the pipeline makes it (Run passes
 	// them through its Sink). Nil drops them.
 	Events func(job.Event)
+	// ServerEFIBootloaderPath is the server's efiBootloaderPath (OVH's
+	// server property, set by an earlier job or by PUT): the loader of the
+	// UEFI boot entry when the job names none and that file is on the
+	// deployed disk's EFI System Partition. Unlike the job's own path, it
+	// never fails a deployment: an image without it boots by the default
+	// path.
+	ServerEFIBootloaderPath string
 }
 
 // Result describes a finished deployment.
@@ -622,6 +629,13 @@ func (dp *deployment) bootCheck() error {
 		return fmt.Errorf("read the partition table: %w", err)
 	}
 	b := InspectBoot(dp.disk, t, dp.job.EFIBootloaderPath)
+	if p := dp.ServerEFIBootloaderPath; dp.job.EFIBootloaderPath == "" && p != "" && b.ESP != nil {
+		if s := InspectBoot(dp.disk, t, p); s.BootloaderFound {
+			b = s
+		} else {
+			dp.log.Info("the server's efiBootloaderPath is not on this image: the default loader path is used", "path", p)
+		}
+	}
 	dp.res.Boot = &b
 	for _, p := range b.Warnings {
 		dp.warn(dp.res, job.StepBootCheck, p.Code, p.Args...)

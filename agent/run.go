@@ -56,6 +56,10 @@ type Env struct {
 	// final status was delivered (nil: no reboot). Before that, Run makes
 	// the deployed disk the next boot after the network (prepareBoot).
 	Rebooter Rebooter
+	// ServerEFIBootloaderPath is the server's efiBootloaderPath, from the
+	// control plane: the UEFI entry's loader when the job has none and the
+	// file is on the deployed disk (see Deployer).
+	ServerEFIBootloaderPath string
 	// EFIVarsDir is the efivarfs the UEFI boot entry is written to before
 	// a reboot ("" = the kernel's when the machine booted by UEFI; "-" =
 	// never).
@@ -156,7 +160,8 @@ func run(ctx context.Context, j *job.Job, env *Env, sink *Sink) (*Result, error)
 	log := env.logger()
 	d := &Deployer{
 		Fetch: env.Fetch, MemoryReserve: env.MemoryReserve, StagingDir: env.StagingDir, Logger: log,
-		Events: func(e job.Event) { sink.Emit(e) },
+		Events:                  func(e job.Event) { sink.Emit(e) },
+		ServerEFIBootloaderPath: env.ServerEFIBootloaderPath,
 	}
 	if j == nil {
 		return nil, &stepError{job.StepPreflight, job.Errorf(job.JobMissing)}

@@ -117,6 +117,13 @@ func runAssignment(ctx context.Context, cfg AgentConfig, a *agentapi.Assignment)
 	defer rep.Close()
 	env := cfg.Env
 	env.Report = teeReporter{FinalReporter: rep, also: cfg.Progress}
+	if p := a.EFIBootloaderPath; p != "" {
+		if err := job.ValidateEFIBootloaderPath(p); err != nil {
+			log.Warn("the server's efiBootloaderPath is ignored", "error", err.Error())
+		} else {
+			env.ServerEFIBootloaderPath = p
+		}
+	}
 	env.BeforeReboot = func(ctx context.Context, boot agentapi.BootInfo) {
 		// The control plane's BIOS boot script needs the disk's key; a
 		// few tries, then reboot anyway (the script falls back to the

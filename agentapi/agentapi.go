@@ -201,6 +201,10 @@ type Assignment struct {
 	// Attempts is how many attempts the deployment had so far (0: none;
 	// 1 or more: the agent restarted during an earlier attempt).
 	Attempts int `json:"attempts"`
+	// EFIBootloaderPath is the server's efiBootloaderPath (OVH's server
+	// property): the agent's UEFI boot entry uses it when the job names
+	// none and the file is on the deployed disk's EFI System Partition.
+	EFIBootloaderPath string `json:"efiBootloaderPath,omitempty"`
 }
 
 // Attempt is the answer to opening an attempt.

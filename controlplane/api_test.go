@@ -270,7 +270,9 @@ func TestReinstallErrors(t *testing.T) {
 		if info := serverInfo(t, c, a.server); info["efiBootloaderPath"] != `\efi\debian\grubx64.efi` {
 			t.Fatalf("efiBootloaderPath %v", info["efiBootloaderPath"])
 		}
-		a.pickUp()
+		if as := a.pickUp(); as.EFIBootloaderPath != `\efi\debian\grubx64.efi` {
+			t.Fatalf("the assignment does not carry the server's efiBootloaderPath: %q", as.EFIBootloaderPath)
+		}
 		var got task
 		if err := c.Get(path(a.server, "/task/"+tk.TaskID.String()), &got); err != nil || got.Status != "doing" || got.LastUpdate == nil {
 			t.Fatalf("task after pickup %+v %v", got, err)

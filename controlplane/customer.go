@@ -90,9 +90,7 @@ func (s *Server) putServer(c *call) (int, any, error) {
 		}
 	}
 	if b.EFIBootloaderPath != nil {
-		// The job's own rules for the path (length, no control character).
-		j := job.Job{ImageURL: "https://x/i", ImageType: job.ImageTypeRaw, DiskGroupID: 1, EFIBootloaderPath: *b.EFIBootloaderPath}
-		if err := j.Validate(); err != nil {
+		if err := job.ValidateEFIBootloaderPath(*b.EFIBootloaderPath); err != nil {
 			return 0, nil, err
 		}
 		if err := s.st.SetEFIBootloaderPath(c.r.Context(), c.server.ID, *b.EFIBootloaderPath); err != nil {

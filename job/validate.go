@@ -68,11 +68,8 @@ func (j *Job) Validate() error {
 	if len(j.Description) > maxDescriptionLen {
 		return invalid("Description", DescriptionTooLong, len(j.Description), maxDescriptionLen)
 	}
-	if len(j.EFIBootloaderPath) > maxEFIPathLen {
-		return invalid("EFIBootloaderPath", EFIPathTooLong, len(j.EFIBootloaderPath), maxEFIPathLen)
-	}
-	if hasControl(j.EFIBootloaderPath) {
-		return invalid("EFIBootloaderPath", EFIPathControl)
+	if err := ValidateEFIBootloaderPath(j.EFIBootloaderPath); err != nil {
+		return err
 	}
 	if j.ConfigDrive != nil {
 		return j.ConfigDrive.validate()
@@ -248,4 +245,16 @@ func (c *ConfigDrive) SSHKeys() []string {
 		out[i] = k.String()
 	}
 	return out
+}
+
+// ValidateEFIBootloaderPath checks an efiBootloaderPath by the job's rules
+// (length, no control character), for the server's own property too.
+func ValidateEFIBootloaderPath(p string) error {
+	if len(p) > maxEFIPathLen {
+		return invalid("EFIBootloaderPath", EFIPathTooLong, len(p), maxEFIPathLen)
+	}
+	if hasControl(p) {
+		return invalid("EFIBootloaderPath", EFIPathControl)
+	}
+	return nil
 }
