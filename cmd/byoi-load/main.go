@@ -63,6 +63,7 @@ type config struct {
 	interval       time.Duration
 	customerPause  time.Duration
 	progressEvents int
+	jitter         float64
 	pids           []namedPid
 	report         time.Duration
 	warmup         time.Duration
@@ -94,6 +95,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.DurationVar(&c.interval, "interval", 2*time.Second, "time between two events of an agent")
 	fs.DurationVar(&c.customerPause, "customer-pause", time.Second, "pause between two requests of a customer")
 	fs.IntVar(&c.progressEvents, "progress-events", 20, "progress events in the download and in the write step")
+	fs.Float64Var(&c.jitter, "progress-jitter", 0.5, "each deployment's progress events vary by up to this fraction (images differ in size), so that deployments started together do not all end together again")
 	pids := fs.String("pid", "", "processes to report memory and CPU of: name=pid,... (a bare pid is named byoi-api); CPU counts the process's children too")
 	fs.DurationVar(&c.report, "report-every", 10*time.Second, "interval of the progress lines")
 	cpuProfile := fs.String("cpuprofile", "", "write byoi-load's own CPU profile of the run to this file")
@@ -105,8 +107,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if c.customers == 0 {
 		c.customers = max(1, c.agents/20)
 	}
-	if c.agents < 1 || c.agents > 20000 || c.customers < 1 || c.customers > 2000 || c.duration <= 0 || c.duration > 30*time.Minute || c.interval < 10*time.Millisecond || c.progressEvents < 1 || c.progressEvents > 100 {
-		return errors.New("--agents 1..20000, --customers 1..2000, --duration up to 30m, --interval at least 10ms, --progress-events 1..100")
+	if c.agents < 1 || c.agents > 20000 || c.customers < 1 || c.customers > 2000 || c.duration <= 0 || c.duration > 30*time.Minute || c.interval < 10*time.Millisecond || c.progressEvents < 1 || c.progressEvents > 100 || c.jitter < 0 || c.jitter >= 1 {
+		return errors.New("--agents 1..20000, --customers 1..2000, --duration up to 30m, --interval at least 10ms, --progress-events 1..100, --progress-jitter 0..<1")
 	}
 	if c.customers > c.agents {
 		c.customers = c.agents
@@ -202,29 +204,30 @@ type agentSim struct {
 }
 
 type deployRun struct {
+	n          int // progress events per step: the events are lifecycle(n)
 	deployment int64
 	attempt    int
 	times      []int64 // Unix ms of acknowledged events 1, 2, ...
 }
 
 type load struct {
-	c         config
-	hosts     []string  // host:port of each base URL
-	runEnd    time.Time // when the run ends
-	run       string
-	client    *http.Client
-	customers []*customer
-	agents    []*agentSim
-	lifecycle []job.Event
-	stats     stats
-	events    atomic.Int64
-	deploys   atomic.Int64
-	failovers atomic.Int64
+	c          config
+	hosts      []string  // host:port of each base URL
+	runEnd     time.Time // when the run ends
+	run        string
+	client     *http.Client
+	customers  []*customer
+	agents     []*agentSim
+	lifecycles sync.Map // n → lifecycle(n)
+	stats      stats
+	events     atomic.Int64
+	deploys    atomic.Int64
+	failovers  atomic.Int64
 }
 
 func provision(ctx context.Context, c config, st store.Store, keys *controlplane.Keyring) (*load, error) {
 	admin := &controlplane.Admin{Store: st, Keys: keys}
-	l := &load{c: c, run: strconv.FormatInt(time.Now().Unix()%1000000, 36), lifecycle: lifecycle(c.progressEvents), client: &http.Client{
+	l := &load{c: c, run: strconv.FormatInt(time.Now().Unix()%1000000, 36), client: &http.Client{
 		Timeout: 30 * time.Second,
 		Transport: &http.Transport{
 			// One keep-alive connection per agent at most, never closed
@@ -533,6 +536,21 @@ func lifecycle(n int) []job.Event {
 	return append(evs, job.Event{Status: job.StatusDone, Step: job.StepFinish, Kind: job.KindInfo, Code: job.MsgDone, Message: job.Text(job.MsgDone)})
 }
 
+// lifecycleOf is lifecycle(n), shared.
+func (l *load) lifecycleOf(n int) []job.Event {
+	if v, ok := l.lifecycles.Load(n); ok {
+		return v.([]job.Event)
+	}
+	v, _ := l.lifecycles.LoadOrStore(n, lifecycle(n))
+	return v.([]job.Event)
+}
+
+// progressN is a deployment's progress events per step.
+func (l *load) progressN() int {
+	j := l.c.jitter * (2*rand.Float64() - 1)
+	return max(1, int(float64(l.c.progressEvents)*(1+j)+0.5))
+}
+
 // failover moves an agent to the next base URL after a request got no
 // answer (its instance is gone).
 func (l *load) failover(ctx context.Context, a *agentSim, err error) {
@@ -598,13 +616,15 @@ func (l *load) agent(ctx context.Context, a *agentSim, start time.Duration) {
 			}
 			continue
 		}
-		r := deployRun{deployment: as.DeploymentID, attempt: at.Attempt, times: make([]int64, 0, len(l.lifecycle))}
+		n := l.progressN()
+		evs := l.lifecycleOf(n)
+		r := deployRun{n: n, deployment: as.DeploymentID, attempt: at.Attempt, times: make([]int64, 0, len(evs))}
 		evPath := agentapi.EventsPath(a.name, as.DeploymentID)
-		for i := 0; i < len(l.lifecycle); {
+		for i := 0; i < len(evs); {
 			if !wait() {
 				break
 			}
-			e := l.lifecycle[i]
+			e := evs[i]
 			e.Seq, e.Time = int64(i+1), time.UnixMilli(time.Now().UnixMilli())
 			ebuf.Reset()
 			json.NewEncoder(&ebuf).Encode(agentapi.EventBatch{Attempt: at.Attempt, Events: []job.Event{e}})
@@ -831,9 +851,10 @@ func (l *load) verify(ctx context.Context, out io.Writer, st store.Store) error 
 					}
 					after = page[len(page)-1].N
 				}
+				evs := l.lifecycleOf(it.r.n)
 				for i, ms := range it.r.times {
 					checked.Add(1)
-					want := l.lifecycle[i]
+					want := evs[i]
 					s, ok := stored[int64(i+1)]
 					switch {
 					case !ok:

@@ -93,7 +93,7 @@ const groupLinger = 5 * time.Millisecond
 
 // checkpointEvery is how often the background checkpointer copies the
 // WAL into the database file.
-const checkpointEvery = 250 * time.Millisecond
+const checkpointEvery = time.Second
 
 var _ store.Store = (*Store)(nil)
 
