@@ -26,7 +26,7 @@ const maxEntries = 200_000
 
 // Cache maps token hashes to servers. The zero value is not usable: use New.
 type Cache struct {
-	mu       sync.Mutex
+	mu       sync.RWMutex // thousands of agents read at once
 	ttl      time.Duration
 	byHash   map[string]entry
 	byServer map[int64]string
@@ -46,8 +46,8 @@ func New(ttl time.Duration) *Cache {
 // Get returns the server hash opened, if known and fresh; otherwise the
 // generation to give Put with what the database says.
 func (c *Cache) Get(hash []byte, now time.Time) (store.Server, uint64, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
 	e, ok := c.byHash[string(hash)]
 	if !ok || !now.Before(e.exp) {
 		return store.Server{}, c.gen, false
