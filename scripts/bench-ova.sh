@@ -21,7 +21,7 @@
 #   OUTDIR=/dev/shm scripts/bench-ova.sh   output on tmpfs (CPU path only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CGO_ENABLED=0 GOFLAGS=-mod=mod PATH=$PATH:/usr/sbin:/sbin
+export CGO_ENABLED=0 GOFLAGS=-mod=readonly PATH=$PATH:/usr/sbin:/sbin
 RUNS=${RUNS:-3}
 SIZE=$(numfmt --from=iec "${SIZE:-4G}")
 DATA=$(numfmt --from=iec "${DATA:-1536M}")
