@@ -359,6 +359,21 @@ func (dp *deployment) fetch(ctx context.Context) (*imaging.Stream, error) {
 }
 
 // verify compares the checksum of the downloaded bytes (no-op without one).
+// verifyThenWrite is a streaming writer's Verify callback: the checksum
+// (StepVerify), then the held-back regions (StepWrite); *step follows.
+func (dp *deployment) verifyThenWrite(step *job.Step) func() error {
+	return func() error {
+		*step = job.StepVerify
+		dp.begin(*step, "")
+		if err := dp.verify(); err != nil {
+			return err
+		}
+		*step = job.StepWrite
+		dp.begin(*step, "writing the partition tables")
+		return nil
+	}
+}
+
 func (dp *deployment) verify() error {
 	if dp.hash == nil {
 		return nil
@@ -445,16 +460,7 @@ func (dp *deployment) writeRaw(ctx context.Context, stream *imaging.Stream) erro
 			}
 			return nil
 		},
-		Verify: func() error {
-			step = job.StepVerify
-			dp.begin(step, "")
-			if err := dp.verify(); err != nil {
-				return err
-			}
-			step = job.StepWrite
-			dp.begin(step, "writing the partition tables")
-			return nil
-		},
+		Verify: dp.verifyThenWrite(&step),
 		Progress: func(done, total int64) {
 			if step == job.StepDownload { // not WriteRaw's last call, after the head
 				download(done, total)
@@ -489,16 +495,7 @@ func (dp *deployment) writeOVA(ctx context.Context, stream *imaging.Stream) erro
 			dp.guard.Hold(n-imaging.HeadSize, imaging.HeadSize)
 			dp.imageEnd = n
 		},
-		Verify: func() error {
-			step = job.StepVerify
-			dp.begin(step, "")
-			if err := dp.verify(); err != nil {
-				return err
-			}
-			step = job.StepWrite
-			dp.begin(step, "writing the partition tables")
-			return nil
-		},
+		Verify: dp.verifyThenWrite(&step),
 		Progress: func(done, total int64) {
 			if step == job.StepDownload {
 				download(done, total)

@@ -367,9 +367,10 @@ func qcow2Features(info *imaging.Qcow2Info) []string {
 	return f
 }
 
-// inspectDisk reads the partition table and the boot setup of the disk the
-// image becomes.
-func (r *InspectReport) inspectDisk(disk io.ReaderAt, head []byte, opts InspectOptions) {
+// sectorSize notes the sector size the image's head was made for (and a
+// mismatch with the disk's), and returns the one to read its table with:
+// its own; for an MBR (or a GPT of unknown sector size) the disk's, else 512.
+func (r *InspectReport) sectorSize(head []byte, opts InspectOptions) int64 {
 	_, ss := partition.DetectSectorSize(head)
 	r.SectorSize = ss
 	if opts.DiskSectorSize != 0 {
@@ -377,11 +378,16 @@ func (r *InspectReport) inspectDisk(disk io.ReaderAt, head []byte, opts InspectO
 			r.problem(err)
 		}
 	}
-	// Read the table with the sector size it was made for; an MBR (or a
-	// GPT of unknown sector size) in the disk's, else 512.
 	if ss == 0 {
 		ss = max(opts.DiskSectorSize, 512)
 	}
+	return ss
+}
+
+// inspectDisk reads the partition table and the boot setup of the disk the
+// image becomes.
+func (r *InspectReport) inspectDisk(disk io.ReaderAt, head []byte, opts InspectOptions) {
+	ss := r.sectorSize(head, opts)
 	d := readOnlyDisk{r: disk, size: r.VirtualSize, sector: ss}
 	t, err := partition.Read(d)
 	if err != nil {
@@ -413,16 +419,7 @@ func (r *InspectReport) inspectDisk(disk io.ReaderAt, head []byte, opts InspectO
 // its sector size) when the rest cannot be read at random (a compressed
 // image): the partition table from the head, no boot check.
 func (r *InspectReport) inspectHeadOnly(ctx context.Context, head []byte, opts InspectOptions) {
-	_, ss := partition.DetectSectorSize(head)
-	r.SectorSize = ss
-	if opts.DiskSectorSize != 0 {
-		if err := partition.CheckSectorSize(head, opts.DiskSectorSize); err != nil {
-			r.problem(err)
-		}
-	}
-	if ss == 0 {
-		ss = max(opts.DiskSectorSize, 512)
-	}
+	ss := r.sectorSize(head, opts)
 	hd := &headDisk{head}
 	if t, err := partition.Read(readOnlyDisk{r: hd, size: int64(len(head)), sector: ss}); err == nil {
 		r.Table = tableSummary(t)
