@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/byoi/byoi/internal/crashcheck"
-
 	"github.com/byoi/byoi/job"
 
 	"github.com/byoi/byoi/internal/testimage"
@@ -95,6 +93,6 @@ func TestDeployRefusesMissingEFIBootloader(t *testing.T) {
 		if err == nil || job.Message(err) != `EFI bootloader \efi\redhat\shimx64.efi not found: no such file in the EFI System Partition` {
 			t.Fatalf("err %v", err)
 		}
-		crashcheck.AssertNoTable(t, path)
+		testutil.AssertNoTable(t, path)
 	}
 }

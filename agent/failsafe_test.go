@@ -274,7 +274,7 @@ func TestTruncatedWithoutChecksumRefused(t *testing.T) {
 			if err == nil || !errorsAs(err, &te) {
 				t.Fatalf("err %v", err)
 			}
-			crashcheck.AssertNoTable(t, path)
+			testutil.AssertNoTable(t, path)
 		})
 	}
 }

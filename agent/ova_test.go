@@ -59,7 +59,7 @@ func TestDeployOVA(t *testing.T) {
 	if c, _ := job.Describe(err); c != job.ManifestMismatch {
 		t.Errorf("manifest mismatch: %v", err)
 	}
-	crashcheck.AssertNoTable(t, path)
+	testutil.AssertNoTable(t, path)
 }
 
 // TestDeployCompressedRaw: a raw image gzip, zstd, xz or bzip2 compressed

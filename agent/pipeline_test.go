@@ -20,8 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/byoi/byoi/internal/crashcheck"
-
 	"github.com/byoi/byoi/job"
 
 	"github.com/byoi/byoi/blockdev"
@@ -236,7 +234,7 @@ func TestDeployChecksumMismatchLeavesNoTable(t *testing.T) {
 	if last.Status != job.StatusError || last.Message != msg || last.Code != job.ChecksumMismatch || last.Step != job.StepVerify {
 		t.Errorf("last event %+v", last)
 	}
-	crashcheck.AssertNoTable(t, path)
+	testutil.AssertNoTable(t, path)
 }
 
 func TestDeploySecretsNeverShown(t *testing.T) {

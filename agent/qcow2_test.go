@@ -9,12 +9,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/byoi/byoi/internal/crashcheck"
-
 	"github.com/byoi/byoi/job"
 
 	"github.com/byoi/byoi/configdrive"
 	"github.com/byoi/byoi/internal/testimage"
+	"github.com/byoi/byoi/internal/testutil"
 	"github.com/byoi/byoi/partition"
 )
 
@@ -98,7 +97,7 @@ func TestDeployQcow2ChecksumMismatch(t *testing.T) {
 			}
 			continue
 		}
-		crashcheck.AssertNoTable(t, path)
+		testutil.AssertNoTable(t, path)
 	}
 }
 

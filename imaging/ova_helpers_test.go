@@ -8,9 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -318,38 +316,6 @@ func ovaReadPath(t *testing.T, path string, off, n int64) []byte {
 	}
 	return b
 }
-
-// ovaNoTable asserts that independent tools find no partition table and
-// no signature on path.
-func ovaNoTable(t *testing.T, path string) {
-	t.Helper()
-	testutil.RequireCommand(t, "sfdisk", "blkid")
-	out, _, _ := testutil.RunErr("sfdisk", "-l", path)
-	if strings.Contains(out, "Disklabel type") {
-		t.Errorf("sfdisk -l still finds a partition table:\n%s", out)
-	}
-	out, _, err := testutil.RunErr("blkid", "-p", path)
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
-		t.Errorf("blkid -p %s: %v (want exit status 2, nothing found): %s", path, err, out)
-	}
-}
-
-func ovaLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(ovaTestWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type ovaTestWriter struct{ t *testing.T }
-
-func (w ovaTestWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
-// ovaChunky hands out data in small odd pieces, as a network does.
-type ovaChunky struct{ r io.Reader }
-
-func (c ovaChunky) Read(p []byte) (int, error) { return c.r.Read(p[:min(len(p), 7777)]) }
 
 // ovaHashVerify returns a Hash and a Verify callback comparing it with the
 // sha256 of b.

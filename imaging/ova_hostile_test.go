@@ -264,10 +264,10 @@ func TestWriteOVARefusedUntouched(t *testing.T) {
 			dst := newOVAMemTarget(size, 0xFF)
 			before := dst.sum()
 			verified := false
-			_, err := imaging.WriteOVA(t.Context(), ovaChunky{bytes.NewReader(c.ova)}, dst, imaging.OVAOptions{
+			_, err := imaging.WriteOVA(t.Context(), testutil.ChunkyReader{R: bytes.NewReader(c.ova)}, dst, imaging.OVAOptions{
 				TargetName: "/dev/sdz",
 				Verify:     func() error { verified = true; return nil },
-				Logger:     ovaLogger(t),
+				Logger:     testutil.Logger(t),
 			})
 			if err == nil {
 				t.Fatal("WriteOVA accepted it")
@@ -486,7 +486,7 @@ func TestWriteOVAFailuresWipe(t *testing.T) {
 				}
 				ctx, cancel := context.WithCancel(t.Context())
 				defer cancel()
-				opts := imaging.OVAOptions{TargetName: path, Logger: ovaLogger(t)}
+				opts := imaging.OVAOptions{TargetName: path, Logger: testutil.Logger(t)}
 				if c.opts != nil {
 					c.opts(&opts, cancel)
 				}
@@ -505,7 +505,7 @@ func TestWriteOVAFailuresWipe(t *testing.T) {
 				if err := dev.Close(); err != nil {
 					t.Fatal(err)
 				}
-				ovaNoTable(t, path)
+				testutil.AssertNoTable(t, path)
 				head := ovaReadPath(t, path, 0, ovaMiB)
 				if _, ok := imaging.HasPartitionTable(head); ok {
 					t.Error("partition table left in the first MiB")

@@ -76,8 +76,8 @@ func TestWriteOVAQemu(t *testing.T) {
 					o, verified := ovaHashVerify(ova)
 					o.DeclaredSize = int64(len(ova))
 					o.TargetName = path
-					o.Logger = ovaLogger(t)
-					res, err := imaging.WriteOVA(t.Context(), ovaChunky{bytes.NewReader(ova)}, dst, o)
+					o.Logger = testutil.Logger(t)
+					res, err := imaging.WriteOVA(t.Context(), testutil.ChunkyReader{R: bytes.NewReader(ova)}, dst, o)
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -125,7 +125,7 @@ func TestWriteOVAReverseOrderLoop(t *testing.T) {
 	}
 	ova := ovaPackage(t, layoutVMware, "disk1.vmdk", vmdk, size, "SHA1")
 	dst, path := ovaTarget(t, 12*ovaMiB, 0xFF, true)
-	if _, err := imaging.WriteOVA(t.Context(), bytes.NewReader(ova), dst, imaging.OVAOptions{Logger: ovaLogger(t)}); err != nil {
+	if _, err := imaging.WriteOVA(t.Context(), bytes.NewReader(ova), dst, imaging.OVAOptions{Logger: testutil.Logger(t)}); err != nil {
 		t.Fatal(err)
 	}
 	dst.Close()

@@ -7,6 +7,7 @@ import (
 
 	"github.com/byoi/byoi/imaging"
 	"github.com/byoi/byoi/internal/testimage"
+	"github.com/byoi/byoi/internal/testutil"
 )
 
 // TestWriteOVAMemory deploys OVAs built in memory (the VMware stream
@@ -35,8 +36,8 @@ func TestWriteOVAMemory(t *testing.T) {
 				dst := newOVAMemTarget(16*ovaMiB, 0xFF)
 				opts, verified := ovaHashVerify(ova)
 				opts.DeclaredSize = int64(len(ova))
-				opts.Logger = ovaLogger(t)
-				res, err := imaging.WriteOVA(t.Context(), ovaChunky{bytes.NewReader(ova)}, dst, opts)
+				opts.Logger = testutil.Logger(t)
+				res, err := imaging.WriteOVA(t.Context(), testutil.ChunkyReader{R: bytes.NewReader(ova)}, dst, opts)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/byoi/byoi/imaging"
 	"github.com/byoi/byoi/internal/testimage"
+	"github.com/byoi/byoi/internal/testutil"
 )
 
 // TestParseOVFStyles: descriptors as VirtualBox, VMware and OVF 2.0
@@ -132,7 +133,7 @@ func TestWriteOVATwoDisks(t *testing.T) {
 			t.Fatal(err)
 		}
 		dst := newOVAMemTarget(8*ovaMiB, 0xFF)
-		res, err := imaging.WriteOVA(t.Context(), bytes.NewReader(ova), dst, imaging.OVAOptions{Logger: ovaLogger(t)})
+		res, err := imaging.WriteOVA(t.Context(), bytes.NewReader(ova), dst, imaging.OVAOptions{Logger: testutil.Logger(t)})
 		if bad {
 			if err == nil || !strings.Contains(err.Error(), "Bad sha256 for vm-disk1.vmdk") {
 				t.Fatalf("error %v", err)

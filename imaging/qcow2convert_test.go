@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -166,7 +165,7 @@ func convertFile(t testing.TB, img string, dst imaging.Target) error {
 		t.Fatal(err)
 	}
 	return imaging.ConvertQcow2(context.Background(), src, st.Size(), dst, imaging.ConvertOptions{
-		Workers: 3, ChunkSize: 1 << 20, Logger: testLogger(t),
+		Workers: 3, ChunkSize: 1 << 20, Logger: testutil.Logger(t),
 	})
 }
 
@@ -222,19 +221,6 @@ func TestConvertQcow2Matrix(t *testing.T) {
 			}
 		})
 	}
-}
-
-// testLogger logs through t.Logf.
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Logf("%s", bytes.TrimRight(p, "\n"))
-	return len(p), nil
 }
 
 // memTarget is an in-memory Target for tests and fuzzing.

@@ -9,10 +9,8 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"log/slog"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -142,38 +140,6 @@ func rawVerify(h hash.Hash, want []byte) func() error {
 	}
 }
 
-// rawNoTable asserts that independent tools find no partition table and
-// no signature at all on path.
-func rawNoTable(t *testing.T, path string) {
-	t.Helper()
-	testutil.RequireCommand(t, "sfdisk", "blkid")
-	out := testutil.Run(t, "sfdisk", "-l", path)
-	if strings.Contains(out, "Disklabel type") {
-		t.Errorf("sfdisk -l still finds a partition table:\n%s", out)
-	}
-	out, _, err := testutil.RunErr("blkid", "-p", path)
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
-		t.Errorf("blkid -p %s: %v (want exit status 2, nothing found): %s", path, err, out)
-	}
-}
-
-func rawLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
-// rawChunkyReader hands out data in small odd pieces, as a network does.
-type rawChunkyReader struct{ r io.Reader }
-
-func (c rawChunkyReader) Read(p []byte) (int, error) { return c.r.Read(p[:min(len(p), 7777)]) }
-
 func TestWriteRaw(t *testing.T) {
 	const imgSize = 6<<20 + 3*512 // not a multiple of the buffer size
 	img := rawTestImage(t, imgSize, 1)
@@ -187,7 +153,7 @@ func TestWriteRaw(t *testing.T) {
 				if srcKind == "pipe" {
 					pr, pw := io.Pipe()
 					go func() { _, err := io.Copy(pw, bytes.NewReader(img)); pw.CloseWithError(err) }()
-					src = rawChunkyReader{pr}
+					src = testutil.ChunkyReader{R: pr}
 				}
 				h := sha256.New()
 				var calls, last atomic.Int64
@@ -205,7 +171,7 @@ func TestWriteRaw(t *testing.T) {
 					},
 					BufferSize: 256 << 10,
 					Buffers:    3,
-					Logger:     rawLogger(t),
+					Logger:     testutil.Logger(t),
 					Progress: func(done, total int64) {
 						calls.Add(1)
 						last.Store(done)
@@ -340,7 +306,7 @@ func TestWriteRawFailures(t *testing.T) {
 				defer cancel()
 				h := sha256.New()
 				var src io.Reader = bytes.NewReader(img)
-				opts := RawOptions{DeclaredSize: imgSize, TargetName: path, Hash: h, Verify: rawVerify(h, want[:]), BufferSize: 1 << 20, Logger: rawLogger(t)}
+				opts := RawOptions{DeclaredSize: imgSize, TargetName: path, Hash: h, Verify: rawVerify(h, want[:]), BufferSize: 1 << 20, Logger: testutil.Logger(t)}
 				var check func(error)
 				switch c {
 				case "checksum":
@@ -383,7 +349,7 @@ func TestWriteRawFailures(t *testing.T) {
 						}
 					}
 				case "overflow":
-					src = rawChunkyReader{bytes.NewReader(big)}
+					src = testutil.ChunkyReader{R: bytes.NewReader(big)}
 					opts.DeclaredSize = -1
 					check = func(err error) {
 						// The stream passes the 8 MiB target with the 1 MiB buffer
@@ -409,7 +375,7 @@ func TestWriteRawFailures(t *testing.T) {
 				if err := dev.Close(); err != nil {
 					t.Fatal(err)
 				}
-				rawNoTable(t, path)
+				testutil.AssertNoTable(t, path)
 			})
 		}
 	}
@@ -520,7 +486,7 @@ func TestWriteRawTruncated(t *testing.T) {
 		t.Fatalf("error = %v, want io.ErrUnexpectedEOF", err)
 	}
 	dst.Close()
-	rawNoTable(t, file)
+	testutil.AssertNoTable(t, file)
 }
 
 // BenchmarkWriteRaw streams 1 GiB of random data from memory through

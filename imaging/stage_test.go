@@ -46,7 +46,7 @@ func stageAll(t *testing.T, img []byte, opts imaging.StageOptions) (imaging.Stag
 	t.Helper()
 	h := sha256.New()
 	opts.Hash = h
-	opts.Logger = testLogger(t)
+	opts.Logger = testutil.Logger(t)
 	s, err := imaging.Stage(context.Background(), onlyReader{bytes.NewReader(img)}, opts)
 	if err != nil {
 		return nil, err
@@ -122,7 +122,7 @@ func TestStageTailThenConvert(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := imaging.ConvertQcow2(context.Background(), s, s.Size(), d, imaging.ConvertOptions{Logger: testLogger(t)}); err != nil {
+			if err := imaging.ConvertQcow2(context.Background(), s, s.Size(), d, imaging.ConvertOptions{Logger: testutil.Logger(t)}); err != nil {
 				t.Fatal(err)
 			}
 			sameBytes(t, d, ref, c.size)

@@ -39,7 +39,7 @@ func dzTool(t *testing.T, in []byte, tool, line string) []byte {
 // bytes and the rest in small pieces, and reads the result to its end.
 func dzDecompress(b []byte, headLen int) ([]byte, imaging.Format, error) {
 	headLen = min(headLen, len(b))
-	rc, f, err := imaging.DecompressStream(b[:headLen], ovaChunky{bytes.NewReader(b[headLen:])})
+	rc, f, err := imaging.DecompressStream(b[:headLen], testutil.ChunkyReader{R: bytes.NewReader(b[headLen:])})
 	if err != nil {
 		return nil, f, err
 	}

@@ -53,7 +53,7 @@ func Check(t *testing.T, path string, systems []System, ss int64, peers bool) st
 	hasMBR := mbr[510] == 0x55 && mbr[511] == 0xAA
 	if len(gpts) == 0 && !hasMBR {
 		if peers {
-			AssertNoTable(t, path)
+			testutil.AssertNoTable(t, path)
 			// sgdisk -v on a disk without a GPT says it creates new
 			// entries in memory; one it can recover says so.
 			if out, _, _ := testutil.RunErr("sgdisk", "-v", path); !strings.Contains(out, "Creating new GPT entries") || strings.Contains(out, "valid backup") {
@@ -242,21 +242,6 @@ func ScanGPT(t testing.TB, path string) []int64 {
 		}
 	}
 	return out
-}
-
-// AssertNoTable checks with independent tools that the target has no
-// partition table at all.
-func AssertNoTable(t *testing.T, path string) {
-	t.Helper()
-	testutil.RequireCommand(t, "sfdisk", "blkid")
-	out, errOut, _ := testutil.RunErr("sfdisk", "-l", path)
-	if strings.Contains(out, "Disklabel type") {
-		t.Errorf("sfdisk still finds a partition table:\n%s%s", out, errOut)
-	}
-	out, _, err := testutil.RunErr("blkid", "-p", path)
-	if err == nil || strings.TrimSpace(out) != "" {
-		t.Errorf("blkid -p still finds something: %q (err %v)", out, err)
-	}
 }
 
 // ReadTable reads the table of a finished or original disk.
