@@ -50,7 +50,10 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   for h in "${helpers[@]}"; do kill "$h" 2>/dev/null || true; done
-  [ -n "$pgdsn_ours" ] && scripts/pg-throwaway.sh stop "$pgdsn_ours"
+  if [ -n "$pgdsn_ours" ]; then
+    cp "$(sed -E 's/.*[?&]host=([^&]*).*/\1/' <<<"$pgdsn_ours")/server.log" "$out/postgres.log" 2>/dev/null || true
+    scripts/pg-throwaway.sh stop "$pgdsn_ours"
+  fi
   return 0
 }
 trap cleanup EXIT

@@ -38,6 +38,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -312,6 +313,7 @@ type stats struct {
 	steadyAt time.Time // zero: still provisioning
 	ep       map[string]*epStats
 	warm     map[string]*epStats
+	window   []int32 // agent events since the last progress line (µs)
 }
 
 type epStats struct {
@@ -336,10 +338,26 @@ func (s *stats) add(ep string, start time.Time, d time.Duration, err error) {
 		m[ep] = e
 	}
 	e.lat = append(e.lat, int32(min(d.Microseconds(), 1<<31-1)))
+	if ep == "agent events" {
+		s.window = append(s.window, int32(min(d.Microseconds(), 1<<31-1)))
+	}
 	if err != nil {
 		e.errors++
 		e.last = err.Error()
 	}
+}
+
+// windowP99 is the p99 of the agent events since the last call.
+func (s *stats) windowP99() time.Duration {
+	s.mu.Lock()
+	w := s.window
+	s.window = make([]int32, 0, len(w))
+	s.mu.Unlock()
+	if len(w) == 0 {
+		return 0
+	}
+	slices.Sort(w)
+	return time.Duration(w[len(w)*99/100]) * time.Microsecond
 }
 
 func (s *stats) errorsTotal() int {
@@ -746,7 +764,7 @@ func (l *load) loadAndReport(ctx context.Context, out io.Writer) error {
 			}
 			now, ev, self, mach := time.Now(), l.events.Load(), selfCPU(), machineCPU()
 			dt := now.Sub(lastT).Seconds()
-			line := fmt.Sprintf("t=%4.0fs events/s %6.0f errors %d failovers %d machine-cpu %3.0f%% load-cpu %3.0f%%", now.Sub(begin).Seconds(), float64(ev-lastEv)/dt, l.stats.errorsTotal(), l.failovers.Load(), 100*(mach-lastMach)/dt, 100*(self-lastSelf)/dt)
+			line := fmt.Sprintf("t=%4.0fs events/s %6.0f p99 %s errors %d failovers %d machine-cpu %3.0f%% load-cpu %3.0f%%", now.Sub(begin).Seconds(), float64(ev-lastEv)/dt, l.stats.windowP99().Round(time.Millisecond), l.stats.errorsTotal(), l.failovers.Load(), 100*(mach-lastMach)/dt, 100*(self-lastSelf)/dt)
 			for i, p := range procs {
 				c := p.cpuNow()
 				line += fmt.Sprintf(" %s-cpu %3.0f%% %s-rss %dMiB", p.name, 100*(c-lastCPU[i])/dt, p.name, p.rss>>20)
