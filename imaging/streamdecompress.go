@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/byoi/byoi/job"
 
@@ -181,17 +182,50 @@ func (s *dzSource) wrap(f Format, err error) error {
 	return &CompressionError{Format: f, Reason: "corrupt compressed data", Err: err}
 }
 
-// dzReader is the decompressed stream.
+// dzReader is the decompressed stream. Close may come from another
+// goroutine while a Read is blocked in the source (a streaming writer does
+// not wait for its reader after a failure): the decoder is then closed
+// when that Read returns, never under it.
 type dzReader struct {
 	f     Format
 	src   *dzSource
 	dec   io.Reader
 	peek  []byte
 	close func()
-	err   error
+	err   error // the reader's own: touched only by Read
+
+	mu      sync.Mutex
+	reading bool
+	closed  bool
 }
 
+var errDzClosed = errors.New("read after close")
+
 func (d *dzReader) Read(p []byte) (int, error) {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return 0, errDzClosed
+	}
+	d.reading = true
+	d.mu.Unlock()
+	n, err := d.read(p)
+	d.mu.Lock()
+	d.reading = false
+	if d.closed {
+		c := d.close
+		d.close = nil
+		d.mu.Unlock()
+		if c != nil {
+			c()
+		}
+		return n, errDzClosed
+	}
+	d.mu.Unlock()
+	return n, err
+}
+
+func (d *dzReader) read(p []byte) (int, error) {
 	if len(d.peek) > 0 {
 		n := copy(p, d.peek)
 		d.peek = d.peek[n:]
@@ -226,12 +260,17 @@ func (d *dzReader) Read(p []byte) (int, error) {
 }
 
 func (d *dzReader) Close() error {
-	if d.close != nil {
-		d.close()
-		d.close = nil
+	d.mu.Lock()
+	d.closed = true
+	if d.reading { // that Read closes the decoder when it returns
+		d.mu.Unlock()
+		return nil
 	}
-	if d.err == nil {
-		d.err = errors.New("read after close")
+	c := d.close
+	d.close = nil
+	d.mu.Unlock()
+	if c != nil {
+		c()
 	}
 	return nil
 }

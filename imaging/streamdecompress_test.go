@@ -5,11 +5,13 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/byoi/byoi/imaging"
 	"github.com/byoi/byoi/internal/testutil"
@@ -217,6 +219,80 @@ func TestDecompressStreamWriteRaw(t *testing.T) {
 			}
 			if got := ovaReadPath(t, path, 0, int64(len(img))); !bytes.Equal(got, img) {
 				t.Fatal("target differs from the image")
+			}
+		})
+	}
+}
+
+// stallingReader gives its first part, then blocks until released, then
+// gives the rest.
+type stallingReader struct {
+	first, rest *bytes.Reader
+	stalled     chan struct{} // closed when a Read blocks
+	release     chan struct{}
+	once        bool
+}
+
+func (s *stallingReader) Read(p []byte) (int, error) {
+	if s.first.Len() > 0 {
+		return s.first.Read(p)
+	}
+	if !s.once {
+		s.once = true
+		close(s.stalled)
+		<-s.release
+	}
+	return s.rest.Read(p)
+}
+
+// TestDecompressStreamCloseDuringRead: a streaming writer does not wait for
+// its reader after a failure, so Close comes while a Read is blocked in the
+// source. The decoder (zstd's has goroutines and state that Close tears
+// down) must not be closed under that Read: the Read ends with an error,
+// no panic, no race (go test -race).
+func TestDecompressStreamCloseDuringRead(t *testing.T) {
+	img := make([]byte, 2<<20)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range img {
+		img[i] = byte(rng.IntN(16)) // compresses to about half
+	}
+	copy(img[510:], []byte{0x55, 0xaa})
+	for _, c := range []struct{ tool, line string }{
+		{"zstd", `zstd -q -c -3 "$IN"`},
+		{"gzip", `gzip -c "$IN"`},
+		{"xz", `xz -c -T1 "$IN"`},
+		{"bzip2", `bzip2 -c "$IN"`},
+	} {
+		t.Run(c.tool, func(t *testing.T) {
+			comp := dzTool(t, img, c.tool, c.line)
+			head := comp[:len(comp)/8]
+			split := len(comp) / 2
+			src := &stallingReader{first: bytes.NewReader(comp[len(head):split]), rest: bytes.NewReader(comp[split:]),
+				stalled: make(chan struct{}), release: make(chan struct{})}
+			dz, _, err := imaging.DecompressStream(head, src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := io.Copy(io.Discard, dz)
+				done <- err
+			}()
+			<-src.stalled
+			if err := dz.Close(); err != nil {
+				t.Fatal(err)
+			}
+			close(src.release)
+			select {
+			case err := <-done:
+				if err == nil {
+					t.Fatal("reading on after Close ended without an error")
+				}
+			case <-time.After(time.Minute):
+				t.Fatal("the Read blocked when Close came never returned")
+			}
+			if n, err := dz.Read(make([]byte, 10)); n != 0 || err == nil {
+				t.Fatalf("Read after Close: %d, %v", n, err)
 			}
 		})
 	}
