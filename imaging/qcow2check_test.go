@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -270,12 +271,11 @@ func TestQcow2PastEOFDuringConversion(t *testing.T) {
 // fails every read past its first 256 KiB, as if the staged bytes changed.
 type shrinking struct {
 	b     []byte
-	reads int
+	reads atomic.Int64 // the converter reads from several goroutines
 }
 
 func (s *shrinking) ReadAt(p []byte, off int64) (int, error) {
-	s.reads++
-	if s.reads > 40 && off+int64(len(p)) > 256<<10 {
+	if s.reads.Add(1) > 40 && off+int64(len(p)) > 256<<10 {
 		return 0, errors.New("gone")
 	}
 	return bytes.NewReader(s.b).ReadAt(p, off)

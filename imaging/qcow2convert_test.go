@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/byoi/byoi/blockdev"
@@ -227,6 +228,7 @@ func TestConvertQcow2Matrix(t *testing.T) {
 type memTarget struct {
 	b        []byte
 	failAt   int64 // WriteAt at or past this offset fails (0: never)
+	mu       sync.Mutex
 	writes   int
 	zeroings int
 }
@@ -253,7 +255,9 @@ func (m *memTarget) WriteAt(p []byte, off int64) (int, error) {
 	if m.failAt > 0 && off+int64(len(p)) > m.failAt {
 		return 0, errors.New("injected I/O error")
 	}
+	m.mu.Lock() // the converter writes from several goroutines
 	m.writes++
+	m.mu.Unlock()
 	return copy(m.b[off:], p), nil
 }
 
@@ -264,7 +268,9 @@ func (m *memTarget) ZeroRange(_ context.Context, off, n int64) error {
 	if off < 0 || off+n > int64(len(m.b)) {
 		return fmt.Errorf("zero past end: %d+%d", off, n)
 	}
+	m.mu.Lock()
 	m.zeroings++
+	m.mu.Unlock()
 	clear(m.b[off : off+n])
 	return nil
 }
