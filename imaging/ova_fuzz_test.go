@@ -95,7 +95,7 @@ func FuzzOVA(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		dst := newOVAMemTarget(2<<20, 0xEE)
+		dst := newMemTarget(2<<20, 0xEE)
 		res, err := imaging.WriteOVA(context.Background(), bytes.NewReader(b), dst, imaging.OVAOptions{Workers: 2})
 		if err != nil {
 			var se *imaging.SizeError
@@ -104,7 +104,7 @@ func FuzzOVA(f *testing.F) {
 				!errors.As(err, &se) && !errors.As(err, &we) {
 				t.Fatalf("error %v (%T) is not a documented one", err, err)
 			}
-			if dst.writes+dst.zeros > 0 {
+			if dst.writes+dst.zeroings > 0 {
 				if _, ok := imaging.HasPartitionTable(dst.b[:imaging.HeadSize]); ok {
 					t.Fatal("partition table left after a failure")
 				}
@@ -159,7 +159,7 @@ func TestOVAFuzzSeedsDeploy(t *testing.T) {
 		if len(s) > 32<<10 {
 			t.Errorf("seed %d is %d bytes", i, len(s))
 		}
-		dst := newOVAMemTarget(4<<20, 0xEE)
+		dst := newMemTarget(4<<20, 0xEE)
 		if _, err := imaging.WriteOVA(t.Context(), bytes.NewReader(s), dst, imaging.OVAOptions{}); err != nil {
 			t.Errorf("seed %d: %v", i, err)
 		}

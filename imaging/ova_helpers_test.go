@@ -3,15 +3,11 @@ package imaging_test
 import (
 	"bytes"
 	"compress/gzip"
-	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/byoi/byoi/blockdev"
@@ -167,74 +163,6 @@ func dzGzip(t testing.TB, b []byte) []byte {
 	return buf.Bytes()
 }
 
-// ovaMemTarget is an in-memory Target that counts its writes.
-type ovaMemTarget struct {
-	mu     sync.Mutex
-	b      []byte
-	writes int
-	zeros  int
-	failAt int64 // WriteAt reaching past failAt fails (0: never)
-	syncs  int
-}
-
-func newOVAMemTarget(size int64, fill byte) *ovaMemTarget {
-	return &ovaMemTarget{b: bytes.Repeat([]byte{fill}, int(size))}
-}
-
-func (m *ovaMemTarget) ReadAt(p []byte, off int64) (int, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if off >= int64(len(m.b)) {
-		return 0, io.EOF
-	}
-	n := copy(p, m.b[off:])
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
-}
-
-func (m *ovaMemTarget) WriteAt(p []byte, off int64) (int, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if off < 0 || off+int64(len(p)) > int64(len(m.b)) {
-		return 0, fmt.Errorf("write past end: %d+%d", off, len(p))
-	}
-	if m.failAt > 0 && off+int64(len(p)) > m.failAt {
-		return 0, errOVAInjectedIO
-	}
-	m.writes++
-	return copy(m.b[off:], p), nil
-}
-
-var errOVAInjectedIO = errors.New("injected I/O error")
-
-func (m *ovaMemTarget) Size() int64       { return int64(len(m.b)) }
-func (m *ovaMemTarget) SectorSize() int64 { return 512 }
-func (m *ovaMemTarget) Sync() error {
-	m.mu.Lock()
-	m.syncs++
-	m.mu.Unlock()
-	return nil
-}
-
-func (m *ovaMemTarget) ZeroRange(_ context.Context, off, n int64) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if off < 0 || off+n > int64(len(m.b)) {
-		return fmt.Errorf("zero past end: %d+%d", off, n)
-	}
-	clear(m.b[off : off+n])
-	m.zeros++
-	return nil
-}
-
-func (m *ovaMemTarget) sum() [32]byte {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return sha256.Sum256(m.b)
-}
-
 // ovaTarget opens a target of size bytes, every byte fill: a file, or a
 // loop device over that file. It returns the target and its path.
 func ovaTarget(t *testing.T, size int64, fill byte, loop bool) (*blockdev.Device, string) {
@@ -300,21 +228,6 @@ func ovaOldTarget(t *testing.T, size int64, loop bool) (*blockdev.Device, string
 	}
 	t.Cleanup(func() { d.Close() })
 	return d, path
-}
-
-// ovaReadPath reads n bytes at off of a file or device.
-func ovaReadPath(t *testing.T, path string, off, n int64) []byte {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	b := make([]byte, n)
-	if _, err := f.ReadAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 // ovaHashVerify returns a Hash and a Verify callback comparing it with the

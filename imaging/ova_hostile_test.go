@@ -261,7 +261,7 @@ func TestWriteOVARefusedUntouched(t *testing.T) {
 			if size == 0 {
 				size = 16 * ovaMiB
 			}
-			dst := newOVAMemTarget(size, 0xFF)
+			dst := newMemTarget(size, 0xFF)
 			before := dst.sum()
 			verified := false
 			_, err := imaging.WriteOVA(t.Context(), testutil.ChunkyReader{R: bytes.NewReader(c.ova)}, dst, imaging.OVAOptions{
@@ -300,8 +300,8 @@ func TestWriteOVARefusedUntouched(t *testing.T) {
 			if verified {
 				t.Error("Verify called")
 			}
-			if dst.writes != 0 || dst.zeros != 0 || dst.sum() != before {
-				t.Errorf("target touched: %d writes, %d zeroings", dst.writes, dst.zeros)
+			if dst.writes != 0 || dst.zeroings != 0 || dst.sum() != before {
+				t.Errorf("target touched: %d writes, %d zeroings", dst.writes, dst.zeroings)
 			}
 		})
 	}
@@ -506,7 +506,7 @@ func TestWriteOVAFailuresWipe(t *testing.T) {
 					t.Fatal(err)
 				}
 				testutil.AssertNoTable(t, path)
-				head := ovaReadPath(t, path, 0, ovaMiB)
+				head := testutil.ReadAt(t, path, 0, ovaMiB)
 				if _, ok := imaging.HasPartitionTable(head); ok {
 					t.Error("partition table left in the first MiB")
 				}
@@ -523,7 +523,7 @@ type ovaFailTarget struct {
 
 func (f ovaFailTarget) WriteAt(p []byte, off int64) (int, error) {
 	if off+int64(len(p)) > f.failAt {
-		return 0, errOVAInjectedIO
+		return 0, errInjectedIO
 	}
 	return f.Target.WriteAt(p, off)
 }

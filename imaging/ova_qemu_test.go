@@ -87,7 +87,7 @@ func TestWriteOVAQemu(t *testing.T) {
 					if err := dst.Close(); err != nil {
 						t.Fatal(err)
 					}
-					got := ovaReadPath(t, path, 0, targetSize)
+					got := testutil.ReadAt(t, path, 0, targetSize)
 					if !bytes.Equal(got[:size], judge) {
 						t.Fatal("target differs from qemu-img's reading of the VMDK")
 					}
@@ -129,7 +129,7 @@ func TestWriteOVAReverseOrderLoop(t *testing.T) {
 		t.Fatal(err)
 	}
 	dst.Close()
-	if got := ovaReadPath(t, path, 0, size); !bytes.Equal(got, raw) {
+	if got := testutil.ReadAt(t, path, 0, size); !bytes.Equal(got, raw) {
 		t.Fatal("target differs from the disk")
 	}
 }

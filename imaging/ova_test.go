@@ -33,7 +33,7 @@ func TestWriteOVAMemory(t *testing.T) {
 					t.Fatal(err)
 				}
 				ova := ovaPackage(t, layout, "disk1.vmdk", vmdk, size, "SHA256")
-				dst := newOVAMemTarget(16*ovaMiB, 0xFF)
+				dst := newMemTarget(16*ovaMiB, 0xFF)
 				opts, verified := ovaHashVerify(ova)
 				opts.DeclaredSize = int64(len(ova))
 				opts.Logger = testutil.Logger(t)

@@ -132,7 +132,7 @@ func TestWriteOVATwoDisks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		dst := newOVAMemTarget(8*ovaMiB, 0xFF)
+		dst := newMemTarget(8*ovaMiB, 0xFF)
 		res, err := imaging.WriteOVA(t.Context(), bytes.NewReader(ova), dst, imaging.OVAOptions{Logger: testutil.Logger(t)})
 		if bad {
 			if err == nil || !strings.Contains(err.Error(), "Bad sha256 for vm-disk1.vmdk") {
@@ -165,7 +165,7 @@ func TestWriteOVAProgress(t *testing.T) {
 	var calls, last atomic.Int64
 	var prev time.Time
 	tooSoon := 0
-	_, err := imaging.WriteOVA(t.Context(), &ovaSlow{r: bytes.NewReader(ova), every: 64 << 10, wait: 5 * time.Millisecond}, newOVAMemTarget(16*ovaMiB, 0), imaging.OVAOptions{
+	_, err := imaging.WriteOVA(t.Context(), &ovaSlow{r: bytes.NewReader(ova), every: 64 << 10, wait: 5 * time.Millisecond}, newMemTarget(16*ovaMiB, 0), imaging.OVAOptions{
 		DeclaredSize: int64(len(ova)),
 		Progress: func(done, total int64) {
 			if total != int64(len(ova)) || done > total || done < last.Load() {

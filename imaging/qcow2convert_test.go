@@ -3,16 +3,13 @@ package imaging_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
-	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/byoi/byoi/blockdev"
@@ -223,59 +220,6 @@ func TestConvertQcow2Matrix(t *testing.T) {
 		})
 	}
 }
-
-// memTarget is an in-memory Target for tests and fuzzing.
-type memTarget struct {
-	b        []byte
-	failAt   int64 // WriteAt at or past this offset fails (0: never)
-	mu       sync.Mutex
-	writes   int
-	zeroings int
-}
-
-func newMemTarget(size int64, fill byte) *memTarget {
-	return &memTarget{b: bytes.Repeat([]byte{fill}, int(size))}
-}
-
-func (m *memTarget) ReadAt(p []byte, off int64) (int, error) {
-	if off >= int64(len(m.b)) {
-		return 0, io.EOF
-	}
-	n := copy(p, m.b[off:])
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
-}
-
-func (m *memTarget) WriteAt(p []byte, off int64) (int, error) {
-	if off < 0 || off+int64(len(p)) > int64(len(m.b)) {
-		return 0, fmt.Errorf("write past end: %d+%d", off, len(p))
-	}
-	if m.failAt > 0 && off+int64(len(p)) > m.failAt {
-		return 0, errors.New("injected I/O error")
-	}
-	m.mu.Lock() // the converter writes from several goroutines
-	m.writes++
-	m.mu.Unlock()
-	return copy(m.b[off:], p), nil
-}
-
-func (m *memTarget) Size() int64       { return int64(len(m.b)) }
-func (m *memTarget) SectorSize() int64 { return 512 }
-func (m *memTarget) Sync() error       { return nil }
-func (m *memTarget) ZeroRange(_ context.Context, off, n int64) error {
-	if off < 0 || off+n > int64(len(m.b)) {
-		return fmt.Errorf("zero past end: %d+%d", off, n)
-	}
-	m.mu.Lock()
-	m.zeroings++
-	m.mu.Unlock()
-	clear(m.b[off : off+n])
-	return nil
-}
-
-func (m *memTarget) sum() [32]byte { return sha256.Sum256(m.b) }
 
 func TestConvertQcow2WriteErrorWipes(t *testing.T) {
 	testutil.RequireCommand(t, "qemu-img", "qemu-io")

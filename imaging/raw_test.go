@@ -100,21 +100,6 @@ func rawOpen(t *testing.T, file string, loop bool) (*blockdev.Device, string) {
 	return d, path
 }
 
-// rawRead reads n bytes at 0 of path (a file or a device).
-func rawRead(t *testing.T, path string, off, n int64) []byte {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	b := make([]byte, n)
-	if _, err := f.ReadAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // rawSum is the sha256 of a whole file or device.
 func rawSum(t *testing.T, path string) string {
 	t.Helper()
@@ -192,11 +177,11 @@ func TestWriteRaw(t *testing.T) {
 				if err := dst.Close(); err != nil {
 					t.Fatal(err)
 				}
-				if got := rawRead(t, path, 0, imgSize); !bytes.Equal(got, img) {
+				if got := testutil.ReadAt(t, path, 0, imgSize); !bytes.Equal(got, img) {
 					t.Fatal("target differs from the image")
 				}
 				testutil.Run(t, "cmp", "-n", fmt.Sprint(imgSize), path, rawWriteFile(t, img))
-				if !allZero(rawRead(t, path, 15<<20, 1<<20)) {
+				if !allZero(testutil.ReadAt(t, path, 15<<20, 1<<20)) {
 					t.Error("last MiB of the target (old backup GPT) not zeroed")
 				}
 				testutil.RequireCommand(t, "sfdisk")
@@ -241,7 +226,7 @@ func TestWriteRawSmallMBR(t *testing.T) {
 	if res.Written != int64(len(img)) || res.Table != "mbr" {
 		t.Errorf("result = %+v", res)
 	}
-	if got := rawRead(t, file, 0, int64(len(img))); !bytes.Equal(got, img) {
+	if got := testutil.ReadAt(t, file, 0, int64(len(img))); !bytes.Equal(got, img) {
 		t.Error("target differs from the image")
 	}
 }

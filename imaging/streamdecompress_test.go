@@ -217,7 +217,7 @@ func TestDecompressStreamWriteRaw(t *testing.T) {
 			if err := dst.Close(); err != nil {
 				t.Fatal(err)
 			}
-			if got := ovaReadPath(t, path, 0, int64(len(img))); !bytes.Equal(got, img) {
+			if got := testutil.ReadAt(t, path, 0, int64(len(img))); !bytes.Equal(got, img) {
 				t.Fatal("target differs from the image")
 			}
 		})

@@ -45,7 +45,7 @@ func TestDetectSectorSize(t *testing.T) {
 	}
 	mbr := testutil.SparseFile(t, 8*mib)
 	sfdisk(t, mbr, "label: dos\nstart=2048, type=83\n")
-	if table, ss := DetectSectorSize(readBytes(t, mbr, 0, 8192)); table != "mbr" || ss != 0 {
+	if table, ss := DetectSectorSize(testutil.ReadAt(t, mbr, 0, 8192)); table != "mbr" || ss != 0 {
 		t.Errorf("MBR: %q, %d", table, ss)
 	}
 
@@ -154,7 +154,7 @@ func TestRelocate4Kn(t *testing.T) {
 	testutil.Run(t, "blockdev", "--flushbufs", loop)
 	before := sfdiskDump(t, loop)
 
-	if table, ss := DetectSectorSize(readBytes(t, img, 0, 8192)); table != "gpt" || ss != 4096 {
+	if table, ss := DetectSectorSize(testutil.ReadAt(t, img, 0, 8192)); table != "gpt" || ss != 4096 {
 		t.Fatalf("DetectSectorSize = %q, %d", table, ss)
 	}
 	ours := growCopy(t, img, 200*mib)
@@ -198,7 +198,7 @@ func TestRelocate4Kn(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range [][2]int64{{0, 4096}, {4096, 4096}, {8192, 16384}, {200*mib - 5*4096, 5 * 4096}} {
-		if a, b := readBytes(t, again, r[0], r[1]), readBytes(t, theirs, r[0], r[1]); string(a) != string(b) {
+		if a, b := testutil.ReadAt(t, again, r[0], r[1]), testutil.ReadAt(t, theirs, r[0], r[1]); string(a) != string(b) {
 			t.Errorf("bytes at %d differ from sgdisk -e's", r[0])
 		}
 	}

@@ -67,7 +67,7 @@ func TestRelocateMatchesSgdisk(t *testing.T) {
 				{what: "primary entries", off: 1024, n: 1 << 20},
 				{what: "backup", off: size - 1<<20, n: 1 << 20},
 			} {
-				a, b := readBytes(t, ours, r.off, r.n), readBytes(t, theirs, r.off, r.n)
+				a, b := testutil.ReadAt(t, ours, r.off, r.n), testutil.ReadAt(t, theirs, r.off, r.n)
 				if !bytes.Equal(a, b) {
 					t.Errorf("%s differs from sgdisk -e's", r.what)
 				}
@@ -80,7 +80,7 @@ func TestRelocateMatchesSgdisk(t *testing.T) {
 				t.Errorf("after relocation: %+v", tab)
 			}
 			// The old backup header, in the middle of the disk now, is gone.
-			if old := readBytes(t, ours, 64*mib-512, 8); string(old) == gptSignature {
+			if old := testutil.ReadAt(t, ours, 64*mib-512, 8); string(old) == gptSignature {
 				t.Error("stale backup header left at the image's end")
 			}
 		})
@@ -197,7 +197,7 @@ func TestRelocateRecoversFromBackup(t *testing.T) {
 			}
 			sgdiskVerify(t, disk)
 			for _, r := range [][2]int64{{0, 512}, {512, 512}, {1024, 16 << 10}, {200*mib - 33*512, 33 * 512}} {
-				if !bytes.Equal(readBytes(t, disk, r[0], r[1]), readBytes(t, want, r[0], r[1])) {
+				if !bytes.Equal(testutil.ReadAt(t, disk, r[0], r[1]), testutil.ReadAt(t, want, r[0], r[1])) {
 					t.Errorf("bytes at %d differ from the undamaged relocation", r[0])
 				}
 			}
@@ -351,11 +351,11 @@ func TestRelocateHugeDisk(t *testing.T) {
 	testutil.Run(t, "sgdisk", "-e", theirs)
 	sgdiskVerify(t, ours)
 	for _, r := range [][2]int64{{0, 512}, {512, 512}, {1024, 16 << 10}, {size - 33*512, 33 * 512}} {
-		if !bytes.Equal(readBytes(t, ours, r[0], r[1]), readBytes(t, theirs, r[0], r[1])) {
+		if !bytes.Equal(testutil.ReadAt(t, ours, r[0], r[1]), testutil.ReadAt(t, theirs, r[0], r[1])) {
 			t.Errorf("bytes at %d differ from sgdisk -e's", r[0])
 		}
 	}
-	if got := binary.LittleEndian.Uint32(readBytes(t, ours, 446+12, 4)); got != 0xFFFFFFFF {
+	if got := binary.LittleEndian.Uint32(testutil.ReadAt(t, ours, 446+12, 4)); got != 0xFFFFFFFF {
 		t.Errorf("protective MBR size %#x", got)
 	}
 }

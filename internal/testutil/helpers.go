@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -42,4 +43,19 @@ func AssertNoTable(t testing.TB, path string) {
 	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
 		t.Errorf("blkid -p %s: %v (want exit status 2, nothing found): %s", path, err, out)
 	}
+}
+
+// ReadAt returns n bytes at off of a file or device; a short read fails t.
+func ReadAt(t testing.TB, path string, off, n int64) []byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
