@@ -130,29 +130,45 @@ func padSector(b []byte) []byte {
 	return b
 }
 
-// StreamOptimized builds the VMDK file.
-func (v VMDK) StreamOptimized() ([]byte, error) {
+// vmdkLayout is what both sparse writers derive from a VMDK's fields.
+type vmdkLayout struct {
+	gs, capacity, grains, nGT, gdSectors int64
+	desc                                 []byte // the descriptor, padded to a sector
+	descSectors                          int64
+}
+
+func (v VMDK) layout(createType string) (vmdkLayout, error) {
 	if len(v.Raw)%vmdkSector != 0 || len(v.Raw) == 0 {
-		return nil, fmt.Errorf("disk size %d is not a positive multiple of 512", len(v.Raw))
+		return vmdkLayout{}, fmt.Errorf("disk size %d is not a positive multiple of 512", len(v.Raw))
 	}
-	gs := v.GrainSectors
-	if gs == 0 {
-		gs = 128
+	l := vmdkLayout{gs: v.GrainSectors, capacity: int64(len(v.Raw)) / vmdkSector}
+	if l.gs == 0 {
+		l.gs = 128
 	}
 	name := v.Name
 	if name == "" {
 		name = "disk.vmdk"
 	}
-	capacity := int64(len(v.Raw)) / vmdkSector
-	grains := (capacity + gs - 1) / gs
-	nGT := (grains + vmdkGTEs - 1) / vmdkGTEs
-	gdSectors := (nGT*4 + vmdkSector - 1) / vmdkSector
+	l.grains = (l.capacity + l.gs - 1) / l.gs
+	l.nGT = (l.grains + vmdkGTEs - 1) / vmdkGTEs
+	l.gdSectors = (l.nGT*4 + vmdkSector - 1) / vmdkSector
 	desc := v.Descriptor
 	if desc == "" {
-		desc = Descriptor("streamOptimized", name, capacity)
+		desc = Descriptor(createType, name, l.capacity)
 	}
-	descBytes := padSector([]byte(desc))
-	descSectors := int64(len(descBytes)) / vmdkSector
+	l.desc = padSector([]byte(desc))
+	l.descSectors = int64(len(l.desc)) / vmdkSector
+	return l, nil
+}
+
+// StreamOptimized builds the VMDK file.
+func (v VMDK) StreamOptimized() ([]byte, error) {
+	l, err := v.layout("streamOptimized")
+	if err != nil {
+		return nil, err
+	}
+	gs, capacity, grains, nGT, gdSectors := l.gs, l.capacity, l.grains, l.nGT, l.gdSectors
+	descBytes, descSectors := l.desc, l.descSectors
 	overHead := max(v.Overhead, 1+descSectors)
 	if v.Overhead == 0 {
 		overHead = max(128, 1+descSectors)
@@ -241,28 +257,13 @@ func (v VMDK) grain(g, grainBytes int64) []byte {
 // tables, grain directory and tables, then the allocated grains
 // (uncompressed, in disk order, grains of zeros left out).
 func (v VMDK) MonolithicSparse() ([]byte, error) {
-	if len(v.Raw)%vmdkSector != 0 || len(v.Raw) == 0 {
-		return nil, fmt.Errorf("disk size %d is not a positive multiple of 512", len(v.Raw))
+	l, err := v.layout("monolithicSparse")
+	if err != nil {
+		return nil, err
 	}
-	gs := v.GrainSectors
-	if gs == 0 {
-		gs = 128
-	}
-	name := v.Name
-	if name == "" {
-		name = "disk.vmdk"
-	}
-	capacity := int64(len(v.Raw)) / vmdkSector
-	grains := (capacity + gs - 1) / gs
-	nGT := (grains + vmdkGTEs - 1) / vmdkGTEs
-	gdSectors := (nGT*4 + vmdkSector - 1) / vmdkSector
+	gs, capacity, grains, nGT, gdSectors := l.gs, l.capacity, l.grains, l.nGT, l.gdSectors
+	descBytes, descSectors := l.desc, l.descSectors
 	gtSectors := int64(vmdkGTEs * 4 / vmdkSector)
-	desc := v.Descriptor
-	if desc == "" {
-		desc = Descriptor("monolithicSparse", name, capacity)
-	}
-	descBytes := padSector([]byte(desc))
-	descSectors := int64(len(descBytes)) / vmdkSector
 	rgd := 1 + descSectors
 	gd := rgd + gdSectors + nGT*gtSectors
 	overHead := gd + gdSectors + nGT*gtSectors
