@@ -18,8 +18,8 @@ import (
 
 	"github.com/byoi/byoi/controlplane"
 	"github.com/byoi/byoi/controlplane/store"
+	"github.com/byoi/byoi/controlplane/store/open"
 	"github.com/byoi/byoi/controlplane/store/pgstore"
-	"github.com/byoi/byoi/controlplane/store/sqlitestore"
 )
 
 const usage = `usage:
@@ -126,29 +126,7 @@ func (d *dbFlags) register(fs *flag.FlagSet) {
 
 // open opens the store --db names: a PostgreSQL URL, or a SQLite file.
 func (d *dbFlags) open(ctx context.Context) (store.Store, *controlplane.Keyring, error) {
-	kf := d.keyFile
-	if kf == "" {
-		if pgstore.IsDSN(d.db) {
-			// Every instance must seal and open with the same key: it
-			// cannot be made up beside a database that has no file.
-			return nil, nil, errors.New("--db postgres://... needs --key-file (the same key file for every instance)")
-		}
-		kf = d.db + ".key"
-	}
-	keys, err := controlplane.LoadOrCreateKey(kf)
-	if err != nil {
-		return nil, nil, err
-	}
-	var st store.Store
-	if pgstore.IsDSN(d.db) {
-		st, err = pgstore.Open(ctx, d.db)
-	} else {
-		st, err = sqlitestore.Open(ctx, d.db)
-	}
-	if err != nil {
-		return nil, nil, err
-	}
-	return st, keys, nil
+	return open.Store(ctx, d.db, d.keyFile)
 }
 
 // shown is the database for a log line: a PostgreSQL URL without its

@@ -50,8 +50,7 @@ import (
 	"github.com/byoi/byoi/agentapi"
 	"github.com/byoi/byoi/controlplane"
 	"github.com/byoi/byoi/controlplane/store"
-	"github.com/byoi/byoi/controlplane/store/pgstore"
-	"github.com/byoi/byoi/controlplane/store/sqlitestore"
+	"github.com/byoi/byoi/controlplane/store/open"
 	"github.com/byoi/byoi/job"
 )
 
@@ -128,7 +127,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		c.pids = append(c.pids, namedPid{name, pid})
 	}
-	st, keys, err := openStore(ctx, c)
+	st, keys, err := open.Store(ctx, c.db, c.keyFile)
 	if err != nil {
 		return err
 	}
@@ -155,32 +154,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err := l.loadAndReport(ctx, out); err != nil {
 		return err
 	}
-	if st, _, err = openStore(ctx, c); err != nil {
+	if st, _, err = open.Store(ctx, c.db, c.keyFile); err != nil {
 		return err
 	}
 	defer st.Close()
 	return l.verify(ctx, out, st)
-}
-
-func openStore(ctx context.Context, c config) (store.Store, *controlplane.Keyring, error) {
-	kf := c.keyFile
-	if kf == "" {
-		if pgstore.IsDSN(c.db) {
-			return nil, nil, errors.New("--db postgres://... needs --key-file (the instances' key file)")
-		}
-		kf = c.db + ".key"
-	}
-	keys, err := controlplane.LoadOrCreateKey(kf)
-	if err != nil {
-		return nil, nil, err
-	}
-	var st store.Store
-	if pgstore.IsDSN(c.db) {
-		st, err = pgstore.Open(ctx, c.db)
-	} else {
-		st, err = sqlitestore.Open(ctx, c.db)
-	}
-	return st, keys, err
 }
 
 type customer struct {
