@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/byoi/byoi/agentapi"
+	"github.com/byoi/byoi/internal/testutil"
 	"github.com/byoi/byoi/job"
 	"github.com/ovh/go-ovh/ovh"
 )
@@ -444,10 +445,7 @@ func TestConcurrentPosts(t *testing.T) {
 
 // TestNoDiskStack: the control plane carries nothing of the disk stack.
 func TestNoDiskStack(t *testing.T) {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skipf("go command not found: %v", err)
-	}
+	goBin := testutil.RequireCommand(t, "go")
 	out, err := exec.Command(goBin, "list", "-deps", "github.com/byoi/byoi/controlplane/...", "github.com/byoi/byoi/cmd/byoi-api").Output()
 	if err != nil {
 		t.Fatalf("go list -deps: %v", err)

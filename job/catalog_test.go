@@ -10,15 +10,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/byoi/byoi/internal/testutil"
 )
 
 // TestOnlyStandardLibrary: the control plane imports this package, and must
 // not carry the disk stack (go-diskfs, go-qcow2reader) or anything else.
 func TestOnlyStandardLibrary(t *testing.T) {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skipf("go command not found: %v", err)
-	}
+	goBin := testutil.RequireCommand(t, "go")
 	out, err := exec.Command(goBin, "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", ".").Output()
 	if err != nil {
 		t.Fatalf("go list -deps: %v", err)

@@ -18,6 +18,7 @@ import (
 	"github.com/byoi/byoi/controlplane"
 	"github.com/byoi/byoi/controlplane/panel"
 	"github.com/byoi/byoi/controlplane/store"
+	"github.com/byoi/byoi/internal/testutil"
 	"github.com/byoi/byoi/job"
 )
 
@@ -416,10 +417,7 @@ func TestDeployThroughPanel(t *testing.T) {
 // TestBinaryDeps: the browser driver and the test helpers are test
 // dependencies only: byoi-api does not carry them.
 func TestBinaryDeps(t *testing.T) {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skipf("go command not found: %v", err)
-	}
+	goBin := testutil.RequireCommand(t, "go")
 	out, err := exec.Command(goBin, "list", "-deps", "github.com/byoi/byoi/cmd/byoi-api").Output()
 	if err != nil {
 		t.Fatalf("go list -deps: %v", err)
