@@ -11,7 +11,9 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/byoi/byoi/internal/testutil"
 
@@ -141,6 +143,29 @@ func TestCatalogCoverage(t *testing.T) {
 		rec := &recorder{}
 		_, err := Run(context.Background(), &job.Job{ImageURL: srv.URL, ImageType: "raw", DiskGroupID: 1}, Env{Target: crashcheck.OldSystem(t, 512, 32*mib), Report: ReporterFunc(rec.report), ProgressInterval: 1})
 		note(err, rec.events, "no length")
+	}
+	// A download interrupted once (a warning), and one that stalls for
+	// good with the download's own stall detection off (the watchdog).
+	{
+		var n sync.Mutex
+		first := true
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			n.Lock()
+			again := first
+			first = false
+			n.Unlock()
+			if again {
+				http.Error(w, "busy", http.StatusServiceUnavailable)
+				return
+			}
+			http.ServeContent(w, r, "img", time.Time{}, bytes.NewReader(img))
+		}))
+		defer srv.Close()
+		rec := &recorder{}
+		_, err := Run(context.Background(), &job.Job{ImageURL: srv.URL, ImageType: "raw", DiskGroupID: 1}, Env{Target: crashcheck.OldSystem(t, 512, 32*mib), Report: ReporterFunc(rec.report), Fetch: rec.deployer().Fetch})
+		note(err, rec.events, "download retried")
+		err, events, _, _, _ := stalledRun(t, 300*time.Millisecond)
+		note(err, events, "stalled")
 	}
 	// The re-read the kernel defers is a block device's: blockdev's loop
 	// test (TestLoopMountedPartition) gets it; here, the error it wraps.

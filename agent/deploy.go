@@ -351,6 +351,11 @@ func (dp *deployment) fetch(ctx context.Context) (*imaging.Stream, error) {
 		if fo.Logger == nil {
 			fo.Logger = dp.log
 		}
+		if fo.OnRetry == nil {
+			fo.OnRetry = func(retry, max int, off int64) {
+				dp.warn(nil, job.StepDownload, job.WarnDownloadRetry, job.HumanBytes(off), retry, max)
+			}
+		}
 		var err error
 		stream, err = imaging.Fetch(ctx, dp.job.ImageURL, fo)
 		return err

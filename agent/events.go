@@ -48,6 +48,10 @@ type Sink struct {
 	mu   sync.Mutex
 	seq  int64
 	last map[job.Step]time.Time
+	// seen and step: when the last event came in (sent or throttled) and
+	// its step, for Run's watchdog.
+	seen time.Time
+	step job.Step
 }
 
 // NewSink returns a sink feeding out (nil: events are dropped) with the
@@ -56,7 +60,15 @@ func NewSink(out Reporter, interval time.Duration) *Sink {
 	if interval <= 0 {
 		interval = DefaultProgressInterval
 	}
-	return &Sink{out: out, interval: interval, now: time.Now, last: map[job.Step]time.Time{}}
+	return &Sink{out: out, interval: interval, now: time.Now, last: map[job.Step]time.Time{}, seen: time.Now()}
+}
+
+// Activity returns when the last event came in, sent or throttled (or when
+// the sink was made), and the step it belonged to ("" before any).
+func (s *Sink) Activity() (time.Time, job.Step) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seen, s.step
 }
 
 // Emit passes e on unless it is a progress event that comes too soon after
@@ -66,6 +78,10 @@ func (s *Sink) Emit(e job.Event) (job.Event, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
+	s.seen = now
+	if e.Step != "" {
+		s.step = e.Step
+	}
 	if e.Kind == "" {
 		e.Kind = job.KindInfo
 	}

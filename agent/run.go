@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -64,6 +65,16 @@ type Env struct {
 	// a reboot ("" = the kernel's when the machine booted by UEFI; "-" =
 	// never).
 	EFIVarsDir string
+	// NoProgressLimit stops a deployment that sent no event (progress, a step,
+	// a warning) for this long: its context is cancelled, the stacks of
+	// the goroutines running byoi code go to Diagnostics, and it fails
+	// with NoProgress (0: DefaultNoProgressLimit; < 0: never).
+	NoProgressLimit time.Duration
+	// Diagnostics receives the goroutine dump of a stalled deployment
+	// (nil: none; the log has a line either way).
+	Diagnostics io.Writer
+	// noProgressGraceForTest replaces defaultNoProgressGrace (tests).
+	noProgressGraceForTest time.Duration
 	// BeforeReboot, when set, is called after the final "done" was
 	// delivered and just before the reboot, with how the disk will boot
 	// (the agent tells the control plane).
@@ -98,18 +109,29 @@ const finalTimeout = 30 * time.Second
 func Run(ctx context.Context, j *job.Job, env Env) (*Result, error) {
 	sink := NewSink(env.Report, env.ProgressInterval)
 	log := env.logger()
-	res, err := run(ctx, j, &env, sink)
+	type deployed struct {
+		res  *Result
+		boot agentapi.BootInfo
+	}
+	out, err := watched(ctx, &env, sink, func(ctx context.Context) (deployed, error) {
+		res, err := run(ctx, j, &env, sink)
+		if err != nil {
+			return deployed{}, err
+		}
+		var boot agentapi.BootInfo
+		if env.Rebooter != nil {
+			// Before "done": a boot entry that cannot be written is a
+			// warning the customer sees.
+			d := &Deployer{Logger: log, Events: func(e job.Event) { sink.Emit(e) }}
+			boot = prepareBoot(&env, d, j, res)
+		}
+		return deployed{res, boot}, nil
+	})
 	if err != nil {
 		reportFailure(ctx, &env, sink, err)
 		return nil, err
 	}
-	var boot agentapi.BootInfo
-	if env.Rebooter != nil {
-		// Before "done": a boot entry that cannot be written is a warning
-		// the customer sees.
-		d := &Deployer{Logger: log, Events: func(e job.Event) { sink.Emit(e) }}
-		boot = prepareBoot(&env, d, j, res)
-	}
+	res, boot := out.res, out.boot
 	done := job.Event{Status: job.StatusDone, Step: job.StepFinish, Code: job.MsgDone, Message: job.Text(job.MsgDone),
 		BytesDone: res.ImageBytes, BytesTotal: res.ImageBytes}
 	if err := deliver(ctx, &env, sink, done); err != nil {

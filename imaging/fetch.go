@@ -75,6 +75,11 @@ type FetchOptions struct {
 	// Logger receives attempts and retries (URLs redacted, no header
 	// values). Nil discards.
 	Logger *slog.Logger
+	// OnRetry, when set, is called before each retry's wait with the
+	// retry's number, MaxRetries and the byte offset the download resumes
+	// at (the agent tells the customer; its watchdog sees the download is
+	// alive). It gets no error text: the log has the scrubbed cause.
+	OnRetry func(retry, maxRetries int, offset int64)
 	// Transport replaces the tuned transport of NewTransport (tests). With
 	// it, CACertPEM is ignored.
 	Transport http.RoundTripper
@@ -442,6 +447,9 @@ func (s *Stream) retryWait(err error) error {
 	wait := s.backoff(s.failures, r.retryAfter)
 	s.log.Warn("download attempt failed, retrying", "url", s.redacted, "offset", s.offset.Load(),
 		"retry", s.failures, "max_retries", s.opts.MaxRetries, "wait", wait, "err", s.scrub(err.Error()))
+	if s.opts.OnRetry != nil {
+		s.opts.OnRetry(s.failures, s.opts.MaxRetries, s.offset.Load())
+	}
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {

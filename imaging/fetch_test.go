@@ -268,7 +268,10 @@ func TestFetchResumeAfterDrops(t *testing.T) {
 		return action{}
 	})
 	var lb logBuf
-	s, err := Fetch(t.Context(), secretURL(srv), fastOpts(&lb))
+	opts := fastOpts(&lb)
+	var retried []string
+	opts.OnRetry = func(retry, max int, off int64) { retried = append(retried, fmt.Sprintf("%d/%d@%d", retry, max, off)) }
+	s, err := Fetch(t.Context(), secretURL(srv), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,6 +282,11 @@ func TestFetchResumeAfterDrops(t *testing.T) {
 	}
 	if !bytes.Equal(got, testPayload()) || sum != wantSum() {
 		t.Fatalf("payload differs: %d bytes, sum %s", len(got), sum)
+	}
+	// Each attempt delivered over 1 MiB: the count starts again at 1.
+	wantRetried := fmt.Sprintf("1/%d@%d 1/%d@%d", opts.MaxRetries, first, opts.MaxRetries, first+second)
+	if g := strings.Join(retried, " "); g != wantRetried {
+		t.Errorf("OnRetry calls %q, want %q", g, wantRetried)
 	}
 	reqs := ts.requests()
 	if len(reqs) != 3 {

@@ -125,6 +125,7 @@ const (
 	DiskGroupMissing   Code = "DiskGroupMissing"   // group, the groups there are
 	Interrupted        Code = "Interrupted"        //
 	AgentSilent        Code = "AgentSilent"        // duration
+	NoProgress         Code = "NoProgress"         // duration, step
 	Internal           Code = "Internal"           // the error text
 
 	// Progress, as the customer's status message shows it.
@@ -152,6 +153,7 @@ const (
 	WarnProtectiveMBR    Code = "WarnProtectiveMBR"    // what was repaired
 	WarnImageNote        Code = "WarnImageNote"        // text from the image reader (skipped OVA disks)
 	WarnNoBootEntry      Code = "WarnNoBootEntry"      // why
+	WarnDownloadRetry    Code = "WarnDownloadRetry"    // offset (human size), retry, max retries
 
 	// The control plane's API errors (OVH's words where OVH has them).
 	APITaskRunning     Code = "APITaskRunning"     // OVH; task id, function, status, server
@@ -268,6 +270,7 @@ var catalog = map[Code]entry{
 	DiskGroupMissing:   {"disk group %d does not exist on this server: %s", FaultCustomer},
 	Interrupted:        {"interrupted", FaultProvider},
 	AgentSilent:        {"the agent stopped reporting: no news from the server for %s", FaultProvider},
+	NoProgress:         {"the deployment made no progress for %s (step %s): the agent stopped it", FaultProvider},
 	Internal:           {"%s", FaultProvider},
 
 	MsgStarting:      {"starting", FaultNone},
@@ -293,6 +296,7 @@ var catalog = map[Code]entry{
 	WarnProtectiveMBR:    {"the image's protective MBR was repaired: %s", FaultNone},
 	WarnImageNote:        {"%s", FaultNone},
 	WarnNoBootEntry:      {"no UEFI boot entry was written for the deployed disk (%s): the firmware's default loader path must boot it", FaultNone},
+	WarnDownloadRetry:    {"the download was interrupted at %s: resuming (retry %d of %d)", FaultNone},
 
 	APITaskRunning:     {"Task %d of type %s with status %s is already running on server %s", FaultCustomer},
 	APINotFound:        {"The requested object (%s) does not exist", FaultCustomer},

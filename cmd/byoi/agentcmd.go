@@ -68,6 +68,7 @@ func cmdAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		sysRoot, procRoot, devRoot   string
 		reportInterval, heartbeat    time.Duration
 		connectTimeout, stallTimeout time.Duration
+		noProgress                   time.Duration
 		speedTime                    time.Duration
 		speedLimit                   int64
 		retries                      int
@@ -88,6 +89,7 @@ func cmdAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&stallTimeout, "stall-timeout", 60*time.Second, "image download: no byte for this long resumes the transfer")
 	fs.Int64Var(&speedLimit, "speed-limit", 1024, "image download: slower than this many `bytes`/s over --speed-time resumes the transfer (-1: off)")
 	fs.DurationVar(&speedTime, "speed-time", 60*time.Second, "image download: the window of --speed-limit")
+	fs.DurationVar(&noProgress, "no-progress-limit", agent.DefaultNoProgressLimit, "stop a deployment that reported nothing for this long, with a dump of where it waited on stderr (-1s: never)")
 	fs.IntVar(&retries, "retries", 8, "image download: retries on connection errors, 408, 429, 5xx")
 	fs.DurationVar(&reportInterval, "report-interval", 2*time.Second, "post queued events this often (a step change at once)")
 	fs.DurationVar(&heartbeat, "heartbeat", 30*time.Second, "post a heartbeat when nothing was sent for this long")
@@ -129,10 +131,12 @@ func cmdAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		SectorSize: sectorSize,
 		Fetch: imaging.FetchOptions{ConnectTimeout: connectTimeout, StallTimeout: stallTimeout, MaxRetries: retries,
 			SpeedLimit: speedLimit, SpeedTime: speedTime, CACertPEM: caPEM},
-		MemoryReserve: memoryReserve,
-		StagingDir:    stagingDir,
-		Logger:        log,
-		Rebooter:      agent.SystemRebooter{},
+		MemoryReserve:   memoryReserve,
+		StagingDir:      stagingDir,
+		Logger:          log,
+		Rebooter:        agent.SystemRebooter{},
+		NoProgressLimit: noProgress,
+		Diagnostics:     stderr,
 	}
 	if noReboot {
 		env.Rebooter = skippedReboot{w: stderr}

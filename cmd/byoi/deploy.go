@@ -27,6 +27,7 @@ type deployFlags struct {
 	hostname, sshKey, userDataFile     string
 	caCert                             string
 	connectTimeout, stallTimeout       time.Duration
+	noProgress                         time.Duration
 	speedTime                          time.Duration
 	speedLimit                         int64
 	retries                            int
@@ -56,6 +57,7 @@ func cmdDeploy(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	fs.StringVar(&f.caCert, "ca-cert", "", "PEM `file` of extra CA certificates for HTTPS")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 30*time.Second, "connect and response-header timeout")
 	fs.DurationVar(&f.stallTimeout, "stall-timeout", 60*time.Second, "a transfer that delivers nothing for this long is resumed")
+	fs.DurationVar(&f.noProgress, "no-progress-limit", agent.DefaultNoProgressLimit, "stop a deployment that reported nothing for this long, with a dump of where it waited on stderr (-1s: never)")
 	fs.IntVar(&f.retries, "retries", 8, "download retries on connection errors, 408, 429, 5xx")
 	fs.Int64Var(&f.speedLimit, "speed-limit", 1024, "a transfer slower than this many `bytes`/s over --speed-time is resumed (-1: off)")
 	fs.DurationVar(&f.speedTime, "speed-time", 60*time.Second, "the window of --speed-limit")
@@ -93,10 +95,12 @@ func cmdDeploy(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		SectorSize: f.sectorSize,
 		Fetch: imaging.FetchOptions{ConnectTimeout: f.connectTimeout, StallTimeout: f.stallTimeout, MaxRetries: f.retries,
 			SpeedLimit: f.speedLimit, SpeedTime: f.speedTime},
-		MemoryReserve: f.memoryReserve,
-		StagingDir:    f.stagingDir,
-		Logger:        log,
-		Report:        rep,
+		MemoryReserve:   f.memoryReserve,
+		StagingDir:      f.stagingDir,
+		Logger:          log,
+		Report:          rep,
+		NoProgressLimit: f.noProgress,
+		Diagnostics:     stderr,
 	}
 	if f.caCert != "" {
 		if env.Fetch.CACertPEM, err = readLimited(f.caCert, maxCACertSize); err != nil {

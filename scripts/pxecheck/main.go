@@ -134,6 +134,14 @@ func run(ctx context.Context, c config) int {
 		failed = true
 	}
 	say("TIME total (byoi-api start to the end): %.0f s", time.Since(env.started).Seconds())
+	for _, r := range runs {
+		if len(r.details) > 0 {
+			say("== why [%s] failed", r.fw)
+			for _, d := range r.details {
+				say("%s", d)
+			}
+		}
+	}
 	if failed {
 		say("RESULT: FAIL")
 		return 1

@@ -114,6 +114,21 @@ func tailFile(path string, n int) string {
 	return tailLines(cleanConsole(b), n)
 }
 
+// grepTail is tailFile of the lines re matches.
+func grepTail(path string, re *regexp.Regexp, n int) string {
+	b, _ := os.ReadFile(path)
+	var keep []string
+	for _, l := range strings.Split(cleanConsole(b), "\n") {
+		if re.MatchString(l) {
+			keep = append(keep, l)
+		}
+	}
+	if len(keep) == 0 {
+		return "    | (none)"
+	}
+	return tailLines(strings.Join(keep, "\n"), n)
+}
+
 func tailLines(s string, n int) string {
 	var keep []string
 	for _, l := range strings.Split(s, "\n") {

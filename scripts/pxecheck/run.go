@@ -25,6 +25,7 @@ type fwRun struct {
 	vm      *vm
 	c       *ovh.Client
 	results []string
+	details []string // what helps to see why a step failed, printed last
 	failed  bool
 	took    time.Duration
 	start   time.Time
@@ -48,19 +49,23 @@ func (r *fwRun) evidence(format string, a ...any) {
 	info("[%s] %s", r.fw, strings.TrimSpace(l))
 }
 
-// fail records a failed step with what helps to see why: the console's
-// last lines, the API's status of the server, byoi-api's last log lines.
+// fail records a failed step with what helps to see why: the API's status
+// of the server, byoi-api's warnings and errors, and the console's last
+// lines (escape sequences and progress bars out). They are printed now and
+// again at the very end of the report, where a CI log's tail shows them.
 func (r *fwRun) fail(step string, err error) {
 	r.failed = true
 	l := fmt.Sprintf("FAIL [%s] %s: %v", r.fw, step, err)
 	r.results = append(r.results, l)
 	say("%s", l)
 	var b strings.Builder
+	fmt.Fprintf(&b, "  [%s] %s\n", r.fw, l)
+	fmt.Fprintf(&b, "  [%s] API status of %s:\n%s\n", r.fw, r.server, r.apiStatus())
+	fmt.Fprintf(&b, "  [%s] byoi-api's warnings and errors (last 12):\n%s\n", r.fw, grepTail(r.e.apiLog, regexp.MustCompile(`level=(WARN|ERROR)`), 12))
 	if r.vm != nil && r.vm.console != "" {
 		fmt.Fprintf(&b, "  [%s] last console lines (%s):\n%s\n", r.fw, r.vm.console, r.vm.tail(40))
 	}
-	fmt.Fprintf(&b, "  [%s] API status of %s:\n%s\n", r.fw, r.server, r.apiStatus())
-	fmt.Fprintf(&b, "  [%s] byoi-api's last log lines:\n%s\n", r.fw, tailFile(r.e.apiLog, 15))
+	r.details = append(r.details, b.String())
 	say("%s", b.String())
 }
 
