@@ -52,6 +52,10 @@ type Sink struct {
 	// its step, for Run's watchdog.
 	seen time.Time
 	step job.Step
+	// ended: the final event was stamped; later events are dropped, so
+	// none can take a higher seq and reach the reporter before it (a
+	// goroutine of an abandoned pipeline, see watched).
+	ended bool
 }
 
 // NewSink returns a sink feeding out (nil: events are dropped) with the
@@ -77,6 +81,9 @@ func (s *Sink) Activity() (time.Time, job.Step) {
 func (s *Sink) Emit(e job.Event) (job.Event, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.ended {
+		return e, false
+	}
 	now := s.now()
 	s.seen = now
 	if e.Step != "" {
@@ -99,6 +106,7 @@ func (s *Sink) Emit(e job.Event) (job.Event, bool) {
 	}
 	s.seq++
 	e.Seq, e.Time = s.seq, now.UTC()
+	s.ended = e.Final()
 	if s.out != nil {
 		s.out.Event(e)
 	}
@@ -113,10 +121,12 @@ func (s *Sink) Seq() int64 {
 }
 
 // stamp numbers a final event like Emit does, without sending it: Run
-// hands it to the reporter's Final.
+// hands it to the reporter's Final. It is the sink's last event: Emit
+// drops what comes after it.
 func (s *Sink) stamp(e job.Event) job.Event {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.ended = true
 	s.seq++
 	e.Seq, e.Time = s.seq, s.now().UTC()
 	return e

@@ -467,6 +467,29 @@ func TestSinkThrottle(t *testing.T) {
 	}
 }
 
+// TestSinkEndsAtFinal: nothing passes after the final event, so no event
+// can take a higher seq than the final one and reach the reporter before
+// it (the control plane refuses a batch whose seqs go back).
+func TestSinkEndsAtFinal(t *testing.T) {
+	for _, viaStamp := range []bool{true, false} {
+		var got []job.Event
+		s := NewSink(ReporterFunc(func(e job.Event) { got = append(got, e) }), time.Nanosecond)
+		s.Emit(job.Event{Step: job.StepWrite, Kind: job.KindProgress, BytesDone: 1, BytesTotal: 9})
+		final := job.Event{Status: job.StatusError, Step: job.StepWrite, Code: job.WriteFailed}
+		if viaStamp {
+			final = s.stamp(final)
+		} else {
+			final, _ = s.Emit(final)
+		}
+		if _, sent := s.Emit(job.Event{Step: job.StepWrite, Kind: job.KindProgress, BytesDone: 2, BytesTotal: 9}); sent {
+			t.Errorf("stamp %v: an event passed after the final one", viaStamp)
+		}
+		if final.Seq != 2 || s.Seq() != 2 || len(got) != map[bool]int{true: 1, false: 2}[viaStamp] {
+			t.Errorf("stamp %v: final seq %d, sink seq %d, %d events out", viaStamp, final.Seq, s.Seq(), len(got))
+		}
+	}
+}
+
 // TestDeployLoopDevices deploys onto loop devices with 512 and 4096-byte
 // logical sectors (with a matching image), and refuses a 512 image on the
 // 4096 device before any byte changes.

@@ -114,6 +114,27 @@ func tailFile(path string, n int) string {
 	return tailLines(cleanConsole(b), n)
 }
 
+// watchdogDump is the agent's last goroutine dump on a console (its
+// watchdog's, from its first marker line to its last; at most 80 lines),
+// or "".
+func watchdogDump(path string) string {
+	b, _ := os.ReadFile(path)
+	s := cleanConsole(b)
+	i := strings.LastIndex(s, "byoi watchdog: no progress")
+	if i < 0 {
+		return ""
+	}
+	s = s[i:]
+	if j := strings.Index(s, "byoi watchdog: end of the goroutine dump"); j >= 0 {
+		s = s[:j]
+	}
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > 80 {
+		lines = append(lines[:80], "...")
+	}
+	return tailLines(strings.Join(lines, "\n"), 81)
+}
+
 // grepTail is tailFile of the lines re matches.
 func grepTail(path string, re *regexp.Regexp, n int) string {
 	b, _ := os.ReadFile(path)

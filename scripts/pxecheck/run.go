@@ -64,6 +64,9 @@ func (r *fwRun) fail(step string, err error) {
 	fmt.Fprintf(&b, "  [%s] byoi-api's warnings and errors (last 12):\n%s\n", r.fw, grepTail(r.e.apiLog, regexp.MustCompile(`level=(WARN|ERROR)`), 12))
 	if r.vm != nil && r.vm.console != "" {
 		fmt.Fprintf(&b, "  [%s] last console lines (%s):\n%s\n", r.fw, r.vm.console, r.vm.tail(40))
+		if dump := watchdogDump(r.vm.console); dump != "" {
+			fmt.Fprintf(&b, "  [%s] the agent's watchdog found no progress; where it waited:\n%s\n", r.fw, dump)
+		}
 	}
 	r.details = append(r.details, b.String())
 	say("%s", b.String())
