@@ -150,6 +150,23 @@ func run(ctx context.Context, c config) int {
 	return 0
 }
 
+// rescueCmdline is added to the rescue kernel's command line.
+//
+// nvme_core.io_timeout: QEMU 7.2's emulated NVMe (Debian 12) and Linux 6.1
+// lose every I/O after a controller reset. The driver resets a controller
+// when an I/O stays unanswered for io_timeout (30 s) twice; its reset uses
+// the queues before it sends Doorbell Buffer Config again, and QEMU leaves
+// the I/O queues' EventIdx at the zero the driver cleared, so the driver
+// never rings the doorbell again: the deployment hangs in D state (seen in
+// a QEMU trace: no sqid 1 doorbell after DBBUF_CONFIG, abort, reset, again).
+// Under TCG on a loaded 2-core host one I/O can take over 30 s, which
+// starts it. A real server's NVMe has no such bug; the agent's watchdog
+// (--no-progress-limit) reports a hang like it either way.
+//
+// loglevel=5: the kernel's warnings (NVMe timeouts) reach the console,
+// which pxe-check shows when a step fails.
+const rescueCmdline = "console=ttyS0,115200 nvme_core.io_timeout=600 loglevel=5"
+
 // env is what both firmwares share: byoi-api, the image server, the
 // customer.
 type env struct {
@@ -233,7 +250,7 @@ func setup(ctx context.Context, c config) (*env, error) {
 	}
 	e.apiLog = filepath.Join(c.work, "byoi-api.log")
 	e.api, err = startProc(c.byoiAPI, e.apiLog, "serve", "--db", db, "--listen", "127.0.0.1:"+strconv.Itoa(e.apiPort), "-v",
-		"--rescue-dir", c.rescueDir, "--boot-url", e.bootURL, "--rescue-cmdline", "console=ttyS0,115200")
+		"--rescue-dir", c.rescueDir, "--boot-url", e.bootURL, "--rescue-cmdline", rescueCmdline)
 	if err != nil {
 		return e, err
 	}
