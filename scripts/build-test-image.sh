@@ -167,14 +167,16 @@ echo localhost >"$ROOT/etc/hostname"
 printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$ROOT/etc/hosts"
 echo 'LANG=C.UTF-8' >"$ROOT/etc/default/locale"
 
-# GRUB configuration: quick, serial, root=UUID=
+# GRUB configuration: quick, serial, root=UUID=. nvme_core.io_timeout: under TCG on a loaded host
+# an NVMe I/O can wait over 30 s, and the controller reset that follows loses every later I/O
+# with QEMU 7.2's NVMe (docs/pxe-findings.md); pxe-check boots this image on NVMe disks.
 cat >"$ROOT/etc/default/grub" <<'EOF'
 GRUB_DEFAULT=0
 GRUB_TIMEOUT=0
 GRUB_TIMEOUT_STYLE=hidden
 GRUB_DISTRIBUTOR=Debian
 GRUB_CMDLINE_LINUX_DEFAULT="quiet"
-GRUB_CMDLINE_LINUX="console=ttyS0,115200"
+GRUB_CMDLINE_LINUX="console=ttyS0,115200 nvme_core.io_timeout=600"
 GRUB_TERMINAL="console serial"
 GRUB_SERIAL_COMMAND="serial --speed=115200"
 GRUB_DISABLE_OS_PROBER=true
