@@ -105,7 +105,9 @@ const finalTimeout = 30 * time.Second
 // other disks carrying a config-2 filesystem, deploys, sends the final
 // event (done or error, with the catalog code), and then, only after a
 // success whose final event was delivered, reboots through env.Rebooter.
-// The caller's Job is not changed.
+// A watchdog stops a deployment that reports nothing for
+// env.NoProgressLimit (NoProgress, see watched). The caller's Job is not
+// changed.
 func Run(ctx context.Context, j *job.Job, env Env) (*Result, error) {
 	sink := NewSink(env.Report, env.ProgressInterval)
 	log := env.logger()
