@@ -152,16 +152,14 @@ func run(ctx context.Context, c config) int {
 
 // rescueCmdline is added to the rescue kernel's command line.
 //
-// nvme_core.io_timeout: QEMU 7.2's emulated NVMe (Debian 12) and Linux 6.1
-// lose every I/O after a controller reset. The driver resets a controller
-// when an I/O stays unanswered for io_timeout (30 s) twice; its reset uses
+// nvme_core.io_timeout: with QEMU 7.2's emulated NVMe (Debian 12) and
+// Linux 6.1, every I/O is lost after a controller reset (the driver uses
 // the queues before it sends Doorbell Buffer Config again, and QEMU leaves
-// the I/O queues' EventIdx at the zero the driver cleared, so the driver
-// never rings the doorbell again: the deployment hangs in D state (seen in
-// a QEMU trace: no sqid 1 doorbell after DBBUF_CONFIG, abort, reset, again).
-// Under TCG on a loaded 2-core host one I/O can take over 30 s, which
-// starts it. A real server's NVMe has no such bug; the agent's watchdog
-// (--no-progress-limit) reports a hang like it either way.
+// their EventIdx at the zero the driver cleared). The driver resets a
+// controller when an I/O stays unanswered for io_timeout (30 s) twice,
+// which a loaded host under TCG can cause: 600 s waits for a slow I/O
+// instead. (A lost one is what vm.start's maxcpus=2 and pinning prevent; the agent's
+// watchdog reports a hang like it either way.) docs/pxe-findings.md.
 //
 // loglevel=5: the kernel's warnings (NVMe timeouts) reach the console,
 // which pxe-check shows when a step fails.

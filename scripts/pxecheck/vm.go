@@ -10,8 +10,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -169,7 +172,12 @@ func (v *vm) start(seed bool) error {
 	}
 	mon := filepath.Join(v.dir, "monitor.sock")
 	os.Remove(mon)
-	args := []string{"-accel", "tcg", "-machine", "pc,graphics=off", "-m", "1536", "-smp", "1",
+	// -smp 1,maxcpus=2: one vCPU, but TCG then translates the guest's
+	// memory barriers (with one possible vCPU it drops them). QEMU's NVMe
+	// reads the guest's shadow doorbells from another thread: without the
+	// barrier the driver and the device can each miss the other's update,
+	// and an I/O is never seen (docs/pxe-findings.md).
+	args := []string{"-accel", "tcg", "-machine", "pc,graphics=off", "-m", "1536", "-smp", "1,maxcpus=2",
 		"-display", "none", "-vga", "none", "-parallel", "none",
 		"-serial", "file:" + v.console, "-monitor", "unix:" + mon + ",server=on,wait=off"}
 	args = append(args, fwArgs...)
@@ -188,7 +196,17 @@ func (v *vm) start(seed bool) error {
 	if err := os.WriteFile(v.console, nil, 0o644); err != nil {
 		return err
 	}
-	p, err := startProc("qemu-system-x86_64", filepath.Join(v.dir, fmt.Sprintf("qemu-%d.log", v.boots)), args...)
+	// All of QEMU's threads on one host CPU (SeaBIOS's machine on the
+	// first, OVMF's on the second): the vCPU and the NVMe emulation then
+	// see each other's memory writes in order, a second guard against
+	// the lost doorbell besides maxcpus=2.
+	name := "qemu-system-x86_64"
+	if _, err := exec.LookPath("taskset"); err == nil {
+		cpu := map[string]int{"bios": 0, "uefi": 1}[v.fw] % runtime.NumCPU()
+		args = append([]string{"-c", strconv.Itoa(cpu), name}, args...)
+		name = "taskset"
+	}
+	p, err := startProc(name, filepath.Join(v.dir, fmt.Sprintf("qemu-%d.log", v.boots)), args...)
 	if err != nil {
 		return err
 	}
