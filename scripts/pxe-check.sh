@@ -15,10 +15,10 @@
 #           bootsel finds the disk by its GPT disk GUID; UEFI: iPXE exits to the agent's boot
 #           entry), Debian boots: ConfigDrive user data, hostname, SSH with the key, root and
 #           config-2 on group 2's disk
-#   uefi: 5 DELETE the deployment, reset: rescue, the agent waits for a job
+#   uefi: 5 DELETE the deployment, power cycle: rescue, the agent waits for a job
 #         4 an image whose ESP has no \EFI\BOOT\BOOTX64.EFI, efiBootloaderPath
 #           \EFI\debian\grubx64.efi: it boots through the agent's entry
-#   bios: 5 PUT bootId 2 (rescue), reset: rescue, the agent waits for a job
+#   bios: 5 PUT bootId 2 (rescue), power cycle: rescue, the agent waits for a job
 #         6 a wrong checksum: task customerError with OVH's message, no reboot, rescue
 #   end:  group 1's disks unchanged; no agent token on any console or in byoi-api's log
 #

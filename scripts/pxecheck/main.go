@@ -20,7 +20,7 @@
 //     SSH with the key works, the root file system is on group 2's disk;
 //  4. (UEFI) an image whose ESP has no \EFI\BOOT\BOOTX64.EFI, with
 //     efiBootloaderPath: it boots through the agent's boot entry;
-//  5. (UEFI: DELETE; BIOS: PUT bootId 2) and a reset: back in rescue, the
+//  5. (UEFI: DELETE; BIOS: PUT bootId 2) and a power cycle: back in rescue, the
 //     agent waits for a job;
 //  6. (BIOS) a wrong checksum: error with OVH's message, task
 //     customerError, no reboot, the console shows it;

@@ -63,6 +63,8 @@ func (r *fwRun) fail(step string, err error) {
 	fmt.Fprintf(&b, "  [%s] API status of %s:\n%s\n", r.fw, r.server, r.apiStatus())
 	fmt.Fprintf(&b, "  [%s] byoi-api's warnings and errors (last 12):\n%s\n", r.fw, grepTail(r.e.apiLog, regexp.MustCompile(`level=(WARN|ERROR)`), 12))
 	if r.vm != nil && r.vm.console != "" {
+		fmt.Fprintf(&b, "  [%s] the console's boot lines (firmware, iPXE, byoi):\n%s\n", r.fw,
+			grepTail(r.vm.console, regexp.MustCompile(`BdsDxe|bootsel|iPXE|byoi[:-]|https?://\S+\.\.\.|[Tt]imed out|nvme`), 12))
 		fmt.Fprintf(&b, "  [%s] last console lines (%s):\n%s\n", r.fw, r.vm.console, r.vm.tail(40))
 		if dump := watchdogDump(r.vm.console); dump != "" {
 			fmt.Fprintf(&b, "  [%s] the agent's watchdog found no progress; where it waited:\n%s\n", r.fw, dump)
@@ -125,7 +127,7 @@ func (r *fwRun) main(ctx context.Context) {
 			struct {
 				name string
 				fn   func(context.Context) error
-			}{"5 DELETE the deployment, reset: back in rescue", func(ctx context.Context) error { return r.backToRescue(ctx, "delete") }},
+			}{"5 DELETE the deployment, power cycle: back in rescue", func(ctx context.Context) error { return r.backToRescue(ctx, "delete") }},
 			struct {
 				name string
 				fn   func(context.Context) error
@@ -135,7 +137,7 @@ func (r *fwRun) main(ctx context.Context) {
 			struct {
 				name string
 				fn   func(context.Context) error
-			}{"5 PUT bootId 2 (rescue), reset: back in rescue", func(ctx context.Context) error { return r.backToRescue(ctx, "put") }},
+			}{"5 PUT bootId 2 (rescue), power cycle: back in rescue", func(ctx context.Context) error { return r.backToRescue(ctx, "put") }},
 			struct {
 				name string
 				fn   func(context.Context) error
@@ -461,7 +463,7 @@ echo "ESP=$(sudo find /boot/efi -type f | sort | tr '\n' ' ')"
 	return nil
 }
 
-// backToRescue: DELETE the deployment (or PUT bootId 2), reset the
+// backToRescue: DELETE the deployment (or PUT bootId 2), power-cycle the
 // machine: it boots the rescue system again and its agent waits for a job.
 func (r *fwRun) backToRescue(ctx context.Context, how string) error {
 	var err error
@@ -477,27 +479,27 @@ func (r *fwRun) backToRescue(ctx context.Context, how string) error {
 	if err := r.c.Get("/dedicated/server/"+r.server, &sv); err != nil || sv.BootID != 2 {
 		return fmt.Errorf("bootId after %s: %d %v, want 2 (rescue)", how, sv.BootID, err)
 	}
-	mark, logMark := r.vm.consoleSize(), fileSize(r.e.apiLog)
-	if err := r.vm.reset(); err != nil {
-		return fmt.Errorf("reset: %w", err)
+	logMark := fileSize(r.e.apiLog)
+	if err := r.vm.powerCycle(); err != nil {
+		return fmt.Errorf("power cycle: %w", err)
 	}
 	t := time.Now()
 	for _, w := range []struct{ re, what string }{
 		{`byoi: server ` + r.server + `: booting the rescue system`, "iPXE ran the rescue script"},
 		{`byoi agent [^:]*: server ` + r.server + `, control plane`, "the agent started"},
 	} {
-		l, err := r.vm.waitConsole(ctx, mark, regexp.MustCompile(w.re), 420*time.Second)
+		l, err := r.vm.waitConsole(ctx, 0, regexp.MustCompile(w.re), 420*time.Second)
 		if err != nil {
 			return err
 		}
-		r.evidence("%s %.0f s after the reset: %s", w.what, time.Since(t).Seconds(), l)
+		r.evidence("%s %.0f s after the power cycle: %s", w.what, time.Since(t).Seconds(), l)
 	}
 	l, err := waitFile(ctx, r.e.apiLog, logMark, regexp.MustCompile(`method=GET path=/agent/v1/servers/`+r.server+`/job status=204 .*`), 120*time.Second)
 	if err != nil {
 		return fmt.Errorf("the agent does not ask for a job: %w", err)
 	}
 	verb := map[string]string{"delete": "DELETE bringYourOwnImage", "put": "PUT bootId 2"}[how]
-	r.pass("5 back to rescue", "%s → bootId 2; after a reset the machine is in rescue and its agent waits for a job (byoi-api log: %s)", verb, l)
+	r.pass("5 back to rescue", "%s → bootId 2; after a power cycle the machine is in rescue and its agent waits for a job (byoi-api log: %s)", verb, l)
 	return nil
 }
 

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -220,22 +219,16 @@ func (v *vm) stop() {
 	}
 }
 
-// reset presses the machine's reset button (QEMU's system_reset): the
-// console goes on in the same file.
-func (v *vm) reset() error {
-	c, err := net.DialTimeout("unix", filepath.Join(v.dir, "monitor.sock"), 5*time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	buf := make([]byte, 4096)
-	c.Read(buf) // the monitor's banner
-	if _, err := c.Write([]byte("system_reset\n")); err != nil {
-		return err
-	}
-	time.Sleep(500 * time.Millisecond)
-	return nil
+// powerCycle turns the machine off and on again (a new QEMU process, the
+// UEFI variables kept in their file; the console goes to a new file). Not
+// QEMU's system_reset: that keeps user-mode networking's state, and once
+// (a full local CI run) the iPXE that came back after it had its HTTP
+// request time out, so the firmware booted the disk. A fresh QEMU starts
+// with a fresh network; a real server's power cycle is what OVH's
+// hardware reboot does anyway.
+func (v *vm) powerCycle() error {
+	v.stop()
+	return v.start(false)
 }
 
 func (v *vm) consolePaths() []string { return v.consoles }
