@@ -44,6 +44,9 @@ type Deployer struct {
 	// Events receives every event as the pipeline makes it (Run passes
 	// them through its Sink). Nil drops them.
 	Events func(job.Event)
+	// Alive, when set, is called as image bytes arrive (Run passes its
+	// Sink's Touch, for the watchdog). It must be cheap.
+	Alive func()
 	// ServerEFIBootloaderPath is the server's efiBootloaderPath (OVH's
 	// server property, set by an earlier job or by PUT): the loader of the
 	// UEFI boot entry when the job names none and that file is on the
@@ -350,6 +353,9 @@ func (dp *deployment) fetch(ctx context.Context) (*imaging.Stream, error) {
 		fo.Headers = dp.job.Headers
 		if fo.Logger == nil {
 			fo.Logger = dp.log
+		}
+		if fo.OnBody == nil && dp.Alive != nil {
+			fo.OnBody = func(int) { dp.Alive() }
 		}
 		if fo.OnRetry == nil {
 			fo.OnRetry = func(retry, max int, off int64) {

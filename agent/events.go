@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/byoi/byoi/job"
@@ -48,14 +49,16 @@ type Sink struct {
 	mu   sync.Mutex
 	seq  int64
 	last map[job.Step]time.Time
-	// seen and step: when the last event came in (sent or throttled) and
-	// its step, for Run's watchdog.
-	seen time.Time
+	// step: the last event's step, for Run's watchdog.
 	step job.Step
 	// ended: the final event was stamped; later events are dropped, so
 	// none can take a higher seq and reach the reporter before it (a
 	// goroutine of an abandoned pipeline, see watched).
 	ended bool
+	// seen is when the last event came in (sent or throttled) or Touch
+	// was called, in UnixNano: lock-free, Touch runs on every read of the
+	// download.
+	seen atomic.Int64
 }
 
 // NewSink returns a sink feeding out (nil: events are dropped) with the
@@ -64,15 +67,22 @@ func NewSink(out Reporter, interval time.Duration) *Sink {
 	if interval <= 0 {
 		interval = DefaultProgressInterval
 	}
-	return &Sink{out: out, interval: interval, now: time.Now, last: map[job.Step]time.Time{}, seen: time.Now()}
+	s := &Sink{out: out, interval: interval, now: time.Now, last: map[job.Step]time.Time{}}
+	s.Touch()
+	return s
 }
 
-// Activity returns when the last event came in, sent or throttled (or when
-// the sink was made), and the step it belonged to ("" before any).
+// Touch records activity that is not an event (image bytes arriving).
+func (s *Sink) Touch() { s.seen.Store(time.Now().UnixNano()) }
+
+// Activity returns when the last event came in, sent or throttled, or
+// Touch was called (at first: when the sink was made), and the last
+// event's step ("" before any).
 func (s *Sink) Activity() (time.Time, job.Step) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.seen, s.step
+	step := s.step
+	s.mu.Unlock()
+	return time.Unix(0, s.seen.Load()), step
 }
 
 // Emit passes e on unless it is a progress event that comes too soon after
@@ -85,7 +95,7 @@ func (s *Sink) Emit(e job.Event) (job.Event, bool) {
 		return e, false
 	}
 	now := s.now()
-	s.seen = now
+	s.Touch()
 	if e.Step != "" {
 		s.step = e.Step
 	}

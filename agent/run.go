@@ -185,6 +185,7 @@ func run(ctx context.Context, j *job.Job, env *Env, sink *Sink) (*Result, error)
 	d := &Deployer{
 		Fetch: env.Fetch, MemoryReserve: env.MemoryReserve, StagingDir: env.StagingDir, Logger: log,
 		Events:                  func(e job.Event) { sink.Emit(e) },
+		Alive:                   sink.Touch,
 		ServerEFIBootloaderPath: env.ServerEFIBootloaderPath,
 	}
 	if j == nil {

@@ -14,11 +14,13 @@ import (
 )
 
 // DefaultNoProgressLimit is how long a deployment may go without any event
-// (progress, a step, a warning) before the watchdog stops it. Every step
-// that moves bytes reports progress several times a second; the download's
-// own limits (a 60 s stall, 8 retries, each retry a warning event) end a
-// dead transfer before this; the final flush of a disk's write cache is the
-// longest quiet step and takes seconds to a few minutes.
+// (progress, a step, a warning) or image byte arriving before the watchdog
+// stops it. Every step that moves bytes reports progress several times a
+// second (a slow download counts as it reads, before a whole pipeline
+// buffer is full); the download's own limits (a 60 s stall, 8 retries,
+// each retry a warning event) end a dead transfer before this; the final
+// flush of a disk's write cache is the longest quiet step and takes
+// seconds to a few minutes.
 const DefaultNoProgressLimit = 10 * time.Minute
 
 // defaultNoProgressGrace is how long the watchdog waits for the cancelled

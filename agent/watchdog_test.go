@@ -135,17 +135,32 @@ func TestWatchdogGivesUpOnStuckPipeline(t *testing.T) {
 	}
 }
 
-// TestWatchdogKeepsQuietSuccess: a deployment whose events keep coming is
-// not stopped, even with a limit shorter than the whole run; the watchdog
-// can be turned off.
-func TestWatchdogKeepsQuietSuccess(t *testing.T) {
+// TestWatchdogKeepsMovingDeployment: a deployment whose events keep coming
+// is not stopped, though the whole run lasts several times the limit (the
+// image trickles in); the watchdog can also be turned off.
+func TestWatchdogKeepsMovingDeployment(t *testing.T) {
 	img := testImage(t, 16*mib, 512)
-	for _, limit := range []time.Duration{-1, 2 * time.Second} {
-		path := crashcheck.OldSystem(t, 512, 32*mib)
+	const chunks = 24
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(img)))
+		step := len(img) / chunks
+		for i := 0; i < len(img); i += step {
+			w.Write(img[i:min(i+step, len(img))])
+			w.(http.Flusher).Flush()
+			time.Sleep(100 * time.Millisecond)
+		}
+	}))
+	defer srv.Close()
+	limit := 500 * time.Millisecond
+	for _, l := range []time.Duration{limit, -1} {
 		rec := &recorder{}
-		env := Env{Target: path, Report: ReporterFunc(rec.report), Fetch: rec.deployer().Fetch, NoProgressLimit: limit}
-		if _, err := Run(context.Background(), &job.Job{ImageURL: serve(t, img, ""), ImageType: "raw", DiskGroupID: 1}, env); err != nil {
-			t.Errorf("limit %v: %v", limit, err)
+		env := Env{Target: crashcheck.OldSystem(t, 512, 32*mib), Report: ReporterFunc(rec.report), Fetch: rec.deployer().Fetch, NoProgressLimit: l}
+		start := time.Now()
+		if _, err := Run(context.Background(), &job.Job{ImageURL: srv.URL, ImageType: "raw", DiskGroupID: 1}, env); err != nil {
+			t.Fatalf("limit %v: %v", l, err)
+		}
+		if d := time.Since(start); l > 0 && d < 3*l {
+			t.Fatalf("the run took %v, not several times the limit %v: the test proves nothing", d, l)
 		}
 	}
 }

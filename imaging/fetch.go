@@ -80,6 +80,10 @@ type FetchOptions struct {
 	// at (the agent tells the customer; its watchdog sees the download is
 	// alive). It gets no error text: the log has the scrubbed cause.
 	OnRetry func(retry, maxRetries int, offset int64)
+	// OnBody, when set, is called after every read that got body bytes,
+	// with their count: the agent's watchdog sees a slow download move
+	// before a whole pipeline buffer is full. It must be cheap.
+	OnBody func(n int)
 	// Transport replaces the tuned transport of NewTransport (tests). With
 	// it, CACertPEM is ignored.
 	Transport http.RoundTripper
@@ -738,6 +742,9 @@ func (s *Stream) read(p []byte) (int, error) {
 		if n > 0 {
 			off = s.offset.Add(int64(n))
 			s.winBytes += int64(n)
+			if s.opts.OnBody != nil {
+				s.opts.OnBody(n)
+			}
 		}
 		if err == nil {
 			if err = s.checkSpeed(off); err == nil {

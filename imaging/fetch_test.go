@@ -271,6 +271,8 @@ func TestFetchResumeAfterDrops(t *testing.T) {
 	opts := fastOpts(&lb)
 	var retried []string
 	opts.OnRetry = func(retry, max int, off int64) { retried = append(retried, fmt.Sprintf("%d/%d@%d", retry, max, off)) }
+	var bodyBytes int
+	opts.OnBody = func(n int) { bodyBytes += n }
 	s, err := Fetch(t.Context(), secretURL(srv), opts)
 	if err != nil {
 		t.Fatal(err)
@@ -287,6 +289,9 @@ func TestFetchResumeAfterDrops(t *testing.T) {
 	wantRetried := fmt.Sprintf("1/%d@%d 1/%d@%d", opts.MaxRetries, first, opts.MaxRetries, first+second)
 	if g := strings.Join(retried, " "); g != wantRetried {
 		t.Errorf("OnRetry calls %q, want %q", g, wantRetried)
+	}
+	if bodyBytes != len(got) {
+		t.Errorf("OnBody counted %d bytes, the stream gave %d", bodyBytes, len(got))
 	}
 	reqs := ts.requests()
 	if len(reqs) != 3 {

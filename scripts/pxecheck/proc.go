@@ -109,17 +109,22 @@ func sha256File(path string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-func tailFile(path string, n int) string {
+// readConsole is a log or console file made readable (cleanConsole); ""
+// when it cannot be read.
+func readConsole(path string) string {
 	b, _ := os.ReadFile(path)
-	return tailLines(cleanConsole(b), n)
+	return cleanConsole(b)
+}
+
+func tailFile(path string, n int) string {
+	return tailLines(readConsole(path), n)
 }
 
 // watchdogDump is the agent's last goroutine dump on a console (its
 // watchdog's, from its first marker line to its last; at most 80 lines),
 // or "".
 func watchdogDump(path string) string {
-	b, _ := os.ReadFile(path)
-	s := cleanConsole(b)
+	s := readConsole(path)
 	i := strings.LastIndex(s, "byoi watchdog: no progress")
 	if i < 0 {
 		return ""
@@ -137,9 +142,8 @@ func watchdogDump(path string) string {
 
 // grepTail is tailFile of the lines re matches.
 func grepTail(path string, re *regexp.Regexp, n int) string {
-	b, _ := os.ReadFile(path)
 	var keep []string
-	for _, l := range strings.Split(cleanConsole(b), "\n") {
+	for _, l := range strings.Split(readConsole(path), "\n") {
 		if re.MatchString(l) {
 			keep = append(keep, l)
 		}
