@@ -295,3 +295,29 @@ func (fs *FS) ReadFile(e Entry, limit int64) ([]byte, error) {
 	}
 	return b[:e.Size], nil
 }
+
+// ReadDir lists the directory e (found by Lookup; Lookup("/") is the root
+// directory), without its "." and ".." entries. A directory is read up to
+// the same bound as Lookup's (4 MiB).
+func (fs *FS) ReadDir(e Entry) ([]Entry, error) {
+	if !e.Dir {
+		return nil, fmt.Errorf("%s is not a directory", e.Name)
+	}
+	var b []byte
+	var err error
+	if e.cluster == 0 { // the root, or a ".." that points to it
+		b, err = fs.rootDir()
+	} else {
+		b, err = fs.readChain(e.cluster, maxDirBytes)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []Entry
+	for _, d := range parseDir(b) {
+		if d.Name != "." && d.Name != ".." {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}

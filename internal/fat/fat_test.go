@@ -101,3 +101,29 @@ func FuzzLookup(f *testing.F) {
 		}
 	})
 }
+
+func TestReadDir(t *testing.T) {
+	b := mkfs(t, "16", "32768")
+	fs, err := Open(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, _, _ := fs.Lookup("/")
+	ents, err := fs.ReadDir(root)
+	if err != nil || len(ents) != 1 || ents[0].Name != "EFI" || !ents[0].Dir {
+		t.Fatalf("root: %+v, %v", ents, err)
+	}
+	efi, _, _ := fs.Lookup(`\EFI`)
+	ents, err = fs.ReadDir(efi)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name)
+	}
+	if err != nil || len(ents) != 3 {
+		t.Fatalf(`\EFI: %v, %v`, names, err)
+	}
+	f, _, _ := fs.Lookup(`\EFI\BOOT\BOOTX64.EFI`)
+	if _, err := fs.ReadDir(f); err == nil {
+		t.Error("a file listed as a directory")
+	}
+}
