@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
@@ -178,4 +179,55 @@ func Exercise(d vfs.Driver) {
 // Budget wraps b in a vfs.Reader with a small budget, for fuzzing.
 func Budget(b []byte) *vfs.Reader {
 	return vfs.NewReader(context.Background(), bytes.NewReader(b), int64(len(b)), vfs.Limits{MaxBytes: 64 << 20})
+}
+
+// Proto writes mkfs.xfs's protofile for tree, whose files are under src.
+func Proto(tree Tree, src string) string {
+	type node struct {
+		kids map[string]*node
+		path string
+		e    Entry
+	}
+	root := &node{kids: map[string]*node{}}
+	for p, e := range tree {
+		cur := root
+		parts := strings.Split(p, "/")
+		for i, c := range parts {
+			k, ok := cur.kids[c]
+			if !ok {
+				k = &node{kids: map[string]*node{}, path: strings.Join(parts[:i+1], "/"), e: Entry{Dir: true}}
+				cur.kids[c] = k
+			}
+			if i == len(parts)-1 {
+				k.e = e
+			}
+			cur = k
+		}
+	}
+	var b strings.Builder
+	b.WriteString("/dev/null\n0 0\nd--755 0 0\n")
+	var walk func(n *node)
+	walk = func(n *node) {
+		names := make([]string, 0, len(n.kids))
+		for k := range n.kids {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			k := n.kids[name]
+			switch {
+			case k.e.Link != "":
+				fmt.Fprintf(&b, "%s l--777 0 0 %s\n", name, k.e.Link)
+			case k.e.Dir:
+				fmt.Fprintf(&b, "%s d--755 0 0\n", name)
+				walk(k)
+				b.WriteString("$\n")
+			default:
+				fmt.Fprintf(&b, "%s ---644 0 0 %s\n", name, filepath.Join(src, k.path))
+			}
+		}
+	}
+	walk(root)
+	b.WriteString("$\n")
+	return b.String()
 }

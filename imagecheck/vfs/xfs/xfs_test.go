@@ -2,10 +2,8 @@ package xfs
 
 import (
 	"bytes"
-	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 
@@ -13,57 +11,6 @@ import (
 	"github.com/byoi/byoi/imagecheck/vfs/vfstest"
 	"github.com/byoi/byoi/internal/testutil"
 )
-
-// Proto writes mkfs.xfs's protofile for tree, whose files are under src.
-func Proto(tree vfstest.Tree, src string) string {
-	type node struct {
-		kids map[string]*node
-		path string
-		e    vfstest.Entry
-	}
-	root := &node{kids: map[string]*node{}}
-	for p, e := range tree {
-		cur := root
-		parts := strings.Split(p, "/")
-		for i, c := range parts {
-			k, ok := cur.kids[c]
-			if !ok {
-				k = &node{kids: map[string]*node{}, path: strings.Join(parts[:i+1], "/"), e: vfstest.Entry{Dir: true}}
-				cur.kids[c] = k
-			}
-			if i == len(parts)-1 {
-				k.e = e
-			}
-			cur = k
-		}
-	}
-	var b strings.Builder
-	b.WriteString("/dev/null\n0 0\nd--755 0 0\n")
-	var walk func(n *node)
-	walk = func(n *node) {
-		names := make([]string, 0, len(n.kids))
-		for k := range n.kids {
-			names = append(names, k)
-		}
-		sort.Strings(names)
-		for _, name := range names {
-			k := n.kids[name]
-			switch {
-			case k.e.Link != "":
-				fmt.Fprintf(&b, "%s l--777 0 0 %s\n", name, k.e.Link)
-			case k.e.Dir:
-				fmt.Fprintf(&b, "%s d--755 0 0\n", name)
-				walk(k)
-				b.WriteString("$\n")
-			default:
-				fmt.Fprintf(&b, "%s ---644 0 0 %s\n", name, filepath.Join(src, k.path))
-			}
-		}
-	}
-	walk(root)
-	b.WriteString("$\n")
-	return b.String()
-}
 
 // MkfsXFS builds a sparse XFS image of 320 MiB holding tree and returns
 // its path.
@@ -74,7 +21,7 @@ func MkfsXFS(t testing.TB, tree vfstest.Tree, args ...string) string {
 	src := filepath.Join(dir, "src")
 	vfstest.Write(t, src, tree)
 	proto := filepath.Join(dir, "proto")
-	if err := os.WriteFile(proto, []byte(Proto(tree, src)), 0o644); err != nil {
+	if err := os.WriteFile(proto, []byte(vfstest.Proto(tree, src)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	img := testutil.SparseFile(t, 320<<20)
