@@ -368,9 +368,9 @@ func (c *checker) modules(e *entry, k *Kernel) {
 			continue
 		}
 		if _, ok := mi.deps[m]; !ok {
-			name := nic.Name
-			if nic.MAC != "" {
-				name = strings.TrimSpace(nic.Name + " " + nic.MAC)
+			name := strings.TrimSpace(nic.Name + " " + nic.MAC)
+			if name == "" {
+				name = "?"
 			}
 			c.add(Warn, job.CheckNICDriverAbsent, "/lib/modules/"+ver, 0, m, name, ver)
 		}

@@ -1,0 +1,63 @@
+// Command imagecheck-run runs the image checks on a raw disk image, for
+// measuring and trying them by hand (not a product command):
+//
+//	go run ./imagecheck/internal/imagecheck-run [-boot-mode uefi] [-disk-driver nvme] [-nic-driver e1000e] [-mac M] [-configdrive] IMAGE
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/byoi/byoi/imagecheck"
+)
+
+func main() {
+	bootMode := flag.String("boot-mode", "", "uefi or legacy")
+	disk := flag.String("disk-driver", "", "comma-separated disk controller drivers")
+	nic := flag.String("nic-driver", "", "a NIC's driver")
+	mac := flag.String("mac", "", "that NIC's MAC")
+	cd := flag.Bool("configdrive", false, "a ConfigDrive is requested")
+	n := flag.Int("n", 1, "runs (the time of each is printed)")
+	asJSON := flag.Bool("json", false, "print the report as JSON")
+	flag.Parse()
+	if flag.NArg() != 1 {
+		flag.Usage()
+		os.Exit(2)
+	}
+	f, err := os.Open(flag.Arg(0))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	st, _ := f.Stat()
+	facts := imagecheck.Facts{BootMode: *bootMode, ConfigDrive: *cd}
+	if *disk != "" {
+		facts.DiskDrivers = strings.Split(*disk, ",")
+	}
+	if *nic != "" || *mac != "" {
+		facts.NICs = []imagecheck.NIC{{Driver: *nic, MAC: *mac}}
+	}
+	var rep *imagecheck.Report
+	for i := 0; i < *n; i++ {
+		start := time.Now()
+		rep, err = imagecheck.Check(context.Background(), f, st.Size(), 512, facts, imagecheck.Options{})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		fmt.Fprintf(os.Stderr, "run %d: %v, %d reads, %d KiB\n", i+1, time.Since(start), rep.Reads, rep.BytesRead>>10)
+	}
+	if *asJSON {
+		b, _ := json.MarshalIndent(rep, "", "  ")
+		fmt.Println(string(b))
+		return
+	}
+	for _, fd := range rep.Findings {
+		fmt.Println(fd)
+	}
+}
