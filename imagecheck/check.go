@@ -31,6 +31,15 @@ type part struct {
 	fs    *Filesystem // in the report
 	drv   vfs.Driver  // nil when not examined
 	probe vfs.Probed
+	// readErr: it could not be read (I/O, the budget, the context), as
+	// opposed to read and found not to be a filesystem byoi reads.
+	readErr bool
+}
+
+// isReadErr tells a read failure from a verdict on the bytes.
+func isReadErr(err error) bool {
+	return errors.Is(err, vfs.ErrBudget) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 type checker struct {
@@ -95,6 +104,7 @@ func (c *checker) openAll() {
 		c.safe(fmt.Sprintf("partition %d", p.Number), func() {
 			pr, err := vfs.Probe(sr, size)
 			if err != nil {
+				pt.readErr = true
 				c.add(Note, job.CheckNotExamined, fmt.Sprintf("partition %d", p.Number), 0, fmt.Sprintf("partition %d", p.Number), err.Error())
 				return
 			}
@@ -116,6 +126,7 @@ func (c *checker) openAll() {
 				return
 			}
 			if err != nil {
+				pt.readErr = isReadErr(err)
 				c.add(Note, job.CheckNotExamined, fmt.Sprintf("partition %d", p.Number), 0,
 					fmt.Sprintf("partition %d (%s)", p.Number, pr.Type), err.Error())
 				return
@@ -168,24 +179,40 @@ func (c *checker) bootMode() {
 			return
 		}
 		file := fmt.Sprintf("partition %d", esp.Number)
+		if c.esp != nil && c.esp.readErr {
+			return // not read: its note says so
+		}
 		if c.esp == nil || c.esp.drv == nil || c.esp.drv.Kind() != "vfat" {
 			c.add(Refuse, job.CheckUEFINoLoader, file, 0, esp.Number, "it is not a readable FAT filesystem")
 			return
 		}
 		t := vfs.NewTree(c.esp.drv)
 		if p := c.facts.EFIBootloaderPath; p != "" {
-			if ok, _ := t.Exists(strings.ReplaceAll(p, `\`, "/")); !ok {
+			ok, err := t.Exists(strings.ReplaceAll(p, `\`, "/"))
+			if err != nil {
+				c.add(Note, job.CheckNotExamined, file, 0, p, err.Error())
+				return
+			}
+			if !ok {
 				c.add(Refuse, job.CheckUEFINoLoader, file, 0, esp.Number, "efiBootloaderPath "+p+" is not there")
 			}
 			return
 		}
-		if ok, _ := t.Exists(strings.ReplaceAll(removablePath, `\`, "/")); ok {
+		ok, err := t.Exists(strings.ReplaceAll(removablePath, `\`, "/"))
+		if ok {
 			return
 		}
 		// Any loader under \EFI\<vendor>\ is one the agent can write a
 		// boot entry for.
-		dirs, err := t.ReadDir("EFI", maxDir)
-		if err == nil {
+		dirs, err2 := t.ReadDir("EFI", maxDir)
+		if err == nil && err2 != nil && !vfs.IsNotExist(err2) {
+			err = err2
+		}
+		if err != nil {
+			c.add(Note, job.CheckNotExamined, file, 0, `\EFI`, err.Error())
+			return
+		}
+		if err2 == nil {
 			for _, d := range dirs {
 				if d.Node.Type != vfs.TypeDir {
 					continue

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/byoi/byoi/imagecheck/internal/fixture"
 	"github.com/byoi/byoi/imagecheck/vfs"
@@ -399,9 +400,28 @@ func TestReadsAndLimits(t *testing.T) {
 	if _, err := Check(ctx, f, st.Size(), 512, serverFacts(), Options{}); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled: %v", err)
 	}
+	// A source that hangs is stopped by the timeout.
+	slow := slowReader{f}
+	if _, err := Check(context.Background(), slow, st.Size(), 512, serverFacts(), Options{Timeout: 300 * time.Millisecond}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("slow source: %v", err)
+	}
+	// Small budgets: what cannot be read is a note, never a refusal.
+	for budget := int64(256 << 10); budget <= 2<<20; budget += 128 << 10 {
+		rep, err = Check(context.Background(), f, st.Size(), 512, serverFacts(), Options{Limits: vfs.Limits{MaxBytes: budget}})
+		if err != nil || len(rep.Refusals()) != 0 || len(rep.Warnings()) != 0 || rep.BytesRead > budget {
+			t.Errorf("budget %d: %v %v", budget, rep.Findings, err)
+		}
+	}
 	if _, err := Check(context.Background(), f, st.Size(), 3, Facts{}, Options{}); err == nil {
 		t.Error("bad sector size accepted")
 	}
+}
+
+type slowReader struct{ f *os.File }
+
+func (s slowReader) ReadAt(p []byte, off int64) (int, error) {
+	time.Sleep(100 * time.Millisecond)
+	return s.f.ReadAt(p, off)
 }
 
 // FuzzCheck runs the checks on arbitrary disk bytes.

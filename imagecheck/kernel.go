@@ -167,14 +167,20 @@ func (c *checker) kernel() {
 		}
 	}
 	c.kver = k.Version
-	if !exists(e.at.tree, k.Path) {
+	if ok, err := e.at.tree.Exists(k.Path); err != nil {
+		c.add(Note, job.CheckNotExamined, e.source, e.line, k.Path, err.Error())
+		return
+	} else if !ok {
 		c.add(Refuse, job.CheckKernelMissing, e.source, e.line, e.linux)
 		return
 	}
 	var initrds []string
 	for _, i := range e.initrds {
 		p := e.at.path(i)
-		if !exists(e.at.tree, p) {
+		if ok, err := e.at.tree.Exists(p); err != nil {
+			c.add(Note, job.CheckNotExamined, e.source, e.line, p, err.Error())
+			return
+		} else if !ok {
 			c.add(Refuse, job.CheckInitrdMissing, e.source, e.line, i)
 			return
 		}

@@ -96,7 +96,7 @@ func (r *Reader) fetch(p []byte, off int64) error {
 		return err
 	}
 	if r.bytes+int64(len(p)) > r.lim.MaxBytes {
-		return fmt.Errorf("%w (%d MiB)", ErrBudget, r.lim.MaxBytes>>20)
+		return fmt.Errorf("%w (%d KiB)", ErrBudget, r.lim.MaxBytes>>10)
 	}
 	r.reads++
 	r.bytes += int64(len(p))
