@@ -415,7 +415,9 @@ func credentialDetail(msg string) string {
 	switch {
 	case strings.Contains(msg, client.ErrRAKPAuthentication.Error()),
 		strings.Contains(msg, types.NewRmcpStatusError(types.RmcpStatusCodeInvalidIntegrityCheckValue).Error()):
-		return "the password does not match"
+		// BMCs answer an unknown user this way too (so as not to tell
+		// which users exist).
+		return "wrong user name or password"
 	case strings.Contains(msg, types.NewRmcpStatusError(types.RmcpStatusCodeUnauthorizedName).Error()),
 		strings.Contains(msg, types.NewRmcpStatusError(types.RmcpStatusCodeInvalidNameLength).Error()):
 		return "unknown user"
