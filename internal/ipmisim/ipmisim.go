@@ -64,6 +64,11 @@ type Config struct {
 	// Empty: a placeholder that just sleeps, so the power state is a real
 	// process either way.
 	Command []string
+	// CommandFor, when set, gives the command instead of Command, once the
+	// simulator's ports are known (QEMU needs VMAddr: append QEMUArgs). It
+	// is called at each power on (ModeChassisControl) or once at start
+	// (ModeStartCmd).
+	CommandFor func(*Sim) []string
 	// Env is added to the command's environment (ModeChassisControl).
 	Env []string
 	// Stdout and Stderr receive the command's output (ModeChassisControl;
@@ -175,7 +180,7 @@ func New(ctx context.Context, cfg Config) (*Sim, error) {
 	if cfg.PoweroffWait <= 0 {
 		cfg.PoweroffWait = time.Second
 	}
-	if len(cfg.Command) == 0 {
+	if len(cfg.Command) == 0 && cfg.CommandFor == nil {
 		cfg.Command = []string{"/bin/sleep", "86400"}
 	}
 	s := &Sim{cfg: cfg, changed: make(chan struct{}), logPath: filepath.Join(cfg.Dir, "ipmi_sim.log"),
@@ -302,7 +307,7 @@ while IFS= read -r -t 30 line <&3; do printf '%%s\n' "$line"; done
 		fmt.Fprintf(&b, "  chassis_control \"%s 0x20\"\n", script)
 	case ModeStartCmd:
 		fmt.Fprintf(&b, "  startcmd \"%s\"\n  startnow %v\n  poweroff_wait %d\n  kill_wait %d\n",
-			shellJoin(s.cfg.Command), s.cfg.PoweredOn, secondsCeil(s.cfg.PoweroffWait), secondsCeil(s.cfg.StopGrace))
+			shellJoin(s.command()), s.cfg.PoweredOn, secondsCeil(s.cfg.PoweroffWait), secondsCeil(s.cfg.StopGrace))
 	}
 	if err := os.WriteFile(filepath.Join(s.cfg.Dir, "lan.conf"), []byte(b.String()), 0o600); err != nil {
 		return err
@@ -420,6 +425,14 @@ func (s *Sim) control(op string, args []string) (string, error) {
 	return "", fmt.Errorf("unknown operation %q", op)
 }
 
+// command is the machine's argv.
+func (s *Sim) command() []string {
+	if s.cfg.CommandFor != nil {
+		return s.cfg.CommandFor(s)
+	}
+	return s.cfg.Command
+}
+
 func (s *Sim) setBoot(v string) {
 	s.mu.Lock()
 	if v == "none" || v == "default" {
@@ -444,6 +457,7 @@ func (s *Sim) record(e Event) {
 // powerOn starts the command unless it runs; the boot consumes the pending
 // boot device, as firmware does with a one-time override.
 func (s *Sim) powerOn() error {
+	argv := s.command() // outside the lock: CommandFor may call the Sim's methods
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -453,7 +467,11 @@ func (s *Sim) powerOn() error {
 		s.mu.Unlock()
 		return nil
 	}
-	cmd := exec.Command(s.cfg.Command[0], s.cfg.Command[1:]...)
+	if len(argv) == 0 {
+		s.mu.Unlock()
+		return errors.New("no command to power on")
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), s.cfg.Env...)
 	cmd.Dir = s.cfg.Dir
 	var logf *os.File

@@ -2,11 +2,14 @@ package ipmisim
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/byoi/byoi/internal/testutil"
 )
 
 // TestPowerThroughIpmitool drives the simulator with ipmitool alone: power
@@ -129,4 +132,58 @@ func TestQEMUArgs(t *testing.T) {
 	if got != want {
 		t.Errorf("QEMUArgs = %q, want %q", got, want)
 	}
+}
+
+// TestQEMUThroughTheBMC runs a real QEMU as the machine, with QEMUArgs:
+// power on starts it and its ipmi-bmc-extern chardev connects to
+// ipmi_sim's VM port; power off stops it.
+func TestQEMUThroughTheBMC(t *testing.T) {
+	if os.Getenv("BYOI_SKIP_BOOT") == "1" {
+		t.Skip("BYOI_SKIP_BOOT=1: QEMU is left out")
+	}
+	qemu := testutil.RequireCommand(t, "qemu-system-x86_64")
+	RequireIpmitool(t)
+	dir := t.TempDir()
+	cmd := []string{"nice", "-n", "10", qemu, "-nodefaults", "-display", "none", "-machine", "pc", "-accel", "tcg",
+		"-m", "64", "-smp", "1", "-serial", "null", "-monitor", "none", "-boot", "menu=off"}
+	s := Start(t, Config{Dir: dir, StopGrace: 5 * time.Second,
+		CommandFor: func(s *Sim) []string { return append(append([]string(nil), cmd...), s.QEMUArgs("")...) }})
+	ctx := t.Context()
+	if _, err := s.Ipmitool(ctx, "chassis", "power", "on"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !established(t, s.vmPort) {
+		if time.Now().After(deadline) || !s.Powered() {
+			b, _ := os.ReadFile(filepath.Join(dir, "machine.log"))
+			t.Fatalf("QEMU did not connect to ipmi_sim's VM port %d (running %v): %s", s.vmPort, s.Powered(), b)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if _, err := s.Ipmitool(ctx, "chassis", "power", "off"); err != nil {
+		t.Fatal(err)
+	}
+	if s.Powered() {
+		t.Error("QEMU still runs after power off")
+	}
+	if out, err := s.Ipmitool(ctx, "chassis", "power", "status"); err != nil || !strings.Contains(out, "is off") {
+		t.Errorf("status %q %v", out, err)
+	}
+}
+
+// established reports whether a TCP connection to 127.0.0.1:port is up
+// (/proc/net/tcp, state 01).
+func established(t *testing.T, port int) bool {
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("0100007F:%04X", port)
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(l)
+		if len(f) > 3 && f[2] == want && f[3] == "01" {
+			return true
+		}
+	}
+	return false
 }
