@@ -49,10 +49,19 @@ func judge(t *testing.T, s *ipmisim.Sim) State {
 	return ""
 }
 
-func bootCount(t *testing.T, marker string) int {
+// bootCount is how many times the machine has started (each start writes
+// a line, shortly after the process exists: it waits up to 5 s for want).
+func bootCount(t *testing.T, marker string, want ...int) int {
 	t.Helper()
-	b, _ := os.ReadFile(marker)
-	return len(strings.Fields(string(b)))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, _ := os.ReadFile(marker)
+		n := len(strings.Fields(string(b)))
+		if len(want) == 0 || n >= want[0] || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // TestIPMISim drives OpenIPMI's ipmi_sim through the IPMI driver: status,
@@ -76,7 +85,7 @@ func TestIPMISim(t *testing.T) {
 	if st, err := d.Status(ctx); err != nil || st != On || judge(t, s) != On || !s.Powered() {
 		t.Fatalf("after On: Status %q %v, ipmitool %q, machine running %v", st, err, judge(t, s), s.Powered())
 	}
-	if err := d.On(ctx); err != nil || bootCount(t, marker) != 1 {
+	if err := d.On(ctx); err != nil || bootCount(t, marker, 1) != 1 {
 		t.Errorf("On twice: %v, the machine started %d times", err, bootCount(t, marker))
 	}
 
@@ -101,7 +110,7 @@ func TestIPMISim(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no power on after Cycle: %v %v", err, s.Events())
 	}
-	if on.Boot != "pxe" || s.PID() == pid || bootCount(t, marker) != 2 {
+	if on.Boot != "pxe" || s.PID() == pid || bootCount(t, marker, 2) != 2 {
 		t.Errorf("after Cycle: boot consumed %q (want pxe), pid %d then %d, %d boots", on.Boot, pid, s.PID(), bootCount(t, marker))
 	}
 	if judge(t, s) != On {
@@ -162,17 +171,13 @@ func TestIPMISimBootOverrideRefused(t *testing.T) {
 	if code != job.WarnBootOverride || msg != job.Text(job.WarnBootOverride, "completion code 0xcc (invalid data field)") {
 		t.Errorf("warning %s %q", code, msg)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for bootCount(t, marker) < 1 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if judge(t, s) != On || bootCount(t, marker) != 1 {
+	if judge(t, s) != On || bootCount(t, marker, 1) != 1 {
 		t.Errorf("after Reboot: ipmitool %q, %d boots", judge(t, s), bootCount(t, marker))
 	}
 	if err := d.Off(ctx); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(15 * time.Second)
 	for {
 		st, err := d.Status(ctx)
 		if err == nil && st == Off {

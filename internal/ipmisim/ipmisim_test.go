@@ -55,6 +55,7 @@ func TestPowerThroughIpmitool(t *testing.T) {
 	if _, _, err := s.WaitEvent(wctx, n, func(e Event) bool { return e.Kind == "power on" }); err != nil {
 		t.Fatalf("no power on after the cycle: %v (%v)", err, s.Events())
 	}
+	waitFile(t, marker, 2)
 	if s.PID() == pid || s.PID() == 0 {
 		t.Errorf("the cycle did not restart the command (pid %d, then %d)", pid, s.PID())
 	}
