@@ -1,5 +1,5 @@
 // Command benchserve serves one directory over HTTP on the loopback for
-// scripts/bench-raw.sh: net/http's file server sends with sendfile, so the
+// bench/bench-raw.sh: net/http's file server sends with sendfile, so the
 // server is not what the benchmark measures (python3 -m http.server is).
 // It prints the base URL on stdout once listening.
 package main

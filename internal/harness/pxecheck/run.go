@@ -2,76 +2,56 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
 
+	"github.com/byoi/byoi/internal/harness"
 	"github.com/ovh/go-ovh/ovh"
 )
 
 // fwRun is the whole flow on one firmware.
 type fwRun struct {
-	e       *env
-	fw      string
-	server  string
-	vm      *vm
-	c       *ovh.Client
-	results []string
-	details []string // what helps to see why a step failed, printed last
-	failed  bool
-	took    time.Duration
-	start   time.Time
+	e      *env
+	fw     string
+	server string
+	vm     *server
+	c      *ovh.Client
+	report *harness.Case
+	took   time.Duration
+	last   *deployment // what the last reinstall posted, for the boot checks
 }
 
 func newRun(e *env, fw string) *fwRun {
-	return &fwRun{e: e, fw: fw, server: serverName(fw)}
+	return &fwRun{e: e, fw: fw, server: serverName(fw), report: log.NewCase(fw)}
 }
 
-func (r *fwRun) log(format string, a ...any) { info("[%s] "+format, append([]any{r.fw}, a...)...) }
+func (r *fwRun) log(format string, a ...any) { log.Info("[%s] "+format, append([]any{r.fw}, a...)...) }
 
-func (r *fwRun) pass(step, format string, a ...any) {
-	l := fmt.Sprintf("PASS [%s] %s: %s", r.fw, step, fmt.Sprintf(format, a...))
-	r.results = append(r.results, l)
-	info("%s", l)
-}
-
-func (r *fwRun) evidence(format string, a ...any) {
-	l := "    " + fmt.Sprintf(format, a...)
-	r.results = append(r.results, l)
-	info("[%s] %s", r.fw, strings.TrimSpace(l))
-}
-
-// fail records a failed step with what helps to see why: the API's status
-// of the server, byoi-api's warnings and errors, and the console's last
-// lines (escape sequences and progress bars out). They are printed now and
-// again at the very end of the report, where a CI log's tail shows them.
-func (r *fwRun) fail(step string, err error) {
-	r.failed = true
-	l := fmt.Sprintf("FAIL [%s] %s: %v", r.fw, step, err)
-	r.results = append(r.results, l)
-	say("%s", l)
+// why records what helps to see why a step failed: the API's status of the
+// server, byoi-api's warnings and errors, and the console's last lines
+// (escape sequences and progress bars out). They are shown now and again
+// at the very end of the report, where a CI log's tail shows them.
+func (r *fwRun) why(step string, err error) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "  [%s] %s\n", r.fw, l)
+	fmt.Fprintf(&b, "  [%s] FAIL %s: %v\n", r.fw, step, err)
 	fmt.Fprintf(&b, "  [%s] API status of %s:\n%s\n", r.fw, r.server, r.apiStatus())
-	fmt.Fprintf(&b, "  [%s] byoi-api's warnings and errors (last 12):\n%s\n", r.fw, grepTail(r.e.apiLog, regexp.MustCompile(`level=(WARN|ERROR)`), 12))
-	if r.vm != nil && r.vm.console != "" {
+	fmt.Fprintf(&b, "  [%s] byoi-api's warnings and errors (last 12):\n%s\n", r.fw, harness.GrepTail(r.e.apiLog, regexp.MustCompile(`level=(WARN|ERROR)`), 12))
+	if r.vm != nil && r.vm.Console() != "" {
 		fmt.Fprintf(&b, "  [%s] the console's boot lines (firmware, iPXE, byoi):\n%s\n", r.fw,
-			grepTail(r.vm.console, regexp.MustCompile(`BdsDxe|bootsel|iPXE|byoi[:-]|https?://\S+\.\.\.|[Tt]imed out|nvme`), 12))
-		fmt.Fprintf(&b, "  [%s] last console lines (%s):\n%s\n", r.fw, r.vm.console, r.vm.tail(40))
-		if dump := watchdogDump(r.vm.console); dump != "" {
+			harness.GrepTail(r.vm.Console(), regexp.MustCompile(`BdsDxe|bootsel|iPXE|byoi[:-]|https?://\S+\.\.\.|[Tt]imed out|nvme`), 12))
+		fmt.Fprintf(&b, "  [%s] last console lines (%s):\n%s\n", r.fw, r.vm.Console(), r.vm.Tail(40))
+		if dump := harness.WatchdogDump(r.vm.Console()); dump != "" {
 			fmt.Fprintf(&b, "  [%s] the agent's watchdog found no progress; where it waited:\n%s\n", r.fw, dump)
 		}
 	}
-	r.details = append(r.details, b.String())
-	say("%s", b.String())
+	r.report.Detail(b.String())
+	log.Say("%s", b.String())
 }
 
 // apiStatus is what the customer API says about the server, for a report.
@@ -96,95 +76,79 @@ func (r *fwRun) apiStatus() string {
 }
 
 func (r *fwRun) main(ctx context.Context) {
-	r.start = time.Now()
-	defer func() { r.took = time.Since(r.start) }()
+	start := time.Now()
+	defer func() { r.took = time.Since(start) }()
 	var err error
 	r.c, err = ovh.NewClient(r.e.apiURL+"/1.0", r.e.customer.ApplicationKey, r.e.customer.ApplicationSecret, r.e.customer.ConsumerKey)
 	if err != nil {
-		r.fail("setup", err)
+		r.report.Fail("setup", "%v", err)
 		return
 	}
 	dir := filepath.Join(r.e.c.work, r.fw)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		r.fail("setup", err)
+		r.report.Fail("setup", "%v", err)
 		return
 	}
-	if r.vm, err = newVM(dir, r.fw, macOf(r.fw), r.e.bootURL); err != nil {
-		r.fail("setup", err)
+	if r.vm, err = newServer(dir, r.fw, macOf(r.fw), r.e.bootURL); err != nil {
+		r.report.Fail("setup", "%v", err)
 		return
 	}
-	defer r.vm.stop()
-	steps := []struct {
-		name string
-		fn   func(context.Context) error
-	}{
-		{"1 network boot into rescue, inventory", r.step1},
-		{"2 reinstall (byoi_64, disk group 2)", func(ctx context.Context) error { return r.deploy(ctx, "2", "debian.qcow2", "") }},
-		{"3 reboot, network boot to the disk, the image boots", func(ctx context.Context) error { return r.bootsDisk(ctx, "3", `\EFI\BOOT\BOOTX64.EFI`) }},
+	defer r.vm.Stop()
+	steps := []harness.Step{
+		{Name: "rescue: network boot into rescue, inventory", Run: r.bootIntoRescue},
+		{Name: "reinstall: byoi_64 onto disk group 2", Run: func(ctx context.Context) error { return r.reinstall(ctx, "reinstall", imageDefault, "") }},
+		{Name: "boots-disk: reboot, network boot to the disk, the image boots", Run: func(ctx context.Context) error { return r.bootsDisk(ctx, "boots-disk", `\EFI\BOOT\BOOTX64.EFI`) }},
 	}
-	if r.fw == "uefi" {
+	if r.fw == harness.UEFI {
 		steps = append(steps,
-			struct {
-				name string
-				fn   func(context.Context) error
-			}{"5 DELETE the deployment, power cycle: back in rescue", func(ctx context.Context) error { return r.backToRescue(ctx, "delete") }},
-			struct {
-				name string
-				fn   func(context.Context) error
-			}{"4 image without \\EFI\\BOOT, efiBootloaderPath \\EFI\\debian\\grubx64.efi", r.step4})
+			harness.Step{Name: "delete-rescue: DELETE the deployment, power cycle: back in rescue", Run: func(ctx context.Context) error { return r.backToRescue(ctx, "delete") }},
+			harness.Step{Name: `efi-loader-path: image without \EFI\BOOT, efiBootloaderPath \EFI\debian\grubx64.efi`, Run: r.nonDefaultLoader})
 	} else {
 		steps = append(steps,
-			struct {
-				name string
-				fn   func(context.Context) error
-			}{"5 PUT bootId 2 (rescue), power cycle: back in rescue", func(ctx context.Context) error { return r.backToRescue(ctx, "put") }},
-			struct {
-				name string
-				fn   func(context.Context) error
-			}{"6 wrong checksum: error, no reboot, still in rescue", r.step6})
+			harness.Step{Name: "put-rescue: PUT bootId 2 (rescue), power cycle: back in rescue", Run: func(ctx context.Context) error { return r.backToRescue(ctx, "put") }},
+			harness.Step{Name: "wrong-checksum: error, no reboot, still in rescue", Run: r.wrongChecksum})
 	}
-	for _, s := range steps {
-		t := time.Now()
-		r.log("step %s", s.name)
-		if err := s.fn(ctx); err != nil {
-			r.fail("step "+s.name, err)
-			return
-		}
-		r.results = append(r.results, fmt.Sprintf("TIME [%s] step %s: %.0f s", r.fw, s.name, time.Since(t).Seconds()))
+	if !harness.RunSteps(ctx, r.report, steps, r.why) {
+		return
 	}
-	r.vm.stop()
+	r.vm.Stop()
 	// Group 1's disks: not a byte changed through the whole run.
 	var same []string
 	for _, d := range r.vm.disks {
 		if d.group != 1 {
 			continue
 		}
-		got, err := contentDigest(d.path)
+		got, err := harness.ContentDigest(d.path)
 		if err != nil || got != d.digest {
-			r.fail("group 1 untouched", fmt.Errorf("disk %s (%s) changed: %v", d.name, d.serial, err))
+			r.report.Fail("group 1 untouched", "disk %s (%s) changed: %v", d.name, d.serial, err)
+			r.why("group 1 untouched", fmt.Errorf("disk %s changed", d.name))
 			return
 		}
 		same = append(same, d.serial)
 	}
-	r.pass("group 1 untouched", "disks %s: content identical to before the first boot (digest of every non-zero block)", strings.Join(same, ", "))
+	r.report.Pass("group 1 untouched", "disks %s: content identical to before the first boot (digest of every non-zero block)", strings.Join(same, ", "))
 }
 
-// step1: network boot into rescue; the agent's inventory shows both groups.
-func (r *fwRun) step1(ctx context.Context) error {
+// bootIntoRescue: network boot into rescue; the agent's inventory shows
+// both groups.
+func (r *fwRun) bootIntoRescue(ctx context.Context) error {
 	v := r.vm
 	if r.fw == "uefi" {
 		// The seeding boot: until iPXE starts, then power off.
-		if err := v.start(true); err != nil {
+		v.NICBootIndex = true
+		err := v.Start()
+		v.NICBootIndex = false
+		if err != nil {
 			return err
 		}
-		l, err := v.waitConsole(ctx, 0, regexp.MustCompile(`iPXE initialising devices|iPXE \(http://ipxe\.org\)|iPXE [0-9]`), 300*time.Second)
+		l, err := v.WaitConsole(ctx, 0, regexp.MustCompile(`iPXE initialising devices|iPXE \(http://ipxe\.org\)|iPXE [0-9]`), 300*time.Second)
 		if err != nil {
 			return fmt.Errorf("seeding boot: %w", err)
 		}
-		v.stop()
-		r.pass("seed", "OVMF seeding boot with bootindex=1 on the NIC only, stopped at %q: BootOrder has the network first", l)
+		v.Stop()
+		r.report.Pass("seed", "OVMF seeding boot with bootindex=1 on the NIC only, stopped at %q: BootOrder has the network first", l)
 	}
-	if err := v.start(false); err != nil {
+	if err := v.Start(); err != nil {
 		return err
 	}
 	t := time.Now()
@@ -194,11 +158,11 @@ func (r *fwRun) step1(ctx context.Context) error {
 		{`byoi agent [^:]*: server ` + r.server + `, control plane http://10\.0\.2\.2:[0-9]+`, "the agent started"},
 	}
 	for _, w := range want {
-		l, err := v.waitConsole(ctx, 0, regexp.MustCompile(w.re), 420*time.Second)
+		l, err := v.WaitConsole(ctx, 0, regexp.MustCompile(w.re), 420*time.Second)
 		if err != nil {
 			return err
 		}
-		r.evidence("%s after %.0f s: %s", w.what, time.Since(t).Seconds(), l)
+		r.report.Evidence("%s after %.0f s: %s", w.what, time.Since(t).Seconds(), l)
 	}
 	var hw struct {
 		BootMode   string
@@ -218,7 +182,7 @@ func (r *fwRun) step1(ctx context.Context) error {
 		if len(hw.DiskGroups) > 0 || time.Now().After(deadline) {
 			break
 		}
-		if err := sleep(ctx, 2*time.Second); err != nil {
+		if err := harness.Sleep(ctx, 2*time.Second); err != nil {
 			return err
 		}
 	}
@@ -227,7 +191,7 @@ func (r *fwRun) step1(ctx context.Context) error {
 	if hw.BootMode != wantMode || len(g) != 2 || g[0].NumberOfDisks != 2 || g[1].NumberOfDisks != 1 || g[0].DiskType != "NVME" || g[1].DiskType != "NVME" || g[0].DiskSize.Value <= g[1].DiskSize.Value {
 		return fmt.Errorf("specifications/hardware: %+v, want bootMode %s, group 1 two NVMe disks, group 2 one smaller NVMe disk", hw, wantMode)
 	}
-	r.pass("1 rescue", "specifications/hardware (go-ovh): bootMode %s, diskGroups [%d: %s] [%d: %s]", hw.BootMode, g[0].DiskGroupID, g[0].Description, g[1].DiskGroupID, g[1].Description)
+	r.report.Pass("rescue", "specifications/hardware (go-ovh): bootMode %s, diskGroups [%d: %s] [%d: %s]", hw.BootMode, g[0].DiskGroupID, g[0].Description, g[1].DiskGroupID, g[1].Description)
 	return nil
 }
 
@@ -235,12 +199,6 @@ type task struct {
 	TaskID   int64  `json:"taskId"`
 	Function string `json:"function"`
 	Status   string `json:"status"`
-}
-
-func randHex(n int) string {
-	b := make([]byte, n)
-	rand.Read(b)
-	return hex.EncodeToString(b)
 }
 
 // deployment is what a deploy step posted, for the boot checks.
@@ -252,17 +210,13 @@ type deployment struct {
 	esp              string // files on the ESP, seen over SSH
 }
 
-var last = map[string]*deployment{}
-
 // reinstallBody is the customer's POST .../reinstall (OVH's shape).
 func (r *fwRun) reinstallBody(img, sum, efiPath, hostname, marker string) map[string]any {
-	userData := "#!/bin/sh\n# byoi pxe-check: the ConfigDrive's user data ran\n" +
-		"printf 'BYOI-MARKER %s\\n' '" + marker + "' > /dev/ttyS0 2>/dev/null || true\n" +
-		"printf '%s\\n' '" + marker + "' > /root/byoi-marker\n"
+	userData := harness.MarkerUserData("pxe-check", marker)
 	c := map[string]any{
 		"imageURL": r.e.imgURL + "/" + img, "imageType": "qcow2",
 		"imageCheckSum": sum, "imageCheckSumType": "sha256",
-		"hostname": hostname, "sshKey": r.e.sshPub,
+		"hostname": hostname, "sshKey": r.e.key.Public,
 		"configDriveUserData": userData,
 		"configDriveMetadata": map[string]string{"marker": marker},
 	}
@@ -272,17 +226,17 @@ func (r *fwRun) reinstallBody(img, sum, efiPath, hostname, marker string) map[st
 	return map[string]any{"operatingSystem": "byoi_64", "customizations": c, "storage": []map[string]any{{"diskGroupId": 2}}}
 }
 
-// deploy: POST reinstall, then the task and install/status to done.
-func (r *fwRun) deploy(ctx context.Context, step, img, efiPath string) error {
-	d := &deployment{hostname: fmt.Sprintf("pxe-%s-%s", r.fw, randHex(2)), marker: randHex(8), consoleMark: r.vm.consoleSize(), logMark: fileSize(r.e.apiLog)}
-	last[r.fw] = d
+// reinstall: POST reinstall, then the task and install/status to done.
+func (r *fwRun) reinstall(ctx context.Context, step, img, efiPath string) error {
+	d := &deployment{hostname: fmt.Sprintf("pxe-%s-%s", r.fw, harness.RandHex(2)), marker: harness.RandHex(8), consoleMark: r.vm.ConsoleSize(), logMark: harness.FileSize(r.e.apiLog)}
+	r.last = d
 	var tk task
 	t := time.Now()
 	if err := r.c.Post("/dedicated/server/"+r.server+"/reinstall", r.reinstallBody(img, r.e.sha[img], efiPath, d.hostname, d.marker), &tk); err != nil {
 		return fmt.Errorf("POST reinstall: %w", err)
 	}
 	d.taskID = tk.TaskID
-	r.evidence("POST reinstall %s (hostname %s, diskGroupId 2%s): task %d %s", img, d.hostname, map[bool]string{true: ", efiBootloaderPath " + efiPath}[efiPath != ""], tk.TaskID, tk.Status)
+	r.report.Evidence("POST reinstall %s (hostname %s, diskGroupId 2%s): task %d %s", img, d.hostname, map[bool]string{true: ", efiBootloaderPath " + efiPath}[efiPath != ""], tk.TaskID, tk.Status)
 	final, err := r.waitTask(ctx, tk.TaskID, 900*time.Second)
 	if err != nil {
 		return err
@@ -301,7 +255,7 @@ func (r *fwRun) deploy(ctx context.Context, step, img, efiPath string) error {
 	if st.Status != "done" || strings.Trim(strings.ReplaceAll(steps, "done", ""), " ") != "" {
 		return fmt.Errorf("after the task: status %+v, install/status %s", st, steps)
 	}
-	r.pass(step+" deploy", "task %d done after %.0f s; bringYourOwnImage %s %q; install/status: %s", tk.TaskID, time.Since(t).Seconds(), st.Status, st.Message, steps)
+	r.report.Pass(step, "task %d done after %.0f s; bringYourOwnImage %s %q; install/status: %s", tk.TaskID, time.Since(t).Seconds(), st.Status, st.Message, steps)
 	return nil
 }
 
@@ -340,7 +294,7 @@ func (r *fwRun) waitTask(ctx context.Context, id int64, limit time.Duration) (ta
 		if time.Now().After(deadline) {
 			return tk, fmt.Errorf("task %d still %s after %s", id, tk.Status, limit)
 		}
-		if err := sleep(ctx, 3*time.Second); err != nil {
+		if err := harness.Sleep(ctx, 3*time.Second); err != nil {
 			return tk, err
 		}
 	}
@@ -350,38 +304,38 @@ func (r *fwRun) waitTask(ctx context.Context, id int64, limit time.Duration) (ta
 // byoi-api sends it to its disk, the deployed system boots and cloud-init
 // applies the ConfigDrive. efiPath is the loader the UEFI entry names.
 func (r *fwRun) bootsDisk(ctx context.Context, step, efiPath string) error {
-	d := last[r.fw]
+	d := r.last
 	v := r.vm
 	t := time.Now()
 	// The agent posted how the disk boots before rebooting.
-	bi, err := waitFile(ctx, r.e.apiLog, d.logMark, regexp.MustCompile(`msg="boot info" server=`+r.server+` .*`), 60*time.Second)
+	bi, err := harness.WaitFile(ctx, r.e.apiLog, d.logMark, regexp.MustCompile(`msg="boot info" server=`+r.server+` .*`), 60*time.Second)
 	if err != nil {
 		return fmt.Errorf("byoi-api got no boot info from the agent: %w", err)
 	}
-	r.evidence("byoi-api log: %s", bi)
-	l, err := v.waitConsole(ctx, d.consoleMark, regexp.MustCompile(`byoi: server `+r.server+`: booting its local disk`), 300*time.Second)
+	r.report.Evidence("byoi-api log: %s", bi)
+	l, err := v.WaitConsole(ctx, d.consoleMark, regexp.MustCompile(`byoi: server `+r.server+`: booting its local disk`), 300*time.Second)
 	if err != nil {
 		return err
 	}
-	r.evidence("the agent rebooted the machine; iPXE ran the disk script: %s", l)
+	r.report.Evidence("the agent rebooted the machine; iPXE ran the disk script: %s", l)
 	if r.fw == "bios" {
-		l, err = v.waitConsole(ctx, d.consoleMark, regexp.MustCompile(`bootsel: booting BIOS drive 0x[0-9A-F]{2}`), 120*time.Second)
+		l, err = v.WaitConsole(ctx, d.consoleMark, regexp.MustCompile(`bootsel: booting BIOS drive 0x[0-9A-F]{2}`), 120*time.Second)
 		if err != nil {
 			return err
 		}
-		r.evidence("SeaBIOS console: %s", l)
+		r.report.Evidence("SeaBIOS console: %s", l)
 	} else {
 		re := regexp.MustCompile(`BdsDxe: (loading|starting) Boot[0-9A-F]{4} "byoi deployed image" from HD\([^)]*\)/` + regexp.QuoteMeta(efiPath))
-		l, err = v.waitConsole(ctx, d.consoleMark, re, 120*time.Second)
+		l, err = v.WaitConsole(ctx, d.consoleMark, re, 120*time.Second)
 		if err != nil {
 			return err
 		}
-		r.evidence("OVMF console: %s", l)
+		r.report.Evidence("OVMF console: %s", l)
 	}
 	if err := r.debianBoots(ctx, d); err != nil {
 		return err
 	}
-	r.pass(step+" boots its disk", "%s booted and checked %.0f s after the deployment was done", d.hostname, time.Since(t).Seconds())
+	r.report.Pass(step, "%s booted and checked %.0f s after the deployment was done", d.hostname, time.Since(t).Seconds())
 	return nil
 }
 
@@ -399,7 +353,7 @@ func (r *fwRun) debianBoots(ctx context.Context, d *deployment) error {
 		{`Cloud-init v\. .* finished at .*Datasource DataSourceConfigDrive \[net,ver=2\]\[source=/dev/nvme[0-9]n1p[0-9]+\]`, "cloud-init used the ConfigDrive", false},
 		{`[^ \n]+ login:`, "the login prompt shows the job's hostname", true},
 	} {
-		l, err := v.waitConsole(ctx, d.consoleMark, regexp.MustCompile(w.re), 600*time.Second)
+		l, err := v.WaitConsole(ctx, d.consoleMark, regexp.MustCompile(w.re), 600*time.Second)
 		if err != nil {
 			return err
 		}
@@ -411,7 +365,7 @@ func (r *fwRun) debianBoots(ctx context.Context, d *deployment) error {
 			}
 			l += " login:"
 		}
-		r.evidence("%s: %s", w.what, l)
+		r.report.Evidence("%s: %s", w.what, l)
 	}
 	script := `echo "HOST=$(hostname)"
 echo "MARKERFILE=$(sudo cat /root/byoi-marker)"
@@ -423,36 +377,15 @@ cddisk=/dev/$(lsblk -no PKNAME "$cd")
 echo "CONFIGDRIVE=$cd on $cddisk serial $(lsblk -dno SERIAL "$cddisk")"
 echo "ESP=$(sudo find /boot/efi -type f | sort | tr '\n' ' ')"
 `
-	var out string
-	var err error
-	for try := 0; try < 10; try++ {
-		cmd := exec.CommandContext(ctx, "ssh", "-i", r.e.sshKey, "-p", fmt.Sprint(v.sshPort), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-			"-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "LogLevel=ERROR", "debian@127.0.0.1", "sh -s")
-		cmd.Stdin = strings.NewReader(script)
-		var b []byte
-		b, err = cmd.CombinedOutput()
-		out = string(b)
-		if err == nil {
-			break
-		}
-		if err := sleep(ctx, 5*time.Second); err != nil {
-			return err
-		}
-	}
+	out, err := harness.SSH(ctx, r.e.key, v.sshPort, "debian", script, 10)
 	if err != nil {
-		return fmt.Errorf("ssh -i <the job's key> debian@127.0.0.1:%d: %v: %s", v.sshPort, err, out)
+		return err
 	}
-	get := func(k string) string {
-		for _, l := range strings.Split(out, "\n") {
-			if v, ok := strings.CutPrefix(l, k+"="); ok {
-				return v
-			}
-		}
-		return ""
-	}
-	r.evidence("ssh debian@ with the job's key: HOST=%s MARKERFILE=%s", get("HOST"), get("MARKERFILE"))
-	r.evidence("ssh: ROOT=%s; CONFIGDRIVE=%s", get("ROOT"), get("CONFIGDRIVE"))
-	r.evidence("ssh: ESP files: %s", get("ESP"))
+	vals := harness.Values(out)
+	get := func(k string) string { return vals[k] }
+	r.report.Evidence("ssh debian@ with the job's key: HOST=%s MARKERFILE=%s", get("HOST"), get("MARKERFILE"))
+	r.report.Evidence("ssh: ROOT=%s; CONFIGDRIVE=%s", get("ROOT"), get("CONFIGDRIVE"))
+	r.report.Evidence("ssh: ESP files: %s", get("ESP"))
 	if get("HOST") != d.hostname || get("MARKERFILE") != d.marker {
 		return fmt.Errorf("over ssh: %s", out)
 	}
@@ -479,8 +412,8 @@ func (r *fwRun) backToRescue(ctx context.Context, how string) error {
 	if err := r.c.Get("/dedicated/server/"+r.server, &sv); err != nil || sv.BootID != 2 {
 		return fmt.Errorf("bootId after %s: %d %v, want 2 (rescue)", how, sv.BootID, err)
 	}
-	logMark := fileSize(r.e.apiLog)
-	if err := r.vm.powerCycle(); err != nil {
+	logMark := harness.FileSize(r.e.apiLog)
+	if err := r.vm.PowerCycle(); err != nil {
 		return fmt.Errorf("power cycle: %w", err)
 	}
 	t := time.Now()
@@ -488,49 +421,49 @@ func (r *fwRun) backToRescue(ctx context.Context, how string) error {
 		{`byoi: server ` + r.server + `: booting the rescue system`, "iPXE ran the rescue script"},
 		{`byoi agent [^:]*: server ` + r.server + `, control plane`, "the agent started"},
 	} {
-		l, err := r.vm.waitConsole(ctx, 0, regexp.MustCompile(w.re), 420*time.Second)
+		l, err := r.vm.WaitConsole(ctx, 0, regexp.MustCompile(w.re), 420*time.Second)
 		if err != nil {
 			return err
 		}
-		r.evidence("%s %.0f s after the power cycle: %s", w.what, time.Since(t).Seconds(), l)
+		r.report.Evidence("%s %.0f s after the power cycle: %s", w.what, time.Since(t).Seconds(), l)
 	}
-	l, err := waitFile(ctx, r.e.apiLog, logMark, regexp.MustCompile(`method=GET path=/agent/v1/servers/`+r.server+`/job status=204 .*`), 120*time.Second)
+	l, err := harness.WaitFile(ctx, r.e.apiLog, logMark, regexp.MustCompile(`method=GET path=/agent/v1/servers/`+r.server+`/job status=204 .*`), 120*time.Second)
 	if err != nil {
 		return fmt.Errorf("the agent does not ask for a job: %w", err)
 	}
 	verb := map[string]string{"delete": "DELETE bringYourOwnImage", "put": "PUT bootId 2"}[how]
-	r.pass("5 back to rescue", "%s → bootId 2; after a power cycle the machine is in rescue and its agent waits for a job (byoi-api log: %s)", verb, l)
+	r.report.Pass(how+"-rescue", "%s → bootId 2; after a power cycle the machine is in rescue and its agent waits for a job (byoi-api log: %s)", verb, l)
 	return nil
 }
 
-// step4: an image whose ESP has no \EFI\BOOT\BOOTX64.EFI, deployed with
+// nonDefaultLoader: an image whose ESP has no \EFI\BOOT\BOOTX64.EFI, deployed with
 // efiBootloaderPath: it boots only through the agent's boot entry.
-func (r *fwRun) step4(ctx context.Context) error {
+func (r *fwRun) nonDefaultLoader(ctx context.Context) error {
 	const loader = `\EFI\debian\grubx64.efi`
-	if err := r.deploy(ctx, "4", "debian-nodefault.qcow2", loader); err != nil {
+	if err := r.reinstall(ctx, "efi-loader-path reinstall", imageNoDefault, loader); err != nil {
 		return err
 	}
-	if err := r.bootsDisk(ctx, "4", loader); err != nil {
+	if err := r.bootsDisk(ctx, "efi-loader-path boots-disk", loader); err != nil {
 		return err
 	}
-	d := last[r.fw]
+	d := r.last
 	if strings.Contains(strings.ToUpper(d.esp), "/EFI/BOOT/") || !strings.Contains(d.esp, "/boot/efi/EFI/debian/grubx64.efi") {
 		return fmt.Errorf("the deployed ESP holds %q: want the loader only at %s", d.esp, loader)
 	}
-	r.pass("4 non-default loader", "the ESP holds no \\EFI\\BOOT (%s) and the system booted through the agent's entry for %s", strings.TrimSpace(d.esp), loader)
+	r.report.Pass("efi-loader-path", "the ESP holds no \\EFI\\BOOT (%s) and the system booted through the agent's entry for %s", strings.TrimSpace(d.esp), loader)
 	return nil
 }
 
-// step6: a wrong checksum: the deployment fails with OVH's message, the
+// wrongChecksum: a wrong checksum: the deployment fails with OVH's message, the
 // task ends customerError, the machine does not reboot and its agent
 // waits for the next job.
-func (r *fwRun) step6(ctx context.Context) error {
-	img := "debian.qcow2"
+func (r *fwRun) wrongChecksum(ctx context.Context) error {
+	img := imageDefault
 	good := r.e.sha[img]
 	wrong := fmt.Sprintf("%x", []byte(good[:32])) // 64 hex digits, not the image's
-	mark := r.vm.consoleSize()
+	mark := r.vm.ConsoleSize()
 	var tk task
-	if err := r.c.Post("/dedicated/server/"+r.server+"/reinstall", r.reinstallBody(img, wrong, "", "pxe-wrong", randHex(8)), &tk); err != nil {
+	if err := r.c.Post("/dedicated/server/"+r.server+"/reinstall", r.reinstallBody(img, wrong, "", "pxe-wrong", harness.RandHex(8)), &tk); err != nil {
 		return fmt.Errorf("POST reinstall: %w", err)
 	}
 	final, err := r.waitTask(ctx, tk.TaskID, 600*time.Second)
@@ -545,66 +478,29 @@ func (r *fwRun) step6(ctx context.Context) error {
 	if final.Status != "customerError" || st.Status != "error" || st.Message != want {
 		return fmt.Errorf("task %s, status %s %q; want customerError, error %q", final.Status, st.Status, st.Message, want)
 	}
-	r.evidence("task %d customerError; bringYourOwnImage error %q", tk.TaskID, st.Message)
-	l, err := r.vm.waitConsole(ctx, mark, regexp.MustCompile(`deployment failed: Bad sha256 for downloaded file`), 60*time.Second)
+	r.report.Evidence("task %d customerError; bringYourOwnImage error %q", tk.TaskID, st.Message)
+	l, err := r.vm.WaitConsole(ctx, mark, regexp.MustCompile(`deployment failed: Bad sha256 for downloaded file`), 60*time.Second)
 	if err != nil {
 		return err
 	}
-	r.evidence("rescue console: %s", l)
+	r.report.Evidence("rescue console: %s", l)
 	// No reboot: 30 s on, the console shows no firmware or iPXE start,
 	// and the agent keeps asking for a job.
-	errMark := fileSize(r.e.apiLog)
-	if err := sleep(ctx, 30*time.Second); err != nil {
+	errMark := harness.FileSize(r.e.apiLog)
+	if err := harness.Sleep(ctx, 30*time.Second); err != nil {
 		return err
 	}
-	after := searchable(r.vm.console, mark)
+	after := harness.Searchable(r.vm.Console(), mark)
 	if regexp.MustCompile(`SeaBIOS \(version|iPXE initialising|booting the rescue system|booting its local disk|byoi-rescue: kernel`).MatchString(after) {
-		return fmt.Errorf("the machine rebooted after the error:\n%s", r.vm.tail(30))
+		return fmt.Errorf("the machine rebooted after the error:\n%s", r.vm.Tail(30))
 	}
-	if !r.vm.qemu.running() {
+	if !r.vm.Running() {
 		return errors.New("QEMU exited")
 	}
-	l, err = waitFile(ctx, r.e.apiLog, errMark, regexp.MustCompile(`method=GET path=/agent/v1/servers/`+r.server+`/job status=204 .*`), 30*time.Second)
+	l, err = harness.WaitFile(ctx, r.e.apiLog, errMark, regexp.MustCompile(`method=GET path=/agent/v1/servers/`+r.server+`/job status=204 .*`), 30*time.Second)
 	if err != nil {
 		return fmt.Errorf("the agent does not ask for the next job: %w", err)
 	}
-	r.pass("6 wrong checksum", "no reboot for 30 s, still in rescue, the agent waits for the next job (byoi-api log: %s)", l)
+	r.report.Pass("wrong-checksum", "no reboot for 30 s, still in rescue, the agent waits for the next job (byoi-api log: %s)", l)
 	return nil
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(d):
-		return nil
-	}
-}
-
-func fileSize(p string) int64 {
-	st, err := os.Stat(p)
-	if err != nil {
-		return 0
-	}
-	return st.Size()
-}
-
-// waitFile waits until re matches in the file after off (bounded).
-func waitFile(ctx context.Context, path string, off int64, re *regexp.Regexp, limit time.Duration) (string, error) {
-	deadline := time.Now().Add(limit)
-	for {
-		b, _ := os.ReadFile(path)
-		if off > int64(len(b)) {
-			off = int64(len(b))
-		}
-		if m := re.Find(b[off:]); m != nil {
-			return string(m), nil
-		}
-		if time.Now().After(deadline) {
-			return "", fmt.Errorf("/%s/ not in %s after %s", re, filepath.Base(path), limit)
-		}
-		if err := sleep(ctx, time.Second); err != nil {
-			return "", err
-		}
-	}
 }

@@ -6,7 +6,7 @@
 #
 # The source is a raw GPT disk of SIZE bytes (default 4 GiB) holding DATA
 # bytes (default 1.5 GiB) of mixed data (70% file contents from /usr, 15%
-# random, 15% text; zeros between: scripts/benchqcow2 -gen). From it:
+# random, 15% text; zeros between: bench/benchqcow2 -gen). From it:
 # a streamOptimized VMDK (qemu-img), packed as an OVA in VMware's member
 # order (ovf, mf, vmdk: one digest of the disk) and VirtualBox's (ovf,
 # vmdk, mf: every digest the manifest could name, SHA1, SHA256 and
@@ -15,10 +15,10 @@
 # its output (byoi syncs; the others are followed by `sync FILE` or
 # conv=fsync). Runs are interleaved, RUNS times each; medians are printed
 # with the wall-time ratio and the peak RSS (/usr/bin/time).
-#   scripts/bench-ova.sh [WORKDIR]     (default: a new dir in /var/tmp)
-#   RUNS=3 SIZE=4G DATA=1536M scripts/bench-ova.sh
-#   SIZE=16G DATA=1536M RUNS=1 scripts/bench-ova.sh   the memory figures
-#   OUTDIR=/dev/shm scripts/bench-ova.sh   output on tmpfs (CPU path only)
+#   bench/bench-ova.sh [WORKDIR]     (default: a new dir in /var/tmp)
+#   RUNS=3 SIZE=4G DATA=1536M bench/bench-ova.sh
+#   SIZE=16G DATA=1536M RUNS=1 bench/bench-ova.sh   the memory figures
+#   OUTDIR=/dev/shm bench/bench-ova.sh   output on tmpfs (CPU path only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CGO_ENABLED=0 GOFLAGS=-mod=readonly PATH=$PATH:/usr/sbin:/sbin
@@ -35,8 +35,8 @@ for c in qemu-img zstd sgdisk tar dd numfmt; do
 done
 [ -x /usr/bin/time ] || { echo "needs /usr/bin/time (Debian: time)" >&2; exit 1; }
 
-go build -o "$W/benchqcow2" ./scripts/benchqcow2
-go build -o "$W/benchova" ./scripts/benchova
+go build -o "$W/benchqcow2" ./bench/benchqcow2
+go build -o "$W/benchova" ./bench/benchova
 if [ ! -f "$W/src.raw" ]; then
   echo "== generating $W/src.raw ($SIZE bytes, $DATA of data)"
   "$W/benchqcow2" -gen "$W/src.raw.tmp" -size "$SIZE" -data "$DATA"

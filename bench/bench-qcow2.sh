@@ -5,11 +5,11 @@
 # qcow2. Each conversion writes a new sparse
 # file and is timed including the flush of its output (ours syncs; qemu-img
 # is followed by `sync FILE`). Prints wall times, ratios and peak RSS.
-#   scripts/bench-qcow2.sh [WORKDIR]     (default: a new dir in /var/tmp)
-#   RUNS=3 SIZE=4G DATA=1536M scripts/bench-qcow2.sh
-#   REAL=1 scripts/bench-qcow2.sh   source: the Debian boot test image (real
+#   bench/bench-qcow2.sh [WORKDIR]     (default: a new dir in /var/tmp)
+#   RUNS=3 SIZE=4G DATA=1536M bench/bench-qcow2.sh
+#   REAL=1 bench/bench-qcow2.sh   source: the Debian boot test image (real
 #     file data, 2 GiB virtual); SRC_IMAGE=path for any other image
-#   OUTDIR=/dev/shm scripts/bench-qcow2.sh   output on tmpfs: no disk
+#   OUTDIR=/dev/shm bench/bench-qcow2.sh   output on tmpfs: no disk
 #     writeback, so the comparison is of the conversion's CPU path
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ trap 'rm -f "$O"' EXIT
 command -v qemu-img >/dev/null || { echo "needs qemu-img" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "needs /usr/bin/time (Debian: time)" >&2; exit 1; }
 
-go build -o "$W/benchqcow2" ./scripts/benchqcow2
+go build -o "$W/benchqcow2" ./bench/benchqcow2
 if [ ! -f "$W/src.raw" ]; then
   if [ -n "${SRC_IMAGE:-}" ]; then
     # A real disk image (e.g. the boot test image: REAL=1) compresses like

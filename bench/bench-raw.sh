@@ -5,7 +5,7 @@
 #
 # It builds byoi, makes a 4 GiB raw GPT image holding about 1.5 GiB of data
 # (random, text-like and zero ranges), serves it from 127.0.0.1 with a small
-# Go file server (scripts/benchserve, sendfile), and times in one run:
+# Go file server (bench/benchserve, sendfile), and times in one run:
 #   (a) curl -s -o out.img URL                       download only, no hash
 #   (b) curl -s URL | tee >(sha256sum) | dd of=...     download, hash, write
 #   (c) byoi deploy --type raw --checksum ...          download, hash, write,
@@ -15,7 +15,7 @@
 # the page cache before each run, so the server side is the same for all.
 # Note: byoi fsyncs and punches holes for zero ranges; curl and dd do neither.
 #
-# Usage: scripts/bench-raw.sh            (env: KEEP=1 keeps the temp dir,
+# Usage: bench/bench-raw.sh            (env: KEEP=1 keeps the temp dir,
 #                                          BYOI=path uses a prebuilt binary)
 # Needs: go, sgdisk, openssl, curl, sha256sum, dd, /usr/bin/time.
 set -euo pipefail
@@ -62,7 +62,7 @@ elif ! CGO_ENABLED=0 go build -o "$tmp/byoi" ./cmd/byoi; then
 	echo "bench-raw: byoi does not build: measuring curl and the pipeline only" >&2
 	byoi_ok=0
 fi
-CGO_ENABLED=0 go build -o "$tmp/benchserve" ./scripts/benchserve
+CGO_ENABLED=0 go build -o "$tmp/benchserve" ./bench/benchserve
 
 echo "== image: 4 GiB raw GPT, about 1.5 GiB of data"
 mkdir "$tmp/www"

@@ -6,10 +6,10 @@
 # every instance (and of PostgreSQL, and its own), and at the end compares
 # every acknowledged event with what the database holds.
 #
-#   scripts/bench-api.sh                                   # SQLite, 1,000 servers, 60 s
-#   scripts/bench-api.sh --backend postgres --instances 2 --agents 10000 --duration 5m
-#   scripts/bench-api.sh --backend postgres --instances 2 --agents 3000 --duration 60s --kill-at 30
-#   scripts/bench-api.sh --profile 30                      # CPU, block, mutex, heap profiles of instance 1 at 30 s
+#   bench/bench-api.sh                                   # SQLite, 1,000 servers, 60 s
+#   bench/bench-api.sh --backend postgres --instances 2 --agents 10000 --duration 5m
+#   bench/bench-api.sh --backend postgres --instances 2 --agents 3000 --duration 60s --kill-at 30
+#   bench/bench-api.sh --profile 30                      # CPU, block, mutex, heap profiles of instance 1 at 30 s
 #
 # --kill-at S kills the last instance with SIGKILL S seconds into the run:
 # its agents move to another instance, and the final comparison shows

@@ -1,4 +1,4 @@
-// Command benchqcow2 is a benchmark helper (scripts/bench-qcow2.sh): it
+// Command benchqcow2 is a benchmark helper (bench/bench-qcow2.sh): it
 // generates a raw test image with mixed content, or converts a local qcow2
 // file onto a local sparse file with imaging.ConvertQcow2. It only ever
 // writes the files it is told to create.

@@ -1,4 +1,4 @@
-// Command benchova is a benchmark helper (scripts/bench-ova.sh): it packs
+// Command benchova is a benchmark helper (bench/bench-ova.sh): it packs
 // a VMDK file into an OVA (OVF descriptor, manifest, disk) in the member
 // order VMware or VirtualBox writes, deploys an OVA onto a new sparse file
 // with imaging.WriteOVA, or deploys a compressed raw image onto a new
