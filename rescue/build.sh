@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Builds the byoi rescue system that servers network-boot into: a Debian 12 kernel and an
-# initramfs holding busybox (static), the init in rescue/ (beside this script), the few kernel modules it
-# needs, and a static `byoi` binary, which init runs as `byoi agent`. byoi-api serves it
-# (`byoi-api serve --rescue-dir DIR`: DIR holds vmlinuz and initrd.img; the printed paths are
-# in one directory).
+# Builds the byoi rescue system that servers network-boot into: Debian 12's generic kernel and
+# an initramfs holding busybox (static), the init in rescue/ (beside this script), a curated set
+# of kernel modules for server hardware (rescue/modules.txt) with their dependencies, the free
+# firmware Debian ships in main, and a static `byoi` binary. At boot, init has `byoi drivers
+# load` load the modules whose modules.alias matches a device that is there, then runs `byoi
+# agent`. byoi-api serves it (`byoi-api serve --rescue-dir DIR`: DIR holds vmlinuz and
+# initrd.img; the printed paths are in one directory).
 #
-#   kernel:     linux-image-cloud-amd64's image (NVMe and ext4 built in; virtio as modules)
+#   kernel:     linux-image-amd64's image (generic: the drivers of most servers, as modules)
 #   initramfs:  /init (rescue/init), /bin/busybox + applet links,
 #               /etc/udhcpc/default.script (rescue/udhcpc.script), /bin/byoi,
-#               /lib/modules/<kver>/... and /lib/modules/modules.load (insmod order)
+#               /lib/modules/<kver>/: the modules of rescue/modules.txt + BYOI_RESCUE_MODULES
+#               and their dependencies, indexed by depmod -b (modules.dep, modules.alias),
+#               /lib/firmware: firmware-linux-free, plus BYOI_RESCUE_FIRMWARE_DIR's files
 #
 # Usage: rescue/build.sh [--byoi PATH]   (or BYOI_BIN=PATH; scripts/build-rescue.sh runs this)
 #   Prints the kernel path, then the initramfs path (the last two lines of stdout);
@@ -16,13 +20,16 @@
 # Env:   BYOI_BIN                  the static byoi binary to bake in (default: cmd/byoi of
 #                                  this tree, built with CGO_ENABLED=0 -trimpath -ldflags=-s -w)
 #        BYOI_RESCUE_CACHE         cache directory (default /var/cache/byoi-rescue)
-#        BYOI_RESCUE_MODULES       modules to add to the default set (names, space-separated;
-#                                  their dependencies come along), e.g. "mlx5_core ena"
-#        BYOI_RESCUE_KERNEL_PKG    kernel meta package (default linux-image-cloud-amd64)
+#        BYOI_RESCUE_MODULES       modules to add to rescue/modules.txt's (names, space-separated;
+#                                  their dependencies come along), e.g. "qla2xxx lpfc"
+#        BYOI_RESCUE_FIRMWARE_DIR  a directory copied into the initramfs's /lib/firmware (non-free
+#                                  firmware, e.g. bnx2x/, qed/, i915/ from Debian's
+#                                  firmware-nonfree packages or linux-firmware.git)
+#        BYOI_RESCUE_KERNEL_PKG    kernel meta package (default linux-image-amd64)
 #        BYOI_RESCUE_COMPRESS      gzip (default: fastest to unpack under TCG) or xz
 #        BYOI_RESCUE_REBUILD=1     ignore the cached result
 # Cache key: sha256 of everything in rescue/ (this script included), the exact .deb versions,
-# the byoi binary, the module list and the compression. Downloaded .debs are kept in
+# the byoi binary, the module list, the firmware directory's files and the compression. Downloaded .debs are kept in
 # $CACHE/debs, so a key change does not download them again; the 8 newest builds are kept.
 #
 # byoi-api's rescue script boots it with (iPXE; controlplane/netboot):
@@ -61,20 +68,21 @@ fi
 if head -c 4 "$BYOI" | grep -q 'ELF' && LC_ALL=C readelf -l "$BYOI" 2>/dev/null | grep -q 'Requesting program interpreter'; then
   die "$BYOI is dynamically linked: build it with CGO_ENABLED=0"
 fi
-for t in apt-get apt-cache dpkg-deb sha256sum flock find sort gzip; do
+PATH=$PATH:/usr/sbin:/sbin
+for t in apt-get apt-cache dpkg-deb sha256sum flock find sort gzip depmod modinfo; do
   command -v "$t" >/dev/null || die "missing tool: $t"
 done
 
 SRC=$(dirname "$SELF")
 [ -f "$SRC/init" ] && [ -f "$SRC/udhcpc.script" ] || die "missing $SRC/init or $SRC/udhcpc.script"
 CACHE=${BYOI_RESCUE_CACHE:-/var/cache/byoi-rescue}
-KPKG=${BYOI_RESCUE_KERNEL_PKG:-linux-image-cloud-amd64}
+KPKG=${BYOI_RESCUE_KERNEL_PKG:-linux-image-amd64}
+FWDIR=${BYOI_RESCUE_FIRMWARE_DIR:-}
+[ -z "$FWDIR" ] || [ -d "$FWDIR" ] || die "BYOI_RESCUE_FIRMWARE_DIR=$FWDIR is not a directory"
 COMPRESS=${BYOI_RESCUE_COMPRESS:-gzip}
 case "$COMPRESS" in gzip) ;; xz) command -v xz >/dev/null || die "missing tool: xz";; *) die "BYOI_RESCUE_COMPRESS must be gzip or xz";; esac
-# virtio NIC and disks (QEMU, most clouds), SCSI/SATA disks (sd_mod; ahci where the kernel has
-# it: the cloud kernel does not) and efivarfs (the agent's UEFI boot entry). NVMe is built in.
-# A leading "?" marks a module that may be missing.
-MODULES="virtio_pci virtio_net virtio_blk virtio_scsi virtio_rng sd_mod ?ahci efivarfs ${BYOI_RESCUE_MODULES:-}"
+[ -f "$SRC/modules.txt" ] || die "missing $SRC/modules.txt"
+MODULES="$(sed 's/#.*//' "$SRC/modules.txt" | tr '\n' ' ' | tr -s ' ') ${BYOI_RESCUE_MODULES:-}"
 mkdir -p "$CACHE/debs"
 
 exec 9>"$CACHE/.lock"
@@ -87,7 +95,7 @@ candidate() { # candidate PKG -> version, from the local apt lists
 KVER_PKG=$(apt-cache show --no-all-versions "$KPKG" 2>/dev/null | sed -n 's/^Depends: //p' | head -1 |
   tr ',' '\n' | sed 's/([^)]*)//; s/|.*//; s/ //g' | grep -E '^linux-image-[0-9]' | head -1 || true)
 [ -n "$KVER_PKG" ] || die "cannot resolve $KPKG to a linux-image-<abi> package (apt-get update?)"
-PKGS=("$KVER_PKG" busybox-static)
+PKGS=("$KVER_PKG" busybox-static firmware-linux-free)
 declare -A VER
 for p in "${PKGS[@]}"; do
   VER[$p]=$(candidate "$p")
@@ -99,6 +107,7 @@ KEY=$( {
   (cd "$SRC" && find . -type f | LC_ALL=C sort | xargs sha256sum)
   for p in "${PKGS[@]}"; do echo "$p=${VER[$p]}"; done
   echo "byoi=$BYOI_SUM modules=$MODULES compress=$COMPRESS"
+  [ -z "$FWDIR" ] || (cd "$FWDIR" && find . -type f | LC_ALL=C sort | xargs -r sha256sum)
 } | sha256sum | cut -c1-16)
 OUT="$CACHE/$KEY"
 if [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.img" ] && [ "${BYOI_RESCUE_REBUILD:-0}" != 1 ]; then
@@ -132,8 +141,10 @@ deb_of() { # deb_of PKG -> path of the cached .deb of its pinned version, downlo
 }
 KDEB=$(deb_of "$KVER_PKG")
 BBDEB=$(deb_of busybox-static)
+FWDEB=$(deb_of firmware-linux-free)
 dpkg-deb -x "$KDEB" "$WORK/kernel"
 dpkg-deb -x "$BBDEB" "$WORK/busybox"
+dpkg-deb -x "$FWDEB" "$WORK/firmware"
 KVER=$(ls "$WORK/kernel/lib/modules")
 [ "$(echo "$KVER" | wc -w)" = 1 ] || die "expected one kernel version in $KDEB, found: $KVER"
 VMLINUZ="$WORK/kernel/boot/vmlinuz-$KVER"
@@ -197,10 +208,27 @@ done
 for m in "${ORDER[@]}"; do
   mkdir -p "$R/lib/modules/$KVER/$(dirname "${KO[$m]}")"
   cp "$MODDIR/${KO[$m]}" "$R/lib/modules/$KVER/${KO[$m]}"
-  echo "$KVER/${KO[$m]}" >>"$R/lib/modules/modules.load"
 done
-cp "$MODDIR/modules.builtin" "$MODDIR/modules.order" "$R/lib/modules/$KVER/"
+for f in modules.builtin modules.builtin.modinfo modules.order; do
+  [ ! -f "$MODDIR/$f" ] || cp "$MODDIR/$f" "$R/lib/modules/$KVER/"
+done
+# The kernel package ships no index: modules.dep, modules.alias, ... for the shipped set.
+depmod -b "$R" "$KVER" || die "depmod -b failed"
+[ -s "$R/lib/modules/$KVER/modules.alias" ] || die "depmod wrote no modules.alias"
 log "modules (${#ORDER[@]}): ${ORDER[*]}"
+
+# --- firmware: Debian main's free firmware, then the operator's directory ---------------------------
+mkdir -p "$R/lib/firmware"
+[ ! -d "$WORK/firmware/lib/firmware" ] || cp -a "$WORK/firmware/lib/firmware/." "$R/lib/firmware/"
+[ -z "$FWDIR" ] || cp -aL "$FWDIR/." "$R/lib/firmware/"
+# Firmware the shipped modules may ask for and that is not there (non-free; say so).
+MISSING_FW=()
+for m in "${ORDER[@]}"; do
+  for fw in $(modinfo -F firmware "$MODDIR/${KO[$m]}" 2>/dev/null); do
+    [ -e "$R/lib/firmware/$fw" ] || MISSING_FW+=("$m:$fw")
+  done
+done
+log "firmware: $(find "$R/lib/firmware" -type f | wc -l) files; ${#MISSING_FW[@]} named by the modules are not shipped (non-free: BYOI_RESCUE_FIRMWARE_DIR)"
 
 # --- the archive ----------------------------------------------------------------------------------
 find "$R" -exec touch -h -d @0 {} +
@@ -211,6 +239,8 @@ case "$COMPRESS" in
   xz)   xz -T0 --check=crc32 --lzma2=dict=32MiB -9 <"$WORK/initrd.cpio" >"$WORK/out/initrd.img";;
 esac
 cp "$VMLINUZ" "$WORK/out/vmlinuz"
+# The index of the shipped modules, beside the files: what this rescue can drive.
+cp "$R/lib/modules/$KVER/modules.alias" "$R/lib/modules/$KVER/modules.dep" "$WORK/out/"
 mib() { awk -v b="$(stat -c %s "$1")" 'BEGIN{printf "%.1f MiB", b/1048576}'; }
 SIZES="vmlinuz $(mib "$WORK/out/vmlinuz"), initrd.img $(mib "$WORK/out/initrd.img") ($COMPRESS; $(mib "$WORK/initrd.cpio") unpacked; byoi $(mib "$BYOI"))"
 {
@@ -219,6 +249,8 @@ SIZES="vmlinuz $(mib "$WORK/out/vmlinuz"), initrd.img $(mib "$WORK/out/initrd.im
   echo "busybox-static: ${VER[busybox-static]}"
   echo "byoi: $BYOI_SUM"
   echo "modules: ${ORDER[*]}"
+  echo "firmware: firmware-linux-free ${VER[firmware-linux-free]}${FWDIR:+ + $FWDIR}"
+  echo "firmware not shipped: ${MISSING_FW[*]}"
   echo "sizes: $SIZES"
   (cd "$WORK/out" && sha256sum vmlinuz initrd.img)
 } >"$WORK/out/manifest.txt"
