@@ -68,6 +68,8 @@ type Machine struct {
 	// Devices are other -device values (controllers, virtio-rng-pci, a USB
 	// keyboard, ...), in order.
 	Devices []string
+	// Extra are more QEMU arguments, last (-kernel, -machine options, ...).
+	Extra []string
 
 	qemu     *Proc
 	boots    int
@@ -144,7 +146,7 @@ func (m *Machine) Args(console string) []string {
 		args = append(args, "-drive", fmt.Sprintf("if=none,id=d%d,file=%s,format=%s,cache=unsafe", i, d.File, format),
 			"-device", fmt.Sprintf("%s,drive=d%d", d.Device, i))
 	}
-	return args
+	return append(args, m.Extra...)
 }
 
 // Start starts QEMU; the console goes to a new file (console-N.log), the

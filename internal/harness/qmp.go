@@ -52,6 +52,9 @@ func (m *Machine) QMP(cmds ...map[string]any) ([]json.RawMessage, error) {
 			return nil, fmt.Errorf("QMP %v: %s", cmd["execute"], e)
 		}
 		out = append(out, msg["return"])
+		if cmd["execute"] == "send-key" {
+			time.Sleep(40 * time.Millisecond) // a typist's pace: the guest's input queue is small
+		}
 	}
 	return out[1:], nil
 }
