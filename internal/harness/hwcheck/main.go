@@ -46,6 +46,9 @@ type machine struct {
 	nicDrivers  []string
 	diskDrivers map[string]int
 	groups      int
+	// deploy: a full deployment of the generic-kernel test image onto
+	// disk group 1, then its boot from that disk.
+	deploy bool
 }
 
 func matrix(dir string) []*machine {
@@ -64,7 +67,7 @@ func matrix(dir string) []*machine {
 			// no disk behind it (no SAS end device is reported, even with
 			// the disk alone, in 75 s): the controller's driver is checked
 			// (nothing unclaimed), its disk cannot be.
-			diskDrivers: map[string]int{"megaraid_sas": 2, "sym53c8xx": 1}, groups: 2},
+			diskDrivers: map[string]int{"megaraid_sas": 2, "sym53c8xx": 1}, groups: 2, deploy: true},
 		{name: "e1000e-ahci-pvscsi-virtio-nvme", nic: "e1000e", mac: "52:54:00:a0:00:02",
 			devices: []string{"ich9-ahci,id=ahci0", "pvscsi,id=pv0", "virtio-scsi-pci,id=vs0"},
 			drives: []harness.Drive{
@@ -88,7 +91,7 @@ func matrix(dir string) []*machine {
 func main() {
 	repo := flag.String("repo", ".", "the repository")
 	work := flag.String("work", "", "work directory")
-	total := flag.Duration("timeout", 20*time.Minute, "the whole run's limit")
+	total := flag.Duration("timeout", 30*time.Minute, "the whole run's limit")
 	flag.Parse()
 	if *work == "" {
 		fmt.Fprintln(os.Stderr, "hwcheck: --work is required")
@@ -104,6 +107,7 @@ func main() {
 
 type env struct {
 	work, apiURL, bootURL, apiLog, rescueDir string
+	imageURL, imageSHA                       string // the generic-kernel test image, for the guests
 	api                                      *harness.Proc
 	token                                    string // access token of the customer
 }
@@ -172,6 +176,23 @@ func setup(ctx context.Context, repo, work string) (*env, error) {
 	if e.rescueDir, err = harness.Rescue(ctx, repo, filepath.Join(work, "build-rescue.log")); err != nil {
 		return e, err
 	}
+	img, err := harness.Script(ctx, repo, "build-test-image.sh", filepath.Join(work, "build-test-image.log"), 1, "--variant", "generic")
+	if err != nil {
+		return e, err
+	}
+	srvDir := filepath.Join(work, "images")
+	os.MkdirAll(srvDir, 0o755)
+	if err := os.Symlink(img[0], filepath.Join(srvDir, "generic.qcow2")); err != nil {
+		return e, err
+	}
+	if e.imageSHA, err = harness.SHA256File(img[0]); err != nil {
+		return e, err
+	}
+	srv, err := harness.ServeDir(srvDir)
+	if err != nil {
+		return e, err
+	}
+	e.imageURL = srv.GuestURL() + "/generic.qcow2"
 	port, err := harness.FreePort()
 	if err != nil {
 		return e, err
@@ -213,16 +234,26 @@ func setup(ctx context.Context, repo, work string) (*env, error) {
 	return e, nil
 }
 
-func (e *env) get(path string, v any) error {
-	req, _ := http.NewRequest("GET", e.apiURL+"/1.0/dedicated/server/"+path, nil)
+func (e *env) get(path string, v any) error { return e.call("GET", path, nil, v) }
+
+func (e *env) call(method, path string, body, v any) error {
+	var rd *strings.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = strings.NewReader(string(b))
+	} else {
+		rd = strings.NewReader("")
+	}
+	req, _ := http.NewRequest(method, e.apiURL+"/1.0/dedicated/server/"+path, rd)
 	req.Header.Set("Authorization", "Bearer "+e.token)
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 {
-		return fmt.Errorf("GET %s: %s", path, resp.Status)
+		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
 	}
 	return json.NewDecoder(resp.Body).Decode(v)
 }
@@ -328,6 +359,58 @@ func (e *env) rescueMachine(ctx context.Context, c *harness.Case, m *machine, i 
 		}
 		c.Check("raid-controller", raid, "the two volumes behind megaraid_sas form one group with raidController set (%s)", strings.Join(descr, "; "))
 	}
+	if m.deploy {
+		return e.deployAndBoot(ctx, c, qm, m)
+	}
+	return nil
+}
+
+// deployAndBoot: a reinstall of the generic-kernel test image onto disk
+// group 1 (the RAID volumes behind megaraid_sas); the agent reboots the
+// machine, which network-boots, bootsel finds the deployed volume among
+// SeaBIOS's drives, and Debian boots from it with the ConfigDrive.
+func (e *env) deployAndBoot(ctx context.Context, c *harness.Case, qm *harness.Machine, m *machine) error {
+	host, marker := "hw-"+harness.RandHex(2), harness.RandHex(8)
+	mark := qm.ConsoleSize()
+	var tk struct {
+		TaskID int64  `json:"taskId"`
+		Status string `json:"status"`
+	}
+	body := map[string]any{"operatingSystem": "byoi_64", "customizations": map[string]any{
+		"imageURL": e.imageURL, "imageType": "qcow2", "imageCheckSum": e.imageSHA, "imageCheckSumType": "sha256",
+		"hostname": host, "configDriveUserData": harness.MarkerUserData("hw-check", marker)},
+		"storage": []map[string]any{{"diskGroupId": 1}}}
+	t := time.Now()
+	if err := e.call("POST", m.name+"/reinstall", body, &tk); err != nil {
+		return err
+	}
+	for tk.Status != "done" {
+		if tk.Status == "customerError" || tk.Status == "ovhError" || time.Since(t) > 15*time.Minute {
+			c.Detail(qm.Tail(30))
+			return fmt.Errorf("task %d ended %s", tk.TaskID, tk.Status)
+		}
+		if err := harness.Sleep(ctx, 3*time.Second); err != nil {
+			return err
+		}
+		if err := e.get(fmt.Sprintf("%s/task/%d", m.name, tk.TaskID), &tk); err != nil {
+			return err
+		}
+	}
+	c.Pass("deploy", "the generic-kernel Debian image deployed onto disk group 1 (megaraid_sas volumes) in %.0f s", time.Since(t).Seconds())
+	for _, w := range []struct{ re, what string }{
+		{`bootsel: booting BIOS drive 0x[0-9A-F]{2}`, "bootsel found the deployed volume among SeaBIOS's drives"},
+		{`BYOI-MARKER ` + marker, "the ConfigDrive's user data ran"},
+		{`Cloud-init v\. .* finished at .*Datasource DataSourceConfigDrive`, "cloud-init used the ConfigDrive"},
+		{regexp.QuoteMeta(host) + ` login:`, "the login prompt shows the job's hostname"},
+	} {
+		l, err := qm.WaitConsole(ctx, mark, regexp.MustCompile(w.re), 600*time.Second)
+		if err != nil {
+			c.Detail(qm.Tail(40))
+			return err
+		}
+		c.Evidence("%s: %s", w.what, l)
+	}
+	c.Pass("boots-raid-volume", "Debian (linux-image-amd64, megaraid_sas in its initramfs) booted from the RAID volume under SeaBIOS, %.0f s after the deployment started", time.Since(t).Seconds())
 	return nil
 }
 
