@@ -207,6 +207,14 @@ const (
 	CheckDatasourceList   Code = "CheckDatasourceList"   // the list
 	CheckNetKernelName    Code = "CheckNetKernelName"    // line, name
 	CheckNetForeignMAC    Code = "CheckNetForeignMAC"    // line, MAC, the server's MACs
+
+	// Power through the server's BMC (issue 25).
+	PowerNoAnswer    Code = "PowerNoAnswer"    // operation
+	PowerCredentials Code = "PowerCredentials" // operation
+	PowerTimeout     Code = "PowerTimeout"     // operation, duration
+	PowerUnsupported Code = "PowerUnsupported" // operation, what the BMC answered
+	PowerFailed      Code = "PowerFailed"      // operation, what the BMC answered
+	WarnBootOverride Code = "WarnBootOverride" // what the BMC answered
 )
 
 // catalog holds the text of every Code.
@@ -375,6 +383,14 @@ var catalog = map[Code]entry{
 	CheckDatasourceList:   {"a ConfigDrive is requested but cloud-init's datasource_list is %s, without ConfigDrive: the ConfigDrive will be ignored (add ConfigDrive to the list)", FaultCustomer},
 	CheckNetKernelName:    {"line %d binds the network configuration to %s, but the image names interfaces predictably (enp1s0, eno1): that name will not exist (match the MAC address, or boot with net.ifnames=0)", FaultCustomer},
 	CheckNetForeignMAC:    {"line %d binds the network configuration to MAC %s, which no interface of this server has (it has %s)", FaultCustomer},
+
+	// issue 25
+	PowerNoAnswer:    {"the server's BMC does not answer (%s)", FaultProvider},
+	PowerCredentials: {"the server's BMC refused byoi's credentials (%s)", FaultProvider},
+	PowerTimeout:     {"the server's BMC did not complete %s within %s", FaultProvider},
+	PowerUnsupported: {"the server's BMC does not support %s: %s", FaultProvider},
+	PowerFailed:      {"the server's BMC failed %s: %s", FaultProvider},
+	WarnBootOverride: {"the server's BMC refused the one-time boot from the network (%s): the server starts in its own boot order", FaultNone},
 }
 
 // imageCheckCodes are the codes of issue 26's checks (package imagecheck):
