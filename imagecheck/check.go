@@ -120,6 +120,11 @@ func (c *checker) openAll() {
 				drv, err = vfs.OpenFAT(sr, size)
 			case "", "swap":
 				return // nothing to read: not worth a note
+			case "iso9660":
+				if strings.EqualFold(pr.Label, "config-2") {
+					return // a ConfigDrive (byoi's, once written): no system in it
+				}
+				fallthrough
 			default:
 				c.add(Note, job.CheckNotExamined, fmt.Sprintf("partition %d", p.Number), 0,
 					fmt.Sprintf("partition %d (%s)", p.Number, pr.Type), "byoi reads ext2/3/4, XFS and FAT")

@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/byoi/byoi/configdrive"
 	"github.com/byoi/byoi/imagecheck/internal/fixture"
 	"github.com/byoi/byoi/imagecheck/vfs"
 	"github.com/byoi/byoi/imagecheck/vfs/vfstest"
@@ -25,10 +27,11 @@ const (
 	mac1     = "52:54:00:12:34:56"
 )
 
-// modules of the fake kernel: name -> its dependencies.
+// modules of the fake kernel: name -> its dependencies (compressed with
+// xz, with zstd, and not at all, as kernels ship them).
 var kernelModules = map[string][]string{
-	"kernel/drivers/nvme/host/nvme.ko.xz":                   {"kernel/drivers/nvme/host/nvme-core.ko.xz"},
-	"kernel/drivers/nvme/host/nvme-core.ko.xz":              nil,
+	"kernel/drivers/nvme/host/nvme.ko.xz":                   {"kernel/drivers/nvme/host/nvme-core.ko.zst"},
+	"kernel/drivers/nvme/host/nvme-core.ko.zst":             nil,
 	"kernel/fs/ext4/ext4.ko.xz":                             {"kernel/fs/mbcache.ko.xz", "kernel/fs/jbd2/jbd2.ko.xz"},
 	"kernel/fs/mbcache.ko.xz":                               nil,
 	"kernel/fs/jbd2/jbd2.ko.xz":                             nil,
@@ -36,7 +39,7 @@ var kernelModules = map[string][]string{
 	"kernel/lib/libcrc32c.ko.xz":                            nil,
 	"kernel/drivers/ata/ahci.ko.xz":                         {"kernel/drivers/ata/libahci.ko.xz"},
 	"kernel/drivers/ata/libahci.ko.xz":                      nil,
-	"kernel/drivers/scsi/sd_mod.ko.xz":                      nil,
+	"kernel/drivers/scsi/sd_mod.ko":                         nil,
 	"kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko.xz": nil,
 }
 
@@ -58,6 +61,7 @@ type debian struct {
 	netplan     string
 	interfaces  string
 	xfs         bool
+	files       map[string]string // more files of the root
 }
 
 func defaultDebian() debian {
@@ -80,7 +84,7 @@ func (d debian) tree(t testing.TB) vfstest.Tree {
 		"sbin":           {Link: "usr/sbin"},
 		"usr/lib/udev/rules.d/80-net-setup-link.rules": {Data: []byte("# predictable names\n")},
 		"usr/sbin/init": {Data: []byte("#!")},
-		"usr/lib/modules/" + kver + "/modules.builtin": {Data: []byte("kernel/drivers/ata/libata.ko\nkernel/drivers/scsi/scsi_mod.ko\n")},
+		"usr/lib/modules/" + kver + "/modules.builtin": {Data: []byte("kernel/drivers/ata/libata.ko\nkernel/drivers/scsi/scsi_mod.ko\nkernel/drivers/block/virtio_blk.ko\n")},
 	}
 	var dep strings.Builder
 	for m, deps := range kernelModules {
@@ -126,6 +130,9 @@ func (d debian) tree(t testing.TB) vfstest.Tree {
 		tr["etc/network/interfaces"] = vfstest.Entry{Data: []byte("source /etc/network/interfaces.d/*\n")}
 		tr["etc/network/interfaces.d/eth"] = vfstest.Entry{Data: []byte(d.interfaces)}
 	}
+	for p, c := range d.files {
+		tr[p] = vfstest.Entry{Data: []byte(c)}
+	}
 	return tr
 }
 
@@ -135,6 +142,7 @@ type layout struct {
 	noESP, noLoader, noBIOSBoot, noBootCode bool
 	extra                                   []fixture.Part
 	noRoot                                  bool
+	rootGUID                                string // "" random
 }
 
 func build(t testing.TB, d debian, l layout) string {
@@ -157,7 +165,7 @@ func build(t testing.TB, d debian, l layout) string {
 		} else {
 			img = fixture.Ext4(t, d.tree(t), 48, rootUUID, "root")
 		}
-		parts = append(parts, fixture.Part{Image: img, Type: "8304", Name: "root"})
+		parts = append(parts, fixture.Part{Image: img, Type: "8304", Name: "root", GUID: l.rootGUID})
 	}
 	parts = append(parts, l.extra...)
 	return fixture.Disk(t, parts, !l.noBootCode)
@@ -251,6 +259,23 @@ func TestXFSRoot(t *testing.T) {
 
 func TestDefects(t *testing.T) {
 	defer func() { ran[t.Name()] = !t.Failed() || ran[t.Name()] }()
+	// byoi's own ConfigDrive, as the raw and OVA checks see it after the
+	// write.
+	cd, err := configdrive.Build(context.Background(), configdrive.Content{UUID: configdrive.DeriveUUID("t"), Hostname: "h"}, configdrive.ISO9660)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Where the findings must be, for the cases that say it: every
+	// finding's "code file", sorted.
+	where := map[string][]string{
+		"networkd, NetworkManager, udev and ifcfg bindings": {
+			"CheckNetForeignMAC /etc/NetworkManager/system-connections/foreign-mac.nmconnection",
+			"CheckNetForeignMAC /etc/systemd/network/10-lan.network",
+			"CheckNetKernelName /etc/NetworkManager/system-connections/eth1.nmconnection",
+			"CheckNetKernelName /etc/sysconfig/network-scripts/ifcfg-eth2",
+		},
+		"fstab": {"CheckFstabDevName /etc/fstab", "CheckFstabNoFail /etc/fstab", "CheckFstabUnresolved /etc/fstab"},
+	}
 	for _, tc := range []struct {
 		name  string
 		mod   func(*debian, *layout, *Facts)
@@ -303,6 +328,31 @@ func TestDefects(t *testing.T) {
 			d.netplan = "network:\n  ethernets:\n    eth0:\n      dhcp4: true\n"
 			d.cmdline += " net.ifnames=0"
 		}, nil},
+		{"every way to name a filesystem resolves", func(d *debian, l *layout, _ *Facts) {
+			l.rootGUID = "6a3f0c52-9d1e-4b7a-8c2d-1e2f3a4b5c6d"
+			d.root = "PARTUUID=6A3F0C52-9D1E-4B7A-8C2D-1E2F3A4B5C6D"
+			d.fstab = "LABEL=root / ext4 defaults 0 1\nPARTLABEL=esp /boot/efi vfat umask=0077 0 1\n" +
+				"/dev/disk/by-uuid/" + rootUUID + " /mnt/again ext4 defaults 0 2\n/dev/disk/by-partuuid/" + l.rootGUID + " /mnt/more ext4 defaults 0 2\n" +
+				"/dev/disk/by-label/ESP /mnt/esp vfat defaults 0 2\n"
+		}, nil},
+		{"a built-in disk driver needs nothing in the initramfs", func(d *debian, _ *layout, f *Facts) {
+			d.initrdMods = []string{"ext4", "mbcache", "jbd2"}
+			f.DiskDrivers = []string{"virtio-blk"}
+		}, nil},
+		{"networkd, NetworkManager, udev and ifcfg bindings", func(d *debian, _ *layout, f *Facts) {
+			d.netplan = ""
+			d.files = map[string]string{
+				"etc/systemd/network/10-lan.network":                             "[Match]\nMACAddress=52:54:00:aa:bb:cc\n[Network]\nDHCP=yes\n",
+				"etc/systemd/network/20-mine.network":                            "[Match]\nMACAddress=" + mac1 + "\n[Network]\nDHCP=yes\n",
+				"etc/NetworkManager/system-connections/eth1.nmconnection":        "[connection]\nid=eth1\ntype=ethernet\ninterface-name=eth1\n",
+				"etc/udev/rules.d/70-persistent-net.rules":                       `SUBSYSTEM=="net", ACTION=="add", ATTR{address}=="` + mac1 + `", NAME="eth0"` + "\n",
+				"etc/systemd/network/eth0.network":                               "[Match]\nName=eth0\n[Network]\nDHCP=yes\n",
+				"etc/sysconfig/network-scripts/ifcfg-eth2":                       "DEVICE=eth2\nBOOTPROTO=dhcp\n",
+				"etc/sysconfig/network-scripts/ifcfg-lo":                         "DEVICE=lo\n",
+				"etc/NetworkManager/system-connections/by-mac.nmconnection":      "[connection]\nid=m\ntype=ethernet\n[ethernet]\nmac-address=" + mac1 + "\n",
+				"etc/NetworkManager/system-connections/foreign-mac.nmconnection": "[connection]\nid=f\ntype=ethernet\n[ethernet]\nmac-address=52:54:00:DD:EE:FF\n",
+			}
+		}, map[job.Code]Severity{job.CheckNetKernelName: Warn, job.CheckNetForeignMAC: Warn}},
 		{"BIOS-only image on UEFI", func(_ *debian, l *layout, _ *Facts) { l.noESP = true },
 			map[job.Code]Severity{job.CheckUEFINoESP: Refuse, job.CheckFstabNoFail: Warn}},
 		{"ESP without a loader", func(_ *debian, l *layout, _ *Facts) { l.noLoader = true },
@@ -318,6 +368,15 @@ func TestDefects(t *testing.T) {
 			copy(sb[0x10040:], "_BHRfS_M")
 			l.extra = []fixture.Part{{Raw: sb, SizeMiB: 2, Type: "8300", Name: "data"}}
 		}, map[job.Code]Severity{job.CheckNotExamined: Note}},
+		{"byoi's ConfigDrive after the write", func(_ *debian, l *layout, _ *Facts) {
+			l.extra = []fixture.Part{{Raw: cd, SizeMiB: 2, Type: "0700", Name: "config-2"}}
+		}, nil},
+		{"another ISO 9660 partition", func(_ *debian, l *layout, _ *Facts) {
+			cd := bytes.Clone(cd)
+			copy(cd[0x8028:0x8048], bytes.Repeat([]byte(" "), 32))
+			copy(cd[0x8028:], "INSTALLER")
+			l.extra = []fixture.Part{{Raw: cd, SizeMiB: 2, Type: "0700", Name: "cd"}}
+		}, map[job.Code]Severity{job.CheckNotExamined: Note}},
 		{"no Linux root", func(_ *debian, l *layout, _ *Facts) { l.noRoot = true },
 			map[job.Code]Severity{job.CheckNoLinuxRoot: Note}},
 	} {
@@ -326,6 +385,16 @@ func TestDefects(t *testing.T) {
 			tc.mod(&d, &l, &f)
 			rep := check(t, build(t, d, l), f)
 			want(t, rep, tc.codes)
+			if w := where[tc.name]; w != nil {
+				var got []string
+				for _, fd := range rep.Findings {
+					got = append(got, string(fd.Code)+" "+fd.File)
+				}
+				sort.Strings(got)
+				if strings.Join(got, "\n") != strings.Join(w, "\n") {
+					t.Errorf("findings at\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(w, "\n"))
+				}
+			}
 			for _, fd := range rep.Findings {
 				if fd.Message == "" || strings.Contains(fd.Message, "%!") {
 					t.Errorf("bad message %q", fd.Message)
@@ -429,16 +498,43 @@ func FuzzCheck(f *testing.F) {
 	if _, err := testutil.LookPath("sgdisk"); err == nil {
 		if _, err := testutil.LookPath("mke2fs"); err == nil {
 			tr := vfstest.Tree{
-				"etc/fstab":          {Data: []byte("UUID=" + rootUUID + " / ext4 defaults 0 1\n/dev/sdb1 /x ext4 defaults 0 0\n")},
-				"lib":                {Link: "usr/lib"},
-				"boot/grub/grub.cfg": {Data: []byte("menuentry 'x' {\n linux /boot/vmlinuz-1 root=UUID=" + rootUUID + "\n initrd /boot/initrd.img-1\n}\n")},
-				"boot/vmlinuz-1":     {Data: []byte("k")}, "boot/initrd.img-1": {Data: []byte("070701")},
-				"etc/netplan/a.yaml": {Data: []byte("network:\n ethernets:\n  eth0: {}\n")},
+				"etc/fstab":                                    {Data: []byte("UUID=" + rootUUID + " / ext4 defaults 0 1\n/dev/sdb1 /x ext4 defaults 0 0\n")},
+				"lib":                                          {Link: "usr/lib"},
+				"boot/grub/grub.cfg":                           {Data: []byte("menuentry 'x' {\n linux /boot/vmlinuz-1 root=UUID=" + rootUUID + "\n initrd /boot/initrd.img-1\n}\n")},
+				"boot/vmlinuz-1":                               {Data: []byte("k")},
+				"boot/initrd.img-1":                            {Data: fixture.Initramfs(f, map[string]string{"usr/lib/modules/1/kernel/nvme.ko": "n"}, "gzip")},
+				"boot/grub/grubenv":                            {Data: []byte("# GRUB Environment Block\nsaved_entry=1\n")},
+				"boot/loader/entries/1.conf":                   {Data: []byte("title x\nversion 1\nlinux /vmlinuz-1\ninitrd /initrd.img-1\noptions root=UUID=" + rootUUID + "\n")},
+				"usr/lib/modules/1/modules.dep":                {Data: []byte("kernel/nvme.ko: kernel/nvme-core.ko\nkernel/nvme-core.ko:\n")},
+				"usr/lib/modules/1/modules.builtin":            {Data: []byte("kernel/ext4.ko\n")},
+				"usr/bin/cloud-init":                           {Data: []byte("#!")},
+				"etc/cloud/cloud.cfg":                          {Data: []byte("datasource_list: [ NoCloud ]\n")},
+				"etc/netplan/a.yaml":                           {Data: []byte("network:\n ethernets:\n  eth0: {}\n  x:\n   match: {macaddress: 02:00:00:00:00:01}\n")},
+				"etc/network/interfaces":                       {Data: []byte("source interfaces.d/*\nauto eth1\niface eth1 inet dhcp\n")},
+				"usr/lib/udev/rules.d/80-net-setup-link.rules": {Data: []byte("#")},
 			}
 			img := fixture.Disk(f, []fixture.Part{{Image: fixture.Ext4(f, tr, 2, rootUUID, "r"), Type: "8304", Name: "root"}}, true)
 			b, err := os.ReadFile(img)
 			if err != nil {
 				f.Fatal(err)
+			}
+			// The seed reaches every check (an fstab, a BLS entry and its
+			// initramfs, cloud-init, the network).
+			rep, err := Check(context.Background(), bytes.NewReader(b[:3<<20]), 3<<20, 512, serverFacts(), Options{})
+			if err != nil {
+				f.Fatal(err)
+			}
+			got := map[job.Code]bool{}
+			for _, fd := range rep.Findings {
+				got[fd.Code] = true
+			}
+			for _, c := range []job.Code{job.CheckFstabDevName, job.CheckUEFINoESP, job.CheckDatasourceList, job.CheckNetKernelName, job.CheckNetForeignMAC} {
+				if !got[c] {
+					f.Errorf("the seed gives no %s: %v", c, rep.Findings)
+				}
+			}
+			if rep.Kernel == nil || len(rep.Kernel.InitrdSegments) != 2 {
+				f.Errorf("the seed's kernel: %+v", rep.Kernel)
 			}
 			f.Add(b[:3<<20])
 		}

@@ -1,6 +1,7 @@
 package imagecheck
 
 import (
+	"fmt"
 	"path"
 	"regexp"
 	"sort"
@@ -154,13 +155,17 @@ func (c *checker) network() {
 	}
 	predictable := c.predictableNames()
 	for _, b := range bs {
+		where := b.file
+		if b.Line > 0 {
+			where = fmt.Sprintf("%s:%d", b.file, b.Line)
+		}
 		switch {
 		case b.MAC != "":
 			if len(macs) > 0 && !macs[b.MAC] {
-				c.add(Warn, job.CheckNetForeignMAC, b.file, b.Line, b.Line, b.MAC, strings.Join(macList, ", "))
+				c.add(Warn, job.CheckNetForeignMAC, b.file, b.Line, where, b.MAC, strings.Join(macList, ", "))
 			}
 		case predictable && kernelIfName.MatchString(b.Name) && !renamed[b.Name]:
-			c.add(Warn, job.CheckNetKernelName, b.file, b.Line, b.Line, b.Name)
+			c.add(Warn, job.CheckNetKernelName, b.file, b.Line, where, b.Name)
 		}
 	}
 }

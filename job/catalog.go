@@ -205,8 +205,8 @@ const (
 	CheckCloudInitMissing Code = "CheckCloudInitMissing" //
 	CheckCloudInitOff     Code = "CheckCloudInitOff"     // why
 	CheckDatasourceList   Code = "CheckDatasourceList"   // the list
-	CheckNetKernelName    Code = "CheckNetKernelName"    // line, name
-	CheckNetForeignMAC    Code = "CheckNetForeignMAC"    // line, MAC, the server's MACs
+	CheckNetKernelName    Code = "CheckNetKernelName"    // file[:line], name
+	CheckNetForeignMAC    Code = "CheckNetForeignMAC"    // file[:line], MAC, the server's MACs
 
 	// Power through the server's BMC (issue 25).
 	PowerNoAnswer    Code = "PowerNoAnswer"    // operation
@@ -381,8 +381,8 @@ var catalog = map[Code]entry{
 	CheckCloudInitMissing: {"a ConfigDrive is requested but cloud-init is not installed in the image: the hostname, SSH keys and user data will not be applied", FaultCustomer},
 	CheckCloudInitOff:     {"a ConfigDrive is requested but cloud-init will not run (%s): the ConfigDrive will be ignored", FaultCustomer},
 	CheckDatasourceList:   {"a ConfigDrive is requested but cloud-init's datasource_list is %s, without ConfigDrive: the ConfigDrive will be ignored (add ConfigDrive to the list)", FaultCustomer},
-	CheckNetKernelName:    {"line %d binds the network configuration to %s, but the image names interfaces predictably (enp1s0, eno1): that name will not exist (match the MAC address, or boot with net.ifnames=0)", FaultCustomer},
-	CheckNetForeignMAC:    {"line %d binds the network configuration to MAC %s, which no interface of this server has (it has %s)", FaultCustomer},
+	CheckNetKernelName:    {"%s binds the network configuration to %s, but the image names interfaces predictably (enp1s0, eno1): that name will not exist (match the MAC address, or boot with net.ifnames=0)", FaultCustomer},
+	CheckNetForeignMAC:    {"%s binds the network configuration to MAC %s, which no interface of this server has (it has %s)", FaultCustomer},
 
 	// issue 25
 	PowerNoAnswer:    {"the server's BMC does not answer (%s)", FaultProvider},

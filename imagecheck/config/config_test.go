@@ -145,7 +145,13 @@ func TestNet(t *testing.T) {
 
 // FuzzParsers feeds arbitrary bytes to every parser of the package.
 func FuzzParsers(f *testing.F) {
-	for _, s := range []string{grubCfg, "UUID=a / ext4 defaults 0 1\n", "datasource_list: [ a, {b: [c, d]} ]\nx:\n  - y: 1\n    z: [\n", "[Match]\nName=eth0\n", "auto eth0\niface eth0 inet dhcp\n hwaddress 1:2\n", "title x\noptions a\nlinux /v\n", "root=\"a b\" x"} {
+	for _, s := range []string{grubCfg, "UUID=a / ext4 defaults 0 1\n", "datasource_list: [ a, {b: [c, d]} ]\nx:\n  - y: 1\n    z: [\n", "[Match]\nName=eth0\n", "auto eth0\niface eth0 inet dhcp\n hwaddress 1:2\n", "title x\noptions a\nlinux /v\n", "root=\"a b\" x",
+		"# GRUB Environment Block\nsaved_entry=abc\nkernelopts=root=UUID=x ro\n#####",
+		"[connection]\nid=x\ninterface-name=eth1\n[ethernet]\nmac-address=52:54:00:12:34:58\n",
+		`SUBSYSTEM=="net", ATTR{address}=="52:54:00:12:34:59", NAME="eth0"` + "\n",
+		"network:\n  version: 2\n  ethernets:\n    id0:\n      match: {macaddress: \"52:54:00:12:34:56\"}\n      set-name: lan\n  bonds:\n    bond0:\n      interfaces: [eth0, eth1]\n",
+		"#cloud-config\ndatasource_list: ['NoCloud', \"ConfigDrive\"]\ndatasource:\n  ConfigDrive:\n    dsmode: local\n",
+		"DEVICE=eth0\nHWADDR=52:54:00:12:34:56\n"} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -162,5 +168,7 @@ func FuzzParsers(f *testing.F) {
 		Networkd(b)
 		NetworkManager(b)
 		UdevNetRules(b)
+		NormalizeMAC(string(b))
+		VersionCompare(string(b), "6.1.0-18-amd64")
 	})
 }

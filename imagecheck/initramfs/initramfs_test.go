@@ -2,7 +2,9 @@ package initramfs
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -65,7 +67,7 @@ func FuzzWalk(f *testing.F) {
 	if _, err := testutil.LookPath("cpio"); err == nil {
 		main := fixture.Cpio(f, map[string]string{"usr/lib/modules/6.1.0/kernel/nvme.ko": "n", "init": "x"})
 		f.Add(main)
-		for _, name := range []string{"gzip", "zstd", "xz", "lz4"} {
+		for _, name := range []string{"gzip", "zstd", "xz", "lz4", "bzip2", "lzma"} {
 			if _, err := testutil.LookPath(fixture.Compressors[name][0]); err == nil {
 				f.Add(append(fixture.Microcode(f), fixture.Compress(f, main, name)...))
 			}
@@ -101,4 +103,49 @@ func BenchmarkWalk(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(len(img))/(1<<20), "MiB-compressed")
+}
+
+// TestDecoderMemory: a stream that asks for a huge window or dictionary
+// (the decoder would allocate it before decoding a byte) is refused. The
+// streams are the real compressors' output with the size in their header
+// raised, as a hostile image would.
+func TestDecoderMemory(t *testing.T) {
+	main := fixture.Cpio(t, map[string]string{"init": "#!/bin/sh"})
+	for _, tc := range []struct {
+		name  string
+		patch func(b []byte) bool
+	}{
+		{"zstd", func(b []byte) bool {
+			if b[4]&0x20 != 0 { // Single_Segment: no window descriptor
+				return false
+			}
+			b[5] = 20 << 3 // windowLog 30: 1 GiB
+			return true
+		}},
+		{"xz", func(b []byte) bool {
+			hs := (int(b[12]) + 1) * 4 // the first block header
+			if b[13]&3 != 0 || b[14] != 0x21 || b[15] != 1 {
+				return false // not a lone LZMA2 filter
+			}
+			b[16] = 30 // 128 MiB
+			binary.LittleEndian.PutUint32(b[12+hs-4:], crc32.ChecksumIEEE(b[12:12+hs-4]))
+			return true
+		}},
+		{"lzma", func(b []byte) bool {
+			binary.LittleEndian.PutUint32(b[1:], 1<<30)
+			return true
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := fixture.Compress(t, main, tc.name)
+			if !tc.patch(c) {
+				t.Fatalf("%s wrote a header this test does not know: %x", tc.name, c[:min(len(c), 24)])
+			}
+			_, err := Walk(bytes.NewReader(append(fixture.Microcode(t), c...)), Limits{}, func(Entry) bool { return false })
+			if err == nil || !strings.Contains(err.Error(), "window") && !strings.Contains(err.Error(), "dictionary") {
+				t.Errorf("a 1 GiB window or dictionary: %v", err)
+			}
+			t.Log(err)
+		})
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -24,6 +25,7 @@ func main() {
 	cd := flag.Bool("configdrive", false, "a ConfigDrive is requested")
 	n := flag.Int("n", 1, "runs (the time of each is printed)")
 	asJSON := flag.Bool("json", false, "print the report as JSON")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the runs to this file")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		flag.Usage()
@@ -41,6 +43,18 @@ func main() {
 	}
 	if *nic != "" || *mac != "" {
 		facts.NICs = []imagecheck.NIC{{Driver: *nic, MAC: *mac}}
+	}
+	if *cpuProfile != "" {
+		pf, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	var rep *imagecheck.Report
 	for i := 0; i < *n; i++ {
