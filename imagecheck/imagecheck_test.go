@@ -381,6 +381,7 @@ func TestDefects(t *testing.T) {
 			map[job.Code]Severity{job.CheckNoLinuxRoot: Note}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			d, l, f := defaultDebian(), layout{}, serverFacts()
 			tc.mod(&d, &l, &f)
 			rep := check(t, build(t, d, l), f)
