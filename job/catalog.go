@@ -197,9 +197,8 @@ const (
 	MsgImageTypeDetected Code = "MsgImageTypeDetected" // type, what the first bytes are
 	ImageTypeUndetected  Code = "ImageTypeUndetected"  // what the first bytes look like
 	APINoFeature         Code = "APINoFeature"         // agent version
-	MsgTaskReboot        Code = "MsgTaskReboot"        // OVH; a hardReboot task's comment
 	MsgRebootByHand      Code = "MsgRebootByHand"      // a hardReboot task waiting for hands
-	MsgRebootSeen        Code = "MsgRebootSeen"        // how the reboot was seen
+	MsgRebootSeen        Code = "MsgRebootSeen"        //
 )
 
 // catalog holds the text of every Code.
@@ -359,9 +358,8 @@ var catalog = map[Code]entry{
 	MsgImageTypeDetected: {"no image type given: detected %s from the image's first bytes (%s)", FaultNone},
 	ImageTypeUndetected:  {"no image type given, and the image's first bytes are neither qcow2, OVA, a disk image with a partition table nor a compressed one (they look like: %s): give the image type (qcow2, raw or ova)", FaultCustomer},
 	APINoFeature:         {"this server's agent (version %s) cannot detect the image type: give customizations.imageType (qcow2, raw or ova), or boot the server into a newer rescue system", FaultCustomer},
-	MsgTaskReboot:        {"Reboot asked", FaultNone},
 	MsgRebootByHand:      {"Waiting for the server to be rebooted by hand: byoi-api has no power driver for it", FaultNone},
-	MsgRebootSeen:        {"The server rebooted: %s", FaultNone},
+	MsgRebootSeen:        {"Reboot seen: the server booted from the network or its rescue agent started", FaultNone},
 }
 
 // Text formats the message of code c with args. An unknown code (a bug)

@@ -34,7 +34,7 @@ var controlPlaneTexts = map[Code]bool{
 	AgentSilent: true, MsgRestarted: true, MsgWaitingAgent: true, MsgCancelled: true,
 	MsgTaskReinstall: true, MsgBootHarddisk: true, MsgBootRescue: true,
 	// issue 24
-	MsgTaskReboot: true, MsgRebootByHand: true, MsgRebootSeen: true,
+	MsgRebootByHand: true, MsgRebootSeen: true,
 }
 
 // powerCodes are the codes of the power drivers (controlplane/power, issue
