@@ -1,8 +1,6 @@
 package controlplane
 
 import (
-	"net"
-	"net/url"
 	"strings"
 )
 
@@ -50,17 +48,18 @@ func dropPort(u string) (string, bool) {
 	if strings.Contains(authority, "@") {
 		return "", false // userinfo: not a URL a client signs
 	}
-	h, port, err := net.SplitHostPort(authority)
-	if err != nil || port == "" {
+	// The port is the digits after the last colon, which must follow the
+	// host: a name or IPv4 address (no other colon), or a bracketed IPv6
+	// address. The host is kept exactly as spelled.
+	i := strings.LastIndexByte(authority, ':')
+	if i <= 0 || i == len(authority)-1 || strings.Trim(authority[i+1:], "0123456789") != "" {
 		return "", false
 	}
-	if strings.Contains(h, ":") {
-		h = "[" + h + "]"
-	}
-	if _, err := url.Parse(scheme + "://" + h); err != nil {
+	host := authority[:i]
+	if strings.HasPrefix(host, "[") != strings.HasSuffix(host, "]") || !strings.HasPrefix(host, "[") && strings.Contains(host, ":") || host == "[]" {
 		return "", false
 	}
-	return scheme + "://" + h + path, true
+	return scheme + "://" + host + path, true
 }
 
 // signatureMatches compares sig with the signature over each URL the
