@@ -413,6 +413,22 @@ func (s *Server) installStatus(c *call) (int, any, error) {
 type hardwareView struct {
 	BootMode   *string              `json:"bootMode"`
 	DiskGroups []agentapi.DiskGroup `json:"diskGroups"`
+	// The rest of OVH's dedicated.server.HardwareSpecifications (issue
+	// 24), every one nullable there: the agent's inventory does not tell
+	// them, so they are null rather than guessed.
+	CoresPerProcessor       *int64        `json:"coresPerProcessor"`
+	DefaultHardwareRaidSize *unitAndValue `json:"defaultHardwareRaidSize"`
+	DefaultHardwareRaidType *string       `json:"defaultHardwareRaidType"`
+	Description             *string       `json:"description"`
+	ExpansionCards          []struct{}    `json:"expansionCards"`
+	FormFactor              *string       `json:"formFactor"`
+	MemorySize              *unitAndValue `json:"memorySize"`
+	Motherboard             *string       `json:"motherboard"`
+	NumberOfProcessors      *int64        `json:"numberOfProcessors"`
+	ProcessorArchitecture   *string       `json:"processorArchitecture"`
+	ProcessorName           *string       `json:"processorName"`
+	ThreadsPerProcessor     *int64        `json:"threadsPerProcessor"`
+	UsbKeys                 []struct{}    `json:"usbKeys"`
 }
 
 func (s *Server) hardware(c *call) (int, any, error) {

@@ -366,9 +366,11 @@ var goModels = map[string]modelDef{
 	"dedicated.server.ByoiStatus":                 {description: "A structure describing the current BYOI deployment status", goType: typeOf[byoiStatus](), types: map[string]string{"status": "dedicated.server.ByoiStatusEnum"}},
 	"dedicated.server.InstallationProgressStatus": {description: "A structure describing the current progress status of the installation", goType: typeOf[installStatus](), types: map[string]string{"progress": "dedicated.server.InstallationProgressSteps[]"}},
 	"dedicated.server.InstallationProgressSteps":  {description: "One step of the installation", goType: typeOf[progressStep](), types: map[string]string{"status": "dedicated.server.InstallationProgressStatusEnum"}},
-	"dedicated.server.HardwareSpecifications":     {description: "Hardware specifications about this dedicated server (from the rescue agent's inventory)", goType: typeOf[hardwareView](), types: map[string]string{"bootMode": "dedicated.server.BootModeEnum", "diskGroups": "dedicated.server.DiskGroup[]"}},
-	"dedicated.server.DiskGroup":                  {description: "A disk group", goType: typeOf[agentapi.DiskGroup](), types: map[string]string{"diskSize": "complexType.UnitAndValue<double>", "diskType": "dedicated.server.DiskTypeEnum"}},
-	"complexType.UnitAndValue":                    {description: "A numeric value tagged with its unit", goType: typeOf[unitAndValue]()},
+	"dedicated.server.HardwareSpecifications": {description: "Hardware specifications about this dedicated server (from the rescue agent's inventory)", goType: typeOf[hardwareView](), types: map[string]string{"bootMode": "dedicated.server.BootModeEnum", "diskGroups": "dedicated.server.DiskGroup[]",
+		"defaultHardwareRaidSize": "complexType.UnitAndValue<long>", "memorySize": "complexType.UnitAndValue<long>", "expansionCards": "dedicated.server.ExpansionCard[]",
+		"usbKeys": "complexType.UnitAndValue<long>[]", "formFactor": "string", "processorArchitecture": "string", "defaultHardwareRaidType": "string"}},
+	"dedicated.server.DiskGroup": {description: "A disk group", goType: typeOf[agentapi.DiskGroup](), types: map[string]string{"diskSize": "complexType.UnitAndValue<double>", "diskType": "dedicated.server.DiskTypeEnum"}},
+	"complexType.UnitAndValue":   {description: "A numeric value tagged with its unit", goType: typeOf[unitAndValue]()},
 	"dedicated.server.NetworkSpecifications": {description: "A structure describing network informations about this dedicated server", goType: typeOf[networkSpecs](), types: map[string]string{
 		"bandwidth": "dedicated.server.BandwidthDetails", "connection": "complexType.UnitAndValue<long>", "ola": "dedicated.server.OlaDetails",
 		"routing": "dedicated.server.RoutingDetails", "switching": "dedicated.server.SwitchingDetails", "traffic": "dedicated.server.TrafficDetails",
@@ -403,6 +405,7 @@ var fixedModels = map[string]map[string]string{
 	"dedicated.server.BandwidthDetails":                      {"InternetToOvh": "complexType.UnitAndValue<long>", "OvhToInternet": "complexType.UnitAndValue<long>", "OvhToOvh": "complexType.UnitAndValue<long>", "type": "string"},
 	"dedicated.server.OlaDetails":                            {"available": "boolean", "supportedModes": "dedicated.virtualNetworkInterface.VirtualNetworkInterfaceModeEnum[]"},
 	"dedicated.server.SwitchingDetails":                      {"name": "string"},
+	"dedicated.server.ExpansionCard":                         {"description": "string", "type": "string"},
 	"dedicated.server.TrafficDetails":                        {"inputQuotaSize": "complexType.UnitAndValue<long>", "inputQuotaUsed": "complexType.UnitAndValue<long>", "isThrottled": "boolean", "outputQuotaSize": "complexType.UnitAndValue<long>", "outputQuotaUsed": "complexType.UnitAndValue<long>", "resetQuotaDate": "datetime"},
 	"dedicated.server.BandwidthvRackDetails":                 {"bandwidth": "complexType.UnitAndValue<long>", "type": "string"},
 }
