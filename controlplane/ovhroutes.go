@@ -21,7 +21,8 @@ import (
 // OVH's published schema) with what byoi-api knows, and empty lists or
 // null where byoi has nothing of the kind.
 
-func (s *Server) ovhRoutes(d string) {
+func (s *Server) ovhRoutes(p, d string) {
+	s.handle(p+"/auth/details", map[string]endpoint{"GET": {auth: authCustomer, h: s.authDetails}})
 	s.handle(d+"/ips", map[string]endpoint{"GET": {auth: authCustomer, h: s.listIPs}})
 	s.handle(d+"/virtualNetworkInterface", map[string]endpoint{"GET": {auth: authCustomer, h: s.listVNIs}})
 	s.handle(d+"/virtualNetworkInterface/{uuid}", map[string]endpoint{"GET": {auth: authCustomer, h: s.getVNI}})
@@ -32,6 +33,31 @@ func (s *Server) ovhRoutes(d string) {
 	s.handle(d+"/serviceInfos", map[string]endpoint{"GET": {auth: authCustomer, h: s.serviceInfos}})
 	s.handle(d+"/authenticationSecret", map[string]endpoint{"POST": {auth: authCustomer, h: s.authenticationSecret}})
 	s.handle(d+"/reboot", map[string]endpoint{"POST": {auth: authCustomer, h: s.postReboot}})
+}
+
+// authDetails is OVH's GET /auth/details (auth.Details): who the caller
+// is. terraform-provider-ovh calls it when it starts, to check its
+// credentials. A byoi customer may use the whole API on its own servers:
+// every method on every path, as OVH's allowedRoutes say it.
+type authDetailsView struct {
+	Account       string       `json:"account"`
+	AllowedRoutes []accessRule `json:"allowedRoutes"`
+	Description   *string      `json:"description"`
+	Identities    []string     `json:"identities"`
+	Method        string       `json:"method"`
+	Roles         []string     `json:"roles"`
+	User          *string      `json:"user"`
+}
+
+type accessRule struct {
+	Method string `json:"method"`
+	Path   string `json:"path"`
+}
+
+func (s *Server) authDetails(c *call) (int, any, error) {
+	all := []accessRule{{"DELETE", "/*"}, {"GET", "/*"}, {"POST", "/*"}, {"PUT", "/*"}}
+	return http.StatusOK, authDetailsView{Account: c.customer.Name, AllowedRoutes: all, Identities: []string{"urn:v1:byoi:identity:account:" + c.customer.Name},
+		Method: "account", Roles: []string{}}, nil
 }
 
 // listIPs is GET .../ips: the server's IP blocks from the operator's facts

@@ -162,6 +162,7 @@ var pathParams = map[string]paramDoc{
 // as registered, under the prefix).
 var routeDocs = map[string]opDoc{
 	"GET /auth/time":                      {description: "Get the current time of the API server, since UNIX epoch", response: "long"},
+	"GET /auth/details":                   {description: "Details about the current authentication", response: "auth.Details"},
 	"GET /dedicated/server":               {description: "List available services", response: "string[]"},
 	"GET /dedicated/server/{serviceName}": {description: "Get this object properties", response: "dedicated.server.DedicatedWithIAM"},
 	"PUT /dedicated/server/{serviceName}": {description: "Alter this object properties", response: "void",
@@ -360,6 +361,8 @@ var goModels = map[string]modelDef{
 		"state": "dedicated.server.StateEnum", "supportLevel": "dedicated.server.SupportLevelEnum", "iam": "iam.ResourceMetadata"}},
 	"dedicated.server.Dedicated": {description: "Server informations (the properties PUT changes)", goType: typeOf[putServerBody](), writable: true, types: map[string]string{
 		"state": "dedicated.server.StateEnum"}},
+	"auth.Details":                                {description: "Details about the current authentication", goType: typeOf[authDetailsView](), types: map[string]string{"allowedRoutes": "auth.AccessRule[]", "method": "auth.MethodEnum"}},
+	"auth.AccessRule":                             {description: "Access rule required for the application", goType: typeOf[accessRule](), types: map[string]string{"method": "http.Method"}},
 	"iam.ResourceMetadata":                        {description: "IAM resource metadata embedded in services models", goType: typeOf[iamView]()},
 	"dedicated.server.Netboot":                    {description: "Available boots", goType: typeOf[bootView](), types: map[string]string{"bootType": "dedicated.server.BootTypeEnum"}},
 	"dedicated.server.Task":                       {description: "Server tasks", goType: typeOf[taskView](), types: map[string]string{"function": "dedicated.TaskFunctionEnum", "status": "dedicated.TaskStatusEnum", "startDate": "datetime", "doneDate": "datetime", "lastUpdate": "datetime", "tags": "complexType.SafeKeyValueCanBeNull<string>[]"}},
@@ -415,6 +418,8 @@ var fixedModels = map[string]map[string]string{
 var enumModels = map[string][]string{
 	"dedicated.DatacenterEnum":                                          {"bhs1", "bhs2", "bhs3", "bhs4", "bhs5", "bhs6", "bhs7", "bhs8", "cch01", "crx1", "crx2", "dc1", "eri1", "eri2", "gra04", "gra1", "gra2", "gra3", "gsw", "hdf01", "hil1", "ieb01", "lil1-int1", "lim1", "lim2", "lim3", "mr901", "p19", "rbx", "rbx-hz", "rbx1", "rbx10", "rbx2", "rbx3", "rbx4", "rbx5", "rbx6", "rbx7", "rbx8", "rbx9", "sbg1", "sbg2", "sbg3", "sbg4", "sbg5", "sgp02", "sgp1", "syd03", "syd1", "syd2", "vin1", "waw1", "ynm1", "yyz01"},
 	"dedicated.server.PowerStateEnum":                                   {"poweroff", "poweron"},
+	"auth.MethodEnum":                                                   {"account", "provider", "user"},
+	"http.Method":                                                       {"DELETE", "GET", "PATCH", "POST", "PUT"},
 	"dedicated.server.StateEnum":                                        {"error", "hacked", "hackedBlocked", "ok"},
 	"dedicated.server.SupportLevelEnum":                                 {"critical", "fastpath", "gs", "pro"},
 	"dedicated.server.BootTypeEnum":                                     {"harddisk", "internal", "ipxeCustomerScript", "network", "power", "rescue"},

@@ -278,7 +278,7 @@ func (s *Server) routes() {
 		s.handle(d+"/task/{taskId}", map[string]endpoint{"GET": {auth: authCustomer, h: s.getTask}})
 		s.handle(d+"/install/status", map[string]endpoint{"GET": {auth: authCustomer, h: s.installStatus}})
 		s.handle(d+"/specifications/hardware", map[string]endpoint{"GET": {auth: authCustomer, h: s.hardware}})
-		s.ovhRoutes(d)    // issue 24
+		s.ovhRoutes(p, d) // issue 24
 		s.schemaRoutes(p) // issue 24
 	}
 	a := agentapi.Prefix + "/servers/{server}"
