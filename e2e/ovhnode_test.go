@@ -217,6 +217,7 @@ func TestNodeOVHClient(t *testing.T) {
 			"notFound":         job.Text(job.APINotFound, "serviceName = nosuch"),
 			"partitioning":     job.Text(job.StoragePartitioning),
 			"invalidSignature": job.Text(job.APIInvalidSig),
+			"notAuthed":        job.Text(job.APINotAuthed),
 		},
 	})
 	var mu sync.Mutex
