@@ -292,10 +292,10 @@ func TestNodeREADMESnippet(t *testing.T) {
 	ag := a.agentTLS("ns1.example", tok, disk, "--once")
 	snippet := string(m[1])
 	for old, new := range map[string]string{
-		"'byoi-api.example.com'":                      "'127.0.0.1'",
-		"port: 8443":                                  fmt.Sprintf("port: %d", a.port),
+		"'byoi-api.example.com'": "'127.0.0.1'",
+		"port: 8443":             fmt.Sprintf("port: %d", a.port),
 		"https://images.example.com/debian-12.qcow2": img.url,
-		"10000":                                       "200",
+		"10000": "200",
 	} {
 		if !strings.Contains(snippet, old) {
 			t.Fatalf("the snippet has no %q", old)
