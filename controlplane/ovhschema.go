@@ -184,9 +184,10 @@ var routeDocs = map[string]opDoc{
 			{name: "httpHeader", typ: "complexType.SafeKeyValue<string>[]", description: "HTTP Header"},
 			{name: "type", typ: "dedicated.ImageTypesEnum", description: "Image type (qcow2, raw; byoi also ova)", required: true},
 		}},
-	"GET /dedicated/server/{serviceName}/bringYourOwnImage":         {description: "Get this object properties", response: "dedicated.server.ByoiStatus"},
-	"DELETE /dedicated/server/{serviceName}/bringYourOwnImage":      {description: "Delete your current image installation, boot the server to rescue", response: "void"},
-	"GET /dedicated/server/{serviceName}/bringYourOwnImage/history": {description: "The server's deployments, newest first", response: "byoi.Deployment[]", byoi: true},
+	"GET /dedicated/server/{serviceName}/bringYourOwnImage":          {description: "Get this object properties", response: "dedicated.server.ByoiStatus"},
+	"DELETE /dedicated/server/{serviceName}/bringYourOwnImage":       {description: "Delete your current image installation, boot the server to rescue", response: "void"},
+	"GET /dedicated/server/{serviceName}/bringYourOwnImage/history":  {description: "The server's deployments, newest first", response: "byoi.Deployment[]", byoi: true},
+	"GET /dedicated/server/{serviceName}/bringYourOwnImage/hardware": {description: "What the rescue agent's inventory says beyond specifications/hardware: disks and NICs with their drivers, controllers no driver claimed", response: "byoi.Hardware", byoi: true},
 	"GET /dedicated/server/{serviceName}/bringYourOwnImage/events": {description: "A deployment's status history", response: "byoi.Events", byoi: true,
 		query: []paramDoc{
 			{name: "deployment", typ: "long", description: "The deployment (default: the current one)"},
@@ -386,6 +387,10 @@ var goModels = map[string]modelDef{
 	"service.RenewType":                   {description: "Map a possible renew for a specific service", goType: typeOf[renewType]()},
 	"byoi.Deployment":                     {description: "A deployment of the server (byoi addition)", goType: typeOf[historyItem](), types: map[string]string{"createdAt": "datetime", "endedAt": "datetime"}},
 	"byoi.Events":                         {description: "A deployment's status history (byoi addition)", goType: typeOf[eventsView](), types: map[string]string{"events": "byoi.Event[]"}},
+	"byoi.Hardware":                       {description: "The rescue agent's hardware detail (byoi addition)", goType: typeOf[hardwareDetail](), types: map[string]string{"disks": "byoi.Disk[]", "nics": "byoi.NIC[]", "unclaimedDevices": "byoi.UnclaimedDevice[]"}},
+	"byoi.Disk":                           {description: "A disk of the inventory (byoi addition)", goType: typeOf[agentapi.InventoryDisk]()},
+	"byoi.NIC":                            {description: "A network interface of the inventory (byoi addition)", goType: typeOf[agentapi.InventoryNIC]()},
+	"byoi.UnclaimedDevice":                {description: "A controller no driver of the rescue claimed (byoi addition)", goType: typeOf[agentapi.UnclaimedDevice]()},
 	"byoi.Event":                          {description: "One entry of a deployment's status history (byoi addition)", goType: typeOf[eventView](), types: map[string]string{"time": "datetime", "receivedAt": "datetime"}},
 }
 
