@@ -108,9 +108,8 @@ func (s *Server) authCustomer(c *call) error {
 	if err != nil {
 		return err // a wrong key file: ours, logged
 	}
-	url := SignedURL(s.cfg.PublicURL, c.r.TLS != nil, c.r.Host, c.r.RequestURI)
-	want := Sign(string(secret), consumer, c.r.Method, url, c.body, ts)
-	if !equal([]byte(want), []byte(h.Get(hdrSignature))) {
+	urls := SignedURLs(s.cfg.PublicURL, c.r.TLS != nil, c.r.Host, c.r.RequestURI) // with or without the port: signurl.go
+	if !signatureMatches(string(secret), consumer, c.r.Method, urls, c.body, ts, h.Get(hdrSignature)) {
 		return fail(kInvalidSignature, job.APIInvalidSig)
 	}
 	cu, err := s.st.Customer(c.r.Context(), cred.CustomerID)

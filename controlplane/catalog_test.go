@@ -354,6 +354,8 @@ func TestAPICatalogCoverage(t *testing.T) {
 	st, _, class, msg = plainDo(t, browser, "POST", e.url+"/panel/api/logout", "", nil)
 	cv.refusal("panel sign-out without the CSRF token", st, class, msg, 403, "Client::Forbidden", job.APICSRF)
 
+	ovhCatalogCoverage(t, e, cv, cu) // issue 24: ovh_catalog_test.go
+
 	// Ours: the key file was replaced, so no credential's secret opens
 	// (the error is logged, the customer sees only that it is ours).
 	e.stop()

@@ -162,6 +162,7 @@ func (s *Server) serverScript(ctx context.Context, mac string) (script, who stri
 		return "", "netboot", err
 	}
 	who = "netboot " + sv.Name
+	s.bootSeen(ctx, sv, "network boot") // issue 24
 	if sv.BootID == store.BootHarddisk {
 		key := s.diskKey(ctx, sv)
 		s.log.Info("network boot: local disk", "server", sv.Name, "mac", mac, "diskKey", keyText(key))

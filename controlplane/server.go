@@ -66,14 +66,18 @@ type Config struct {
 	// Netboot, when set, serves servers booting from the network through
 	// iPXE (netboot.go).
 	Netboot *NetbootConfig
+	// Facts are the operator's facts about servers (datacenter, ip, ...)
+	// for OVH's server fields; nil: none (those fields are null).
+	Facts *FactsFile
 }
 
 // Server serves the customer and agent APIs.
 type Server struct {
-	cfg Config
-	st  store.Store
-	log *slog.Logger
-	mux *http.ServeMux
+	cfg   Config
+	st    store.Store
+	log   *slog.Logger
+	mux   *http.ServeMux
+	table []route // every route handle registered, for the schema documents
 }
 
 // New returns a Server.
@@ -159,6 +163,7 @@ func (s *Server) handle(pattern string, methods map[string]endpoint) {
 	for m := range methods {
 		allow = append(allow, m)
 	}
+	s.table = append(s.table, route{pattern, methods})
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		ep, ok := methods[r.Method]
 		if !ok {
@@ -274,6 +279,8 @@ func (s *Server) routes() {
 		s.handle(d+"/task/{taskId}", map[string]endpoint{"GET": {auth: authCustomer, h: s.getTask}})
 		s.handle(d+"/install/status", map[string]endpoint{"GET": {auth: authCustomer, h: s.installStatus}})
 		s.handle(d+"/specifications/hardware", map[string]endpoint{"GET": {auth: authCustomer, h: s.hardware}})
+		s.ovhRoutes(p, d) // issue 24
+		s.schemaRoutes(p) // issue 24
 	}
 	a := agentapi.Prefix + "/servers/{server}"
 	s.handle(a+"/inventory", map[string]endpoint{"POST": {auth: authAgent, maxBody: agentapi.MaxInventoryBody, h: s.agentInventory}})

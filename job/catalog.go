@@ -215,6 +215,18 @@ const (
 	PowerUnsupported Code = "PowerUnsupported" // operation, what the BMC answered
 	PowerFailed      Code = "PowerFailed"      // operation, what the BMC answered
 	WarnBootOverride Code = "WarnBootOverride" // what the BMC answered
+
+	// OVH's own tools (issue 24): the reinstall body's fields OVH's tools
+	// send, the image type detected, the API's answers for them.
+	StorageHardwareRaid  Code = "StorageHardwareRaid"  //
+	StoragePartitioning  Code = "StoragePartitioning"  //
+	CustomizationUnused  Code = "CustomizationUnused"  // field, operatingSystem, what to do instead
+	MetadataTwice        Code = "MetadataTwice"        // quoted key, first source, second source
+	MsgImageTypeDetected Code = "MsgImageTypeDetected" // type, what the first bytes are
+	ImageTypeUndetected  Code = "ImageTypeUndetected"  // what the first bytes look like
+	APINoFeature         Code = "APINoFeature"         // agent version
+	MsgRebootByHand      Code = "MsgRebootByHand"      // a hardReboot task waiting for hands
+	MsgRebootSeen        Code = "MsgRebootSeen"        //
 )
 
 // catalog holds the text of every Code.
@@ -391,6 +403,17 @@ var catalog = map[Code]entry{
 	PowerUnsupported: {"the server's BMC does not support %s: %s", FaultProvider},
 	PowerFailed:      {"the server's BMC failed %s: %s", FaultProvider},
 	WarnBootOverride: {"the server's BMC refused the one-time boot from the network (%s): the server starts in its own boot order", FaultNone},
+
+	// issue 24
+	StorageHardwareRaid:  {"storage.hardwareRaid is not supported with a BYOI image: byoi writes the image as it is onto the first disk of the disk group and configures no hardware RAID (leave hardwareRaid out; an empty list is accepted)", FaultCustomer},
+	StoragePartitioning:  {"storage.partitioning is not supported with a BYOI image: the image brings its own partition table (leave partitioning out; an empty object is accepted)", FaultCustomer},
+	CustomizationUnused:  {"customizations.%s is not used with %s, which installs your own image: %s", FaultCustomer},
+	MetadataTwice:        {"ConfigDrive metadata key %s is given in both %s and %s", FaultCustomer},
+	MsgImageTypeDetected: {"no image type given: detected %s from the image's first bytes (%s)", FaultNone},
+	ImageTypeUndetected:  {"no image type given, and the image's first bytes are neither qcow2, OVA, a disk image with a partition table nor a compressed one (they look like: %s): give the image type (qcow2, raw or ova)", FaultCustomer},
+	APINoFeature:         {"this server's agent (version %s) cannot detect the image type: give customizations.imageType (qcow2, raw or ova), or boot the server into a newer rescue system", FaultCustomer},
+	MsgRebootByHand:      {"Waiting for the server to be rebooted by hand: byoi-api has no power driver for it", FaultNone},
+	MsgRebootSeen:        {"Reboot seen: the server booted from the network or its rescue agent started", FaultNone},
 }
 
 // imageCheckCodes are the codes of issue 26's checks (package imagecheck):

@@ -306,6 +306,14 @@ CREATE TABLE server_boot (
 );
 `,
 	},
+	// 6 (issue 24): the properties a customer sets with OVH's PUT
+	// /dedicated/server/{sn} (monitoring, state, bootScript, rescueMail...),
+	// one JSON document per server; tasks of no deployment (a reboot
+	// request's) use the tasks table with deployment_id 0.
+	6: {
+		SQLite:   `ALTER TABLE servers ADD COLUMN props BLOB;`,
+		Postgres: `ALTER TABLE servers ADD COLUMN props BYTEA;`,
+	},
 }
 
 // Latest is the newest schema version.

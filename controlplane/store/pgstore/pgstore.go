@@ -281,12 +281,12 @@ func (s *Store) CustomerByAccessToken(ctx context.Context, tokenHash []byte) (st
 
 // Servers.
 
-const serverCols = `id, customer_id, name, mac, boot_id, efi_bootloader_path, inventory, inventory_at, created_at`
+const serverCols = `id, customer_id, name, mac, boot_id, efi_bootloader_path, inventory, inventory_at, created_at, props`
 
 func scanServer(row pgx.Row) (store.Server, error) {
 	var sv store.Server
 	var invAt, at int64
-	if err := row.Scan(&sv.ID, &sv.CustomerID, &sv.Name, &sv.MAC, &sv.BootID, &sv.EFIBootloaderPath, &sv.Inventory, &invAt, &at); err != nil {
+	if err := row.Scan(&sv.ID, &sv.CustomerID, &sv.Name, &sv.MAC, &sv.BootID, &sv.EFIBootloaderPath, &sv.Inventory, &invAt, &at, &sv.Props); err != nil {
 		return store.Server{}, notFound(err)
 	}
 	sv.InventoryAt, sv.CreatedAt = tm(invAt), tm(at)

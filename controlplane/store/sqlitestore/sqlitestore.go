@@ -626,14 +626,14 @@ func (s *Store) DeleteSession(ctx context.Context, idHash []byte) error {
 
 // Servers.
 
-const serverCols = `id, customer_id, name, mac, boot_id, efi_bootloader_path, inventory, inventory_at, created_at`
+const serverCols = `id, customer_id, name, mac, boot_id, efi_bootloader_path, inventory, inventory_at, created_at, props`
 
 type scanner interface{ Scan(...any) error }
 
 func scanServer(row scanner) (store.Server, error) {
 	var sv store.Server
 	var invAt, at int64
-	if err := row.Scan(&sv.ID, &sv.CustomerID, &sv.Name, &sv.MAC, &sv.BootID, &sv.EFIBootloaderPath, &sv.Inventory, &invAt, &at); err != nil {
+	if err := row.Scan(&sv.ID, &sv.CustomerID, &sv.Name, &sv.MAC, &sv.BootID, &sv.EFIBootloaderPath, &sv.Inventory, &invAt, &at, &sv.Props); err != nil {
 		return store.Server{}, notFound(err)
 	}
 	sv.InventoryAt, sv.CreatedAt = tm(invAt), tm(at)

@@ -58,6 +58,8 @@ var cases = []struct {
 	{"NotFound", testNotFound},
 	{"Sessions", testSessions},
 	{"Netboot", testNetboot},
+	{"ServerProps", testServerProps}, // issue 24
+	{"Tasks", testTasks},             // issue 24
 }
 
 // must returns v, or fails the case (Run recovers the panic into t.Fatal).
