@@ -49,7 +49,7 @@ func TestCatalogCoverage(t *testing.T) {
 		path := crashcheck.OldSystem(t, 512, diskSize)
 		j := &job.Job{ImageURL: serve(t, data, ""), ImageType: typ, DiskGroupID: 1}
 		rec := &recorder{}
-		env := Env{Target: path, Report: ReporterFunc(rec.report), Fetch: rec.deployer().Fetch}
+		env := Env{Target: path, Report: ReporterFunc(rec.report), Options: Options{Fetch: rec.deployer().Fetch}}
 		if mod != nil {
 			mod(j, &env)
 		}
@@ -162,7 +162,7 @@ func TestCatalogCoverage(t *testing.T) {
 		}))
 		defer srv.Close()
 		rec := &recorder{}
-		_, err := Run(context.Background(), &job.Job{ImageURL: srv.URL, ImageType: "raw", DiskGroupID: 1}, Env{Target: crashcheck.OldSystem(t, 512, 32*mib), Report: ReporterFunc(rec.report), Fetch: rec.deployer().Fetch})
+		_, err := Run(context.Background(), &job.Job{ImageURL: srv.URL, ImageType: "raw", DiskGroupID: 1}, Env{Target: crashcheck.OldSystem(t, 512, 32*mib), Report: ReporterFunc(rec.report), Options: Options{Fetch: rec.deployer().Fetch}})
 		note(err, rec.events, "download retried")
 		err, events, _, _, _ := stalledRun(t, 300*time.Millisecond)
 		note(err, events, "stalled")

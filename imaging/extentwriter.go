@@ -11,14 +11,14 @@ import (
 // that every byte of [0, size) ends up either written or zeroed: nothing of
 // the previous system survives in the image region.
 //
-// Two regions are held back in memory and written only by writeTail and
-// writeHead, at the very end: the first HeadSize bytes (MBR and primary GPT) and the last
-// HeadSize bytes (the image's own backup GPT). Until then the target has
-// no partition table the image brought, so a failure at any point leaves
-// nothing that looks bootable (failsafe.go).
+// The first HeadSize bytes (MBR and primary GPT) are kept in memory and
+// written only by writeHead: the writer checks the partition table there
+// once the grains that make it are known, before it is written (when the
+// grains come in disk order, before anything is written). That is the
+// format's validation, not crash safety, which is the Guard's.
 //
-// Zeroing follows a watermark: everything below zeroedTo (outside the held
-// regions) is written or zeroed. An extent starting past the watermark
+// Zeroing follows a watermark: everything below zeroedTo (outside the
+// head) is written or zeroed. An extent starting past the watermark
 // first zeroes the gap; one starting below it (out of order) lands on
 // bytes already zeroed; finish zeroes the rest. Extents must not overlap
 // (the VMDK reader refuses grains seen twice). Adjacent extents are
@@ -30,10 +30,8 @@ type extentWriter struct {
 	size   int64
 	format string // for WriteError: "ova"
 
-	head      []byte // [0, len(head))
-	tail      []byte // [tailStart, size)
-	tailStart int64
-	zeroedTo  int64
+	head     []byte // [0, len(head))
+	zeroedTo int64
 
 	// The one pending operation: a run of data in buf at bufOff, or a run
 	// of zeros [zOff, zOff+zLen).
@@ -62,21 +60,18 @@ const extentBuf = 1 << 20
 
 func newExtentWriter(ctx context.Context, dst Target, size int64, format string) *extentWriter {
 	headEnd := min(int64(HeadSize), size)
-	tailStart := max(size-HeadSize, headEnd)
 	return &extentWriter{
 		ctx: ctx, dst: dst, size: size, format: format,
-		head:      make([]byte, headEnd),
-		tail:      make([]byte, size-tailStart),
-		tailStart: tailStart,
-		zeroedTo:  headEnd,
-		buf:       make([]byte, 0, min(extentBuf, size)),
+		head:     make([]byte, headEnd),
+		zeroedTo: headEnd,
+		buf:      make([]byte, 0, min(extentBuf, size)),
 	}
 }
 
-// held reports whether [off, off+n) lies entirely in the held-back
-// regions: putting it does no I/O.
+// held reports whether [off, off+n) lies entirely in the head: putting it
+// does no I/O.
 func (w *extentWriter) held(off, n int64) bool {
-	return off+n <= int64(len(w.head)) || off >= w.tailStart
+	return off+n <= int64(len(w.head))
 }
 
 // put places data at off of the virtual disk. data is not kept.
@@ -89,12 +84,6 @@ func (w *extentWriter) put(off int64, data []byte) error {
 		n := min(end, h) - off
 		copy(w.head[off:], data[:n])
 		off, data = off+n, data[n:]
-	}
-	if end > w.tailStart {
-		s := max(off, w.tailStart)
-		copy(w.tail[s-w.tailStart:], data[s-off:])
-		data = data[:s-off]
-		end = s
 	}
 	if off >= end {
 		return nil
@@ -189,31 +178,18 @@ func (w *extentWriter) flush() error {
 }
 
 // finish zeroes what no extent covered and flushes: the whole virtual disk
-// but the held-back regions is then on the target (not yet synced).
+// but the head is then on the target (not yet synced).
 func (w *extentWriter) finish() error {
-	if w.zeroedTo < w.tailStart {
-		if err := w.zero(w.zeroedTo, w.tailStart-w.zeroedTo); err != nil {
+	if w.zeroedTo < w.size {
+		if err := w.zero(w.zeroedTo, w.size-w.zeroedTo); err != nil {
 			return err
 		}
-		w.zeroedTo = w.tailStart
+		w.zeroedTo = w.size
 	}
 	return w.flush()
 }
 
-// writeTail writes the held-back end of the virtual disk (the image's
-// backup GPT); writeHead then the first MiB (MBR, primary GPT). The caller
-// syncs after each.
-func (w *extentWriter) writeTail() error {
-	if len(w.tail) == 0 {
-		return nil
-	}
-	if _, err := w.dst.WriteAt(w.tail, w.tailStart); err != nil {
-		return &WriteError{Format: w.format, Err: fmt.Errorf("write the last MiB of the image: %w", err)}
-	}
-	w.written += int64(len(w.tail))
-	return nil
-}
-
+// writeHead writes the first MiB (MBR, primary GPT), once it was checked.
 func (w *extentWriter) writeHead() error {
 	if _, err := w.dst.WriteAt(w.head, 0); err != nil {
 		return &WriteError{Format: w.format, Err: fmt.Errorf("write partition table: %w", err)}

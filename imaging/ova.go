@@ -43,19 +43,26 @@ type OVAOptions struct {
 	TargetName string
 	// Hash, when set, is fed every byte of the OVA in order.
 	Hash hash.Hash
-	// Verify is called once the whole OVA was read and hashed (Hash
-	// complete) and the manifest checked, before the held-back regions
-	// are written. An error aborts: the target is wiped and the error
-	// returned unchanged.
-	Verify func() error
 	// Check, when set, is called with the virtual disk's first MiB before
 	// anything is written; an error aborts with nothing written and is
 	// returned unchanged.
 	Check func(head []byte) error
 	// Capacity, when set, is told the virtual disk's size once the VMDK
-	// header was read, before anything is written (the caller guards the
-	// disk's last MiB: its backup GPT).
+	// header was read, before anything is written: WriteOVA writes
+	// [0, n) of the target (a Guard holds the image's last MiB, its
+	// backup GPT).
 	Capacity func(n int64)
+	// Start, when set, is called once every check that can be made before
+	// writing passed, just before the first write: the writer's phase
+	// moves from checking to writing (a Guard clears the old tables then:
+	// Guard.Start). An error aborts with nothing written.
+	Start func() error
+	// Ended, when set, is called once the whole OVA was read and hashed
+	// (Hash complete), its manifest checked and the virtual disk (of the
+	// size given) written, before the target is flushed: the writer's
+	// phase moves from streaming to flushing. An error aborts and is
+	// returned unchanged.
+	Ended func(size int64) error
 	// Progress, when set, receives the bytes of the OVA read and
 	// DeclaredSize (-1 when unknown), at most every 100 ms and at the end.
 	Progress Progress
@@ -108,26 +115,25 @@ type OVAResult struct {
 // before the head is written, and a refusal then wipes the target; a grain
 // landing in the head late makes it checked again.
 //
-// Then the old partition tables are cleared (ClearTables), the disk is
-// written, every range no grain covers zeroed (ZeroRange), and two regions
-// are held back in memory: the first and the last MiB of the virtual disk
-// (primary and backup GPT). They are written only once the whole OVA was
-// read to its end, the manifest's digests matched (every member is
-// digested as it streams, whether the manifest comes before the disk, as
-// VMware writes it, or last, as VirtualBox does), the archive size matched
-// DeclaredSize, opts.Verify passed, and the rest of the disk was synced.
+// Then the disk is written, every range no grain covers zeroed
+// (ZeroRange), its first MiB last, once the whole OVA was read to its end,
+// the manifest's digests matched (every member is digested as it streams,
+// whether the manifest comes before the disk, as VMware writes it, or
+// last, as VirtualBox does), the archive size matched DeclaredSize and the
+// partition table was checked again if a late grain changed it. Then
+// opts.Ended is called and the target flushed.
 //
-// On any failure once writing started, the target is wiped of partition
-// tables (WipeAfterFailure over the virtual disk) and the original error
-// returned: a *SizeError, *VMDKError, *OVAError, *ManifestError, a
-// *partition.TableError, a
-// *WriteError{Format: "ova"} for the target's errors, src's and Verify's
-// errors unchanged, or the context's error. Refusals before writing are
-// the same types, with the target untouched.
+// WriteOVA only writes [0, virtual size) of dst: it neither clears the old
+// partition tables, nor holds the image's own back, nor wipes after a
+// failure; a deployment writes through an imaging.Guard, which does. Its
+// errors: a *SizeError, *VMDKError, *OVAError, *ManifestError, a
+// *partition.TableError, a *WriteError{Format: "ova"} for the target's
+// errors, src's and Ended's errors unchanged, or the context's error.
+// Refusals before writing are the same types, with the target untouched.
 //
 // Memory is bounded: about 16 MiB of grain buffers, a few MiB of hashing
-// buffers, two held-back MiB, and for a monolithicSparse disk its grain
-// tables (16 bytes per allocated grain).
+// buffers, the held MiB of the head, and for a monolithicSparse disk its
+// grain tables (16 bytes per allocated grain).
 func WriteOVA(ctx context.Context, src io.Reader, dst Target, opts OVAOptions) (OVAResult, error) {
 	log := opts.Logger
 	if log == nil {
@@ -180,14 +186,14 @@ func WriteOVA(ctx context.Context, src io.Reader, dst Target, opts OVAOptions) (
 		w.warn(fmt.Sprintf("the OVF descriptor gives disk %s a capacity of %d bytes, the VMDK %d", w.ovf.Boot.ID, c, info.Capacity))
 	}
 
-	// The head: grains up to the first one that is not held back in
-	// memory; then the partition table check.
+	// The head: grains up to the first one past it (and the next); then
+	// the partition table check.
 	if opts.Capacity != nil {
 		opts.Capacity(info.Capacity)
 	}
 	xw := newExtentWriter(ctx, dst, info.Capacity, "ova")
 	p := newOVAPipeline(ds, workers)
-	first, headKnown, err := p.prelude(xw)
+	pending, headKnown, err := p.prelude(xw)
 	if err != nil {
 		return res, err
 	}
@@ -239,18 +245,18 @@ func WriteOVA(ctx context.Context, src io.Reader, dst Target, opts OVAOptions) (
 	// reports of it is taken now.
 	warnings := append([]string(nil), w.warnings...)
 	fail := func(err error) (OVAResult, error) {
-		log.Error("OVA write failed, wiping partition tables", "error", err)
-		if werr := WipeAfterFailure(ctx, dst, info.Capacity); werr != nil {
-			log.Error("wipe after failed OVA write", "error", werr)
-		}
+		log.Error("OVA write failed", "error", err)
 		res.Warnings = warnings
+		res.Written, res.Zeroed = xw.written, xw.zeroed
 		return res, err
 	}
-	if err := ClearTables(ctx, dst); err != nil {
-		return fail(&WriteError{Format: "ova", Err: err})
+	if opts.Start != nil {
+		if err := opts.Start(); err != nil {
+			return res, err
+		}
 	}
 	started = true
-	if err := p.run(ctx, w, xw, first); err != nil {
+	if err := p.run(ctx, w, xw, pending); err != nil {
 		return fail(err)
 	}
 	if err := xw.finish(); err != nil {
@@ -266,36 +272,25 @@ func WriteOVA(ctx context.Context, src io.Reader, dst Target, opts OVAOptions) (
 	if err := checkHead(); err != nil {
 		return fail(err)
 	}
-	if opts.Verify != nil {
-		if err := opts.Verify(); err != nil {
-			return fail(err)
-		}
-	}
-	// Flush the body before the held-back regions: a crash in between
-	// leaves no partition table.
-	if err := dst.Sync(); err != nil {
-		return fail(&WriteError{Format: "ova", Err: err})
-	}
 	if err := ctx.Err(); err != nil {
 		return fail(err)
-	}
-	// The image's backup GPT, flushed, then the first MiB, flushed: in
-	// between, the disk holds the complete new system, readable from its
-	// backup GPT (the order of Guard.Commit and WriteRaw).
-	if err := xw.writeTail(); err != nil {
-		return fail(err)
-	}
-	if err := dst.Sync(); err != nil {
-		return fail(&WriteError{Format: "ova", Err: err})
 	}
 	if err := xw.writeHead(); err != nil {
 		return fail(err)
 	}
-	if err := dst.Sync(); err != nil {
-		return fail(&WriteError{Format: "ova", Err: err})
-	}
 	if opts.Progress != nil {
 		opts.Progress(res.Read, opts.DeclaredSize)
+	}
+	if opts.Ended != nil {
+		if err := opts.Ended(info.Capacity); err != nil {
+			return fail(err)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return fail(err)
+	}
+	if err := dst.Sync(); err != nil {
+		return fail(&WriteError{Format: "ova", Err: err})
 	}
 	res.Written, res.Zeroed = xw.written, xw.zeroed
 	res.Manifest = w.mfName

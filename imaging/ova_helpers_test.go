@@ -3,8 +3,11 @@ package imaging_test
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -230,7 +233,7 @@ func ovaOldTarget(t *testing.T, size int64, loop bool) (*blockdev.Device, string
 	return d, path
 }
 
-// ovaHashVerify returns a Hash and a Verify callback comparing it with the
+// ovaHashVerify returns a Hash and an Ended callback comparing it with the
 // sha256 of b.
 func ovaHashVerify(b []byte) (imaging.OVAOptions, func() bool) {
 	want := sha256.Sum256(b)
@@ -238,7 +241,7 @@ func ovaHashVerify(b []byte) (imaging.OVAOptions, func() bool) {
 	called := false
 	return imaging.OVAOptions{
 			Hash: h,
-			Verify: func() error {
+			Ended: func(int64) error {
 				called = true
 				if got := h.Sum(nil); !bytes.Equal(got, want[:]) {
 					return fmt.Errorf("checksum mismatch: got %x, want %x", got, want)
@@ -248,6 +251,30 @@ func ovaHashVerify(b []byte) (imaging.OVAOptions, func() bool) {
 		}, func() bool {
 			return called
 		}
+}
+
+// ovaDeploy writes the OVA through a Guard over dst, as a deployment does
+// (agent.Deployer: the image's last MiB held once Capacity tells it):
+// Commit after a success, Abort after a failure. WriteOVA's error comes
+// back unchanged when the abort succeeded.
+func ovaDeploy(ctx context.Context, src io.Reader, dst imaging.Target, opts imaging.OVAOptions) (imaging.OVAResult, error) {
+	g := imaging.Begin(ctx, dst)
+	capacity := opts.Capacity
+	opts.Capacity = func(n int64) {
+		g.Hold(n-imaging.HeadSize, imaging.HeadSize)
+		if capacity != nil {
+			capacity(n)
+		}
+	}
+	opts.Start = func() error { return g.Start(ctx) }
+	res, err := imaging.WriteOVA(ctx, src, g, opts)
+	if err != nil {
+		if werr := g.Abort(ctx); werr != nil {
+			return res, errors.Join(err, werr)
+		}
+		return res, err
+	}
+	return res, g.Commit(ctx)
 }
 
 func osWriteFile(p string, b []byte) error { return os.WriteFile(p, b, 0o644) }

@@ -266,7 +266,7 @@ func TestWriteOVARefusedUntouched(t *testing.T) {
 			verified := false
 			_, err := imaging.WriteOVA(t.Context(), testutil.ChunkyReader{R: bytes.NewReader(c.ova)}, dst, imaging.OVAOptions{
 				TargetName: "/dev/sdz",
-				Verify:     func() error { verified = true; return nil },
+				Ended:      func(int64) error { verified = true; return nil },
 				Logger:     testutil.Logger(t),
 			})
 			if err == nil {
@@ -298,7 +298,7 @@ func TestWriteOVARefusedUntouched(t *testing.T) {
 				}
 			}
 			if verified {
-				t.Error("Verify called")
+				t.Error("Ended called")
 			}
 			if dst.writes != 0 || dst.zeroings != 0 || dst.sum() != before {
 				t.Errorf("target touched: %d writes, %d zeroings", dst.writes, dst.zeroings)
@@ -350,9 +350,10 @@ func hostGNUSparse(t *testing.T, disk []byte) []byte {
 	return b
 }
 
-// TestWriteOVAFailuresWipe: problems found once writing started leave the
-// target, which held a system with a GPT, with no partition table at all
-// (sfdisk -l and blkid -p find nothing), and the original error.
+// TestWriteOVAFailuresWipe: problems found once writing started, through
+// the Guard a deployment writes with, leave the target, which held a
+// system with a GPT, with no partition table at all (sfdisk -l and blkid
+// -p find nothing), and WriteOVA's original error.
 func TestWriteOVAFailuresWipe(t *testing.T) {
 	raw := ovaDisk(t, 8*ovaMiB, 32)
 	capSectors := uint64(len(raw) / hostSector)
@@ -455,10 +456,10 @@ func TestWriteOVAFailuresWipe(t *testing.T) {
 			check: wantErr("does not match the header", &imaging.VMDKError{})},
 		{name: "footer-missing", ova: ovaPackage(t, layoutVMware, "disk1.vmdk", append(bytes.Clone(good[:len(good)-1536]), make([]byte, 512)...), int64(len(raw)), "SHA256"),
 			check: wantErr("without the footer", &imaging.VMDKError{})},
-		{name: "verify", ova: goodOVA, opts: func(o *imaging.OVAOptions, _ context.CancelFunc) { o.Verify = func() error { return errSum } },
+		{name: "verify", ova: goodOVA, opts: func(o *imaging.OVAOptions, _ context.CancelFunc) { o.Ended = func(int64) error { return errSum } },
 			check: func(t *testing.T, err error) {
 				if err != errSum {
-					t.Errorf("error %v, want Verify's unchanged", err)
+					t.Errorf("error %v, want Ended's unchanged", err)
 				}
 			}},
 		{name: "source-error", ova: goodOVA, src: func(b []byte) io.Reader {
@@ -497,7 +498,9 @@ func TestWriteOVAFailuresWipe(t *testing.T) {
 				if c.cancelAt > 0 {
 					src = &ovaCancelReader{r: src, at: c.cancelAt, cancel: cancel}
 				}
-				_, err := imaging.WriteOVA(ctx, src, dst, opts)
+				// Through a Guard, as a deployment writes: its Abort
+				// leaves no table.
+				_, err := ovaDeploy(ctx, src, dst, opts)
 				if err == nil {
 					t.Fatal("WriteOVA succeeded")
 				}

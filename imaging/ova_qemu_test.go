@@ -19,7 +19,7 @@ import (
 // virtual disk on the target must equal qemu-img's own reading of the
 // member (qemu-img convert -f vmdk -O raw) byte for byte; past the virtual
 // disk the target is untouched but for its last MiB, cleared of the old
-// backup GPT (ClearTables).
+// backup GPT by the Guard it is written through (as a deployment writes).
 func TestWriteOVAQemu(t *testing.T) {
 	testutil.RequireCommand(t, "qemu-img", "sfdisk")
 	const size = 10*ovaMiB + 3*512 // not a multiple of the 64 KiB grain
@@ -77,7 +77,7 @@ func TestWriteOVAQemu(t *testing.T) {
 					o.DeclaredSize = int64(len(ova))
 					o.TargetName = path
 					o.Logger = testutil.Logger(t)
-					res, err := imaging.WriteOVA(t.Context(), testutil.ChunkyReader{R: bytes.NewReader(ova)}, dst, o)
+					res, err := ovaDeploy(t.Context(), testutil.ChunkyReader{R: bytes.NewReader(ova)}, dst, o)
 					if err != nil {
 						t.Fatal(err)
 					}

@@ -42,7 +42,7 @@ func TestWriteOVAMemory(t *testing.T) {
 					t.Fatal(err)
 				}
 				if !verified() {
-					t.Error("Verify not called")
+					t.Error("Ended not called")
 				}
 				if !bytes.Equal(dst.b[:size], raw) {
 					t.Fatal("target differs from the disk")

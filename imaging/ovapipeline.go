@@ -82,54 +82,75 @@ func (p *ovaPipeline) decode(infl *vmdkInflater, j *ovaJob) error {
 	return nil
 }
 
-// prelude reads the grains that land in the held-back regions (no I/O) up
-// to the first grain that does not; it returns that grain's job, or nil
-// when the whole disk was held back (a disk of at most 2 MiB). headKnown
-// tells whether the partition table's bytes (the first 4608: an MBR, and
-// a GPT header at 512 or 4096) came by then, or will not come: the grains
-// came in ascending order so far.
-func (p *ovaPipeline) prelude(xw *extentWriter) (first *ovaJob, headKnown bool, err error) {
+// prelude reads the grains that land in the head (no I/O) up to the first
+// grain that does not, and the grain after it: it returns their jobs
+// (pending, to be written in that order), none when the whole disk is the
+// head (a disk of at most 1 MiB). headKnown tells whether the partition
+// table's bytes (the first 4608: an MBR, and a GPT header at 512 or 4096)
+// came by then, or will not come: the grains came in ascending order so
+// far, the one after the first past the head included (a stream whose
+// first grain is its last, VMware's reverse order, is not ascending).
+func (p *ovaPipeline) prelude(xw *extentWriter) (pending []*ovaJob, headKnown bool, err error) {
 	covered := func(off int64) bool { return off >= p.ds.info.Capacity || p.ds.hasGrain(off/p.ds.grainBytes) }
 	// Writers stream grains in ascending order and leave out grains of
 	// zeros: a stream ascending so far has brought every grain of the
 	// head it has. Only another order leaves the head undecided.
 	ascending, last := true, int64(-1)
-	for {
-		j := p.get(context.Background()) // a job is free here: never blocks
-		err := p.ds.next(&j.g)
-		if err == io.EOF {
-			p.pool <- j
-			return nil, true, nil
-		}
-		if err != nil {
-			return nil, false, err
-		}
+	// hold puts a grain of the head into it; it reports false for one
+	// past the head, left in its job.
+	hold := func(j *ovaJob) (bool, error) {
 		if j.g.off <= last {
 			ascending = false
 		}
 		last = j.g.off
 		n := min(p.ds.grainBytes, p.ds.info.Capacity-j.g.off)
 		if !xw.held(j.g.off, n) {
-			return j, ascending || (covered(0) && covered(4096)), nil
+			return false, nil
 		}
 		if err := p.decode(&p.infl, j); err != nil {
-			return nil, false, err
+			return true, err
 		}
 		if err := xw.put(j.g.off, j.out); err != nil {
-			return nil, false, err
+			return true, err
 		}
 		p.pool <- j
+		return true, nil
+	}
+	for {
+		j := p.get(context.Background()) // a job is free here: never blocks
+		err := p.ds.next(&j.g)
+		if err == io.EOF {
+			p.pool <- j
+			return pending, true, nil
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		held, err := hold(j)
+		if err != nil {
+			return nil, false, err
+		}
+		if held {
+			if len(pending) > 0 { // the grain after the first past the head
+				return pending, ascending || (covered(0) && covered(4096)), nil
+			}
+			continue
+		}
+		pending = append(pending, j)
+		if len(pending) == 2 {
+			return pending, ascending || (covered(0) && covered(4096)), nil
+		}
 	}
 }
 
-// run streams the rest of the disk (from first, the job prelude stopped
-// at) onto xw, then reads the rest of the archive (w.rest) in the reader
+// run streams the rest of the disk (from pending, the jobs prelude
+// stopped at) onto xw, then reads the rest of the archive (w.rest) in the reader
 // goroutine while the writer finishes. It returns the first error: the
 // reader's (source, refusals, manifest), a worker's (corrupt grains) or
 // the writer's (the target's errors). From here on the reader goroutine
 // owns w, and closes it; on failure it may still be blocked in src.Read
 // when run returns (close src to release it).
-func (p *ovaPipeline) run(ctx context.Context, w *ovaWalk, xw *extentWriter, first *ovaJob) error {
+func (p *ovaPipeline) run(ctx context.Context, w *ovaWalk, xw *extentWriter, pending []*ovaJob) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	n := cap(p.pool)
@@ -158,8 +179,8 @@ func (p *ovaPipeline) run(ctx context.Context, w *ovaWalk, xw *extentWriter, fir
 			readErr = err
 			cancel(err)
 		}
-		if first != nil {
-			send(first)
+		for _, j := range pending {
+			send(j)
 		}
 		for {
 			j := p.get(ctx)

@@ -105,7 +105,7 @@ func FuzzCheckQcow2(f *testing.F) {
 			return // keep each run small; the checks above already ran
 		}
 		dst := newMemTarget(info.VirtualSize, 0xEE)
-		err = imaging.ConvertQcow2(context.Background(), bytes.NewReader(img), int64(len(img)), dst, imaging.ConvertOptions{Workers: 2, ChunkSize: 1 << 20})
+		err = qcow2Deploy(context.Background(), bytes.NewReader(img), int64(len(img)), dst, imaging.ConvertOptions{Workers: 2, ChunkSize: 1 << 20})
 		if err != nil {
 			var we *imaging.WriteError
 			if !errors.As(err, &we) {

@@ -113,6 +113,10 @@ type Qcow2Info struct {
 	// (CheckQcow2 only).
 	AllocatedClusters  int64
 	CompressedClusters int64
+
+	// checked is the file size CheckQcow2 accepted this image at (0: the
+	// header alone was read): ConvertQcow2 converts nothing else.
+	checked int64
 }
 
 // l2EntrySize is the size of one L2 entry: 8, or 16 with extended L2.
@@ -330,6 +334,7 @@ func CheckQcow2(r io.ReaderAt, fileSize int64, targetName string, targetSize int
 	if err := q2CheckTables(r, fileSize, info); err != nil {
 		return nil, err
 	}
+	info.checked = fileSize
 	return info, nil
 }
 

@@ -64,7 +64,7 @@ func refusedUntouched(t *testing.T, img []byte, want string) error {
 	dst := newMemTarget(32<<20, 0xEE)
 	before := dst.sum()
 	start := time.Now()
-	err := imaging.ConvertQcow2(context.Background(), bytes.NewReader(img), int64(len(img)), dst, imaging.ConvertOptions{})
+	err := qcow2Deploy(context.Background(), bytes.NewReader(img), int64(len(img)), dst, imaging.ConvertOptions{})
 	if el := time.Since(start); el > 5*time.Second {
 		t.Errorf("refusal took %v", el)
 	}
@@ -157,7 +157,7 @@ func TestQcow2Hostile(t *testing.T) {
 	t.Run("larger-than-target", func(t *testing.T) {
 		dst := newMemTarget(8<<20, 0xEE)
 		before := dst.sum()
-		err := imaging.ConvertQcow2(context.Background(), bytes.NewReader(base), int64(len(base)), dst, imaging.ConvertOptions{})
+		err := qcow2Deploy(context.Background(), bytes.NewReader(base), int64(len(base)), dst, imaging.ConvertOptions{})
 		var se *imaging.SizeError
 		if !errors.As(err, &se) || se.ImageSize != 16<<20 || se.TargetSize != 8<<20 {
 			t.Fatalf("got %v, want a SizeError", err)
@@ -205,7 +205,7 @@ func TestQcow2BackingFileNeverOpened(t *testing.T) {
 					return
 				}
 				defer f.Close()
-				done <- imaging.ConvertQcow2(context.Background(), f, int64(len(b)), dst, imaging.ConvertOptions{})
+				done <- qcow2Deploy(context.Background(), f, int64(len(b)), dst, imaging.ConvertOptions{})
 			}()
 			select {
 			case err := <-done:
@@ -234,7 +234,7 @@ func TestQcow2CorruptCompressedWipes(t *testing.T) {
 	dst := newMemTarget(20<<20, 0xEE)
 	copy(dst.b[510:], []byte{0x55, 0xAA})
 	copy(dst.b[512:], "EFI PART")
-	err := imaging.ConvertQcow2(context.Background(), bytes.NewReader(img), int64(len(img)), dst, imaging.ConvertOptions{})
+	err := qcow2Deploy(context.Background(), bytes.NewReader(img), int64(len(img)), dst, imaging.ConvertOptions{})
 	var we *imaging.WriteError
 	if !errors.As(err, &we) || !errors.Is(err, imaging.ErrQcow2) || !strings.HasPrefix(err.Error(), "Can't write qcow2 on disk. qcow2 image refused") {
 		t.Fatalf("got %v, want a WriteError about the corrupt image", err)
@@ -256,7 +256,7 @@ func TestQcow2PastEOFDuringConversion(t *testing.T) {
 	img := baseImage(t)
 	src := &shrinking{b: img}
 	dst := newMemTarget(20<<20, 0xEE)
-	err := imaging.ConvertQcow2(context.Background(), src, int64(len(img)), dst, imaging.ConvertOptions{})
+	err := qcow2Deploy(context.Background(), src, int64(len(img)), dst, imaging.ConvertOptions{})
 	var we *imaging.WriteError
 	if !errors.As(err, &we) || errors.Is(err, imaging.ErrQcow2) || !strings.Contains(err.Error(), "read staged image") {
 		t.Fatalf("got %v, want a WriteError about reading the staged image", err)
@@ -300,7 +300,7 @@ func TestQcow2ShrunkImage(t *testing.T) {
 		t.Fatalf("L1 size %d: qemu-img did not keep the larger table", l1)
 	}
 	dst := newMemTarget(24<<20, 0xEE)
-	if err := imaging.ConvertQcow2(context.Background(), bytes.NewReader(b), int64(len(b)), dst, imaging.ConvertOptions{}); err != nil {
+	if err := qcow2Deploy(context.Background(), bytes.NewReader(b), int64(len(b)), dst, imaging.ConvertOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	sameBytes(t, dst, ref, 20<<20)
@@ -319,7 +319,7 @@ func TestQcow2DirtyAcceptedWarningRouted(t *testing.T) {
 		t.Fatalf("dirty image: %+v, %v", info, err)
 	}
 	dst := newMemTarget(16<<20, 0xEE)
-	if err := imaging.ConvertQcow2(context.Background(), bytes.NewReader(img), int64(len(img)), dst, imaging.ConvertOptions{}); err != nil {
+	if err := qcow2Deploy(context.Background(), bytes.NewReader(img), int64(len(img)), dst, imaging.ConvertOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(logged.String(), "dirty bit") || !strings.Contains(logged.String(), "level=WARN") {

@@ -23,11 +23,23 @@ type ConvertOptions struct {
 	// cluster size and of 64 KiB (default 4 MiB). Memory is about
 	// Workers * ChunkSize.
 	ChunkSize int64
+	// KeepOut is a range of dst the conversion must not write: the staged
+	// image itself when it lives on dst's tail (Staged.Region). A virtual
+	// disk reaching into it is refused before anything is written.
+	KeepOut Range
+	// Start, when set, is called once the image was opened, just before
+	// the first write: the conversion's phase moves from checking to
+	// writing (a Guard clears the old tables then: Guard.Start). An error
+	// aborts with nothing written.
+	Start func() error
 	// Progress gets the virtual bytes done and the virtual size. Calls are
 	// serialised.
 	Progress Progress
 	Logger   *slog.Logger
 }
+
+// Range is [Off, Off+N) of a target; N = 0 is no range.
+type Range struct{ Off, N int64 }
 
 // q2ZeroBlock is the granularity at which data that reads as zeros is
 // zeroed on the target instead of written (64 KiB: a multiple of every
@@ -36,46 +48,34 @@ const q2ZeroBlock = 64 << 10
 
 var q2Zeros [q2ZeroBlock]byte
 
-// q2TailStaged is implemented by a Staged that lives on the target itself:
-// ConvertQcow2 must not clear the target's last MiB before it has read it.
-type q2TailStaged interface {
-	tailRegion() (off, n int64)
-}
-
 // ConvertQcow2 writes the virtual disk of the qcow2 image src (srcSize
-// bytes) onto dst: every byte of [0, virtual size) of dst ends equal to the
-// image, ranges that read as zeros are zeroed with dst.ZeroRange (never left
-// with old data). It validates the image first (CheckQcow2: nothing is
-// written to a refused image's target). Fail-safe like the raw writer: the
-// partition tables are cleared first, everything but the first MiB is
-// written and synced, then the first MiB, then synced again; on failure the
-// target is wiped of partition tables (WipeAfterFailure). Conversion errors
-// are *WriteError{Format: "qcow2"}; a corrupt image found while converting
-// also matches ErrQcow2.
+// bytes), which CheckQcow2 accepted (info, from CheckQcow2 over the same
+// srcSize bytes: anything else is refused), onto dst, and flushes it:
+// every byte of [0, virtual size) of dst ends equal to the image, ranges
+// that read as zeros are zeroed with dst.ZeroRange (never left with old
+// data). Nothing outside [0, virtual size) is written.
 //
-// When src is a Staged on dst's tail (Stage), the tail is left alone until
-// the image has been read: the last MiB is cleared after the conversion.
-func ConvertQcow2(ctx context.Context, src io.ReaderAt, srcSize int64, dst Target, opts ConvertOptions) error {
+// ConvertQcow2 only writes: it neither clears the old partition tables,
+// nor holds the image's own back, nor wipes after a failure; a deployment
+// writes through an imaging.Guard, which does. Conversion errors are
+// *WriteError{Format: "qcow2"}; a corrupt image found while converting
+// also matches ErrQcow2; after one, [0, virtual size) may hold part of
+// the image.
+func ConvertQcow2(ctx context.Context, src io.ReaderAt, srcSize int64, info *Qcow2Info, dst Target, opts ConvertOptions) error {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if info == nil || info.checked == 0 || info.checked != srcSize {
+		return errors.New("convert qcow2: the image was not accepted by CheckQcow2 at this size")
+	}
+	if info.VirtualSize > dst.Size() {
+		return &SizeError{ImageSize: info.VirtualSize, TargetSize: dst.Size()}
+	}
+	if k := opts.KeepOut; k.N > 0 && k.Off < info.VirtualSize && info.VirtualSize > 0 {
+		return fmt.Errorf("convert qcow2: staged image at %d overlaps the virtual disk (%d bytes)", k.Off, info.VirtualSize)
+	}
 	RegisterDecompressors()
-	info, err := CheckQcow2(src, srcSize, "", dst.Size())
-	if err != nil {
-		return err
-	}
-	size := dst.Size()
-	keepOff := size // start of the region of dst we must not touch before reading
-	if ts, ok := src.(q2TailStaged); ok {
-		off, n := ts.tailRegion()
-		if n > 0 {
-			if off < info.VirtualSize {
-				return fmt.Errorf("convert qcow2: staged image at %d overlaps the virtual disk (%d bytes)", off, info.VirtualSize)
-			}
-			keepOff = off
-		}
-	}
 	q := &qcow2Source{r: src, size: srcSize, clusterSize: info.ClusterSize}
 	img, err := qcow2.Open(q, nil) // nil: never open a backing file (CheckQcow2 refused them)
 	if err != nil {
@@ -101,52 +101,23 @@ func ConvertQcow2(ctx context.Context, src io.ReaderAt, srcSize int64, dst Targe
 	start := time.Now()
 
 	fail := func(err error) error {
-		if werr := WipeAfterFailure(ctx, dst, vsize); werr != nil {
-			log.Error("wipe after failed qcow2 conversion", "err", werr)
-			err = fmt.Errorf("%w (and the wipe failed: %v)", err, werr)
-		}
 		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 			return fmt.Errorf("convert qcow2: %w", err)
 		}
 		return &WriteError{Format: "qcow2", Err: err}
 	}
-
-	// Clear the old partition tables (fail-safe order, failsafe.go). With
-	// the image staged on the tail only the head can be cleared now.
-	if keepOff < size {
-		err = dst.ZeroRange(ctx, 0, min(int64(HeadSize), size))
-	} else {
-		err = ClearTables(ctx, dst)
+	if opts.Start != nil {
+		if err := opts.Start(); err != nil {
+			return err
+		}
 	}
-	if err != nil {
-		return fail(err)
-	}
-
 	c := &q2Converter{
 		ctx: ctx, img: img, dst: dst, vsize: vsize, chunk: chunk,
-		head:     make([]byte, min(int64(HeadSize), vsize)),
 		progress: opts.Progress,
 	}
 	c.run(workers)
 	if c.err != nil {
 		return fail(c.err)
-	}
-	if err := dst.Sync(); err != nil {
-		return fail(fmt.Errorf("sync: %w", err))
-	}
-	if keepOff < size {
-		// The staged image has been read: now clear the old backup table
-		// area, the part of the last MiB the image does not cover.
-		tail := max(size-HeadSize, vsize)
-		if tail < size {
-			if err := dst.ZeroRange(ctx, tail, size-tail); err != nil {
-				return fail(fmt.Errorf("clear old backup partition table: %w", err))
-			}
-		}
-	}
-	// The first MiB last: until now the target has no partition table.
-	if _, err := dst.WriteAt(c.head, 0); err != nil {
-		return fail(err)
 	}
 	if err := dst.Sync(); err != nil {
 		return fail(fmt.Errorf("sync: %w", err))
@@ -164,7 +135,6 @@ type q2Converter struct {
 	dst   Target
 	vsize int64
 	chunk int64
-	head  []byte // the first MiB, written last
 
 	next    atomic.Int64 // next chunk index
 	stop    atomic.Bool
@@ -305,20 +275,8 @@ func (c *q2Converter) convertChunk(start, end int64, buf []byte, known []bool) e
 	return nil
 }
 
-// emit writes data (or zeroes its range) at off; what falls in the first
-// MiB goes to the held-back head instead.
+// emit writes data (or zeroes its range) at off.
 func (c *q2Converter) emit(off int64, data []byte, zero bool) error {
-	if off < int64(len(c.head)) {
-		n := min(int64(len(data)), int64(len(c.head))-off)
-		if !zero {
-			copy(c.head[off:], data[:n])
-		}
-		off += n
-		data = data[n:]
-		if len(data) == 0 {
-			return nil
-		}
-	}
 	if zero {
 		if err := c.dst.ZeroRange(c.ctx, off, int64(len(data))); err != nil {
 			return fmt.Errorf("zero %d bytes at %d: %w", len(data), off, err)

@@ -162,7 +162,7 @@ func convertFile(t testing.TB, img string, dst imaging.Target) error {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return imaging.ConvertQcow2(context.Background(), src, st.Size(), dst, imaging.ConvertOptions{
+	return qcow2Deploy(context.Background(), src, st.Size(), dst, imaging.ConvertOptions{
 		Workers: 3, ChunkSize: 1 << 20, Logger: testutil.Logger(t),
 	})
 }
@@ -251,7 +251,7 @@ func TestConvertQcow2Cancel(t *testing.T) {
 	}
 	dst := newMemTarget(c.size+2<<20, 0xEE)
 	ctx, cancel := context.WithCancel(context.Background())
-	err = imaging.ConvertQcow2(ctx, bytes.NewReader(src), int64(len(src)), dst, imaging.ConvertOptions{
+	err = qcow2Deploy(ctx, bytes.NewReader(src), int64(len(src)), dst, imaging.ConvertOptions{
 		ChunkSize: 64 << 10, Workers: 2,
 		Progress: func(done, total int64) {
 			if done > total/4 {
@@ -277,7 +277,7 @@ func TestConvertQcow2Progress(t *testing.T) {
 	}
 	dst := newMemTarget(c.size, 0xEE) // exactly the virtual size
 	var last, calls int64
-	err = imaging.ConvertQcow2(context.Background(), bytes.NewReader(src), int64(len(src)), dst, imaging.ConvertOptions{
+	err = qcow2Deploy(context.Background(), bytes.NewReader(src), int64(len(src)), dst, imaging.ConvertOptions{
 		Progress: func(done, total int64) {
 			if total != c.size || done < last {
 				t.Errorf("progress %d/%d after %d", done, total, last)

@@ -115,14 +115,41 @@ func rawSum(t *testing.T, path string) string {
 	return fmt.Sprintf("%x", h.Sum(nil))
 }
 
-// rawVerify returns a Verify callback comparing h with want.
-func rawVerify(h hash.Hash, want []byte) func() error {
-	return func() error {
+// rawVerify returns an Ended callback comparing h with want.
+func rawVerify(h hash.Hash, want []byte) func(int64) error {
+	return func(int64) error {
 		if got := h.Sum(nil); !bytes.Equal(got, want) {
 			return fmt.Errorf("checksum mismatch: got %x, want %x", got, want)
 		}
 		return nil
 	}
+}
+
+// guarded runs write through a Guard over dst, as a deployment does
+// (agent.Deployer): Commit after a success, Abort after a failure. The
+// write's error comes back unchanged when the abort succeeded.
+func guarded(ctx context.Context, dst Target, write func(g *Guard) error) error {
+	g := Begin(ctx, dst)
+	if err := write(g); err != nil {
+		if werr := g.Abort(ctx); werr != nil {
+			return errors.Join(err, werr)
+		}
+		return err
+	}
+	return g.Commit(ctx)
+}
+
+// rawHold sets up g and opts as the agent does: the image's last MiB held
+// from the declared size (or HoldEnd when it is unknown), the writer's
+// Start phase starting the Guard.
+func rawHold(g *Guard, opts RawOptions) RawOptions {
+	if opts.DeclaredSize > 0 {
+		g.Hold(opts.DeclaredSize-HeadSize, HeadSize)
+	} else {
+		g.HoldEnd()
+	}
+	opts.Start = func() error { return g.Start(g.ctx) }
+	return opts
 }
 
 func TestWriteRaw(t *testing.T) {
@@ -142,28 +169,34 @@ func TestWriteRaw(t *testing.T) {
 				}
 				h := sha256.New()
 				var calls, last atomic.Int64
-				res, err := WriteRaw(t.Context(), src, dst, RawOptions{
-					DeclaredSize: imgSize,
-					TargetName:   path,
-					Hash:         h,
-					Verify: func() error {
-						// The head is held back until the checksum matched.
-						head := make([]byte, HeadSize)
-						if _, err := dst.ReadAt(head, 0); err != nil || !allZero(head) {
-							t.Errorf("head written before Verify (%v)", err)
-						}
-						return rawVerify(h, want[:])()
-					},
-					BufferSize: 256 << 10,
-					Buffers:    3,
-					Logger:     testutil.Logger(t),
-					Progress: func(done, total int64) {
-						calls.Add(1)
-						last.Store(done)
-						if total != imgSize || done > total {
-							t.Errorf("progress %d/%d", done, total)
-						}
-					},
+				var res RawResult
+				err := guarded(t.Context(), dst, func(g *Guard) error {
+					var err error
+					res, err = WriteRaw(t.Context(), src, g, rawHold(g, RawOptions{
+						DeclaredSize: imgSize,
+						TargetName:   path,
+						Hash:         h,
+						Ended: func(size int64) error {
+							// Through the Guard, the head reaches the disk only
+							// at the commit, after the checksum matched.
+							head := make([]byte, HeadSize)
+							if _, err := dst.ReadAt(head, 0); err != nil || !allZero(head) {
+								t.Errorf("head written before the checksum matched (%v)", err)
+							}
+							return rawVerify(h, want[:])(size)
+						},
+						BufferSize: 256 << 10,
+						Buffers:    3,
+						Logger:     testutil.Logger(t),
+						Progress: func(done, total int64) {
+							calls.Add(1)
+							last.Store(done)
+							if total != imgSize || done > total {
+								t.Errorf("progress %d/%d", done, total)
+							}
+						},
+					}))
+					return err
 				})
 				if err != nil {
 					t.Fatal(err)
@@ -203,8 +236,8 @@ func rawWriteFile(t *testing.T, b []byte) string {
 	return p
 }
 
-// TestWriteRawSmallMBR writes an image smaller than the head: all of it
-// is held back and written last.
+// TestWriteRawSmallMBR writes an image smaller than the head: it is
+// written whole.
 func TestWriteRawSmallMBR(t *testing.T) {
 	testutil.RequireCommand(t, "sfdisk")
 	p := filepath.Join(t.TempDir(), "small.img")
@@ -269,8 +302,9 @@ func (f rawFailTarget) WriteAt(p []byte, off int64) (int, error) {
 	return f.Target.WriteAt(p, off)
 }
 
-// TestWriteRawFailures: every failure once writing started leaves the
-// target without any partition table, where it had one before.
+// TestWriteRawFailures: every failure once writing started, through the
+// Guard a deployment writes with, leaves the target without any partition
+// table, where it had one before, and WriteRaw's error as it was.
 func TestWriteRawFailures(t *testing.T) {
 	const imgSize = 6 << 20
 	img := rawTestImage(t, imgSize, 2)
@@ -291,14 +325,14 @@ func TestWriteRawFailures(t *testing.T) {
 				defer cancel()
 				h := sha256.New()
 				var src io.Reader = bytes.NewReader(img)
-				opts := RawOptions{DeclaredSize: imgSize, TargetName: path, Hash: h, Verify: rawVerify(h, want[:]), BufferSize: 1 << 20, Logger: testutil.Logger(t)}
+				opts := RawOptions{DeclaredSize: imgSize, TargetName: path, Hash: h, Ended: rawVerify(h, want[:]), BufferSize: 1 << 20, Logger: testutil.Logger(t)}
 				var check func(error)
 				switch c {
 				case "checksum":
-					opts.Verify = func() error { return errSum }
+					opts.Ended = func(int64) error { return errSum }
 					check = func(err error) {
 						if err != errSum {
-							t.Errorf("error = %v, want the Verify error unchanged", err)
+							t.Errorf("error = %v, want the Ended error unchanged", err)
 						}
 					}
 				case "source":
@@ -352,7 +386,12 @@ func TestWriteRawFailures(t *testing.T) {
 					t.Fatalf("old GPT not seen by sfdisk -l before:\n%s", out)
 				}
 				testutil.Run(t, "blkid", "-p", path)
-				_, err := WriteRaw(ctx, src, d, opts)
+				// Through a Guard, as a deployment writes: its Abort
+				// leaves no table.
+				err := guarded(ctx, d, func(g *Guard) error {
+					_, err := WriteRaw(ctx, src, g, rawHold(g, opts))
+					return err
+				})
 				if err == nil {
 					t.Fatal("WriteRaw succeeded")
 				}
@@ -434,7 +473,7 @@ func TestWriteRawRefusedUntouched(t *testing.T) {
 				src.r = &rawFailReader{r: bytes.NewReader(img), n: 1000, err: io.ErrUnexpectedEOF}
 			}
 			c.opts.Hash = sha256.New()
-			c.opts.Verify = func() error { t.Error("Verify called"); return nil }
+			c.opts.Ended = func(int64) error { t.Error("Ended called"); return nil }
 			_, err := WriteRaw(t.Context(), src, dst, c.opts)
 			if err == nil || err.Error() != c.msg {
 				t.Fatalf("error = %v\nwant %s", err, c.msg)
@@ -461,12 +500,15 @@ func (c *rawCountReader) Read(p []byte) (int, error) {
 }
 
 // TestWriteRawTruncated: a stream ending before DeclaredSize is an error,
-// never a success.
+// never a success (and through the Guard leaves no table).
 func TestWriteRawTruncated(t *testing.T) {
 	img := rawTestImage(t, 4<<20, 5)
 	file := rawTestTarget(t, 8<<20)
 	dst, _ := rawOpen(t, file, false)
-	_, err := WriteRaw(t.Context(), bytes.NewReader(img[:3<<20]), dst, RawOptions{DeclaredSize: 4 << 20, BufferSize: 1 << 20})
+	err := guarded(t.Context(), dst, func(g *Guard) error {
+		_, err := WriteRaw(t.Context(), bytes.NewReader(img[:3<<20]), g, rawHold(g, RawOptions{DeclaredSize: 4 << 20, BufferSize: 1 << 20}))
+		return err
+	})
 	if !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("error = %v, want io.ErrUnexpectedEOF", err)
 	}

@@ -23,9 +23,9 @@ import (
 // touched: so it is staged first. Where, in order of preference:
 //  1. memory: anonymous mmap, freed with munmap on Close, when it fits in
 //     MemAvailable minus a reserve;
-//  2. the target disk's tail, past the virtual disk: the conversion reads
-//     the tail and writes the head, which cannot overlap (ConvertQcow2 clears
-//     the last MiB only after it has read the image);
+//  2. the target disk's tail, past the virtual disk and never in its last
+//     MiB: the conversion reads the tail and writes the virtual disk, which
+//     cannot overlap (Staged.Region, ConvertOptions.KeepOut);
 //  3. a file in StagingDir (removed as soon as it is created: nothing is
 //     left behind, even after a crash).
 
@@ -63,6 +63,9 @@ type Staged interface {
 	Size() int64
 	// Where says where it is: "memory", "disk tail at offset N", "dir /x".
 	Where() string
+	// Region is the range of the target the stage occupies (N = 0 when
+	// it is not on the target): the conversion keeps out of it.
+	Region() Range
 	Close() error
 }
 
@@ -335,6 +338,7 @@ func (m *stageMem) kind() int         { return stageMemory }
 func (m *stageMem) room(n int64) bool { return m.n+n <= int64(len(m.b)) }
 func (m *stageMem) Size() int64       { return m.n }
 func (m *stageMem) Where() string     { return "memory" }
+func (m *stageMem) Region() Range     { return Range{} }
 func (m *stageMem) append(p []byte) error {
 	m.n += int64(copy(m.b[m.n:], p))
 	return nil
@@ -389,8 +393,7 @@ func (s *stageTailSink) Size() int64       { return s.n }
 func (s *stageTailSink) Where() string     { return "disk tail at offset " + strconv.FormatInt(s.off, 10) }
 func (s *stageTailSink) Close() error      { return nil }
 
-// tailRegion tells ConvertQcow2 which part of the target holds the image.
-func (s *stageTailSink) tailRegion() (int64, int64) { return s.off, s.n }
+func (s *stageTailSink) Region() Range { return Range{Off: s.off, N: s.n} }
 
 func (s *stageTailSink) append(p []byte) error {
 	if _, err := s.t.WriteAt(p, s.off+s.n); err != nil {
@@ -429,6 +432,7 @@ func (s *stageFile) kind() int         { return stageDir }
 func (s *stageFile) room(n int64) bool { return true }
 func (s *stageFile) Size() int64       { return s.n }
 func (s *stageFile) Where() string     { return "dir " + s.path }
+func (s *stageFile) Region() Range     { return Range{} }
 
 func (s *stageFile) append(p []byte) error {
 	if _, err := s.f.WriteAt(p, s.n); err != nil {

@@ -122,7 +122,7 @@ func TestStageTailThenConvert(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := imaging.ConvertQcow2(context.Background(), s, s.Size(), d, imaging.ConvertOptions{Logger: testutil.Logger(t)}); err != nil {
+			if err := qcow2Deploy(context.Background(), s, s.Size(), d, imaging.ConvertOptions{Logger: testutil.Logger(t)}); err != nil {
 				t.Fatal(err)
 			}
 			sameBytes(t, d, ref, c.size)
@@ -149,7 +149,7 @@ func TestStageTailFailureWipes(t *testing.T) {
 		t.Fatal(err)
 	}
 	dst.failAt = c.size / 2
-	err = imaging.ConvertQcow2(context.Background(), s, s.Size(), dst, imaging.ConvertOptions{})
+	err = qcow2Deploy(context.Background(), s, s.Size(), dst, imaging.ConvertOptions{})
 	var we *imaging.WriteError
 	if !errors.As(err, &we) {
 		t.Fatalf("got %v, want a WriteError", err)

@@ -87,7 +87,7 @@ func run() error {
 	}
 	defer d.Close()
 	start := time.Now()
-	err = imaging.ConvertQcow2(context.Background(), f, st.Size(), d, imaging.ConvertOptions{
+	err = imaging.ConvertQcow2(context.Background(), f, st.Size(), info, d, imaging.ConvertOptions{
 		Workers: *workers, ChunkSize: *chunk, Logger: log,
 	})
 	if err != nil {
