@@ -15,6 +15,10 @@ import (
 
 	"github.com/byoi/byoi/configdrive"
 	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/decompress"
+	"github.com/byoi/byoi/imaging/fetch"
+	"github.com/byoi/byoi/imaging/ova"
+	"github.com/byoi/byoi/imaging/qcow2"
 	"github.com/byoi/byoi/job"
 	"github.com/byoi/byoi/partition"
 )
@@ -35,7 +39,7 @@ type rereader interface {
 // Options are the settings of a deployment that Run's Env and a Deployer
 // share.
 type Options struct {
-	Fetch         imaging.FetchOptions
+	Fetch         fetch.Options
 	MemoryReserve int64  // qcow2 staging: memory kept free (default 1 GiB)
 	StagingDir    string // qcow2 staging: a directory to use when memory and the disk tail do not fit
 	Logger        *slog.Logger
@@ -416,7 +420,7 @@ func (h *headDisk) SectorSize() int64 {
 
 // fetch starts the download, inside the download step: that step ends
 // when the image's last byte arrived, not with the response headers.
-func (dp *deployment) fetch(ctx context.Context) (*imaging.Stream, error) {
+func (dp *deployment) fetch(ctx context.Context) (*fetch.Stream, error) {
 	fo := dp.Fetch
 	fo.Headers = dp.job.Headers
 	if fo.Logger == nil {
@@ -430,7 +434,7 @@ func (dp *deployment) fetch(ctx context.Context) (*imaging.Stream, error) {
 			dp.warn(nil, job.StepDownload, job.WarnDownloadRetry, job.HumanBytes(off), retry, max)
 		}
 	}
-	return imaging.Fetch(ctx, dp.job.ImageURL, fo)
+	return fetch.Open(ctx, dp.job.ImageURL, fo)
 }
 
 // start is a writer's report that its checks passed and writing starts:
@@ -488,14 +492,14 @@ func (dp *deployment) writeRaw(ctx context.Context) error {
 		peek = peek[:n]
 		var src io.Reader = io.MultiReader(bytes.NewReader(peek), stream)
 		declared, hash := stream.Size(), dp.hash
-		if f := imaging.Sniff(peek); imaging.Compressed(f) {
+		if f := imaging.Sniff(peek); decompress.Compressed(f) {
 			if hash != nil {
 				hash.Write(peek)
 				src = io.TeeReader(stream, hash)
 			} else {
 				src = stream
 			}
-			dz, _, err := imaging.DecompressStream(peek, src)
+			dz, _, err := decompress.Stream(peek, src)
 			if err != nil {
 				return err
 			}
@@ -542,7 +546,7 @@ func (dp *deployment) writeRaw(ctx context.Context) error {
 
 // writeOVA streams an OVA's boot disk onto the disk in one pass (the VMDK
 // grains inflated as they arrive): StepDownload, then the checksum
-// (StepVerify), then the flush (StepWrite), the phases of one WriteOVA.
+// (StepVerify), then the flush (StepWrite), the phases of one ova.Write.
 func (dp *deployment) writeOVA(ctx context.Context) error {
 	return dp.steps.run(ctx, job.StepDownload, func() error {
 		stream, err := dp.fetch(ctx)
@@ -550,7 +554,7 @@ func (dp *deployment) writeOVA(ctx context.Context) error {
 			return err
 		}
 		defer stream.Close()
-		r, err := imaging.WriteOVA(ctx, stream, dp.disk, imaging.OVAOptions{
+		r, err := ova.Write(ctx, stream, dp.disk, ova.Options{
 			DeclaredSize: stream.Size(),
 			TargetName:   dp.real.Path(),
 			Hash:         dp.hash,
@@ -578,7 +582,7 @@ func (dp *deployment) writeOVA(ctx context.Context) error {
 // use the disk's tail, through the Guard: once it has, a failure leaves no
 // partition table (Deploy's abort).
 func (dp *deployment) writeQcow2(ctx context.Context) error {
-	var staged imaging.Staged
+	var staged qcow2.Staged
 	if err := dp.steps.run(ctx, job.StepDownload, func() error {
 		stream, err := dp.fetch(ctx)
 		if err != nil {
@@ -595,7 +599,7 @@ func (dp *deployment) writeQcow2(ctx context.Context) error {
 		if _, err := imaging.CheckFormat(job.ImageTypeQcow2, head); err != nil {
 			return err
 		}
-		staged, err = imaging.Stage(ctx, io.MultiReader(bytes.NewReader(head), stream), imaging.StageOptions{
+		staged, err = qcow2.Stage(ctx, io.MultiReader(bytes.NewReader(head), stream), qcow2.StageOptions{
 			DeclaredSize:  stream.Size(),
 			MemoryReserve: dp.MemoryReserve,
 			Target:        dp.disk,
@@ -611,13 +615,13 @@ func (dp *deployment) writeQcow2(ctx context.Context) error {
 	defer staged.Close()
 	dp.res.ImageBytes = staged.Size()
 	dp.res.Staged = staged.Where()
-	var info *imaging.Qcow2Info
+	var info *qcow2.Info
 	if err := dp.steps.run(ctx, job.StepVerify, func() error {
 		if err := dp.verify(); err != nil {
 			return err
 		}
 		var err error
-		info, err = imaging.CheckQcow2(staged, staged.Size(), dp.disk.Path(), dp.disk.Size())
+		info, err = qcow2.Check(staged, staged.Size(), dp.disk.Path(), dp.disk.Size())
 		if err != nil {
 			return err
 		}
@@ -634,7 +638,7 @@ func (dp *deployment) writeQcow2(ctx context.Context) error {
 	dp.res.DiskBytes = info.VirtualSize
 	dp.guard.Hold(info.VirtualSize-imaging.HeadSize, imaging.HeadSize)
 	return dp.steps.run(ctx, job.StepWrite, func() error {
-		return imaging.ConvertQcow2(ctx, staged, staged.Size(), info, dp.disk, imaging.ConvertOptions{
+		return qcow2.Convert(ctx, staged, staged.Size(), info, dp.disk, qcow2.ConvertOptions{
 			KeepOut:  staged.Region(),
 			Start:    dp.start(ctx),
 			Progress: dp.progress(job.StepWrite),

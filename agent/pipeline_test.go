@@ -20,10 +20,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/byoi/byoi/imaging/fetch"
 	"github.com/byoi/byoi/job"
 
 	"github.com/byoi/byoi/blockdev"
-	"github.com/byoi/byoi/imaging"
 	"github.com/byoi/byoi/internal/testimage"
 	"github.com/byoi/byoi/internal/testutil"
 )
@@ -86,7 +86,7 @@ func (r *recorder) deployer() *Deployer {
 	return &Deployer{
 		Options: Options{
 			Logger: slog.New(slog.NewTextHandler(&lockedWriter{mu: &r.mu, w: &r.log}, &slog.HandlerOptions{Level: slog.LevelDebug})),
-			Fetch:  imaging.FetchOptions{ConnectTimeout: 5 * time.Second, StallTimeout: 5 * time.Second, MaxRetries: 1, RetryBase: 10 * time.Millisecond},
+			Fetch:  fetch.Options{ConnectTimeout: 5 * time.Second, StallTimeout: 5 * time.Second, MaxRetries: 1, RetryBase: 10 * time.Millisecond},
 		},
 		Events: r.report,
 	}

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/byoi/byoi/blockdev"
-	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/fetch"
 	"github.com/byoi/byoi/internal/crashcheck"
 	"github.com/byoi/byoi/job"
 )
@@ -47,7 +47,7 @@ func stalledRun(t *testing.T, limit time.Duration) (err error, events []job.Even
 	env := Env{
 		Target: disk, Report: ReporterFunc(rec.report),
 		Options: Options{Logger: rec.deployer().Logger,
-			Fetch: imaging.FetchOptions{ConnectTimeout: 5 * time.Second, StallTimeout: time.Hour, SpeedLimit: -1, MaxRetries: -1}},
+			Fetch: fetch.Options{ConnectTimeout: 5 * time.Second, StallTimeout: time.Hour, SpeedLimit: -1, MaxRetries: -1}},
 		NoProgressLimit: limit, Diagnostics: &lockedWriter{mu: &mu, w: &diag},
 	}
 	// Without the watchdog this would end at the minute, Interrupted.
@@ -88,7 +88,7 @@ func TestWatchdogStopsStalledDownload(t *testing.T) {
 	if last.Status != job.StatusError || last.Code != job.NoProgress || last.Step != job.StepDownload {
 		t.Errorf("final event %+v", last)
 	}
-	for _, want := range []string{"byoi watchdog: no progress for", "in step download", "github.com/byoi/byoi/imaging.", "byoi watchdog: end of the goroutine dump"} {
+	for _, want := range []string{"byoi watchdog: no progress for", "in step download", "github.com/byoi/byoi/imaging/fetch.", "byoi watchdog: end of the goroutine dump"} {
 		if !strings.Contains(dump, want) {
 			t.Errorf("the dump lacks %q:\n%s", want, dump)
 		}

@@ -521,10 +521,10 @@ func writeOrZero(ctx context.Context, t Target, b []byte, off int64) error {
 	const run = 64 << 10
 	for len(b) > 0 {
 		n := min(len(b), run)
-		zero := allZero(b[:n])
+		zero := AllZero(b[:n])
 		for n < len(b) {
 			k := min(len(b)-n, run)
-			if allZero(b[n:n+k]) != zero {
+			if AllZero(b[n:n+k]) != zero {
 				break
 			}
 			n += k

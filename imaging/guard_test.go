@@ -76,7 +76,7 @@ func TestGuardClearUsesBeginContext(t *testing.T) {
 			t.Errorf("zeroing %d of the clear ran under another context than Begin's", i)
 		}
 	}
-	if !allZero(dst.b[:HeadSize]) || !allZero(dst.b[size-HeadSize:]) {
+	if !AllZero(dst.b[:HeadSize]) || !AllZero(dst.b[size-HeadSize:]) {
 		t.Error("the old tables' regions were not cleared")
 	}
 
@@ -224,7 +224,7 @@ func TestGuardHoldEnd(t *testing.T) {
 			if !bytes.Equal(dst.b[:img], data) {
 				t.Fatal("the target differs from the image")
 			}
-			if !allZero(dst.b[size-HeadSize:]) {
+			if !AllZero(dst.b[size-HeadSize:]) {
 				t.Fatal("the old backup area is not cleared")
 			}
 		})
@@ -279,7 +279,7 @@ func TestGuardAbortWipes(t *testing.T) {
 				wiped[1] = [2]int64{img - 2*HeadSize, HeadSize}
 			}
 			for _, w := range wiped {
-				if !allZero(dst.b[w[0] : w[0]+w[1]]) {
+				if !AllZero(dst.b[w[0] : w[0]+w[1]]) {
 					t.Errorf("[%d, +%d) not wiped", w[0], w[1])
 				}
 			}

@@ -319,10 +319,10 @@ func (w *rawWriter) write(ctx context.Context, p []byte, off int64) error {
 	for len(p) > 0 {
 		// Find the extent of the run starting at p[0], in zeroRun steps.
 		n := min(len(p), zeroRun)
-		zero := allZero(p[:n])
+		zero := AllZero(p[:n])
 		for n < len(p) {
 			k := min(len(p)-n, zeroRun)
-			if allZero(p[n:n+k]) != zero {
+			if AllZero(p[n:n+k]) != zero {
 				break
 			}
 			n += k

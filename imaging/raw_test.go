@@ -180,7 +180,7 @@ func TestWriteRaw(t *testing.T) {
 							// Through the Guard, the head reaches the disk only
 							// at the commit, after the checksum matched.
 							head := make([]byte, HeadSize)
-							if _, err := dst.ReadAt(head, 0); err != nil || !allZero(head) {
+							if _, err := dst.ReadAt(head, 0); err != nil || !AllZero(head) {
 								t.Errorf("head written before the checksum matched (%v)", err)
 							}
 							return rawVerify(h, want[:])(size)
@@ -214,7 +214,7 @@ func TestWriteRaw(t *testing.T) {
 					t.Fatal("target differs from the image")
 				}
 				testutil.Run(t, "cmp", "-n", fmt.Sprint(imgSize), path, rawWriteFile(t, img))
-				if !allZero(testutil.ReadAt(t, path, 15<<20, 1<<20)) {
+				if !AllZero(testutil.ReadAt(t, path, 15<<20, 1<<20)) {
 					t.Error("last MiB of the target (old backup GPT) not zeroed")
 				}
 				testutil.RequireCommand(t, "sfdisk")

@@ -13,10 +13,13 @@ import (
 	"testing"
 
 	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/internal/imagingtest"
+	"github.com/byoi/byoi/imaging/ova"
+	"github.com/byoi/byoi/imaging/qcow2"
 	"github.com/byoi/byoi/internal/testimage"
 )
 
-// The format writers (WriteRaw, ConvertQcow2, WriteOVA) only write their
+// The format writers (WriteRaw, qcow2.Convert, ova.Write) only write their
 // image onto a target: crash safety (clearing the old tables, holding the
 // new ones, the wipe after a failure) is the Guard's alone. These tests
 // fail if a writer does any of it on its own.
@@ -40,7 +43,7 @@ func (m *opTarget) WriteAt(p []byte, off int64) (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.failAt > 0 && off+int64(len(p)) > m.failAt {
-		return 0, errInjectedIO
+		return 0, imagingtest.ErrInjectedIO
 	}
 	m.ops = append(m.ops, [2]int64{off, int64(len(p))})
 	return copy(m.b[off:], p), nil
@@ -79,25 +82,25 @@ func TestWritersOnlyWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ova, err := testimage.OVA(raw, testimage.VMware)
+	ovaImg, err := testimage.OVA(raw, testimage.VMware)
 	if err != nil {
 		t.Fatal(err)
 	}
-	imaging.RegisterDecompressors()
+	qcow2.RegisterDecompressors()
 	writers := map[string]func(dst imaging.Target) error{
 		"raw": func(dst imaging.Target) error {
 			_, err := imaging.WriteRaw(t.Context(), bytes.NewReader(raw), dst, imaging.RawOptions{DeclaredSize: img, BufferSize: 1 << 20})
 			return err
 		},
 		"qcow2": func(dst imaging.Target) error {
-			info, err := imaging.CheckQcow2(bytes.NewReader(q), int64(len(q)), "", dst.Size())
+			info, err := qcow2.Check(bytes.NewReader(q), int64(len(q)), "", dst.Size())
 			if err != nil {
 				return err
 			}
-			return imaging.ConvertQcow2(t.Context(), bytes.NewReader(q), int64(len(q)), info, dst, imaging.ConvertOptions{Workers: 2, ChunkSize: 1 << 20})
+			return qcow2.Convert(t.Context(), bytes.NewReader(q), int64(len(q)), info, dst, qcow2.ConvertOptions{Workers: 2, ChunkSize: 1 << 20})
 		},
 		"ova": func(dst imaging.Target) error {
-			_, err := imaging.WriteOVA(t.Context(), bytes.NewReader(ova), dst, imaging.OVAOptions{DeclaredSize: int64(len(ova))})
+			_, err := ova.Write(t.Context(), bytes.NewReader(ovaImg), dst, ova.Options{DeclaredSize: int64(len(ovaImg))})
 			return err
 		},
 	}
@@ -144,7 +147,7 @@ func TestWritersOnlyWrite(t *testing.T) {
 func TestWritersLeaveTransactionToGuard(t *testing.T) {
 	forbidden := map[string]bool{"clearTables": true, "ClearTables": true, "WipeAfterFailure": true, "Guard": true, "Begin": true, "Commit": true, "Abort": true, "Hold": true, "HoldEnd": true}
 	var files []string
-	for _, pat := range []string{"raw.go", "qcow2*.go", "stage.go", "ova*.go", "extentwriter.go", "vmdk.go", "ovf.go", "streamdecompress.go"} {
+	for _, pat := range []string{"raw.go", "qcow2/*.go", "ova/*.go", "vmdk/*.go", "decompress/*.go"} {
 		m, err := filepath.Glob(pat)
 		if err != nil {
 			t.Fatal(err)

@@ -11,7 +11,7 @@ import (
 
 	"github.com/byoi/byoi/agent"
 	"github.com/byoi/byoi/blockdev"
-	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/fetch"
 )
 
 // agentSettings are where `byoi agent` finds its control plane: flags,
@@ -130,7 +130,7 @@ func cmdAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Target:     disk,
 		SectorSize: sectorSize,
 		Options: agent.Options{
-			Fetch: imaging.FetchOptions{ConnectTimeout: connectTimeout, StallTimeout: stallTimeout, MaxRetries: retries,
+			Fetch: fetch.Options{ConnectTimeout: connectTimeout, StallTimeout: stallTimeout, MaxRetries: retries,
 				SpeedLimit: speedLimit, SpeedTime: speedTime, CACertPEM: caPEM},
 			MemoryReserve: memoryReserve,
 			StagingDir:    stagingDir,

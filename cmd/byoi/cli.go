@@ -8,7 +8,7 @@ import (
 	"io"
 	"log/slog"
 
-	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/qcow2"
 	"github.com/byoi/byoi/job"
 	"github.com/sirupsen/logrus"
 )
@@ -89,12 +89,12 @@ func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(fo
 func setupLibraries() {
 	logrus.SetOutput(io.Discard)
 	logrus.SetLevel(logrus.PanicLevel)
-	imaging.RegisterDecompressors()
+	qcow2.RegisterDecompressors()
 }
 
 // routeLibraryLogs sends go-qcow2reader's warnings (a package-level hook)
 // to the command's logger.
-func routeLibraryLogs(log *slog.Logger) { imaging.RouteQcow2Warnings(log) }
+func routeLibraryLogs(log *slog.Logger) { qcow2.RouteWarnings(log) }
 
 // newLogger builds the process's logger: text on stderr, at warn level
 // unless verbose.

@@ -10,7 +10,7 @@ import (
 
 	"github.com/byoi/byoi/agent"
 	"github.com/byoi/byoi/blockdev"
-	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/fetch"
 	"github.com/byoi/byoi/job"
 )
 
@@ -94,7 +94,7 @@ func cmdDeploy(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		Target:     f.disk,
 		SectorSize: f.sectorSize,
 		Options: agent.Options{
-			Fetch: imaging.FetchOptions{ConnectTimeout: f.connectTimeout, StallTimeout: f.stallTimeout, MaxRetries: f.retries,
+			Fetch: fetch.Options{ConnectTimeout: f.connectTimeout, StallTimeout: f.stallTimeout, MaxRetries: f.retries,
 				SpeedLimit: f.speedLimit, SpeedTime: f.speedTime},
 			MemoryReserve: f.memoryReserve,
 			StagingDir:    f.stagingDir,
