@@ -159,7 +159,7 @@ func (t *tracker) run(ctx context.Context, name job.Step, fn func() error) error
 		} else {
 			err = &stepError{step: step, err: err}
 		}
-		t.d.logger().Error("step failed", "step", step, logAttrsErr(err), "elapsed", time.Since(start).Round(time.Millisecond))
+		t.d.logger().Error("step failed", "step", step, logAttrsErr(err), causeAttr(err), "elapsed", time.Since(start).Round(time.Millisecond))
 		return err
 	}
 	t.done(step, start)
@@ -206,14 +206,19 @@ func (t *tracker) done(name job.Step, start time.Time) {
 	t.d.logger().Info("step done", "step", name, "elapsed", time.Since(start).Round(time.Millisecond))
 }
 
-// stepError tags an error with the step it happened in.
+// stepError tags an error with the step it happened in. It is what the
+// customer reads of its error (job.Coded): Describe's code and text, with
+// the step known.
 type stepError struct {
 	step job.Step
 	err  error
 }
 
-func (e *stepError) Error() string { return e.err.Error() }
+func (e *stepError) Error() string { _, m := describe(e.err, e.step); return m }
 func (e *stepError) Unwrap() error { return e.err }
+
+// MessageCode is Describe's code.
+func (e *stepError) MessageCode() job.Code { c, _ := describe(e.err, e.step); return c }
 
 // FailedStep returns the step an error of Deploy or Run happened in ("" if
 // none is known).

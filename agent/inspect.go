@@ -242,7 +242,7 @@ func InspectImage(ctx context.Context, src io.ReaderAt, size int64, opts Inspect
 		}
 		if _, ok := imaging.HasPartitionTable(vhead); !ok {
 			e := &imaging.FormatError{Declared: "raw", Found: imaging.Sniff(vhead), NoTable: true}
-			rep.Problems = append(rep.Problems, e.Error())
+			rep.Problems = append(rep.Problems, Message(e))
 			disk = nil
 		}
 		head = vhead
@@ -282,7 +282,7 @@ func readHead(r io.ReaderAt, size int64) ([]byte, error) {
 	return head, nil
 }
 
-func (r *InspectReport) problem(err error) { r.Problems = append(r.Problems, err.Error()) }
+func (r *InspectReport) problem(err error) { r.Problems = append(r.Problems, Message(err)) }
 
 // inspectQcow2 fills the qcow2 summary and, when qcow2.Check accepts the
 // image, opens its virtual disk (nil when refused).
@@ -291,7 +291,7 @@ func (r *InspectReport) inspectQcow2(ctx context.Context, src io.ReaderAt, size 
 	r.Qcow2 = s
 	info, err := qcow2.ParseHeader(head)
 	if err != nil {
-		s.Refused = err.Error()
+		s.Refused = Message(err)
 		r.Problems = append(r.Problems, s.Refused)
 		return nil, nil, nil
 	}
@@ -310,7 +310,7 @@ func (r *InspectReport) inspectQcow2(ctx context.Context, src io.ReaderAt, size 
 		if !errors.As(err, &qe) {
 			return nil, nil, fmt.Errorf("inspect: %w", err) // I/O
 		}
-		s.Refused = err.Error()
+		s.Refused = Message(err)
 		r.Problems = append(r.Problems, s.Refused)
 		return nil, nil, nil
 	}
@@ -321,7 +321,7 @@ func (r *InspectReport) inspectQcow2(ctx context.Context, src io.ReaderAt, size 
 	vd, closeVD, err := qcow2.OpenDisk(src, size, info)
 	if err != nil {
 		s.Accepted = false
-		s.Refused = err.Error()
+		s.Refused = Message(err)
 		r.Problems = append(r.Problems, s.Refused)
 		return nil, nil, nil
 	}

@@ -53,7 +53,7 @@ func (r *InspectReport) inspectOVA(src io.ReaderAt, size int64, opts InspectOpti
 	s := &OVASummary{Disks: []OVADisk{}}
 	r.OVA = s
 	refuse := func(err error) {
-		s.Refused = err.Error()
+		s.Refused = Message(err)
 		r.Problems = append(r.Problems, s.Refused)
 	}
 	tr := tar.NewReader(io.NewSectionReader(src, 0, size))

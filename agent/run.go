@@ -153,7 +153,7 @@ func Run(ctx context.Context, j *job.Job, env Env) (*Result, error) {
 // message, at the step it happened in. It must get out even when ctx was
 // cancelled (SIGTERM: "interrupted"), within finalTimeout.
 func reportFailure(ctx context.Context, env *Env, sink *Sink, err error) {
-	code, msg := job.Describe(err)
+	code, msg := Describe(err)
 	step := FailedStep(err)
 	if step == "" {
 		step = job.StepPreflight

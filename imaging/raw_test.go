@@ -363,7 +363,7 @@ func TestWriteRawFailures(t *testing.T) {
 					check = func(err error) {
 						var we *WriteError
 						if !errors.As(err, &we) || we.Format != "raw" || !errors.Is(err, errIO) ||
-							!strings.HasPrefix(err.Error(), "Can't write raw on disk. ") {
+							!strings.HasPrefix(err.Error(), "write the raw image: ") {
 							t.Errorf("error = %v, want a raw WriteError wrapping the cause", err)
 						}
 					}
@@ -373,7 +373,7 @@ func TestWriteRawFailures(t *testing.T) {
 					check = func(err error) {
 						// The stream passes the 8 MiB target with the 1 MiB buffer
 						// that would end at 9 MiB.
-						msg := fmt.Sprintf("image provided has a size of %d bytes which is larger than %s of %d bytes", 9<<20, path, 8<<20)
+						msg := fmt.Sprintf("image of %d bytes does not fit %s (%d bytes)", 9<<20, path, 8<<20)
 						var se *SizeError
 						if !errors.As(err, &se) || err.Error() != msg {
 							t.Errorf("error = %v\nwant %s", err, msg)
@@ -430,19 +430,22 @@ func TestWriteRawRefusedUntouched(t *testing.T) {
 		opts RawOptions
 		msg  string
 	}
-	notRaw := "image provided format is not of type raw because no partition table was found. It seems to contain: "
+	// The customer's texts for these are the agent's: TestErrorTable.
+	notRaw := func(found string) string {
+		return "image declared raw holds no partition table (it looks like " + found + ")"
+	}
 	errCheck := errors.New("image sector size 4096 does not match disk sector size 512")
 	cases := []tc{
 		{"too large", img, RawOptions{DeclaredSize: int64(len(img)), TargetName: "/dev/sda"},
-			fmt.Sprintf("image provided has a size of %d bytes which is larger than /dev/sda of %d bytes", len(img), 4<<20)},
+			fmt.Sprintf("image of %d bytes does not fit /dev/sda (%d bytes)", len(img), 4<<20)},
 		{"check", img[:2<<20], RawOptions{Check: func([]byte) error { return errCheck }}, errCheck.Error()},
-		{"gzip", gz.Bytes(), RawOptions{}, notRaw + "gzip"},
-		{"xz", xzb.Bytes(), RawOptions{}, notRaw + "xz"},
-		{"zstd", zs.Bytes(), RawOptions{}, notRaw + "zstd"},
-		{"zeros", make([]byte, 3<<20), RawOptions{}, notRaw + "only zeros"},
-		{"nothing", nil, RawOptions{}, notRaw + "only zeros"},
+		{"gzip", gz.Bytes(), RawOptions{}, notRaw("gzip")},
+		{"xz", xzb.Bytes(), RawOptions{}, notRaw("xz")},
+		{"zstd", zs.Bytes(), RawOptions{}, notRaw("zstd")},
+		{"zeros", make([]byte, 3<<20), RawOptions{}, notRaw("empty")},
+		{"nothing", nil, RawOptions{}, notRaw("empty")},
 		{"truncated head", nil, RawOptions{}, io.ErrUnexpectedEOF.Error()},
-		{"text", bytes.Repeat([]byte("not a disk\n"), 1000), RawOptions{}, notRaw + "unknown data"},
+		{"text", bytes.Repeat([]byte("not a disk\n"), 1000), RawOptions{}, notRaw("unknown")},
 	}
 	dir := t.TempDir()
 	toolImage := func(name string, cmd ...string) []byte {
@@ -457,14 +460,14 @@ func TestWriteRawRefusedUntouched(t *testing.T) {
 		return b
 	}
 	qcow := toolImage("a.qcow2", "qemu-img", "create", "-q", "-f", "qcow2", filepath.Join(dir, "a.qcow2"), "1G")
-	cases = append(cases, tc{"qcow2", qcow, RawOptions{}, "image provided format is qcow2 which does not match expected raw format"})
+	cases = append(cases, tc{"qcow2", qcow, RawOptions{}, "image declared raw is qcow2"})
 	os.WriteFile(filepath.Join(dir, "hello.txt"), []byte("hello"), 0o644)
 	iso := toolImage("a.iso", "genisoimage", "-quiet", "-R", "-o", filepath.Join(dir, "a.iso"), filepath.Join(dir, "hello.txt"))
-	cases = append(cases, tc{"iso9660", iso, RawOptions{}, notRaw + "iso9660"})
+	cases = append(cases, tc{"iso9660", iso, RawOptions{}, notRaw("iso9660")})
 	ext := filepath.Join(dir, "ext4.img")
 	os.WriteFile(ext, make([]byte, 2<<20), 0o644)
 	ext4 := toolImage("ext4.img", "mkfs.ext4", "-q", "-F", ext)
-	cases = append(cases, tc{"ext4", ext4, RawOptions{}, notRaw + "ext4"})
+	cases = append(cases, tc{"ext4", ext4, RawOptions{}, notRaw("ext4")})
 
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -187,6 +187,11 @@ const (
 	PowerUnsupported Code = "PowerUnsupported" // operation, what the BMC answered
 	PowerFailed      Code = "PowerFailed"      // operation, what the BMC answered
 	WarnBootOverride Code = "WarnBootOverride" // what the BMC answered
+
+	// A deployment stopped by SIGTERM, Ctrl-C or its context (issue 22
+	// point 12): said once, with the step it was in, whatever error the
+	// step's own code returned on the way out.
+	InterruptedStep Code = "InterruptedStep" // step
 )
 
 // catalog holds the text of every Code.
@@ -337,6 +342,9 @@ var catalog = map[Code]entry{
 	PowerUnsupported: {"the server's BMC does not support %s: %s", FaultProvider},
 	PowerFailed:      {"the server's BMC failed %s: %s", FaultProvider},
 	WarnBootOverride: {"the server's BMC refused the one-time boot from the network (%s): the server starts in its own boot order", FaultNone},
+
+	// issue 22 point 12
+	InterruptedStep: {"the deployment was interrupted during its %s step", FaultProvider},
 }
 
 // Text formats the message of code c with args. An unknown code (a bug)

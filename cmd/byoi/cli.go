@@ -8,8 +8,8 @@ import (
 	"io"
 	"log/slog"
 
+	"github.com/byoi/byoi/agent"
 	"github.com/byoi/byoi/imaging/qcow2"
-	"github.com/byoi/byoi/job"
 	"github.com/sirupsen/logrus"
 )
 
@@ -74,7 +74,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 2
 	}
 	// The user-facing message is the last line on stderr.
-	fmt.Fprintln(stderr, oneLine(job.Message(err)))
+	fmt.Fprintln(stderr, oneLine(agent.Message(err)))
 	return 1
 }
 

@@ -14,7 +14,6 @@ import (
 	"sync"
 
 	"github.com/byoi/byoi/imaging"
-	"github.com/byoi/byoi/job"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -57,11 +56,8 @@ func (e *Error) Error() string {
 	if e.Err != nil {
 		reason += ": " + e.Err.Error()
 	}
-	return job.Text(job.ImageRefused, string(e.Format), reason)
+	return string(e.Format) + " image refused: " + reason
 }
-
-// MessageCode returns the catalog code.
-func (e *Error) MessageCode() job.Code { return job.ImageRefused }
 
 // Is makes errors.Is(err, ErrRefused) true.
 func (e *Error) Is(target error) bool { return target == ErrRefused }

@@ -133,20 +133,14 @@ type Error struct {
 	Err error
 }
 
-// Error reads "Could not download image located : <url>. <cause>", the
-// message OVH users know (reference/API.md) with the cause appended.
 func (e *Error) Error() string {
-	msg := job.Text(job.DownloadFailed, e.URL)
-	if e.Err != nil {
-		msg += " " + e.Err.Error()
+	if e.Err == nil {
+		return "download " + e.URL
 	}
-	return msg
+	return "download " + e.URL + ": " + e.Err.Error()
 }
 
 func (e *Error) Unwrap() error { return e.Err }
-
-// MessageCode returns the catalog code.
-func (e *Error) MessageCode() job.Code { return job.DownloadFailed }
 
 // StatusError is a final HTTP status: a 4xx other than 408/429, a
 // redirect without a usable Location, or a 5xx/408/429 after the retries.

@@ -385,7 +385,9 @@ func TestFetch404Final(t *testing.T) {
 	if !errors.As(err, &de) {
 		t.Fatalf("err %T %v", err, err)
 	}
-	want := "Could not download image located : " + srv.URL + "/img.qcow2?<redacted>. HTTP 404 Not Found"
+	// The customer reads OVH's "Could not download image located : URL."
+	// before it (agent's TestErrorTable); the URL stays redacted here.
+	want := "download " + srv.URL + "/img.qcow2?<redacted>: HTTP 404 Not Found"
 	if err.Error() != want {
 		t.Errorf("error\n%q, want\n%q", err.Error(), want)
 	}

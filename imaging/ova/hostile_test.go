@@ -167,7 +167,7 @@ func TestWriteOVARefusedUntouched(t *testing.T) {
 			"descriptor-only VMDK", vmdkErr},
 		// Sparse header.
 		{"capacity-larger-than-disk", goodOVA, 4 * ovaMiB,
-			fmt.Sprintf("image provided has a size of %d bytes which is larger than /dev/sdz of %d bytes", hostSize, 4*ovaMiB), sizeErr},
+			fmt.Sprintf("image of %d bytes does not fit /dev/sdz (%d bytes)", hostSize, 4*ovaMiB), sizeErr},
 		{"grain-not-power-of-2", hostTar(t, testimage.Member{Name: "disk1.vmdk", Data: hostPatch(good, 20, 100, 8)}), 0,
 			"grain size of 100 sectors is not a power of 2", vmdkErr},
 		{"grain-huge", hostTar(t, testimage.Member{Name: "disk1.vmdk", Data: hostPatch(good, 20, 1<<40, 8)}), 0,
@@ -252,7 +252,7 @@ func TestWriteOVARefusedUntouched(t *testing.T) {
 				ovf.Data = append(bytes.Clone(ovf.Data), ' ')
 				return testimage.Manifest("SHA1", false, append([]testimage.Member{ovf}, d...)...)
 			}
-		}), 0, "Bad sha1 for vm.ovf in the OVA manifest, got : ", mfErr},
+		}), 0, "OVA manifest: the sha1 digest of vm.ovf is ", mfErr},
 		{"manifest-garbage", ovaPackageOpts(t, layoutVMware, "disk1.vmdk", good, hostSize, "SHA256", func(b *ovaBuild) {
 			b.manifest = func(testimage.Member, []testimage.Member) []byte { return []byte("this is not a manifest\n") }
 		}), 0, "is not ALGO(file)= digest", mfErr},
@@ -419,7 +419,7 @@ func TestWriteOVAFailuresWipe(t *testing.T) {
 		{name: "manifest-disk-digest", ovaImg: vbox(func(ovf testimage.Member, d []testimage.Member) []byte {
 			d = []testimage.Member{{Name: d[0].Name, Data: append(bytes.Clone(d[0].Data), 0)}}
 			return testimage.Manifest("SHA256", true, append([]testimage.Member{ovf}, d...)...)
-		}), check: wantErr("Bad sha256 for disk1.vmdk in the OVA manifest, got : ", &ova.ManifestError{})},
+		}), check: wantErr("OVA manifest: the sha256 digest of disk1.vmdk is ", &ova.ManifestError{})},
 		{name: "manifest-member-missing", ovaImg: vbox(func(ovf testimage.Member, d []testimage.Member) []byte {
 			return testimage.Manifest("SHA1", true, append([]testimage.Member{ovf, {Name: "disk2.vmdk", Data: []byte("x")}}, d...)...)
 		}), check: wantErr(`"disk2.vmdk": listed in the manifest but not in the archive`, &ova.ManifestError{})},
@@ -478,7 +478,7 @@ func TestWriteOVAFailuresWipe(t *testing.T) {
 			}
 		}},
 		{name: "write-error", ovaImg: goodOVA, dst: func(d imaging.Target) imaging.Target { return ovaFailTarget{d, 5 * ovaMiB} },
-			check: wantErr("Can't write ova on disk.", &imaging.WriteError{})},
+			check: wantErr("write the ova image: ", &imaging.WriteError{})},
 	}
 	for _, loop := range []bool{false, true} {
 		for _, c := range cases {

@@ -11,7 +11,6 @@ import (
 
 	"github.com/byoi/byoi/imaging"
 	"github.com/byoi/byoi/imaging/vmdk"
-	"github.com/byoi/byoi/job"
 )
 
 // ManifestError is an OVA whose manifest (*.mf) does not vouch for its
@@ -33,19 +32,11 @@ type ManifestError struct {
 func (e *ManifestError) Error() string {
 	if e.Reason != "" {
 		if e.Member != "" {
-			return job.Text(job.ManifestRefused, fmt.Sprintf("%q: %s", e.Member, e.Reason))
+			return fmt.Sprintf("OVA manifest refused: %q: %s", e.Member, e.Reason)
 		}
-		return job.Text(job.ManifestRefused, e.Reason)
+		return "OVA manifest refused: " + e.Reason
 	}
-	return job.Text(job.ManifestMismatch, e.Member, strings.ToLower(e.Algo), e.Got, e.Want)
-}
-
-// MessageCode returns the catalog code.
-func (e *ManifestError) MessageCode() job.Code {
-	if e.Reason != "" {
-		return job.ManifestRefused
-	}
-	return job.ManifestMismatch
+	return fmt.Sprintf("OVA manifest: the %s digest of %s is %s, the manifest says %s", strings.ToLower(e.Algo), e.Member, e.Got, e.Want)
 }
 
 // Is makes errors.Is(err, ErrChecksum) true.

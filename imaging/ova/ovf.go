@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	"github.com/byoi/byoi/imaging/vmdk"
-	"github.com/byoi/byoi/job"
 )
 
 // OVF envelope namespaces (DMTF DSP0243): OVF 1.x, which VirtualBox and
@@ -47,11 +46,8 @@ func (e *Error) Error() string {
 	if e.Err != nil {
 		reason += ": " + e.Err.Error()
 	}
-	return job.Text(job.ImageRefused, "OVA", reason)
+	return "OVA image refused: " + reason
 }
-
-// MessageCode returns the catalog code.
-func (e *Error) MessageCode() job.Code { return job.ImageRefused }
 
 // Is makes errors.Is(err, ErrRefused) true.
 func (e *Error) Is(target error) bool { return target == ErrRefused }

@@ -138,7 +138,7 @@ func TestWriteOVATwoDisks(t *testing.T) {
 		dst := imagingtest.NewMemTarget(8*ovaMiB, 0xFF)
 		res, err := ova.Write(t.Context(), bytes.NewReader(ovaImg), dst, ova.Options{Logger: testutil.Logger(t)})
 		if bad {
-			if err == nil || !strings.Contains(err.Error(), "Bad sha256 for vm-disk1.vmdk") {
+			if err == nil || !strings.Contains(err.Error(), "the sha256 digest of vm-disk1.vmdk is ") {
 				t.Fatalf("error %v", err)
 			}
 			if _, ok := imaging.HasPartitionTable(dst.B[:ovaMiB]); ok {

@@ -14,7 +14,6 @@ import (
 	"io"
 
 	"github.com/byoi/byoi/imaging"
-	"github.com/byoi/byoi/job"
 )
 
 // Layout constants from the qcow2 specification (qemu docs/interop/qcow2.txt).
@@ -74,11 +73,8 @@ func (e *Error) Error() string {
 	if e.Err != nil {
 		reason += ": " + e.Err.Error()
 	}
-	return job.Text(job.Qcow2Refused, reason)
+	return "qcow2 image refused: " + reason
 }
-
-// MessageCode returns the catalog code.
-func (e *Error) MessageCode() job.Code { return job.Qcow2Refused }
 
 // Is makes errors.Is(err, ErrRefused) true.
 func (e *Error) Is(target error) bool { return target == ErrRefused }

@@ -168,7 +168,7 @@ func TestQcow2Hostile(t *testing.T) {
 			t.Fatal("target touched")
 		}
 		_, err = qcow2.Check(bytes.NewReader(base), int64(len(base)), "/dev/sdb", 8<<20)
-		if want := "image provided has a size of 16777216 bytes which is larger than /dev/sdb of 8388608 bytes"; err == nil || err.Error() != want {
+		if want := "image of 16777216 bytes does not fit /dev/sdb (8388608 bytes)"; err == nil || err.Error() != want {
 			t.Fatalf("got %v, want %q", err, want)
 		}
 	})
@@ -238,7 +238,7 @@ func TestQcow2CorruptCompressedWipes(t *testing.T) {
 	copy(dst.B[512:], "EFI PART")
 	err := deploy(context.Background(), bytes.NewReader(img), int64(len(img)), dst, qcow2.ConvertOptions{})
 	var we *imaging.WriteError
-	if !errors.As(err, &we) || !errors.Is(err, qcow2.ErrRefused) || !strings.HasPrefix(err.Error(), "Can't write qcow2 on disk. qcow2 image refused") {
+	if !errors.As(err, &we) || !errors.Is(err, qcow2.ErrRefused) || !strings.HasPrefix(err.Error(), "write the qcow2 image: qcow2 image refused") {
 		t.Fatalf("got %v, want a WriteError about the corrupt image", err)
 	}
 	t.Log(err)

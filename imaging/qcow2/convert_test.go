@@ -232,7 +232,7 @@ func TestConvertQcow2WriteErrorWipes(t *testing.T) {
 	dst.FailAt = 8 << 20
 	err := convertFile(t, img, dst)
 	var we *imaging.WriteError
-	if !errors.As(err, &we) || we.Format != "qcow2" || !strings.HasPrefix(err.Error(), "Can't write qcow2 on disk. ") {
+	if !errors.As(err, &we) || we.Format != "qcow2" || !strings.HasPrefix(err.Error(), "write the qcow2 image: ") {
 		t.Fatalf("got %v, want a qcow2 WriteError", err)
 	}
 	if !strings.Contains(err.Error(), "injected I/O error") {

@@ -14,7 +14,6 @@ import (
 	"strings"
 
 	"github.com/byoi/byoi/imaging"
-	"github.com/byoi/byoi/job"
 
 	"golang.org/x/sys/unix"
 )
@@ -71,17 +70,15 @@ type Staged interface {
 }
 
 // TooBigError is a qcow2 image that fits neither in memory, nor on the
-// target's tail, nor in the staging directory. Its message is the one OVH
-// users know (reference/API.md).
+// target's tail, nor in the staging directory.
 type TooBigError struct {
 	// Size is the declared size, or the bytes received when it was refused.
 	Size int64
 }
 
-func (e *TooBigError) Error() string { return job.Text(job.Qcow2TooBig) }
-
-// MessageCode returns the catalog code.
-func (e *TooBigError) MessageCode() job.Code { return job.Qcow2TooBig }
+func (e *TooBigError) Error() string {
+	return fmt.Sprintf("qcow2 image of %d bytes fits neither in memory, nor on the target's tail, nor in the staging directory", e.Size)
+}
 
 // Stage reads the whole qcow2 stream src, hashing it through opts.Hash,
 // into memory when it fits (decided from DeclaredSize, or as bytes arrive

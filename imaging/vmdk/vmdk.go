@@ -19,7 +19,6 @@ import (
 	"strings"
 
 	"github.com/byoi/byoi/imaging"
-	"github.com/byoi/byoi/job"
 
 	"github.com/klauspost/compress/zlib"
 )
@@ -122,11 +121,8 @@ func (e *Error) Error() string {
 	if e.Err != nil {
 		reason += ": " + e.Err.Error()
 	}
-	return job.Text(job.ImageRefused, "VMDK", reason)
+	return "VMDK image refused: " + reason
 }
-
-// MessageCode returns the catalog code.
-func (e *Error) MessageCode() job.Code { return job.ImageRefused }
 
 // Is makes errors.Is(err, ErrRefused) true.
 func (e *Error) Is(target error) bool { return target == ErrRefused }
