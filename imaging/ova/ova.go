@@ -120,8 +120,9 @@ type Result struct {
 // before the first grain past it: VMware, VirtualBox and qemu-img write
 // grains in disk order, so all of them. A stream in another order (the
 // format allows it) whose first grain comes later is checked once read,
-// before the head is written, and a refusal then wipes the target; a grain
-// landing in the head late makes it checked again.
+// before the head is written (a refusal then comes after the rest was
+// written: the caller's Guard aborts it); a grain landing in the head late
+// makes it checked again.
 //
 // Then the disk is written, every range no grain covers zeroed
 // (ZeroRange), its first MiB last, once the whole OVA was read to its end,
@@ -240,7 +241,8 @@ func Write(ctx context.Context, src io.Reader, dst imaging.Target, opts Options)
 	} else {
 		// The stream brings the disk's first grain later (grains out of
 		// order): the partition table is checked once the disk was read,
-		// before it is written; a refusal then wipes the target.
+		// before it is written; a refusal then is aborted by the caller's
+		// Guard.
 		log.Warn("OVA disk grains out of order: its partition table is checked after the rest was written", "member", w.diskName)
 	}
 	if err := ctx.Err(); err != nil {
