@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"fmt"
 	"hash/crc32"
 	"net/http"
 	"net/http/httptest"
@@ -27,14 +28,14 @@ import (
 // TestCatalogCoverage triggers, through the real pipeline, every catalog
 // code of the deployment's group (neither the job spec's, which job's
 // TestValidationCodes covers, nor the control plane's, which its own
-// coverage test covers): each error code is the one job.Describe gives,
+// coverage test covers): each error code is the one Describe gives,
 // each warning and step text arrives as an event, each progress text is
 // what job.ProgressMessage makes of a real run's events.
 func TestCatalogCoverage(t *testing.T) {
 	seen := map[job.Code]string{}
 	note := func(err error, events []job.Event, how string) {
 		if err != nil {
-			c, _ := job.Describe(err)
+			c, _ := Describe(err)
 			seen[c] = how
 		}
 		for _, e := range events {
@@ -49,7 +50,7 @@ func TestCatalogCoverage(t *testing.T) {
 		path := crashcheck.OldSystem(t, 512, diskSize)
 		j := &job.Job{ImageURL: serve(t, data, ""), ImageType: typ, DiskGroupID: 1}
 		rec := &recorder{}
-		env := Env{Target: path, Report: ReporterFunc(rec.report), Fetch: rec.deployer().Fetch}
+		env := Env{Target: path, Report: ReporterFunc(rec.report), Options: Options{Fetch: rec.deployer().Fetch}}
 		if mod != nil {
 			mod(j, &env)
 		}
@@ -92,6 +93,8 @@ func TestCatalogCoverage(t *testing.T) {
 	cancel()
 	_, err := Run(ctx, &job.Job{ImageURL: "http://127.0.0.1:1/i", ImageType: "raw", DiskGroupID: 1}, Env{Target: crashcheck.OldSystem(t, 512, 32*mib)})
 	note(err, nil, "cancelled")
+	// An interruption no step is known for (job's own rule).
+	note(fmt.Errorf("x: %w", context.Canceled), nil, "interrupted outside a step")
 	_, err = Run(context.Background(), &job.Job{ImageURL: "http://127.0.0.1:1/i", ImageType: "raw", DiskGroupID: 1}, Env{Target: "/nonexistent/disk"})
 	note(err, nil, "internal")
 
@@ -165,7 +168,7 @@ func TestCatalogCoverage(t *testing.T) {
 		}))
 		defer srv.Close()
 		rec := &recorder{}
-		_, err := Run(context.Background(), &job.Job{ImageURL: srv.URL, ImageType: "raw", DiskGroupID: 1}, Env{Target: crashcheck.OldSystem(t, 512, 32*mib), Report: ReporterFunc(rec.report), Fetch: rec.deployer().Fetch})
+		_, err := Run(context.Background(), &job.Job{ImageURL: srv.URL, ImageType: "raw", DiskGroupID: 1}, Env{Target: crashcheck.OldSystem(t, 512, 32*mib), Report: ReporterFunc(rec.report), Options: Options{Fetch: rec.deployer().Fetch}})
 		note(err, rec.events, "download retried")
 		err, events, _, _, _ := stalledRun(t, 300*time.Millisecond)
 		note(err, events, "stalled")

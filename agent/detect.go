@@ -8,6 +8,7 @@ import (
 
 	"github.com/byoi/byoi/agentapi"
 	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/fetch"
 	"github.com/byoi/byoi/job"
 )
 
@@ -72,12 +73,12 @@ func (dp *deployment) detectImageType(ctx context.Context) error {
 // readHead reads up to detectHead bytes of the image.
 func (dp *deployment) readHead(ctx context.Context) ([]byte, error) {
 	fo := dp.Fetch
-	tr, err := imaging.NewTransport(fo.CACertPEM, fo.ConnectTimeout)
+	tr, err := fetch.NewTransport(fo.CACertPEM, fo.ConnectTimeout)
 	if err != nil {
 		return nil, err
 	}
 	defer tr.CloseIdleConnections()
-	ra, err := imaging.OpenHTTPRange(ctx, dp.job.ImageURL, imaging.HTTPRangeOptions{Client: &http.Client{Transport: tr}, Headers: dp.job.Headers,
+	ra, err := fetch.OpenRange(ctx, dp.job.ImageURL, fetch.RangeOptions{Client: &http.Client{Transport: tr}, Headers: dp.job.Headers,
 		BlockSize: detectHead, CacheBlocks: 1, MaxBytes: detectHead})
 	if err == nil {
 		head := make([]byte, min(detectHead, ra.Size()))
@@ -97,7 +98,7 @@ func (dp *deployment) readHead(ctx context.Context) ([]byte, error) {
 		fo.Logger = dp.log
 	}
 	dp.log.Info("image type detection: no range read, reading the head of a download", "err", err)
-	st, err := imaging.Fetch(ctx, dp.job.ImageURL, fo)
+	st, err := fetch.Open(ctx, dp.job.ImageURL, fo)
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/decompress"
+	"github.com/byoi/byoi/imaging/qcow2"
 	"github.com/byoi/byoi/job"
 	"github.com/byoi/byoi/partition"
 )
@@ -69,12 +71,12 @@ type Qcow2Summary struct {
 	// "encrypted", and unknown bits as "incompatible bit N" etc.
 	Features  []string `json:"features"`
 	Snapshots uint32   `json:"snapshots"`
-	// AllocatedClusters and CompressedClusters are counted by CheckQcow2
+	// AllocatedClusters and CompressedClusters are counted by qcow2.Check
 	// (0 when it refused the image).
 	AllocatedClusters  int64 `json:"allocatedClusters"`
 	CompressedClusters int64 `json:"compressedClusters"`
-	// Accepted is true when imaging.CheckQcow2 accepted the image;
-	// Refused then is empty, else it is CheckQcow2's message.
+	// Accepted is true when qcow2.Check accepted the image;
+	// Refused then is empty, else it is qcow2.Check's message.
 	Accepted bool   `json:"accepted"`
 	Refused  string `json:"refused,omitempty"`
 }
@@ -139,8 +141,8 @@ func (d readOnlyDisk) SectorSize() int64                       { return d.sector
 // Problems, with the deployment's messages).
 //
 // A qcow2 image's virtual disk is read (through go-qcow2reader, with no
-// backing-file opener) only after imaging.CheckQcow2 accepted it. Memory
-// stays bounded: the head is 1 MiB, CheckQcow2 and the FAT reader bound
+// backing-file opener) only after qcow2.Check accepted it. Memory
+// stays bounded: the head is 1 MiB, qcow2.Check and the FAT reader bound
 // their own reads.
 //
 // The error is non-nil only when the image cannot be read at all (an I/O
@@ -173,8 +175,8 @@ func InspectImage(ctx context.Context, src io.ReaderAt, size int64, opts Inspect
 
 	// A compressed raw image: read the partition table from its
 	// decompressed head.
-	if f := imaging.Format(rep.Format); imaging.Compressed(f) && opts.DeclaredType != "qcow2" && opts.DeclaredType != "ova" {
-		dz, _, err := imaging.DecompressStream(head, io.NewSectionReader(src, int64(len(head)), size-int64(len(head))))
+	if f := imaging.Format(rep.Format); decompress.Compressed(f) && opts.DeclaredType != "qcow2" && opts.DeclaredType != "ova" {
+		dz, _, err := decompress.Stream(head, io.NewSectionReader(src, int64(len(head)), size-int64(len(head))))
 		if err != nil {
 			rep.problem(err)
 			return rep, nil
@@ -240,7 +242,7 @@ func InspectImage(ctx context.Context, src io.ReaderAt, size int64, opts Inspect
 		}
 		if _, ok := imaging.HasPartitionTable(vhead); !ok {
 			e := &imaging.FormatError{Declared: "raw", Found: imaging.Sniff(vhead), NoTable: true}
-			rep.Problems = append(rep.Problems, e.Error())
+			rep.Problems = append(rep.Problems, Message(e))
 			disk = nil
 		}
 		head = vhead
@@ -280,16 +282,16 @@ func readHead(r io.ReaderAt, size int64) ([]byte, error) {
 	return head, nil
 }
 
-func (r *InspectReport) problem(err error) { r.Problems = append(r.Problems, err.Error()) }
+func (r *InspectReport) problem(err error) { r.Problems = append(r.Problems, Message(err)) }
 
-// inspectQcow2 fills the qcow2 summary and, when CheckQcow2 accepts the
+// inspectQcow2 fills the qcow2 summary and, when qcow2.Check accepts the
 // image, opens its virtual disk (nil when refused).
 func (r *InspectReport) inspectQcow2(ctx context.Context, src io.ReaderAt, size int64, head []byte) (io.ReaderAt, func(), error) {
 	s := &Qcow2Summary{Features: []string{}}
 	r.Qcow2 = s
-	info, err := imaging.ParseQcow2Header(head)
+	info, err := qcow2.ParseHeader(head)
 	if err != nil {
-		s.Refused = err.Error()
+		s.Refused = Message(err)
 		r.Problems = append(r.Problems, s.Refused)
 		return nil, nil, nil
 	}
@@ -302,24 +304,24 @@ func (r *InspectReport) inspectQcow2(ctx context.Context, src io.ReaderAt, size 
 	}
 	// The size check is Inspect's, against opts.DiskSize, so that a
 	// qcow2 too large for the disk is still inspected.
-	checked, err := imaging.CheckQcow2(src, size, "", 0)
+	checked, err := qcow2.Check(src, size, "", 0)
 	if err != nil {
-		var qe *imaging.Qcow2Error
+		var qe *qcow2.Error
 		if !errors.As(err, &qe) {
 			return nil, nil, fmt.Errorf("inspect: %w", err) // I/O
 		}
-		s.Refused = err.Error()
+		s.Refused = Message(err)
 		r.Problems = append(r.Problems, s.Refused)
 		return nil, nil, nil
 	}
 	s.Accepted = true
 	s.AllocatedClusters, s.CompressedClusters = checked.AllocatedClusters, checked.CompressedClusters
-	// CheckQcow2 accepted it: no backing file, and the nil opener would
+	// qcow2.Check accepted it: no backing file, and the nil opener would
 	// refuse to open one anyway.
-	vd, closeVD, err := imaging.OpenQcow2Disk(src, size, info)
+	vd, closeVD, err := qcow2.OpenDisk(src, size, info)
 	if err != nil {
 		s.Accepted = false
-		s.Refused = err.Error()
+		s.Refused = Message(err)
 		r.Problems = append(r.Problems, s.Refused)
 		return nil, nil, nil
 	}
@@ -341,7 +343,7 @@ func tableSummary(t *partition.Table) *TableSummary {
 }
 
 // qcow2Features names what the header sets (qcow2 spec, "feature bits").
-func qcow2Features(info *imaging.Qcow2Info) []string {
+func qcow2Features(info *qcow2.Info) []string {
 	f := []string{}
 	if info.HasBackingFile {
 		f = append(f, "backing file")

@@ -227,6 +227,11 @@ const (
 	APINoFeature         Code = "APINoFeature"         // agent version
 	MsgRebootByHand      Code = "MsgRebootByHand"      // a hardReboot task waiting for hands
 	MsgRebootSeen        Code = "MsgRebootSeen"        //
+
+	// A deployment stopped by SIGTERM, Ctrl-C or its context (issue 22
+	// point 12): said once, with the step it was in, whatever error the
+	// step's own code returned on the way out.
+	InterruptedStep Code = "InterruptedStep" // step
 )
 
 // catalog holds the text of every Code.
@@ -414,6 +419,9 @@ var catalog = map[Code]entry{
 	APINoFeature:         {"this server's agent (version %s) cannot detect the image type: give customizations.imageType (qcow2, raw or ova), or boot the server into a newer rescue system", FaultCustomer},
 	MsgRebootByHand:      {"Waiting for the server to be rebooted by hand: byoi-api has no power driver for it", FaultNone},
 	MsgRebootSeen:        {"Reboot seen: the server booted from the network or its rescue agent started", FaultNone},
+
+	// issue 22 point 12
+	InterruptedStep: {"the deployment was interrupted during its %s step", FaultProvider},
 }
 
 // imageCheckCodes are the codes of issue 26's checks (package imagecheck):

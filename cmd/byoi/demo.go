@@ -94,7 +94,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 func demoDeploy(ctx context.Context, j *job.Job, target string, stdout, stderr io.Writer, jsonOut, verbose bool) error {
 	rep := newRenderer(stdout, stderr, jsonOut)
-	res, err := agent.Run(ctx, j, agent.Env{Target: target, Logger: newLogger(stderr, verbose), Report: rep})
+	res, err := agent.Run(ctx, j, agent.Env{Target: target, Options: agent.Options{Logger: newLogger(stderr, verbose)}, Report: rep})
 	rep.close()
 	if err != nil {
 		return err

@@ -10,7 +10,7 @@ import (
 
 	"github.com/byoi/byoi/agent"
 	"github.com/byoi/byoi/blockdev"
-	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/fetch"
 	"github.com/byoi/byoi/job"
 )
 
@@ -93,11 +93,13 @@ func cmdDeploy(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		Machine:    blockdev.System{SysRoot: f.sysRoot, ProcRoot: f.procRoot, DevRoot: f.devRoot},
 		Target:     f.disk,
 		SectorSize: f.sectorSize,
-		Fetch: imaging.FetchOptions{ConnectTimeout: f.connectTimeout, StallTimeout: f.stallTimeout, MaxRetries: f.retries,
-			SpeedLimit: f.speedLimit, SpeedTime: f.speedTime},
-		MemoryReserve:   f.memoryReserve,
-		StagingDir:      f.stagingDir,
-		Logger:          log,
+		Options: agent.Options{
+			Fetch: fetch.Options{ConnectTimeout: f.connectTimeout, StallTimeout: f.stallTimeout, MaxRetries: f.retries,
+				SpeedLimit: f.speedLimit, SpeedTime: f.speedTime},
+			MemoryReserve: f.memoryReserve,
+			StagingDir:    f.stagingDir,
+			Logger:        log,
+		},
 		Report:          rep,
 		NoProgressLimit: f.noProgress,
 		Diagnostics:     stderr,

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/qcow2"
 	"github.com/byoi/byoi/internal/testimage"
 	"github.com/byoi/byoi/internal/testutil"
 	"github.com/byoi/byoi/job"
@@ -42,7 +42,7 @@ func inspWrite(t *testing.T, name string, b []byte) string {
 
 func inspRun(t *testing.T, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
-	imaging.RegisterDecompressors()
+	qcow2.RegisterDecompressors()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var so, se bytes.Buffer

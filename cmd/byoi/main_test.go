@@ -12,7 +12,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -218,5 +220,46 @@ func TestDeployDiskGroup(t *testing.T) {
 	code, _, errOut = runCLI(t, append([]string{"deploy", "--url", url, "--type", "raw", "--disk-group", "3"}, roots...)...)
 	if code == 0 || !strings.Contains(lastLine(errOut), "disk group 3 does not exist on this server: the groups are 1") || !strings.Contains(lastLine(errOut), "2 (") {
 		t.Errorf("group 3: exit %d, %q", code, lastLine(errOut))
+	}
+}
+
+// TestDeployInterruptedIsLastLine: SIGTERM or Ctrl-C during the download
+// (main's signal.NotifyContext cancels run's context) ends with the
+// interruption and its step as the last stderr line, not with a download
+// error ("Could not download image located : URL. context canceled"), and
+// a non-zero exit.
+func TestDeployInterruptedIsLastLine(t *testing.T) {
+	img, err := demoImage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := make(chan struct{})
+	var once sync.Once
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(img)))
+		w.WriteHeader(http.StatusOK)
+		w.Write(img[:len(img)/2])
+		w.(http.Flusher).Flush()
+		once.Do(func() { close(sent) })
+		<-r.Context().Done()
+	}))
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-sent
+		time.Sleep(300 * time.Millisecond)
+		cancel()
+	}()
+	var so, se bytes.Buffer
+	code := run(ctx, []string{"deploy", "--url", srv.URL + "/img", "--type", "raw", "--disk", sparse(t, 128<<20)}, strings.NewReader(""), &so, &se)
+	if code == 0 {
+		t.Fatal("an interrupted deploy exited 0")
+	}
+	if got, want := lastLine(se.String()), "the deployment was interrupted during its download step"; got != want {
+		t.Errorf("last stderr line %q, want %q", got, want)
+	}
+	if strings.Contains(so.String()+se.String(), "Could not download") {
+		t.Errorf("the output says the download failed:\n%s\n%s", so.String(), se.String())
 	}
 }

@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/byoi/byoi/imagecheck"
-	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/qcow2"
 )
 
 func main() {
@@ -70,12 +70,12 @@ func main() {
 		size := st.Size()
 		closeDisk := func() error { return nil }
 		if *isQcow2 {
-			info, err := imaging.CheckQcow2(f, st.Size(), "", 0)
+			info, err := qcow2.Check(f, st.Size(), "", 0)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				os.Exit(1)
 			}
-			if disk, closeDisk, err = imaging.OpenQcow2Disk(f, st.Size(), info); err != nil {
+			if disk, closeDisk, err = qcow2.OpenDisk(f, st.Size(), info); err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				os.Exit(1)
 			}
