@@ -65,7 +65,7 @@ func serveBytes(t *testing.T, data []byte) string {
 func sparse(t *testing.T, size int64) string { return testutil.SparseFile(t, size) }
 
 func TestDeployJSONEventsAndJobFile(t *testing.T) {
-	img, err := demoImage()
+	img, err := demoImage(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +110,7 @@ func TestDeployJSONEventsAndJobFile(t *testing.T) {
 }
 
 func TestDeployFailureMessageIsLastLine(t *testing.T) {
-	img, err := demoImage()
+	img, err := demoImage(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +187,7 @@ func fakeMachine(t *testing.T, disks map[string]int64) (sys, proc, dev string) {
 // machine: group 1 is the larger disk, group 2 the smaller; a group that
 // does not exist names the ones that do.
 func TestDeployDiskGroup(t *testing.T) {
-	img, err := demoImage()
+	img, err := demoImage(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +229,7 @@ func TestDeployDiskGroup(t *testing.T) {
 // error ("Could not download image located : URL. context canceled"), and
 // a non-zero exit.
 func TestDeployInterruptedIsLastLine(t *testing.T) {
-	img, err := demoImage()
+	img, err := demoImage(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
