@@ -281,7 +281,11 @@ func printChecks(w io.Writer, c *imagecheck.Report) {
 		}
 		fmt.Fprintln(w, ")")
 		for _, i := range k.Initrds {
-			fmt.Fprintf(w, "initramfs: %s (%s)\n", oneLine(i), strings.Join(k.InitrdSegments, " + "))
+			if len(k.InitrdSegments) > 0 {
+				fmt.Fprintf(w, "initramfs: %s (%s)\n", oneLine(i), strings.Join(k.InitrdSegments, " + "))
+			} else {
+				fmt.Fprintf(w, "initramfs: %s (not read: nothing needed from it)\n", oneLine(i))
+			}
 		}
 	}
 	if c.Reads > 0 {
