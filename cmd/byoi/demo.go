@@ -26,14 +26,16 @@ const demoSSHKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO82/7e9WQiwfzkfAePAXbwR
 
 // demoImage builds the demo's raw GPT image: an EFI System Partition (a
 // FAT filesystem holding a stand-in \EFI\BOOT\BOOTX64.EFI), boot code in
-// the MBR (a stub that hands the boot back to the BIOS: int 18h), and a
-// Linux root partition filled with mixed data. Its boot setup passes the
+// the MBR (a stub that hands the boot back to the BIOS: int 18h) with a
+// BIOS boot partition (where GRUB would keep its core image), and a Linux
+// root partition filled with mixed data. Its boot setup passes the
 // image checks (issue 26): a newcomer's first deploy shows no warning.
 func demoImage(ctx context.Context) ([]byte, error) {
 	const mib = 1 << 20
 	img, err := testimage.GPT(64*mib, 512, []testimage.Part{
 		{Name: "EFI system", Type: testimage.TypeESP, Start: 1 * mib, Size: 16 * mib},
-		{Name: "root", Type: testimage.TypeLinux, Start: 17 * mib, Size: 46 * mib, Fill: testimage.FillMixed},
+		{Name: "root", Type: testimage.TypeLinux, Start: 17 * mib, Size: 45 * mib, Fill: testimage.FillMixed},
+		{Name: "bios", Type: testimage.TypeBIOSBoot, Start: 62 * mib, Size: 1 * mib},
 	}, 1)
 	if err != nil {
 		return nil, err
@@ -74,7 +76,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer stop()
-	fmt.Fprintf(stdout, "demo: built a %d MiB raw GPT image (an ESP and a root partition of sample data, not meant to boot) and its zlib-compressed qcow2 (%d KiB)\n",
+	fmt.Fprintf(stdout, "demo: built a %d MiB raw GPT image (an ESP with a stand-in loader, a BIOS boot partition and a root partition of sample data, not meant to boot) and its zlib-compressed qcow2 (%d KiB)\n",
 		len(img)>>20, len(qimg)>>10)
 	fmt.Fprintf(stdout, "demo: serving them at %s/demo.raw and %s/demo.qcow2\n", url, url)
 

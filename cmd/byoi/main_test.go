@@ -21,6 +21,7 @@ import (
 	"github.com/byoi/byoi/blockdev/blockdevtest"
 	"github.com/byoi/byoi/job"
 
+	"github.com/byoi/byoi/imagecheck"
 	"github.com/byoi/byoi/internal/testutil"
 )
 
@@ -50,6 +51,29 @@ func TestDemo(t *testing.T) {
 	}
 	if v := testutil.Run(t, "sgdisk", "-v", disk); !strings.Contains(v, "No problems found") {
 		t.Errorf("sgdisk -v on the demo disk: %s", v)
+	}
+	// A newcomer's first screen: the demo's own image passes the checks,
+	// no warning line at all (issue 26).
+	if strings.Contains(out+errOut, "warning:") || strings.Contains(out+errOut, "level=WARN") || strings.Count(out, "image checks: 0 refusals, 0 warnings") != 2 {
+		t.Errorf("the demo warns about its own image:\nstdout: %s\nstderr: %s", out, errOut)
+	}
+}
+
+// TestDemoImagePassesChecks: the demo image boots either way as far as the
+// checks can tell (an ESP with \EFI\BOOT\BOOTX64.EFI, MBR boot code).
+func TestDemoImagePassesChecks(t *testing.T) {
+	img, err := demoImage(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{imagecheck.BootUEFI, imagecheck.BootLegacy} {
+		rep, err := imagecheck.Check(context.Background(), bytes.NewReader(img), int64(len(img)), 512, imagecheck.Facts{BootMode: mode, ConfigDrive: true}, imagecheck.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rep.Refusals())+len(rep.Warnings()) != 0 {
+			t.Errorf("%s: %v", mode, rep.Findings)
+		}
 	}
 }
 
