@@ -18,8 +18,10 @@ import (
 
 	"github.com/byoi/byoi/internal/testutil"
 
+	"github.com/byoi/byoi/agentapi"
 	"github.com/byoi/byoi/blockdev"
 	"github.com/byoi/byoi/blockdev/blockdevtest"
+	"github.com/byoi/byoi/imagecheck"
 	"github.com/byoi/byoi/internal/crashcheck"
 	"github.com/byoi/byoi/internal/testimage"
 	"github.com/byoi/byoi/job"
@@ -195,6 +197,28 @@ func TestCatalogCoverage(t *testing.T) {
 			{File: "disk2.vmdk", Capacity: int64(len(img)), Address: 1}})}
 		tw, _ := testimage.Tar(two, disk, testimage.Member{Name: "disk2.vmdk", Data: vmdk})
 		deploy("second disk", tw, "ova", 32*mib, nil)
+	}
+	{
+		// The image checks' own codes (issue 26): a strict job's warning
+		// (a BIOS server, a GPT image with boot code and no BIOS boot
+		// partition). Two refusals at once need an image with a system
+		// (imagecheck's fixtures): CheckMore's text is built here.
+		bios, err := testimage.GPT(16*mib, 512, []testimage.Part{{Name: "root", Type: testimage.TypeLinux, Start: mib, Size: 13 * mib, Fill: testimage.FillMixed}}, 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		copy(bios, []byte{0xfa, 0xcd, 0x18})
+		deploy("strict job, warning", bios, "raw", 32*mib, func(j *job.Job, env *Env) {
+			j.ImageChecks = job.ImageChecksStrict
+			env.Inventory = &agentapi.Inventory{BootMode: agentapi.BootModeLegacy}
+		})
+		two := &CheckError{Findings: []imagecheck.Finding{
+			{Code: job.CheckUEFINoESP, Message: job.Text(job.CheckUEFINoESP)},
+			{Code: job.CheckCloudInitMissing, Message: job.Text(job.CheckCloudInitMissing)},
+		}}
+		if code, msg := Describe(two); code == job.CheckUEFINoESP && strings.Contains(msg, "; and 1 more: ") {
+			seen[job.CheckMore] = "two refusals"
+		}
 	}
 	for _, c := range job.Codes() {
 		if job.IsJobSpecCode(c) || job.IsControlPlaneCode(c) || job.IsPowerCode(c) || job.IsImageCheckCode(c) {

@@ -13,7 +13,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/byoi/byoi/agentapi"
 	"github.com/byoi/byoi/configdrive"
+	"github.com/byoi/byoi/imagecheck"
 	"github.com/byoi/byoi/imaging"
 	"github.com/byoi/byoi/imaging/decompress"
 	"github.com/byoi/byoi/imaging/fetch"
@@ -50,6 +52,14 @@ type Options struct {
 	// never fails a deployment: an image without it boots by the default
 	// path.
 	ServerEFIBootloaderPath string
+	// Inventory is the server's inventory (the one the agent posts): the
+	// image checks' facts (its boot mode, the target disk's controller
+	// driver, the NICs). Nil: unknown, and the checks that need them are
+	// skipped.
+	Inventory *agentapi.Inventory
+	// Facts, when set, override the inventory's where they are given
+	// (byoi deploy's --boot-mode, --disk-driver, --nic-driver).
+	Facts *imagecheck.Facts
 }
 
 // Deployer writes one job onto an opened, locked disk: fetch, verify,
@@ -79,6 +89,7 @@ type Result struct {
 	ConfigDrive *partition.Partition // the config-2 partition, nil when none
 	Staged      string               // where a qcow2 was staged
 	Boot        *BootReport          // how the deployed disk can boot
+	Check       *imagecheck.Report   // the image checks' report (nil when off or not run)
 	Notes       []string             // things the operator should know (re-read deferred, stale config-2 elsewhere)
 	Elapsed     time.Duration
 }
@@ -99,7 +110,9 @@ func (d *Deployer) emit(e job.Event) {
 // warn reports a warning event and keeps it in the result's notes.
 func (d *Deployer) warn(res *Result, step job.Step, code job.Code, args ...any) {
 	msg := job.Text(code, args...)
-	d.logger().Warn(msg, "step", step)
+	// Info: the warning event is what is shown (a Warn line would say it
+	// twice on a terminal).
+	d.logger().Info("warning", "step", step, "code", code, "msg", msg)
 	d.emit(job.Event{Step: step, Kind: job.KindWarning, Code: code, Message: msg})
 	if res != nil {
 		res.Notes = append(res.Notes, msg)
@@ -247,6 +260,8 @@ type deployment struct {
 	cdUUID   string
 	// verdict is the head's partition table verdict, once known.
 	verdict *partition.Verdict
+	// seen are the image checks' findings reported (imagecheck.go).
+	seen map[string]bool
 }
 
 // guardDisk is the Guard seen as a Disk.
@@ -383,6 +398,11 @@ func (dp *deployment) examineHead(ctx context.Context, head []byte) error {
 		}
 	}
 	dp.verdict = v
+	if dp.job.ImageType != job.ImageTypeQcow2 {
+		// A streamed image: its boot mode is checked before the first
+		// byte is written (a qcow2 is checked whole, in writeQcow2).
+		return dp.checkHead(head)
+	}
 	return nil
 }
 
@@ -639,7 +659,17 @@ func (dp *deployment) writeQcow2(ctx context.Context) error {
 		}
 		// The virtual disk's table decides, before converting: a qcow2
 		// without one is refused like the same bytes as raw.
-		return dp.examineHead(ctx, head)
+		if err := dp.examineHead(ctx, head); err != nil {
+			return err
+		}
+		// Every image check, on the staged image, before the disk's
+		// image region is touched.
+		vd, closeVD, err := qcow2.OpenDisk(staged, staged.Size(), info)
+		if err != nil {
+			return err
+		}
+		defer closeVD()
+		return dp.checkDisk(ctx, job.StepVerify, vd, info.VirtualSize, false)
 	}); err != nil {
 		return err
 	}
@@ -667,7 +697,16 @@ func (dp *deployment) finishDisk(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	if err := dp.steps.run(ctx, job.StepBootCheck, dp.bootCheck); err != nil {
+	if err := dp.steps.run(ctx, job.StepBootCheck, func() error {
+		if dp.job.ImageType != job.ImageTypeQcow2 {
+			// A streamed image is checked once written, before the
+			// commit: the held regions read through the Guard.
+			if err := dp.checkDisk(ctx, job.StepBootCheck, dp.disk, dp.disk.Size(), true); err != nil {
+				return err
+			}
+		}
+		return dp.bootCheck()
+	}); err != nil {
 		return err
 	}
 	if dp.job.ConfigDrive != nil {
@@ -702,13 +741,25 @@ func (dp *deployment) bootCheck() error {
 		}
 	}
 	dp.res.Boot = &b
+	known := dp.checking() && dp.facts().BootMode != ""
 	for _, p := range b.Warnings {
+		if known && bootModeWarning[p.Code] {
+			// The image checks judged the boot against the server's
+			// own boot mode: these are for a server of unknown mode.
+			continue
+		}
 		dp.warn(dp.res, job.StepBootCheck, p.Code, p.Args...)
 	}
 	if b.BootloaderProblem != nil {
 		return b.BootloaderProblem
 	}
 	return nil
+}
+
+// bootModeWarning are InspectBoot's warnings that hold for a server whose
+// boot mode is unknown.
+var bootModeWarning = map[job.Code]bool{
+	job.WarnNoLegacyBoot: true, job.WarnNoESP: true, job.WarnESPUnreadable: true, job.WarnNoRemovablePath: true,
 }
 
 // repairHead applies the head verdict's repairs (a protective MBR that

@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/byoi/byoi/imagecheck"
 	"github.com/byoi/byoi/imaging"
 	"github.com/byoi/byoi/imaging/decompress"
 	"github.com/byoi/byoi/imaging/qcow2"
@@ -31,6 +32,13 @@ type InspectOptions struct {
 	// ConfigDrive: the job has a ConfigDrive; with DiskSize, check it will
 	// have room on the disk (a free MiB at its end, a free MBR slot).
 	ConfigDrive bool
+	// Facts are the server's, for the image checks (issue 26): its boot
+	// mode, its disk's and NICs' drivers. Zero values mean unknown (the
+	// checks that need them are skipped). ConfigDrive and
+	// EFIBootloaderPath are taken from the fields above.
+	Facts imagecheck.Facts
+	// NoChecks skips the image checks.
+	NoChecks bool
 }
 
 // InspectReport is what Inspect found. Problems lists, with the messages a
@@ -56,7 +64,11 @@ type InspectReport struct {
 	SectorSize int64         `json:"sectorSize"`
 	Table      *TableSummary `json:"table,omitempty"`
 	Boot       *BootSummary  `json:"boot,omitempty"`
-	Problems   []string      `json:"problems"`
+	// Checks is the image checks' report (imagecheck): the image's own
+	// system against the server's facts. Its refusals are in Problems
+	// too.
+	Checks   *imagecheck.Report `json:"checks,omitempty"`
+	Problems []string           `json:"problems"`
 }
 
 // Qcow2Summary is what the qcow2 header says, and whether byoi accepts it.
@@ -215,6 +227,11 @@ func InspectImage(ctx context.Context, src io.ReaderAt, size int64, opts Inspect
 	}
 	if imaging.Format(rep.Format) == imaging.FormatTar {
 		rep.inspectOVA(src, size, opts)
+		if !opts.NoChecks {
+			rep.Checks = &imagecheck.Report{Filesystems: []imagecheck.Filesystem{}, Findings: []imagecheck.Finding{
+				note("the OVA's disk", "an OVA's disk is a stream of VMDK grains: its filesystems are checked when it is deployed, once written"),
+			}}
+		}
 		if opts.DiskSize > 0 && rep.VirtualSize > opts.DiskSize {
 			rep.problem(&imaging.SizeError{ImageSize: rep.VirtualSize, TargetSize: opts.DiskSize})
 		}
@@ -257,6 +274,9 @@ func InspectImage(ctx context.Context, src io.ReaderAt, size int64, opts Inspect
 		return nil, fmt.Errorf("inspect: %w", err)
 	}
 	rep.inspectDisk(disk, head, opts)
+	if err := rep.check(ctx, disk, head, opts); err != nil {
+		return nil, err
+	}
 	if opts.ConfigDrive && opts.DiskSize > 0 {
 		ss := opts.DiskSectorSize
 		if ss == 0 {
@@ -414,7 +434,21 @@ func (r *InspectReport) inspectDisk(disk io.ReaderAt, head []byte, opts InspectO
 		bs.ESPPartition = b.ESP.Number
 	}
 	r.Boot = bs
-	r.Problems = append(r.Problems, b.Problems...)
+	skip := map[string]bool{}
+	if !opts.NoChecks && opts.Facts.BootMode != "" {
+		// The image checks judge the boot against the server's own
+		// mode: the warnings for a server of unknown mode are not said.
+		for _, w := range b.Warnings {
+			if bootModeWarning[w.Code] {
+				skip[job.Text(w.Code, w.Args...)] = true
+			}
+		}
+	}
+	for _, p := range b.Problems {
+		if !skip[p] {
+			r.Problems = append(r.Problems, p)
+		}
+	}
 }
 
 // inspectHeadOnly reads what the first MiB of a disk tells (the table,
@@ -426,9 +460,66 @@ func (r *InspectReport) inspectHeadOnly(ctx context.Context, head []byte, opts I
 	if t, err := partition.Read(readOnlyDisk{r: hd, size: int64(len(head)), sector: ss}); err == nil {
 		r.Table = tableSummary(t)
 	}
+	if !opts.NoChecks {
+		// A stream: the first MiB tells the boot mode's verdict; the
+		// filesystems are beyond the bound.
+		r.Checks = &imagecheck.Report{Filesystems: []imagecheck.Filesystem{}, Findings: []imagecheck.Finding{}}
+		if fs, err := imagecheck.CheckHead(head, ss, r.facts(opts)); err == nil {
+			r.addFindings(fs)
+		}
+		r.Checks.Findings = append(r.Checks.Findings, note("the image's filesystems",
+			fmt.Sprintf("a compressed raw image is read as a stream, and only its first %s were read (they are checked when it is deployed, once written)", job.HumanBytes(int64(len(head))))))
+	}
 	if opts.ConfigDrive && opts.DiskSize > 0 {
 		if err := partition.CheckRoom(ctx, head, opts.DiskSize, max(opts.DiskSectorSize, ss), 1<<20); err != nil && !mayReuseConfigDrive(head) {
 			r.problem(job.Wrap(err, job.ConfigDriveFailed))
+		}
+	}
+}
+
+// note is a Note finding: what was not examined, and why.
+func note(what, why string) imagecheck.Finding {
+	return imagecheck.Finding{Code: job.CheckNotExamined, Severity: imagecheck.Note, Message: job.Text(job.CheckNotExamined, what, why), Args: []any{what, why}}
+}
+
+// facts are the image checks' facts for opts.
+func (r *InspectReport) facts(opts InspectOptions) imagecheck.Facts {
+	f := opts.Facts
+	f.ConfigDrive = opts.ConfigDrive
+	f.EFIBootloaderPath = opts.EFIBootloaderPath
+	return f
+}
+
+// check runs the image checks on the disk the image becomes.
+func (r *InspectReport) check(ctx context.Context, disk io.ReaderAt, head []byte, opts InspectOptions) error {
+	if opts.NoChecks {
+		return nil
+	}
+	ss := r.SectorSize
+	if ss == 0 {
+		ss = max(opts.DiskSectorSize, 512)
+	}
+	rep, err := imagecheck.Check(ctx, disk, r.VirtualSize, ss, r.facts(opts), imagecheck.Options{})
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("inspect: %w", ctx.Err())
+		}
+		r.Checks = &imagecheck.Report{Filesystems: []imagecheck.Filesystem{}, Findings: []imagecheck.Finding{note("the image's system", err.Error())}}
+		return nil
+	}
+	fs := rep.Findings
+	rep.Findings = []imagecheck.Finding{}
+	r.Checks = rep
+	r.addFindings(fs)
+	return nil
+}
+
+// addFindings adds findings to the report: refusals are problems too.
+func (r *InspectReport) addFindings(fs []imagecheck.Finding) {
+	for _, f := range fs {
+		r.Checks.Findings = append(r.Checks.Findings, f)
+		if f.Severity == imagecheck.Refuse {
+			r.Problems = append(r.Problems, f.Message)
 		}
 	}
 }

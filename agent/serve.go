@@ -60,6 +60,9 @@ func Serve(ctx context.Context, cfg AgentConfig) error {
 		return err
 	}
 	log.Info("inventory posted; waiting for a job")
+	if cfg.Env.Inventory == nil {
+		cfg.Env.Inventory = &inv // the image checks' facts (issue 26)
+	}
 	for {
 		var a *agentapi.Assignment
 		err := retry(ctx, log, cfg.MaxWait, "ask for a job", func() error {

@@ -207,6 +207,11 @@ const (
 	CheckDatasourceList   Code = "CheckDatasourceList"   // the list
 	CheckNetKernelName    Code = "CheckNetKernelName"    // file[:line], name
 	CheckNetForeignMAC    Code = "CheckNetForeignMAC"    // file[:line], MAC, the server's MACs
+	// issue 26, the integration: the job's imageChecks option, a strict
+	// job's warning, more refusals than the first.
+	ImageChecksValue Code = "ImageChecksValue" // the value given
+	CheckStrict      Code = "CheckStrict"      // the warning's text
+	CheckMore        Code = "CheckMore"        // the first refusal's text, how many more, their texts
 
 	// Power through the server's BMC (issue 25).
 	PowerNoAnswer    Code = "PowerNoAnswer"    // operation
@@ -400,6 +405,9 @@ var catalog = map[Code]entry{
 	CheckDatasourceList:   {"a ConfigDrive is requested but cloud-init's datasource_list is %s, without ConfigDrive: the ConfigDrive will be ignored (add ConfigDrive to the list)", FaultCustomer},
 	CheckNetKernelName:    {"%s binds the network configuration to %s, but the image names interfaces predictably (enp1s0, eno1): that name will not exist (match the MAC address, or boot with net.ifnames=0)", FaultCustomer},
 	CheckNetForeignMAC:    {"%s binds the network configuration to MAC %s, which no interface of this server has (it has %s)", FaultCustomer},
+	ImageChecksValue:      {"imageChecks must be \"strict\", \"off\" or absent, got %s", FaultCustomer},
+	CheckStrict:           {"the job asks for strict image checks (imageChecks: strict) and the image has a problem: %s", FaultCustomer},
+	CheckMore:             {"%s; and %d more: %s", FaultCustomer},
 
 	// issue 25
 	PowerNoAnswer:    {"the server's BMC does not answer (%s)", FaultProvider},

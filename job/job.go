@@ -83,7 +83,18 @@ type Job struct {
 	Description       string
 	EFIBootloaderPath string
 	ConfigDrive       *ConfigDrive // nil when no ConfigDrive field is set
+	// ImageChecks is byoi's extension of the job body (issue 26): ""
+	// (the default: refusals stop the deployment, warnings are
+	// reported), ImageChecksStrict (warnings refuse too) or
+	// ImageChecksOff (the image's system is not checked).
+	ImageChecks string
 }
+
+// The values of Job.ImageChecks ("imageChecks" in both shapes).
+const (
+	ImageChecksStrict = "strict"
+	ImageChecksOff    = "off"
+)
 
 // ConfigDrive is what goes into the config-2 partition for cloud-init.
 type ConfigDrive struct {
@@ -147,6 +158,7 @@ type legacyJob struct {
 	Description  string             `json:"description"`
 	DiskGroupID  int                `json:"diskGroupId"`
 	HTTPHeader   []keyValue         `json:"httpHeader"`
+	ImageChecks  string             `json:"imageChecks"` // byoi's extension (issue 26)
 }
 
 type legacyConfigDrive struct {
@@ -196,6 +208,7 @@ type reinstallCustomizations struct {
 	Language                        string `json:"language"`
 	PostInstallationScript          string `json:"postInstallationScript"`
 	PostInstallationScriptExtension string `json:"postInstallationScriptExtension"`
+	ImageChecks                     string `json:"imageChecks"` // byoi's extension (issue 26)
 }
 
 // reinstallStorage is OVH's dedicated.server.reinstall.Storage. A BYOI
@@ -257,7 +270,7 @@ var (
 	legacyFields = map[string]string{
 		"ImageURL": "URL", "ImageType": "type", "Checksum": "checkSum",
 		"ChecksumType": "checkSumType", "Headers": "httpHeader",
-		"DiskGroupID": "diskGroupId", "Description": "description",
+		"DiskGroupID": "diskGroupId", "Description": "description", "ImageChecks": "imageChecks",
 		"ConfigDrive":          "configdrive",
 		"ConfigDrive.Hostname": "configdrive.hostname",
 		"ConfigDrive.SSHKey":   "configdrive.sshKey",
@@ -269,6 +282,7 @@ var (
 		"Checksum": "customizations.imageCheckSum", "ChecksumType": "customizations.imageCheckSumType",
 		"Headers": "customizations.httpHeaders", "DiskGroupID": "storage.diskGroupId",
 		"EFIBootloaderPath":    "customizations.efiBootloaderPath",
+		"ImageChecks":          "customizations.imageChecks",
 		"ConfigDrive":          "customizations",
 		"ConfigDrive.Hostname": "customizations.hostname",
 		"ConfigDrive.SSHKey":   "customizations.sshKey",
@@ -376,6 +390,7 @@ func (b *legacyJob) job() (*Job, error) {
 		ChecksumType: b.CheckSumType,
 		DiskGroupID:  b.DiskGroupID,
 		Description:  b.Description,
+		ImageChecks:  b.ImageChecks,
 	}
 	for _, h := range b.HTTPHeader {
 		j.Headers = append(j.Headers, Header{Name: h.Key, Value: h.Value})
@@ -446,6 +461,7 @@ func (b *reinstallJob) job() (*Job, error) {
 	j.Checksum = c.ImageCheckSum
 	j.ChecksumType = c.ImageCheckSumType
 	j.EFIBootloaderPath = c.EFIBootloaderPath
+	j.ImageChecks = c.ImageChecks
 	names := make([]string, 0, len(c.HTTPHeaders))
 	for name := range c.HTTPHeaders {
 		names = append(names, name)

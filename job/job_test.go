@@ -539,3 +539,24 @@ func configDriveData(j *Job) string {
 	}
 	return fmt.Sprintf("%q %q %q %v", j.ConfigDrive.Hostname, j.ConfigDrive.SSHKey, j.ConfigDrive.UserData, j.ConfigDrive.Metadata)
 }
+
+// TestImageChecksOption: byoi's imageChecks extension in both shapes
+// (issue 26), and its field named in the error.
+func TestImageChecksOption(t *testing.T) {
+	for _, tc := range []struct{ body, want string }{
+		{`{"URL":"https://h/i","type":"raw","imageChecks":"strict"}`, ImageChecksStrict},
+		{`{"URL":"https://h/i","type":"raw","imageChecks":"off"}`, ImageChecksOff},
+		{`{"URL":"https://h/i","type":"raw"}`, ""},
+		{`{"operatingSystem":"byoi_64","customizations":{"imageURL":"https://h/i","imageType":"raw","imageChecks":"strict"}}`, ImageChecksStrict},
+	} {
+		j, err := Parse([]byte(tc.body))
+		if err != nil || j.ImageChecks != tc.want {
+			t.Fatalf("%s: %v, %+v", tc.body, err, j)
+		}
+	}
+	_, err := Parse([]byte(`{"operatingSystem":"byoi_64","customizations":{"imageURL":"https://h/i","imageType":"raw","imageChecks":"Strict"}}`))
+	var ve *ValidationError
+	if !errors.As(err, &ve) || ve.Code != ImageChecksValue || ve.Field != "customizations.imageChecks" {
+		t.Fatalf("err %v", err)
+	}
+}

@@ -72,6 +72,9 @@ func (j *Job) Validate() error {
 	if err := ValidateEFIBootloaderPath(j.EFIBootloaderPath); err != nil {
 		return err
 	}
+	if j.ImageChecks != "" && j.ImageChecks != ImageChecksStrict && j.ImageChecks != ImageChecksOff {
+		return invalid("ImageChecks", ImageChecksValue, quoteShort(j.ImageChecks))
+	}
 	if j.ConfigDrive != nil {
 		return j.ConfigDrive.validate()
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/byoi/byoi/blockdev/blockdevtest"
 	"github.com/byoi/byoi/job"
 
+	"github.com/byoi/byoi/imagecheck"
 	"github.com/byoi/byoi/internal/testutil"
 )
 
@@ -51,6 +52,29 @@ func TestDemo(t *testing.T) {
 	if v := testutil.Run(t, "sgdisk", "-v", disk); !strings.Contains(v, "No problems found") {
 		t.Errorf("sgdisk -v on the demo disk: %s", v)
 	}
+	// A newcomer's first screen: the demo's own image passes the checks,
+	// no warning line at all (issue 26).
+	if strings.Contains(out+errOut, "warning:") || strings.Contains(out+errOut, "level=WARN") || strings.Count(out, "image checks: 0 refusals, 0 warnings") != 2 {
+		t.Errorf("the demo warns about its own image:\nstdout: %s\nstderr: %s", out, errOut)
+	}
+}
+
+// TestDemoImagePassesChecks: the demo image boots either way as far as the
+// checks can tell (an ESP with \EFI\BOOT\BOOTX64.EFI, MBR boot code).
+func TestDemoImagePassesChecks(t *testing.T) {
+	img, err := demoImage(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{imagecheck.BootUEFI, imagecheck.BootLegacy} {
+		rep, err := imagecheck.Check(context.Background(), bytes.NewReader(img), int64(len(img)), 512, imagecheck.Facts{BootMode: mode, ConfigDrive: true}, imagecheck.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rep.Refusals())+len(rep.Warnings()) != 0 {
+			t.Errorf("%s: %v", mode, rep.Findings)
+		}
+	}
 }
 
 func serveBytes(t *testing.T, data []byte) string {
@@ -65,7 +89,7 @@ func serveBytes(t *testing.T, data []byte) string {
 func sparse(t *testing.T, size int64) string { return testutil.SparseFile(t, size) }
 
 func TestDeployJSONEventsAndJobFile(t *testing.T) {
-	img, err := demoImage()
+	img, err := demoImage(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +134,7 @@ func TestDeployJSONEventsAndJobFile(t *testing.T) {
 }
 
 func TestDeployFailureMessageIsLastLine(t *testing.T) {
-	img, err := demoImage()
+	img, err := demoImage(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +211,7 @@ func fakeMachine(t *testing.T, disks map[string]int64) (sys, proc, dev string) {
 // machine: group 1 is the larger disk, group 2 the smaller; a group that
 // does not exist names the ones that do.
 func TestDeployDiskGroup(t *testing.T) {
-	img, err := demoImage()
+	img, err := demoImage(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +253,7 @@ func TestDeployDiskGroup(t *testing.T) {
 // error ("Could not download image located : URL. context canceled"), and
 // a non-zero exit.
 func TestDeployInterruptedIsLastLine(t *testing.T) {
-	img, err := demoImage()
+	img, err := demoImage(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
