@@ -228,7 +228,8 @@ func Inventory(m Machine, sysRoot, version string) (agentapi.Inventory, error) {
 	if err != nil {
 		return inv, err
 	}
-	for _, g := range blockdev.MakeGroups(disks) {
+	groups := blockdev.MakeGroups(disks)
+	for _, g := range groups {
 		dg := agentapi.DiskGroup{
 			DiskGroupID:   g.ID,
 			Description:   g.Description,
@@ -259,5 +260,6 @@ func Inventory(m Machine, sysRoot, version string) (agentapi.Inventory, error) {
 		}
 	}
 	sort.Strings(inv.MACs)
+	addHardware(&inv, groups, sysRoot, kernelModDir(sysRoot))
 	return inv, nil
 }

@@ -117,7 +117,46 @@ type Inventory struct {
 	// MACs are the server's network interfaces' addresses (lower-case,
 	// colon-separated), for network boot by MAC.
 	MACs []string `json:"macs,omitempty"`
+	// Beyond OVH's shape (specifications/hardware shows none of it): each
+	// eligible disk with the driver of its controller, each NIC with its
+	// driver, and the network and storage controllers no driver claimed
+	// (a NIC or an HBA the rescue cannot drive).
+	Disks     []InventoryDisk   `json:"disks,omitempty"`
+	NICs      []InventoryNIC    `json:"nics,omitempty"`
+	Unclaimed []UnclaimedDevice `json:"unclaimedDevices,omitempty"`
 }
+
+// InventoryDisk is one disk of the inventory.
+type InventoryDisk struct {
+	Name        string `json:"name"`
+	DiskGroupID int    `json:"diskGroupId"`
+	Model       string `json:"model,omitempty"`
+	Size        int64  `json:"size"`
+	// Driver is the driver of the disk's controller (nvme, ahci,
+	// megaraid_sas, ...); Controller that device's sysfs name.
+	Driver     string `json:"driver,omitempty"`
+	Controller string `json:"controller,omitempty"`
+	RAIDVolume bool   `json:"raidVolume,omitempty"`
+}
+
+// InventoryNIC is one network interface of the inventory.
+type InventoryNIC struct {
+	Name   string `json:"name"`
+	MAC    string `json:"mac"`
+	Driver string `json:"driver,omitempty"`
+	PCI    string `json:"pci,omitempty"` // vendor:device
+}
+
+// UnclaimedDevice is a network or storage controller no driver claimed.
+type UnclaimedDevice struct {
+	Slot    string `json:"slot"`    // PCI address
+	ID      string `json:"id"`      // vendor:device
+	Class   string `json:"class"`   // "Ethernet controller"
+	Message string `json:"message"` // "PCI 8086:1572 Ethernet controller: no driver in the rescue"
+}
+
+// MaxInventoryItems bounds each of an inventory's lists.
+const MaxInventoryItems = 256
 
 // DiskGroup is one entry of OVH's diskGroups.
 type DiskGroup struct {
@@ -156,6 +195,32 @@ func (inv *Inventory) Validate() error {
 	}
 	if len(inv.AgentVersion) > 64 || len(inv.MACs) > 64 {
 		return fmt.Errorf("agentVersion or macs too long")
+	}
+	if len(inv.Disks) > MaxInventoryItems || len(inv.NICs) > MaxInventoryItems || len(inv.Unclaimed) > MaxInventoryItems {
+		return fmt.Errorf("disks, nics or unclaimedDevices: at most %d each", MaxInventoryItems)
+	}
+	long := func(ss ...string) bool {
+		for _, s := range ss {
+			if len(s) > 256 {
+				return true
+			}
+		}
+		return false
+	}
+	for _, d := range inv.Disks {
+		if long(d.Name, d.Model, d.Driver, d.Controller) || d.Size < 0 || d.DiskGroupID < 0 || d.DiskGroupID > len(inv.DiskGroups) {
+			return fmt.Errorf("disk %.32q is malformed", d.Name)
+		}
+	}
+	for _, n := range inv.NICs {
+		if long(n.Name, n.MAC, n.Driver, n.PCI) {
+			return fmt.Errorf("nic %.32q is malformed", n.Name)
+		}
+	}
+	for _, u := range inv.Unclaimed {
+		if long(u.Slot, u.ID, u.Class, u.Message) {
+			return fmt.Errorf("unclaimed device %.32q is malformed", u.Slot)
+		}
 	}
 	for _, m := range inv.MACs {
 		if _, err := NormalizeMAC(m); err != nil {

@@ -77,6 +77,10 @@ var raidServer = blockdevtest.Machine{
 			Vendor: "SEAGATE", Model: "ST1200MM0009", VPD80: "W3R0BBBB", Wwid: "naa.5000c500a0000002"},
 	},
 	Mountinfo: rescueMounts,
+	Drivers: map[string]string{
+		"pci0000:00/0000:00:02.0/0000:03:00.0": "megaraid_sas", "pci0000:00/0000:00:17.0": "ahci",
+		"pci0000:00/0000:00:03.0/0000:04:00.0": "mpt3sas",
+	},
 }
 
 func sasDisk(name string, n int, parts ...blockdevtest.Part) blockdevtest.Dev {

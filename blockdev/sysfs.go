@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -70,11 +71,19 @@ type Disk struct {
 	Transport string `json:"transport,omitempty"`
 	// DiskType is the OVH diskType: NVME, SSD, SAS or SATA (see DiskTypeOf).
 	DiskType string `json:"diskType,omitempty"`
-	// RAIDController is non-empty when the disk is a hardware RAID volume
-	// (vendor and model of the controller, see DiskTypeOf).
+	// RAIDController is non-empty when the disk is a hardware RAID volume:
+	// a logical drive of a RAID controller's driver (see raidVolume), named
+	// by the volume's vendor and model as the controller reports them
+	// ("DELL PERC H730P Mini"), or the driver when it reports none.
 	RAIDController string `json:"raidController,omitempty"`
-	Removable      bool   `json:"removable"`
-	ReadOnly       bool   `json:"readOnly"`
+	// Driver is the driver bound to the disk's controller (nvme, ahci,
+	// megaraid_sas, mpt3sas, virtio_blk, ...), "" when unknown; Controller
+	// is that device's sysfs name (a PCI function "0000:03:00.0", or
+	// "virtio3").
+	Driver     string `json:"driver,omitempty"`
+	Controller string `json:"controller,omitempty"`
+	Removable  bool   `json:"removable"`
+	ReadOnly   bool   `json:"readOnly"`
 	// InUse is true when the running system uses the disk; InUseReason
 	// says how (see System.InUse).
 	InUse       bool   `json:"inUse"`
@@ -237,7 +246,15 @@ func (s System) readDisk(name string, virtual bool) (Disk, error) {
 		real = dir
 	}
 	d.Transport = transportOf(name, strings.TrimPrefix(real, s.sysRoot()), virtual)
-	d.RAIDController = raidController(d.Vendor, d.Model)
+	var channel int
+	var scsiDev string
+	d.Driver, d.Controller, scsiDev, channel = controllerOf(s.sysRoot(), dev)
+	if raidVolume(d.Driver, channel, scsiDev) {
+		d.RAIDController = strings.TrimSpace(d.Vendor + " " + d.Model)
+		if d.RAIDController == "" {
+			d.RAIDController = d.Driver
+		}
+	}
 	d.DiskType = DiskTypeOf(d)
 	return d, nil
 }
@@ -272,34 +289,68 @@ func transportOf(name, devpath string, virtual bool) string {
 	return ""
 }
 
-// raidKeywords mark a hardware RAID volume in the SCSI model string (Dell
-// PERC, Broadcom/LSI MegaRAID "MR9xxx", HPE Smart Array "LOGICAL VOLUME",
-// IBM/Lenovo ServeRAID); raidVendors are controller makers whose SCSI
-// devices are always RAID volumes.
-var (
-	raidKeywords = []string{"PERC", "MEGARAID", "MR9", "LOGICAL VOLUME", "SERVERAID", "SMART ARRAY", "RAID"}
-	raidVendors  = []string{"LSI", "AVAGO", "BROADCOM", "ADAPTEC"}
-)
+// scsiAddr is a SCSI device's name, host:channel:target:lun.
+var scsiAddr = regexp.MustCompile(`^[0-9]+:([0-9]+):[0-9]+:[0-9]+$`)
 
-// raidController returns "vendor model" when the disk looks like a hardware
-// RAID volume, or "".
-func raidController(vendor, model string) string {
-	v, m := strings.ToUpper(vendor), strings.ToUpper(model)
-	hit := false
-	for _, k := range raidKeywords {
-		if strings.Contains(m, k) {
-			hit = true
+// controllerOf finds the controller of a disk from its device directory:
+// the first device up the sysfs tree, from the disk's own device, that has
+// a driver and is not the SCSI disk itself (whose driver is sd). It returns
+// that driver, the device's name, and the disk's SCSI device directory and
+// channel ("", -1 when the disk is not SCSI).
+func controllerOf(sysRoot, dev string) (driver, controller, scsiDev string, channel int) {
+	channel = -1
+	real, err := filepath.EvalSymlinks(dev)
+	if err != nil {
+		return "", "", "", -1
+	}
+	if m := scsiAddr.FindStringSubmatch(filepath.Base(real)); m != nil {
+		scsiDev = real
+		channel, _ = strconv.Atoi(m[1])
+	}
+	top := filepath.Join(sysRoot, "devices")
+	for p := real; strings.HasPrefix(p, top+string(filepath.Separator)); p = filepath.Dir(p) {
+		t, err := os.Readlink(filepath.Join(p, "driver"))
+		if err != nil || p == scsiDev {
+			continue
 		}
+		return filepath.Base(t), filepath.Base(p), scsiDev, channel
 	}
-	for _, k := range raidVendors {
-		if v == k {
-			hit = true
-		}
+	return "", "", scsiDev, channel
+}
+
+// raidVolume decides whether a disk is a hardware RAID volume (a logical
+// drive) or a disk the controller passes through, from its controller's
+// driver and where the driver puts the disk, as each driver numbers its
+// SCSI channels:
+//
+//   - megaraid_sas (Broadcom/LSI MegaRAID, Dell PERC, Lenovo, Fujitsu):
+//     physical (JBOD) disks on channels 0-1, logical drives on 2-3
+//     (MEGASAS_MAX_PD_CHANNELS);
+//   - mpt3sas, mpt2sas (Broadcom SAS HBAs with IR firmware): volumes on
+//     channel 1 (RAID_CHANNEL), disks on 0;
+//   - aacraid (Microchip Adaptec): containers on channel 0, disks beyond;
+//   - hpsa, smartpqi (HPE Smart Array, Microchip SmartPQI): the device's
+//     raid_level attribute, "N/A" for a physical disk;
+//   - arcmsr, 3w-9xxx, 3w-sas (Areca, 3ware): volumes only;
+//
+// anything else (ahci, mptsas, sym53c8xx, vmw_pvscsi, virtio, nvme) passes
+// disks through. Model names play no part: a disk named "RAID" behind an
+// HBA is a disk, a volume named "Virtual Disk" behind MegaRAID a volume.
+func raidVolume(driver string, channel int, scsiDev string) bool {
+	switch strings.ReplaceAll(driver, "-", "_") {
+	case "megaraid_sas":
+		return channel >= 2
+	case "mpt3sas", "mpt2sas":
+		return channel == 1
+	case "aacraid":
+		return channel == 0
+	case "hpsa", "smartpqi":
+		l := readString(filepath.Join(scsiDev, "raid_level"))
+		return scsiDev != "" && l != "" && l != "N/A"
+	case "arcmsr", "3w_9xxx", "3w_sas", "3w_xxxx":
+		return true
 	}
-	if !hit {
-		return ""
-	}
-	return strings.TrimSpace(vendor + " " + model)
+	return false
 }
 
 // DiskTypeOf maps a disk to OVH's diskType values (SSD, SATA, SAS, NVME):

@@ -9,7 +9,9 @@
 //   - openstack/latest/meta_data.json is required (read_v2 raises NonReadable
 //     without it) and must hold "uuid" (KEY_COPIES: instance-id <- uuid is
 //     required, else BrokenMetadata and the drive is ignored);
-//   - openstack/latest/user_data is optional, raw bytes.
+//   - openstack/latest/user_data is optional, raw bytes;
+//   - openstack/latest/vendor_data.json is optional: byoi's phone-home
+//     (vendordata.go).
 //
 // Only the "latest" directory is written: cloud-init prefers a dated version
 // directory over "latest" when one exists (_find_working_version), so adding
@@ -60,6 +62,11 @@ type Content struct {
 	Meta             map[string]string // written as meta_data.json "meta" when non-empty
 	AvailabilityZone string            // only written if non-empty
 	LaunchIndex      int
+	// PhoneHomeURL, when set, adds openstack/latest/vendor_data.json: a
+	// cloud-init phone_home that POSTs once to this URL when the new
+	// system has booted (see VendorData). It holds a token: never shown
+	// in an error.
+	PhoneHomeURL string
 }
 
 // Format is the filesystem type of the drive.
@@ -176,6 +183,13 @@ func (c *Content) files() ([]file, error) {
 	fs := []file{{path: MetaDataPath, data: md}}
 	if len(c.UserData) > 0 {
 		fs = append(fs, file{path: UserDataPath, data: c.UserData})
+	}
+	if c.PhoneHomeURL != "" {
+		vd, err := VendorData(c.PhoneHomeURL)
+		if err != nil {
+			return nil, err
+		}
+		fs = append(fs, file{path: VendorDataPath, data: vd})
 	}
 	return fs, nil
 }

@@ -269,6 +269,7 @@ func (s *Server) routes() {
 		})
 		s.handle(d+"/bringYourOwnImage/history", map[string]endpoint{"GET": {auth: authCustomer, h: s.history}})
 		s.handle(d+"/bringYourOwnImage/events", map[string]endpoint{"GET": {auth: authCustomer, h: s.events}})
+		s.handle(d+"/bringYourOwnImage/hardware", map[string]endpoint{"GET": {auth: authCustomer, h: s.hardwareDetail}})
 		s.handle(d+"/reinstall", map[string]endpoint{"POST": {auth: authCustomer, maxBody: maxJobBody, h: s.postReinstall}})
 		s.handle(d+"/task/{taskId}", map[string]endpoint{"GET": {auth: authCustomer, h: s.getTask}})
 		s.handle(d+"/install/status", map[string]endpoint{"GET": {auth: authCustomer, h: s.installStatus}})

@@ -179,6 +179,14 @@ const (
 	MsgBootHarddisk    Code = "MsgBootHarddisk"    // boot description
 	MsgBootRescue      Code = "MsgBootRescue"      // boot description
 	APIBadParam        Code = "APIBadParam"        // parameter, what it must be
+
+	// Power through the server's BMC (issue 25).
+	PowerNoAnswer    Code = "PowerNoAnswer"    // operation
+	PowerCredentials Code = "PowerCredentials" // operation
+	PowerTimeout     Code = "PowerTimeout"     // operation, duration
+	PowerUnsupported Code = "PowerUnsupported" // operation, what the BMC answered
+	PowerFailed      Code = "PowerFailed"      // operation, what the BMC answered
+	WarnBootOverride Code = "WarnBootOverride" // what the BMC answered
 )
 
 // catalog holds the text of every Code.
@@ -321,6 +329,14 @@ var catalog = map[Code]entry{
 	MsgBootHarddisk:    {"Boot from the hard disk", FaultNone},
 	MsgBootRescue:      {"Rescue: the byoi agent", FaultNone},
 	APIBadParam:        {"parameter %s must be %s", FaultCustomer},
+
+	// issue 25
+	PowerNoAnswer:    {"the server's BMC does not answer (%s)", FaultProvider},
+	PowerCredentials: {"the server's BMC refused byoi's credentials (%s)", FaultProvider},
+	PowerTimeout:     {"the server's BMC did not complete %s within %s", FaultProvider},
+	PowerUnsupported: {"the server's BMC does not support %s: %s", FaultProvider},
+	PowerFailed:      {"the server's BMC failed %s: %s", FaultProvider},
+	WarnBootOverride: {"the server's BMC refused the one-time boot from the network (%s): the server starts in its own boot order", FaultNone},
 }
 
 // Text formats the message of code c with args. An unknown code (a bug)

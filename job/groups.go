@@ -33,6 +33,16 @@ var controlPlaneTexts = map[Code]bool{
 	MsgTaskReinstall: true, MsgBootHarddisk: true, MsgBootRescue: true,
 }
 
+// powerCodes are the codes of the power drivers (controlplane/power, issue
+// 25); that package's tests trigger each of them.
+var powerCodes = map[Code]bool{
+	PowerNoAnswer: true, PowerCredentials: true, PowerTimeout: true, PowerUnsupported: true,
+	PowerFailed: true, WarnBootOverride: true,
+}
+
+// IsPowerCode reports whether c comes from a power driver.
+func IsPowerCode(c Code) bool { return powerCodes[c] }
+
 // IsJobSpecCode reports whether c comes from the job spec's validation.
 func IsJobSpecCode(c Code) bool { return jobSpecCodes[c] }
 

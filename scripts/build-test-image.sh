@@ -7,11 +7,15 @@
 #                p1  ext4 root (rest)           -- the layout Debian's cloud images use
 #   GRUB for UEFI (EFI/BOOT/BOOTX64.EFI and EFI/debian/grubx64.efi) and legacy BIOS
 #   (boot.img in the MBR, core.img in the BIOS boot partition);
-#   linux-image-cloud-amd64, console=ttyS0, cloud-init (datasource_list:
+#   the variant's kernel (below), console=ttyS0, cloud-init (datasource_list:
 #   [ ConfigDrive, None ], default user "debian"), openssh-server (no passwords),
 #   systemd-networkd (cloud-init's networkd renderer).
 #
-# Usage: scripts/build-test-image.sh            (prints the cached qcow2 path as its last line)
+# Usage: scripts/build-test-image.sh [--variant NAME]   (prints the cached qcow2 path as its last line)
+# Variants (one function each below, variant_NAME, sets what differs; add one there):
+#   cloud    (default) linux-image-cloud-amd64: virtio, NVMe; the smallest and fastest to boot
+#   generic  linux-image-amd64: the drivers of real servers (megaraid_sas, mpt3sas, ...), for
+#            deploys behind emulated HBAs and RAID controllers (scripts/hw-check.sh)
 # Env:   BYOI_TEST_IMAGE_CACHE   cache directory (default /var/cache/byoi-test-image)
 #        BYOI_TEST_IMAGE_COMPRESSION  zlib (default) or zstd
 #        BYOI_DEBIAN_MIRROR / BYOI_DEBIAN_SECURITY_MIRROR  override the mirrors read from
@@ -22,6 +26,19 @@
 set -euo pipefail
 
 log() { printf '[build-test-image] %s\n' "$*" >&2; }
+
+# --- variants: what differs between the test images ------------------------------------------
+variant_cloud()   { KERNEL_PKG=linux-image-cloud-amd64; }
+variant_generic() { KERNEL_PKG=linux-image-amd64; }
+VARIANT=cloud
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --variant) VARIANT=$2; shift 2;;
+    *) echo "unknown argument $1" >&2; exit 2;;
+  esac
+done
+declare -F "variant_$VARIANT" >/dev/null || { echo "unknown variant $VARIANT (see the variant_* functions)" >&2; exit 2; }
+"variant_$VARIANT"
 die() { log "ERROR: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "must run as root (loop devices, mount, chroot)"
@@ -34,7 +51,11 @@ KEY=$(sha256sum "$SELF" | cut -c1-16)
 COMP=${BYOI_TEST_IMAGE_COMPRESSION:-zlib}
 case "$COMP" in zlib|zstd) ;; *) die "BYOI_TEST_IMAGE_COMPRESSION must be zlib or zstd";; esac
 CACHE=${BYOI_TEST_IMAGE_CACHE:-/var/cache/byoi-test-image}
-OUT="$CACHE/debian-12-byoi-test-$KEY-$COMP.qcow2"
+if [ "$VARIANT" = cloud ]; then
+  OUT="$CACHE/debian-12-byoi-test-$KEY-$COMP.qcow2"
+else
+  OUT="$CACHE/debian-12-byoi-test-$VARIANT-$KEY-$COMP.qcow2"
+fi
 mkdir -p "$CACHE"
 
 exec 9>"$CACHE/.lock"
@@ -111,7 +132,7 @@ mnt "${LOOP}p1" "$ROOT"
 
 # --- the root filesystem ------------------------------------------------------------------------
 PKGS=(
-  linux-image-cloud-amd64 initramfs-tools
+  "$KERNEL_PKG" initramfs-tools
   grub-pc-bin grub-efi-amd64-bin grub2-common
   systemd-sysv udev dbus iproute2 netbase kmod procps less
   cloud-init cloud-guest-utils fdisk e2fsprogs

@@ -2,7 +2,8 @@
 # The whole test suite: installs the Debian packages the tests need, runs the
 # Go tests (as root they include the loop-device tests), then the boot
 # acceptance under UEFI and legacy BIOS, then the network boot check
-# (scripts/pxe-check.sh). With CI=true a missing tool or root is a failure,
+# (scripts/pxe-check.sh), then the rescue on a matrix of emulated hardware
+# (scripts/hw-check.sh). With CI=true a missing tool or root is a failure,
 # not a skip.
 #   scripts/test.sh            everything
 #   BYOI_SKIP_BOOT=1 scripts/test.sh   Go tests only (the boot check takes minutes)
@@ -32,4 +33,8 @@ fi
 if [ "${BYOI_SKIP_BOOT:-0}" != 1 ]; then
   echo "== network boot check (iPXE, rescue, deploy, reboot to disk; SeaBIOS and OVMF)"
   scripts/pxe-check.sh
+fi
+if [ "${BYOI_SKIP_BOOT:-0}" != 1 ]; then
+  echo "== hardware matrix (the rescue on emulated NICs, controllers and a USB keyboard)"
+  scripts/hw-check.sh
 fi

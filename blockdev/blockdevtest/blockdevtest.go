@@ -37,6 +37,8 @@ type Dev struct {
 	// Size, when set, makes DevRoot/<name> a sparse file of that size
 	// (a disk a deployment can write) instead of Content.
 	Size int64
+	// Attrs are more files of the device directory (raid_level, ...).
+	Attrs map[string]string
 }
 
 // Part is a partition of a Dev.
@@ -51,6 +53,9 @@ type Machine struct {
 	Devs      []Dev
 	Mountinfo string
 	Swaps     string
+	// Drivers binds drivers to devices: a path under /sys/devices (a
+	// disk's controller, "pci0000:00/0000:00:17.0") → the driver's name.
+	Drivers map[string]string
 }
 
 // WriteFile writes content to path, creating its directories.
@@ -143,6 +148,9 @@ func (f Machine) Build(t testing.TB, withDev bool) Roots {
 					WriteFile(t, filepath.Join(dd, file), v+"   \n")
 				}
 			}
+			for file, v := range d.Attrs {
+				WriteFile(t, filepath.Join(dd, file), v+"\n")
+			}
 			if d.VPD80 != "" {
 				page := append([]byte{0, 0x80, 0, byte(len(d.VPD80))}, d.VPD80...)
 				WriteFile(t, filepath.Join(dd, "vpd_pg80"), string(page))
@@ -160,6 +168,13 @@ func (f Machine) Build(t testing.TB, withDev bool) Roots {
 				symlink(t, "../../../../"+h, filepath.Join(pd, "holders", h))
 			}
 		}
+	}
+	for devpath, drv := range f.Drivers {
+		dir := filepath.Join(sys, "devices", devpath)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		symlink(t, filepath.Join(sys, "bus", "pci", "drivers", drv), filepath.Join(dir, "driver"))
 	}
 	WriteFile(t, filepath.Join(root, "proc", "self", "mountinfo"), f.Mountinfo)
 	swaps := "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n" + f.Swaps

@@ -26,6 +26,7 @@ Usage:
   byoi agent --url URL --server NAME --token T   the rescue agent: pull jobs from byoi-api, deploy, report, reboot
   byoi inspect [--json] IMAGE|URL                  what an image holds and why it would not deploy or boot
   byoi disks [--json] [--all]                    list the disks and disk groups
+  byoi drivers load|list                         load the kernel modules the devices need (rescue); list NICs and unclaimed devices
   byoi version
 
 Run "byoi COMMAND -h" for the flags of a command.
@@ -51,6 +52,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = cmdInspect(ctx, args[1:], stdout, stderr)
 	case "disks":
 		err = cmdDisks(ctx, args[1:], stdout, stderr)
+	case "drivers":
+		err = cmdDrivers(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "byoi", version)
 	case "help", "-h", "--help":

@@ -265,7 +265,23 @@
       sel.appendChild(o);
     }
     if (keep && [...sel.options].some((o) => o.value === keep)) sel.value = keep;
+    loadDevices(name);
     return true;
+  }
+
+  // The inventory beyond OVH's shape: NICs with their drivers, and the
+  // network and storage controllers no driver in the rescue claimed.
+  async function loadDevices(name) {
+    const res = await api('GET', serverPath(name, '/bringYourOwnImage/hardware'));
+    if (!current || current.name !== name) return;
+    const nics = $('info-nics'), un = $('info-unclaimed');
+    clear(nics);
+    clear(un);
+    const d = res.ok ? res.data : {};
+    for (const n of d.nics || []) nics.appendChild(el('li', null, n.name + ' ' + n.mac + (n.driver ? ' (' + n.driver + ')' : ' (no driver)')));
+    if (!(d.nics || []).length) nics.appendChild(el('li', null, 'not reported yet'));
+    for (const u of d.unclaimedDevices || []) un.appendChild(el('li', 'warning', u.slot + ': ' + u.message));
+    if (!(d.unclaimedDevices || []).length) un.appendChild(el('li', null, 'none'));
   }
 
   async function loadHistory() {
