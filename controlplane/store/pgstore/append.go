@@ -82,21 +82,8 @@ func (c *committer) writer() {
 				}
 			}
 		case r := <-c.appends:
-			group = append(group, r)
+			group = sqlstore.Gather(c.appends, r, maxGroup, groupLinger)
 		}
-		// Linger a moment for more: a group's cost in round trips and
-		// statements is the same for one batch or a hundred.
-		linger := time.NewTimer(groupLinger)
-	more:
-		for len(group) < maxGroup {
-			select {
-			case r := <-c.appends:
-				group = append(group, r)
-			case <-linger.C:
-				break more
-			}
-		}
-		linger.Stop()
 		err := c.appendGroup(group)
 		if err != nil && len(group) > 1 {
 			// One batch may have made the whole group fail (or two groups

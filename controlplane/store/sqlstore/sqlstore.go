@@ -340,6 +340,26 @@ func IsRefusal(err error) bool {
 
 type scanner interface{ Scan(...any) error }
 
+// Gather is a group committer's group: first, and what else arrives on ch
+// within linger of it, up to max in all. A commit costs about the same
+// for one write or a hundred (SQLite rewrites the pages it changed and
+// every reader drops its page cache; PostgreSQL's round trips), so a
+// moment's wait for more pays.
+func Gather[T any](ch <-chan T, first T, max int, linger time.Duration) []T {
+	group := []T{first}
+	t := time.NewTimer(linger)
+	defer t.Stop()
+	for len(group) < max {
+		select {
+		case r := <-ch:
+			group = append(group, r)
+		case <-t.C:
+			return group
+		}
+	}
+	return group
+}
+
 // Query runs a read returning rows (q with ?), for a dialect's own reads.
 func (s *Store) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
 	return s.query(ctx, q, args...)
