@@ -187,6 +187,14 @@ const (
 	PowerUnsupported Code = "PowerUnsupported" // operation, what the BMC answered
 	PowerFailed      Code = "PowerFailed"      // operation, what the BMC answered
 	WarnBootOverride Code = "WarnBootOverride" // what the BMC answered
+
+	// Trusting the network less (issue 22).
+	APIAttemptsExhausted Code = "APIAttemptsExhausted" // attempts
+	APIReplayed          Code = "APIReplayed"          //
+	APIBusy              Code = "APIBusy"              //
+	APIBodyTimeout       Code = "APIBodyTimeout"       // duration
+	APICredentialInvalid Code = "APICredentialInvalid" // OVH
+	APIBootRateLimited   Code = "APIBootRateLimited"   // seconds
 )
 
 // catalog holds the text of every Code.
@@ -337,6 +345,14 @@ var catalog = map[Code]entry{
 	PowerUnsupported: {"the server's BMC does not support %s: %s", FaultProvider},
 	PowerFailed:      {"the server's BMC failed %s: %s", FaultProvider},
 	WarnBootOverride: {"the server's BMC refused the one-time boot from the network (%s): the server starts in its own boot order", FaultNone},
+
+	// issue 22
+	APIAttemptsExhausted: {"the deployment was started %d times and never finished: the server's agent restarted during each attempt (see the status history); post it again, or ask your provider to look at the server", FaultProvider},
+	APIReplayed:          {"this signed request was already received (a replay is refused): sign every request anew; two identical requests signed within the same second are refused too", FaultCustomer},
+	APIBusy:              {"the API is busy receiving other requests: retry in a few seconds", FaultProvider},
+	APIBodyTimeout:       {"the request body did not arrive within %s", FaultCustomer},
+	APICredentialInvalid: {"This credential is not valid", FaultCustomer},
+	APIBootRateLimited:   {"too many network boot requests from this address: retry in %d s", FaultCustomer},
 }
 
 // Text formats the message of code c with args. An unknown code (a bug)

@@ -113,14 +113,22 @@ type Opened struct {
 	Restarted *job.Event
 	// Message is the deployment's customer message afterwards.
 	Message string
+	// Exhausted, when set, is the entry that fails the deployment
+	// instead: it had its cap of attempts (no attempt is opened).
+	Exhausted *job.Event
 }
 
 // OpenAttemptRule is OpenAttempt's rule for a deployment with status and
-// attempts opened so far: the next attempt, recorded in the history from
-// the second on; ErrGone when the deployment has ended.
-func OpenAttemptRule(status string, attempt int, now time.Time) (Opened, error) {
+// attempts opened so far, capped at max (0: no cap): the next attempt,
+// recorded in the history from the second on; ErrGone when the
+// deployment has ended; Exhausted when one more would pass the cap.
+func OpenAttemptRule(status string, attempt, max int, now time.Time) (Opened, error) {
 	if status != StatusDoing {
 		return Opened{}, ErrGone
+	}
+	if max > 0 && attempt >= max {
+		e := ExhaustedEntry(max, now)
+		return Opened{Attempt: attempt, Exhausted: &e, Message: e.Message}, nil
 	}
 	o := Opened{Attempt: attempt + 1, Message: job.Text(job.MsgStarting)}
 	if o.Attempt > 1 {
@@ -128,4 +136,64 @@ func OpenAttemptRule(status string, attempt int, now time.Time) (Opened, error) 
 		o.Restarted, o.Message = &e, e.Message
 	}
 	return o, nil
+}
+
+// Boot tokens. A rescue script is the only way a server's rescue gets an
+// agent token from the network, in clear HTTP and without any
+// authentication (iPXE cannot sign): so a token is handed out once, when
+// byoi-api expects the server to boot its rescue, and never while the
+// agent holding the current one is alive.
+
+// TokenExpired reports whether sv's agent token no longer works at now:
+// a TokenByNetboot token ends grace after its deployment ended done (the
+// agent posts its boot info just after, then reboots to its disk). An
+// operator's token (TokenByOperator) never expires.
+func TokenExpired(sv Server, now time.Time, grace time.Duration) bool {
+	return sv.TokenSource == TokenByNetboot && !sv.TokenDoneAt.IsZero() && !now.Before(sv.TokenDoneAt.Add(grace))
+}
+
+// LastHeard is when sv's agent last gave a sign of life: a request
+// outside events (AgentSeen), the running deployment's last event
+// (deploymentSeen), or the mint of its TokenByNetboot token (its rescue
+// is booting).
+func LastHeard(sv Server, deploymentSeen time.Time) time.Time {
+	t := sv.AgentSeen
+	if deploymentSeen.After(t) {
+		t = deploymentSeen
+	}
+	if sv.TokenSource == TokenByNetboot && sv.TokenAt.After(t) {
+		t = sv.TokenAt
+	}
+	return t
+}
+
+// AgentLive reports whether sv's agent is alive at now: its token works
+// and it was heard within silence.
+func AgentLive(sv Server, deploymentSeen, now time.Time, silence, grace time.Duration) bool {
+	return sv.HasToken && !TokenExpired(sv, now, grace) && now.Sub(LastHeard(sv, deploymentSeen)) < silence
+}
+
+// MayMint is the rule of a rescue script: does it mint a new agent token
+// for sv (replacing the current one)?
+//
+//   - byoi-api rebooted the server (ArmedReboot): yes, whatever its agent
+//     said before;
+//   - its agent is live: no. A fetch never takes the token of an agent
+//     that is heartbeating (the script anyone can fetch would otherwise
+//     kill a running deployment);
+//   - a customer asked for rescue (ArmedRescue): yes;
+//   - it has a token whose agent went silent for silence (3x the
+//     heartbeat interval): yes, a rescue that crashed or was power-cycled
+//     by hand needs a new one;
+//   - otherwise no: the script has no token, and the rescue says why.
+func MayMint(sv Server, deploymentSeen, now time.Time, silence, grace time.Duration) bool {
+	switch {
+	case sv.Armed == ArmedReboot:
+		return true
+	case AgentLive(sv, deploymentSeen, now, silence, grace):
+		return false
+	case sv.Armed == ArmedRescue:
+		return true
+	}
+	return sv.HasToken && !TokenExpired(sv, now, grace)
 }

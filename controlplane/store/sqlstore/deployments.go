@@ -14,7 +14,7 @@ import (
 // Deployments: the customer's side, the agent's side and the silence
 // sweep.
 
-const deploymentCols = `d.id, d.server_id, s.name, d.task_id, d.shape, d.checksum, d.status, d.code, d.message, d.attempt, d.last_seq, d.step, d.bytes_done, d.bytes_total, d.cleared, d.created_at, d.updated_at, d.ended_at, d.last_seen`
+const deploymentCols = `d.id, d.server_id, s.name, d.task_id, d.shape, d.checksum, d.status, d.code, d.message, d.attempt, d.last_seq, d.step, d.bytes_done, d.bytes_total, d.cleared, d.created_at, d.updated_at, d.ended_at, d.last_seen, d.max_attempts`
 const deploymentFrom = ` FROM deployments d JOIN servers s ON s.id = d.server_id `
 
 func (s *Store) scanDeployment(row scanner, extra ...any) (store.Deployment, error) {
@@ -22,7 +22,7 @@ func (s *Store) scanDeployment(row scanner, extra ...any) (store.Deployment, err
 	var shape, cleared int
 	var code, step string
 	var created, updated, ended, seen int64
-	dest := []any{&d.ID, &d.ServerID, &d.ServerName, &d.TaskID, &shape, &d.Checksum, &d.Status, &code, &d.Message, &d.Attempt, &d.LastSeq, &step, &d.BytesDone, &d.BytesTotal, &cleared, &created, &updated, &ended, &seen}
+	dest := []any{&d.ID, &d.ServerID, &d.ServerName, &d.TaskID, &shape, &d.Checksum, &d.Status, &code, &d.Message, &d.Attempt, &d.LastSeq, &step, &d.BytesDone, &d.BytesTotal, &cleared, &created, &updated, &ended, &seen, &d.MaxAttempts}
 	if err := row.Scan(append(dest, extra...)...); err != nil {
 		return store.Deployment{}, s.notFound(err)
 	}
@@ -80,8 +80,8 @@ func (s *Store) CreateDeployment(ctx context.Context, nd store.NewDeployment) (s
 			return err
 		}
 		var id int64
-		if err := tx.QueryRow(`INSERT INTO deployments (server_id, shape, job_sealed, checksum, status, message, created_at, updated_at) VALUES (?, ?, ?, ?, 'doing', ?, ?, ?) RETURNING id`,
-			nd.ServerID, int(nd.Shape), nd.SealedJob, nd.Checksum, job.Text(job.MsgStarting), now, now).Scan(&id); err != nil {
+		if err := tx.QueryRow(`INSERT INTO deployments (server_id, shape, job_sealed, checksum, status, message, created_at, updated_at, max_attempts) VALUES (?, ?, ?, ?, 'doing', ?, ?, ?, ?) RETURNING id`,
+			nd.ServerID, int(nd.Shape), nd.SealedJob, nd.Checksum, job.Text(job.MsgStarting), now, now, nd.MaxAttempts).Scan(&id); err != nil {
 			return err // a unique violation here would mean the lock failed: an error, not a refusal
 		}
 		var taskID int64
@@ -97,9 +97,9 @@ func (s *Store) CreateDeployment(ctx context.Context, nd store.NewDeployment) (s
 			return err
 		}
 		if nd.EFIBootloaderPath != "" {
-			_, err = tx.Exec(`UPDATE servers SET boot_id = ?, efi_bootloader_path = ? WHERE id = ?`, store.BootRescue, nd.EFIBootloaderPath, nd.ServerID)
+			_, err = tx.Exec(`UPDATE servers SET boot_id = ?, efi_bootloader_path = ?, `+ArmRescue+` WHERE id = ?`, store.BootRescue, nd.EFIBootloaderPath, nd.ServerID)
 		} else {
-			_, err = tx.Exec(`UPDATE servers SET boot_id = ? WHERE id = ?`, store.BootRescue, nd.ServerID)
+			_, err = tx.Exec(`UPDATE servers SET boot_id = ?, `+ArmRescue+` WHERE id = ?`, store.BootRescue, nd.ServerID)
 		}
 		if err != nil {
 			return err
@@ -148,7 +148,8 @@ type EndStatement struct {
 }
 
 // EndStatements are the statements that end running deployment id as e
-// says, its task, and set the server's boot. The condition status =
+// says, its task, and set the server's boot (done: the harddisk, and the
+// time from which a TokenByNetboot token expires). The condition status =
 // 'doing' makes the transition happen once. The caller holds the
 // server's and the deployment's locks.
 func EndStatements(id, taskID, serverID int64, e store.End, now time.Time) []EndStatement {
@@ -157,7 +158,7 @@ func EndStatements(id, taskID, serverID int64, e store.End, now time.Time) []End
 		{`UPDATE tasks SET status = ?, last_update = ?, done_date = ? WHERE id = ?`, []any{store.TaskStatusFor(e.Status, e.Code), Ms(now), Ms(now), taskID}},
 	}
 	if e.BootID != 0 {
-		out = append(out, EndStatement{`UPDATE servers SET boot_id = ? WHERE id = ?`, []any{e.BootID, serverID}})
+		out = append(out, EndStatement{`UPDATE servers SET boot_id = ?, token_done_at = ? WHERE id = ?`, []any{e.BootID, Ms(now), serverID}})
 	}
 	return out
 }
@@ -208,7 +209,7 @@ func (s *Store) ClearDeployments(ctx context.Context, serverID int64, now time.T
 		} else if k == 0 {
 			return store.ErrNotFound
 		}
-		_, err = tx.Exec(`UPDATE servers SET boot_id = ? WHERE id = ?`, store.BootRescue, serverID)
+		_, err = tx.Exec(`UPDATE servers SET boot_id = ?, `+ArmRescue+` WHERE id = ?`, store.BootRescue, serverID)
 		return err
 	})
 	return cancelled, err
@@ -259,17 +260,34 @@ func (s *Store) RunningDeployment(ctx context.Context, serverID int64) (store.De
 }
 
 func (s *Store) OpenAttempt(ctx context.Context, serverID, deploymentID int64, now time.Time) (int, error) {
+	defer s.tokens.Forget(serverID) // armed
 	var attempt int
+	var refused error // a refusal whose writes must stay (the write returns nil)
 	err := s.Write(ctx, func(tx *Tx) error {
+		refused = nil // a group that failed runs its writes again
 		var status string
 		var n, taskID int64
-		var had int
-		if err := tx.QueryRow(`SELECT status, attempt, history_n, task_id FROM deployments WHERE id = ? AND server_id = ?`+s.f.ForUpdate, deploymentID, serverID).Scan(&status, &had, &n, &taskID); err != nil {
+		var had, max int
+		if err := tx.QueryRow(`SELECT status, attempt, history_n, task_id, max_attempts FROM deployments WHERE id = ? AND server_id = ?`+s.f.ForUpdate, deploymentID, serverID).Scan(&status, &had, &n, &taskID, &max); err != nil {
 			return s.notFound(err)
 		}
-		o, err := store.OpenAttemptRule(status, had, now)
+		o, err := store.OpenAttemptRule(status, had, max, now)
 		if err != nil {
 			return err
+		}
+		if o.Exhausted != nil {
+			if _, err := addEntry(tx, deploymentID, n, had, now, *o.Exhausted); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(`UPDATE deployments SET history_n = history_n + 1 WHERE id = ?`, deploymentID); err != nil {
+				return err
+			}
+			e := o.Exhausted
+			if err := execAll(tx, EndStatements(deploymentID, taskID, serverID, store.End{Status: store.StatusError, Code: e.Code, Message: e.Message}, now)); err != nil {
+				return err
+			}
+			refused = &store.AttemptsExhaustedError{Attempts: max}
+			return nil
 		}
 		attempt = o.Attempt
 		if o.Restarted != nil {
@@ -281,9 +299,17 @@ func (s *Store) OpenAttempt(ctx context.Context, serverID, deploymentID int64, n
 			attempt, n, o.Message, Ms(now), Ms(now), deploymentID); err != nil {
 			return err
 		}
+		// The rescue a customer's request armed network boot for is
+		// there: a later script mints no token.
+		if _, err := tx.Exec(`UPDATE servers SET boot_armed = 0 WHERE id = ? AND boot_armed = 1`, serverID); err != nil {
+			return err
+		}
 		_, err = tx.Exec(`UPDATE tasks SET status = ?, last_update = ? WHERE id = ?`, store.TaskDoing, Ms(now), taskID)
 		return err
 	})
+	if err == nil && refused != nil {
+		return 0, refused
+	}
 	return attempt, err
 }
 

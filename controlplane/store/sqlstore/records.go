@@ -7,8 +7,7 @@ import (
 	"github.com/byoi/byoi/controlplane/store"
 )
 
-// Customers, credentials, access tokens, panel sessions, servers and
-// their network boot records.
+// Customers, panel sessions, servers and their network boot records.
 
 func (s *Store) CreateCustomer(ctx context.Context, name string, now time.Time) (store.Customer, error) {
 	c := store.Customer{Name: name, CreatedAt: Tm(Ms(now))}
@@ -42,46 +41,9 @@ func (s *Store) Customer(ctx context.Context, id int64) (store.Customer, error) 
 	return s.scanCustomer(s.queryRow(ctx, `SELECT id, name, created_at FROM customers WHERE id = ?`, id))
 }
 
-func (s *Store) CreateCredential(ctx context.Context, c store.Credential) (store.Credential, error) {
-	err := s.Write(ctx, func(tx *Tx) error {
-		return tx.QueryRow(`INSERT INTO credentials (customer_id, app_key, app_secret_sealed, consumer_key_hash, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id`,
-			c.CustomerID, c.AppKey, c.SealedSecret, c.ConsumerKeyHash, Ms(c.CreatedAt)).Scan(&c.ID)
-	})
-	if err != nil && s.f.IsUnique(err) {
-		return store.Credential{}, store.ErrExists
-	}
-	if err != nil {
-		return store.Credential{}, s.notFound(err)
-	}
-	return c, nil
-}
 
-func (s *Store) CredentialByAppKey(ctx context.Context, appKey string) (store.Credential, error) {
-	var c store.Credential
-	var at int64
-	err := s.queryRow(ctx, `SELECT id, customer_id, app_key, app_secret_sealed, consumer_key_hash, created_at FROM credentials WHERE app_key = ?`, appKey).
-		Scan(&c.ID, &c.CustomerID, &c.AppKey, &c.SealedSecret, &c.ConsumerKeyHash, &at)
-	if err != nil {
-		return store.Credential{}, s.notFound(err)
-	}
-	c.CreatedAt = Tm(at)
-	return c, nil
-}
 
-func (s *Store) CreateAccessToken(ctx context.Context, customerID int64, tokenHash []byte, now time.Time) error {
-	err := s.Write(ctx, func(tx *Tx) error {
-		_, err := tx.Exec(`INSERT INTO access_tokens (customer_id, token_hash, created_at) VALUES (?, ?, ?)`, customerID, tokenHash, Ms(now))
-		return err
-	})
-	if err != nil && s.f.IsUnique(err) {
-		return store.ErrExists
-	}
-	return s.notFound(err)
-}
 
-func (s *Store) CustomerByAccessToken(ctx context.Context, tokenHash []byte) (store.Customer, error) {
-	return s.scanCustomer(s.queryRow(ctx, `SELECT c.id, c.name, c.created_at FROM access_tokens t JOIN customers c ON c.id = t.customer_id WHERE t.token_hash = ?`, tokenHash))
-}
 
 // Control Panel sessions.
 
@@ -90,7 +52,7 @@ func (s *Store) CreateSession(ctx context.Context, se store.Session) error {
 		if _, err := tx.Exec(`DELETE FROM sessions WHERE expires_at <= ?`, Ms(se.CreatedAt)); err != nil {
 			return err
 		}
-		_, err := tx.Exec(`INSERT INTO sessions (id_hash, customer_id, created_at, expires_at) VALUES (?, ?, ?, ?)`, se.IDHash, se.CustomerID, Ms(se.CreatedAt), Ms(se.ExpiresAt))
+		_, err := tx.Exec(`INSERT INTO sessions (id_hash, customer_id, created_at, expires_at, access_token_id) VALUES (?, ?, ?, ?, ?)`, se.IDHash, se.CustomerID, Ms(se.CreatedAt), Ms(se.ExpiresAt), se.AccessTokenID)
 		return err
 	})
 	if err != nil && s.f.IsUnique(err) {
@@ -102,8 +64,8 @@ func (s *Store) CreateSession(ctx context.Context, se store.Session) error {
 func (s *Store) SessionByHash(ctx context.Context, idHash []byte, now time.Time) (store.Session, error) {
 	var se store.Session
 	var created, expires int64
-	err := s.queryRow(ctx, `SELECT id_hash, customer_id, created_at, expires_at FROM sessions WHERE id_hash = ? AND expires_at > ?`, idHash, Ms(now)).
-		Scan(&se.IDHash, &se.CustomerID, &created, &expires)
+	err := s.queryRow(ctx, `SELECT id_hash, customer_id, created_at, expires_at, access_token_id FROM sessions WHERE id_hash = ? AND expires_at > ?`, idHash, Ms(now)).
+		Scan(&se.IDHash, &se.CustomerID, &created, &expires, &se.AccessTokenID)
 	if err != nil {
 		return store.Session{}, s.notFound(err)
 	}
@@ -120,15 +82,18 @@ func (s *Store) DeleteSession(ctx context.Context, idHash []byte) error {
 
 // Servers.
 
-const serverCols = `id, customer_id, name, mac, boot_id, efi_bootloader_path, inventory, inventory_at, created_at`
+const serverCols = `id, customer_id, name, mac, boot_id, efi_bootloader_path, inventory, inventory_at, created_at, boot_armed, token_source, token_at, token_done_at, agent_seen, CASE WHEN agent_token_hash IS NULL THEN 0 ELSE 1 END`
 
-func (s *Store) scanServer(row scanner) (store.Server, error) {
+func (s *Store) scanServer(row scanner, extra ...any) (store.Server, error) {
 	var sv store.Server
-	var invAt, at int64
-	if err := row.Scan(&sv.ID, &sv.CustomerID, &sv.Name, &sv.MAC, &sv.BootID, &sv.EFIBootloaderPath, &sv.Inventory, &invAt, &at); err != nil {
+	var invAt, at, tokAt, doneAt, seen int64
+	var armed, hasToken int
+	dest := []any{&sv.ID, &sv.CustomerID, &sv.Name, &sv.MAC, &sv.BootID, &sv.EFIBootloaderPath, &sv.Inventory, &invAt, &at, &armed, &sv.TokenSource, &tokAt, &doneAt, &seen, &hasToken}
+	if err := row.Scan(append(dest, extra...)...); err != nil {
 		return store.Server{}, s.notFound(err)
 	}
 	sv.InventoryAt, sv.CreatedAt = Tm(invAt), Tm(at)
+	sv.Armed, sv.TokenAt, sv.TokenDoneAt, sv.AgentSeen, sv.HasToken = store.ArmState(armed), Tm(tokAt), Tm(doneAt), Tm(seen), hasToken != 0
 	return sv, nil
 }
 
@@ -171,7 +136,7 @@ func (s *Store) exec1(ctx context.Context, durable bool, q string, args ...any) 
 
 func (s *Store) SetAgentToken(ctx context.Context, serverID int64, hash []byte) error {
 	defer s.tokens.Forget(serverID)
-	return s.exec1(ctx, true, `UPDATE servers SET agent_token_hash = ? WHERE id = ?`, hash, serverID)
+	return s.exec1(ctx, true, `UPDATE servers SET agent_token_hash = ?, token_source = 0, token_at = 0, token_done_at = 0 WHERE id = ?`, hash, serverID)
 }
 
 func (s *Store) ServerByName(ctx context.Context, name string) (store.Server, error) {
@@ -212,8 +177,15 @@ func (s *Store) ListServers(ctx context.Context, customerID int64) ([]store.Serv
 
 func (s *Store) SetBoot(ctx context.Context, serverID, bootID int64) error {
 	defer s.tokens.Forget(serverID)
+	if bootID == store.BootRescue {
+		return s.exec1(ctx, true, `UPDATE servers SET boot_id = ?, `+ArmRescue+` WHERE id = ?`, bootID, serverID)
+	}
 	return s.exec1(ctx, true, `UPDATE servers SET boot_id = ? WHERE id = ?`, bootID, serverID)
 }
+
+// ArmRescue is the assignment of an UPDATE of servers that arms network
+// boot for a customer's rescue (never lowering an ArmedReboot).
+const ArmRescue = `boot_armed = CASE WHEN boot_armed = 0 THEN 1 ELSE boot_armed END`
 
 func (s *Store) SetEFIBootloaderPath(ctx context.Context, serverID int64, path string) error {
 	defer s.tokens.Forget(serverID)

@@ -58,6 +58,12 @@ var cases = []struct {
 	{"NotFound", testNotFound},
 	{"Sessions", testSessions},
 	{"Netboot", testNetboot},
+	{"BootTokens", testBootTokens},
+	{"BootTokenRace", testBootTokenRace},
+	{"Revocable", testRevocable},
+	{"Signatures", testSignatures},
+	{"Meta", testMeta},
+	{"AttemptsCap", testAttemptsCap},
 }
 
 // must returns v, or fails the case (Run recovers the panic into t.Fatal).
