@@ -207,10 +207,10 @@ type Deployment struct {
 	// MaxAttempts is the attempt cap the deployment was created with (0:
 	// none).
 	MaxAttempts int
-	CreatedAt  time.Time
-	UpdatedAt  time.Time
-	EndedAt    time.Time // zero while running
-	LastSeen   time.Time // last word from the agent; zero until the first attempt
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+	EndedAt     time.Time // zero while running
+	LastSeen    time.Time // last word from the agent; zero until the first attempt
 }
 
 // Ended reports whether the deployment is over.

@@ -318,7 +318,7 @@ CREATE TABLE server_boot (
 	// the time window (replays are refused on every instance), and the
 	// key file's sealed check value.
 	6: {
-		SQLite:   `
+		SQLite: `
 ALTER TABLE servers ADD COLUMN boot_armed INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE servers ADD COLUMN token_source INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE servers ADD COLUMN token_at INTEGER NOT NULL DEFAULT 0;

@@ -41,10 +41,6 @@ func (s *Store) Customer(ctx context.Context, id int64) (store.Customer, error) 
 	return s.scanCustomer(s.queryRow(ctx, `SELECT id, name, created_at FROM customers WHERE id = ?`, id))
 }
 
-
-
-
-
 // Control Panel sessions.
 
 func (s *Store) CreateSession(ctx context.Context, se store.Session) error {

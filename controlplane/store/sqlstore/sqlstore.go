@@ -86,8 +86,10 @@ type Store struct {
 	// writes: the hot writes' statements prepared once on the single
 	// writer connection (Options.PrepareWrite), by query; read-only after
 	// New.
-	writes  map[string]*sql.Stmt
-	closers []func() error
+	writes    map[string]*sql.Stmt
+	closers   []func() error
+	closeOnce sync.Once
+	closeErr  error
 }
 
 var _ store.Store = (*Store)(nil)
@@ -125,13 +127,16 @@ func New(f Flavor, r *sql.DB, c Committer, o Options) (*Store, error) {
 // Flavor is the store's flavor.
 func (s *Store) Flavor() Flavor { return s.f }
 
-// Close stops the commit path and closes the connections.
+// Close stops the commit path and closes the connections; a second Close
+// does nothing.
 func (s *Store) Close() error {
-	err := s.c.Close()
-	for _, c := range s.closers {
-		err = errors.Join(err, c())
-	}
-	return err
+	s.closeOnce.Do(func() {
+		s.closeErr = s.c.Close()
+		for _, c := range s.closers {
+			s.closeErr = errors.Join(s.closeErr, c())
+		}
+	})
+	return s.closeErr
 }
 
 // Q is query q in the flavor's placeholders (memoized: queries are
