@@ -382,3 +382,45 @@ func TestListenerParts(t *testing.T) {
 		}
 	}
 }
+
+// FuzzClientIP: any X-Forwarded-For (a client writes what it likes) gives
+// the peer, or an address a trusted hop appended; an untrusted peer's
+// header is never believed.
+func FuzzClientIP(f *testing.F) {
+	f.Add("127.0.0.1:4242", "10.0.0.1", "")
+	f.Add("127.0.0.1:4242", "203.0.113.9, 10.0.0.1", "10.0.0.0/8")
+	f.Add("[::1]:80", "2001:db8::1, ::ffff:10.0.0.2", "")
+	f.Add("192.0.2.1:1", "10.0.0.1", "")
+	f.Add("127.0.0.1:1", "garbage, 10.0.0.1", "")
+	f.Add("127.0.0.1:1", "[fe80::1%eth0]:80", "")
+	f.Add("not an address", "10.0.0.1", "")
+	proxies := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	f.Fuzz(func(t *testing.T, remote, xff, extra string) {
+		trusted := append([]netip.Prefix(nil), proxies...)
+		if ps, err := controlplane.ParseTrustedProxies(extra); err == nil {
+			trusted = append(trusted, ps...)
+		}
+		got, ok := controlplane.ClientIP(remote, []string{xff}, trusted)
+		peer, err := netip.ParseAddrPort(remote)
+		if err != nil {
+			return
+		}
+		if !ok {
+			t.Fatalf("%q: not ok", remote)
+		}
+		p := peer.Addr().Unmap()
+		trustedPeer := false
+		for _, pr := range trusted {
+			trustedPeer = trustedPeer || pr.Contains(p)
+		}
+		if !trustedPeer {
+			if got != p {
+				t.Fatalf("untrusted peer %s: got %s from %q", p, got, xff)
+			}
+			return
+		}
+		if got != p && !strings.Contains(xff, strings.TrimPrefix(got.String(), "::ffff:")) && !strings.Contains(strings.ToLower(xff), got.String()) {
+			t.Fatalf("%s: neither the peer nor in %q", got, xff)
+		}
+	})
+}
