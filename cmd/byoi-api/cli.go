@@ -246,6 +246,9 @@ func admin(ctx context.Context, args []string, stdout io.Writer, nargs int, fn f
 	if err := parseInterspersed(f.fs, args); err != nil {
 		return err
 	}
+	if f.expires < 0 {
+		return errors.New("--expires is a duration from now (e.g. 720h), or 0 for never")
+	}
 	if f.fs.NArg() != nargs {
 		return fmt.Errorf("want %d argument(s), got %d\n%s", nargs, f.fs.NArg(), usage)
 	}
