@@ -64,6 +64,7 @@ var cases = []struct {
 	{"Signatures", testSignatures},
 	{"Meta", testMeta},
 	{"AttemptsCap", testAttemptsCap},
+	{"ClosedStore", testClosed},
 }
 
 // must returns v, or fails the case (Run recovers the panic into t.Fatal).
