@@ -61,6 +61,9 @@ func TestCatalogCoverage(t *testing.T) {
 		return func(j *job.Job, _ *Env) { j.Checksum, j.ChecksumType = sum, "sha256" }
 	}
 
+	// No image type given (issue 24): detected, or refused.
+	deploy("type detected", img, job.ImageTypeDetect, 32*mib, nil)
+	deploy("type undetected", make([]byte, 1<<20), job.ImageTypeDetect, 32*mib, nil)
 	// A good raw deploy with a ConfigDrive, and no MBR boot code nor a
 	// readable ESP: progress texts, step texts, boot warnings.
 	deploy("raw deploy", img, "raw", 32*mib, func(j *job.Job, _ *Env) { j.ConfigDrive = &job.ConfigDrive{Hostname: "c"} })
@@ -191,7 +194,7 @@ func TestCatalogCoverage(t *testing.T) {
 		deploy("second disk", tw, "ova", 32*mib, nil)
 	}
 	for _, c := range job.Codes() {
-		if job.IsJobSpecCode(c) || job.IsControlPlaneCode(c) || job.IsPowerCode(c) {
+		if job.IsJobSpecCode(c) || job.IsControlPlaneCode(c) || job.IsPowerCode(c) || job.IsImageCheckCode(c) {
 			continue
 		}
 		if _, ok := seen[c]; !ok {

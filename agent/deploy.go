@@ -212,6 +212,9 @@ func (d *Deployer) Deploy(ctx context.Context, j *job.Job, disk Disk) (*Result, 
 	if err := dp.preflight(ctx); err != nil {
 		return nil, err
 	}
+	if err := dp.detectImageType(ctx); err != nil { // no type given: detect.go
+		return nil, err
+	}
 	stream, err := dp.fetch(ctx)
 	if err != nil {
 		return nil, err

@@ -228,7 +228,7 @@ func Inventory(m Machine, sysRoot, version string) (agentapi.Inventory, error) {
 	if sysRoot == "" {
 		sysRoot = "/sys"
 	}
-	inv := agentapi.Inventory{BootMode: agentapi.BootModeLegacy, AgentVersion: version, DiskGroups: []agentapi.DiskGroup{}}
+	inv := agentapi.Inventory{BootMode: agentapi.BootModeLegacy, AgentVersion: version, DiskGroups: []agentapi.DiskGroup{}, Features: Features()}
 	if _, err := os.Stat(filepath.Join(sysRoot, "firmware", "efi")); err == nil {
 		inv.BootMode = agentapi.BootModeUEFI
 	}

@@ -88,6 +88,9 @@ type Config struct {
 	// BodyTimeout plus its size at BodyMinRate (defaults 10 s and 64 KiB/s).
 	BodyTimeout time.Duration
 	BodyMinRate int64
+	// Facts are the operator's facts about servers (datacenter, ip, ...)
+	// for OVH's server fields; nil: none (those fields are null).
+	Facts *FactsFile
 }
 
 // Server serves the customer and agent APIs.
@@ -98,6 +101,7 @@ type Server struct {
 	mux   *http.ServeMux
 	mem   *budget      // bodies in flight
 	limit *rateLimiter // network boot, per source address
+	table []route      // every route handle registered, for the schema documents
 }
 
 // New returns a Server.
@@ -261,6 +265,7 @@ func (s *Server) handle(pattern string, methods map[string]endpoint) {
 	for m := range methods {
 		allow = append(allow, m)
 	}
+	s.table = append(s.table, route{pattern, methods})
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		ep, ok := methods[r.Method]
 		if !ok {
@@ -400,6 +405,8 @@ func (s *Server) routes() {
 		s.handle(d+"/task/{taskId}", map[string]endpoint{"GET": {auth: authCustomer, h: s.getTask}})
 		s.handle(d+"/install/status", map[string]endpoint{"GET": {auth: authCustomer, h: s.installStatus}})
 		s.handle(d+"/specifications/hardware", map[string]endpoint{"GET": {auth: authCustomer, h: s.hardware}})
+		s.ovhRoutes(p, d) // issue 24
+		s.schemaRoutes(p) // issue 24
 	}
 	a := agentapi.Prefix + "/servers/{server}"
 	s.handle(a+"/inventory", map[string]endpoint{"POST": {auth: authAgent, maxBody: agentapi.MaxInventoryBody, h: s.agentInventory}})

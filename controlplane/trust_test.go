@@ -424,3 +424,30 @@ func FuzzClientIP(f *testing.F) {
 		}
 	})
 }
+
+// TestBootRearmedByReboot: a reboot request while the server boots
+// rescue arms it (store.ArmedReboot): its live agent's rescue goes away,
+// so the next script mints a new token; before the request it did not.
+func TestBootRearmedByReboot(t *testing.T) {
+	bothStores(t, func(t *testing.T, backend envOpt) {
+		e := newEnv(t, withNetboot(t), backend)
+		cu := e.customer("acme")
+		const mac = "52:54:00:12:34:56"
+		if _, err := e.admin.AddServer(context.Background(), "ns1", "acme", mac); err != nil {
+			t.Fatal(err)
+		}
+		a := &agent{e: e, server: "ns1", token: rescueToken(t, e, mac, "ns1")}
+		a.inventory(inv)
+		noToken(t, e, mac) // the agent is live
+		if err := cu.signed.Post(path("ns1", "/reboot"), nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		tok := rescueToken(t, e, mac, "ns1")
+		if st, _ := a.do("GET", agentapi.JobPath("ns1"), nil, nil); st != 401 {
+			t.Fatalf("the rebooted rescue's token: %d, want 401", st)
+		}
+		a.token = tok
+		a.inventory(inv)
+		noToken(t, e, mac)
+	})
+}

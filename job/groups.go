@@ -25,12 +25,16 @@ var jobSpecCodes = map[Code]bool{
 	SSHKeyType: true, SSHKeyNoData: true, SSHKeyBase64: true, SSHKeyTypeMismatch: true, SSHKeyTruncated: true,
 	SSHKeyEd25519Size: true, SSHKeyCurve: true, SSHKeyECDSAPoint: true, SSHKeyEmptyInt: true, SSHKeyTrailing: true,
 	SSHKeyRSASmall: true,
+	// issue 24
+	StorageHardwareRaid: true, StoragePartitioning: true, CustomizationUnused: true, MetadataTwice: true,
 }
 
 // controlPlaneTexts are the non-API texts only the control plane writes.
 var controlPlaneTexts = map[Code]bool{
 	AgentSilent: true, MsgRestarted: true, MsgWaitingAgent: true, MsgCancelled: true,
 	MsgTaskReinstall: true, MsgBootHarddisk: true, MsgBootRescue: true,
+	// issue 24
+	MsgRebootByHand: true, MsgRebootSeen: true,
 }
 
 // powerCodes are the codes of the power drivers (controlplane/power, issue

@@ -268,7 +268,7 @@ func TestParseJobErrors(t *testing.T) {
 		{"unknown header entry", legacyBody(`,"httpHeader":[{"name":"A","value":"b"}]`), "httpHeader[0].name", `unknown field "httpHeader[0].name"`},
 		{"unknown metadata entry", legacyBody(`,"configdrive":{"userMetadatas":[{"key":"a","val":"b"}]}`), "configdrive.userMetadatas[0].val", `unknown field "configdrive.userMetadatas[0].val"`},
 		{"unknown customizations", reinstallBody(`,"imageUrl":"https://h/j"`, ""), "customizations.imageUrl", `unknown field "customizations.imageUrl"`},
-		{"unknown storage", reinstallBody("", `,"storage":[{"diskGroupId":1,"hardwareRaid":[]}]`), "storage[0].hardwareRaid", `unknown field "storage[0].hardwareRaid"`},
+		{"unknown storage", reinstallBody("", `,"storage":[{"diskGroupId":1,"raid":[]}]`), "storage[0].raid", `unknown field "storage[0].raid"`},
 		{"legacy field in reinstall", reinstallBody("", `,"URL":"https://h/i"`), "URL", `unknown field "URL"`},
 		{"reinstall field in legacy", legacyBody(`,"customizations":{}`), "customizations", `unknown field "customizations"`},
 		{"duplicate field", `{"URL":"https://h/i","type":"raw","type":"qcow2"}`, "type", `field "type" is given more than once`},

@@ -65,6 +65,8 @@ var cases = []struct {
 	{"Meta", testMeta},
 	{"AttemptsCap", testAttemptsCap},
 	{"ClosedStore", testClosed},
+	{"ServerProps", testServerProps}, // issue 24
+	{"Tasks", testTasks},             // issue 24
 }
 
 // must returns v, or fails the case (Run recovers the panic into t.Fatal).
