@@ -97,12 +97,20 @@ func Serve(ctx context.Context, cfg AgentConfig) error {
 func runAssignment(ctx context.Context, cfg AgentConfig, a *agentapi.Assignment) error {
 	log := cfg.Env.logger()
 	var attempt int
+	var gone error
 	if err := retry(ctx, log, cfg.MaxWait, "open an attempt", func() error {
 		var err error
 		attempt, err = cfg.Client.OpenAttempt(ctx, a.DeploymentID)
+		if errors.Is(err, ErrGone) {
+			gone = err // ended (cancelled, or its attempts were used up): no retry
+			return nil
+		}
 		return err
 	}); err != nil {
 		return err
+	}
+	if gone != nil {
+		return fmt.Errorf("open an attempt: %w", gone)
 	}
 	if attempt > 1 {
 		log.Warn("this deployment was interrupted before: starting it over", "deployment", a.DeploymentID, "attempt", attempt)

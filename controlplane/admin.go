@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/byoi/byoi/agentapi"
@@ -27,11 +28,52 @@ func (a *Admin) now() time.Time {
 	return time.Now()
 }
 
-// Credential is what `credential add` prints, go-ovh's three settings.
+// Credential is what `credential add` prints, go-ovh's three settings,
+// with its id (for `credential revoke` and OVH's /me/api/credential).
 type Credential struct {
+	ID                int64  `json:"credentialId,string"`
 	ApplicationKey    string `json:"applicationKey"`
 	ApplicationSecret string `json:"applicationSecret"`
 	ConsumerKey       string `json:"consumerKey"`
+	// Expires is when it stops working ("" never), RFC 3339.
+	Expires string `json:"expires,omitempty"`
+}
+
+// Secret is one access token or credential as `token list` and
+// `credential list` show it (never the secret itself).
+type Secret struct {
+	ID             int64  `json:"id"`
+	Customer       string `json:"customer"`
+	ApplicationKey string `json:"applicationKey,omitempty"` // credentials
+	Created        string `json:"created"`
+	Expires        string `json:"expires,omitempty"`
+	Revoked        string `json:"revoked,omitempty"`
+	Status         string `json:"status"` // valid, expired, revoked
+}
+
+func secretStatus(expires, revoked, now time.Time) string {
+	switch {
+	case !revoked.IsZero():
+		return "revoked"
+	case !store.Usable(expires, revoked, now):
+		return "expired"
+	}
+	return "valid"
+}
+
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// expiry is when a secret made at now for ttl ends (zero: never).
+func expiry(now time.Time, ttl time.Duration) time.Time {
+	if ttl <= 0 {
+		return time.Time{}
+	}
+	return now.Add(ttl)
 }
 
 // ErrBadName is a customer or server name refused.
@@ -76,37 +118,133 @@ func (a *Admin) customer(ctx context.Context, name string) (store.Customer, erro
 }
 
 // AddCredential creates an application key, secret and consumer key for a
-// customer.
+// customer, without expiry.
 func (a *Admin) AddCredential(ctx context.Context, customer string) (Credential, error) {
+	return a.AddCredentialFor(ctx, customer, 0)
+}
+
+// AddCredentialFor creates a credential that expires after ttl (0:
+// never).
+func (a *Admin) AddCredentialFor(ctx context.Context, customer string, ttl time.Duration) (Credential, error) {
 	c, err := a.customer(ctx, customer)
 	if err != nil {
 		return Credential{}, err
 	}
-	cr := Credential{ApplicationKey: randomHex(8), ApplicationSecret: randomHex(16), ConsumerKey: randomHex(16)}
-	_, err = a.Store.CreateCredential(ctx, store.Credential{
+	now := a.now()
+	cr := Credential{ApplicationKey: randomHex(8), ApplicationSecret: randomHex(16), ConsumerKey: randomHex(16), Expires: stamp(expiry(now, ttl))}
+	sc, err := a.Store.CreateCredential(ctx, store.Credential{
 		CustomerID:      c.ID,
 		AppKey:          cr.ApplicationKey,
 		SealedSecret:    a.Keys.Seal([]byte(cr.ApplicationSecret), credentialAD(cr.ApplicationKey)),
 		ConsumerKeyHash: hashToken(cr.ConsumerKey),
-		CreatedAt:       a.now(),
+		CreatedAt:       now,
+		ExpiresAt:       expiry(now, ttl),
 	})
 	if err != nil {
 		return Credential{}, err
 	}
+	cr.ID = sc.ID
 	return cr, nil
 }
 
-// AddToken creates an access token (Authorization: Bearer) for a customer.
+// AddToken creates an access token (Authorization: Bearer) for a customer,
+// without expiry.
 func (a *Admin) AddToken(ctx context.Context, customer string) (string, error) {
+	tok, _, err := a.AddTokenFor(ctx, customer, 0)
+	return tok, err
+}
+
+// AddTokenFor creates an access token that expires after ttl (0: never),
+// and returns it with its id.
+func (a *Admin) AddTokenFor(ctx context.Context, customer string, ttl time.Duration) (string, int64, error) {
 	c, err := a.customer(ctx, customer)
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
 	tok := randomToken("byoi_at_")
-	if err := a.Store.CreateAccessToken(ctx, c.ID, hashToken(tok), a.now()); err != nil {
-		return "", err
+	now := a.now()
+	t, err := a.Store.AddAccessToken(ctx, store.AccessToken{CustomerID: c.ID, Hash: hashToken(tok), CreatedAt: now, ExpiresAt: expiry(now, ttl)})
+	if err != nil {
+		return "", 0, err
 	}
-	return tok, nil
+	return tok, t.ID, nil
+}
+
+// customerID is the id of customer name, 0 for "" (every customer).
+func (a *Admin) customerID(ctx context.Context, name string) (int64, error) {
+	if name == "" {
+		return 0, nil
+	}
+	c, err := a.customer(ctx, name)
+	return c.ID, err
+}
+
+// Tokens lists the access tokens of a customer ("": of every customer).
+func (a *Admin) Tokens(ctx context.Context, customer string) ([]Secret, error) {
+	id, err := a.customerID(ctx, customer)
+	if err != nil {
+		return nil, err
+	}
+	list, err := a.Store.AccessTokens(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	now := a.now()
+	out := []Secret{}
+	for _, t := range list {
+		out = append(out, Secret{ID: t.ID, Customer: t.CustomerName, Created: stamp(t.CreatedAt), Expires: stamp(t.ExpiresAt), Revoked: stamp(t.RevokedAt), Status: secretStatus(t.ExpiresAt, t.RevokedAt, now)})
+	}
+	return out, nil
+}
+
+// RevokeToken revokes access token id at once, on every instance, and
+// ends the Control Panel sessions signed in with it.
+func (a *Admin) RevokeToken(ctx context.Context, id int64) error {
+	err := a.Store.RevokeAccessToken(ctx, 0, id, a.now())
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("no access token %d (byoi-api token list shows them)", id)
+	}
+	return err
+}
+
+// Credentials lists the credentials of a customer ("": of every
+// customer).
+func (a *Admin) Credentials(ctx context.Context, customer string) ([]Secret, error) {
+	id, err := a.customerID(ctx, customer)
+	if err != nil {
+		return nil, err
+	}
+	list, err := a.Store.Credentials(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	now := a.now()
+	out := []Secret{}
+	for _, c := range list {
+		out = append(out, Secret{ID: c.ID, Customer: c.CustomerName, ApplicationKey: c.AppKey, Created: stamp(c.CreatedAt), Expires: stamp(c.ExpiresAt), Revoked: stamp(c.RevokedAt), Status: secretStatus(c.ExpiresAt, c.RevokedAt, now)})
+	}
+	return out, nil
+}
+
+// RevokeCredential revokes a credential, by id or application key, at
+// once on every instance.
+func (a *Admin) RevokeCredential(ctx context.Context, idOrAppKey string) error {
+	id, err := strconv.ParseInt(idOrAppKey, 10, 64)
+	if err != nil {
+		c, err := a.Store.CredentialByAppKey(ctx, idOrAppKey)
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("no credential %.64q (byoi-api credential list shows them)", idOrAppKey)
+		}
+		if err != nil {
+			return err
+		}
+		id = c.ID
+	}
+	err = a.Store.RevokeCredential(ctx, 0, id, a.now())
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("no credential %d (byoi-api credential list shows them)", id)
+	}
+	return err
 }
 
 // AddServer creates a server for a customer and returns its agent token;

@@ -65,7 +65,10 @@ func deploymentID(c *call) (int64, error) {
 
 // agentErr turns the store's refusals into the agent API's answers.
 func agentErr(err error, id int64) error {
+	var ex *store.AttemptsExhaustedError
 	switch {
+	case errors.As(err, &ex):
+		return fail(kGone, job.APIAttemptsExhausted, ex.Attempts)
 	case errors.Is(err, store.ErrNotFound):
 		return fail(kNotFound, job.APINotFound, "deployment = "+strconv.FormatInt(id, 10))
 	case errors.Is(err, store.ErrGone):

@@ -330,7 +330,9 @@ func TestRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	running := job.Text(job.APITaskRunning, mustInt(t, tk.TaskID), "reinstallServer", "init", "ns1")
-	wantAPIErr(t, c.Post(path("ns1", "/reinstall"), reinstallBody(), nil), 409, "Client::BadRequest::TaskAlreadyExists", running)
+	// (the bearer client: the same signed request again within the same
+	// second would be a replay)
+	wantAPIErr(t, cu.bearer.Post(path("ns1", "/reinstall"), reinstallBody(), nil), 409, "Client::BadRequest::TaskAlreadyExists", running)
 	wantAPIErr(t, c.Post(path("ns1", "/bringYourOwnImage"), legacyBody(), nil), 409, "Client::BadRequest::TaskAlreadyExists", running)
 
 	for _, tt := range []struct {
@@ -416,10 +418,16 @@ func TestConcurrentPosts(t *testing.T) {
 				t.Error(err)
 				return
 			}
+			// Each body its own hostname: the same signed request twice
+			// within a second is a replay, refused before the race.
 			if i%3 == 0 {
-				err = c.Post(path("ns1", "/reinstall"), reinstallBody(), nil)
+				b := reinstallBody()
+				b["customizations"].(map[string]any)["hostname"] = fmt.Sprintf("web%d", i)
+				err = c.Post(path("ns1", "/reinstall"), b, nil)
 			} else {
-				err = c.Post(path("ns1", "/bringYourOwnImage"), legacyBody(), nil)
+				b := legacyBody()
+				b["configdrive"].(map[string]any)["hostname"] = fmt.Sprintf("web%d", i)
+				err = c.Post(path("ns1", "/bringYourOwnImage"), b, nil)
 			}
 			mu.Lock()
 			defer mu.Unlock()

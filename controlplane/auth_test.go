@@ -115,7 +115,7 @@ func TestAuthRefusals(t *testing.T) {
 // TestPublicURL: behind a proxy, signatures are checked against the
 // public URL the client used.
 func TestPublicURL(t *testing.T) {
-	e := newEnv(t, func(c *controlplane.Config) { c.PublicURL = "https://api.example.com/byoi" })
+	e := newEnv(t, cfg(func(c *controlplane.Config) { c.PublicURL = "https://api.example.com/byoi" }))
 	cu := e.customer("acme")
 	e.server("ns1", "acme")
 	cr := cu.cred
@@ -282,7 +282,7 @@ func TestRestartSafety(t *testing.T) {
 // AgentSilent and task ovhError. A deployment never picked up waits for
 // the pickup timeout.
 func TestSilenceTimeout(t *testing.T) {
-	e := newEnv(t, func(c *controlplane.Config) { c.AgentTimeout = 5 * time.Minute; c.PickupTimeout = time.Hour })
+	e := newEnv(t, cfg(func(c *controlplane.Config) { c.AgentTimeout = 5 * time.Minute; c.PickupTimeout = time.Hour }))
 	cu := e.customer("acme")
 	a := e.server("ns1", "acme")
 	e.server("ns2", "acme")
@@ -296,7 +296,7 @@ func TestSilenceTimeout(t *testing.T) {
 	a.pickUp()
 	// a second instance on the same file, same clock
 	e2 := &env{t: t, dbPath: e.dbPath, keyPath: e.keyPath, clock: e.clock, logs: &logBuffer{}}
-	e2.start(func(c *controlplane.Config) { c.AgentTimeout = 5 * time.Minute; c.PickupTimeout = time.Hour })
+	e2.start(cfg(func(c *controlplane.Config) { c.AgentTimeout = 5 * time.Minute; c.PickupTimeout = time.Hour }))
 	defer e2.stop()
 
 	ctx, cancel := context.WithCancel(context.Background())

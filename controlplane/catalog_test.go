@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/cookiejar"
-	"os"
 	"regexp"
 	"sort"
 	"strings"
@@ -141,7 +140,7 @@ var panelCSRF = regexp.MustCompile(`<meta name="byoi-csrf" content="([^"]+)">`)
 // codes agent's TestCatalogCoverage's. A control-plane code no answer here
 // carries fails the test.
 func TestAPICatalogCoverage(t *testing.T) {
-	e := newEnv(t, func(c *controlplane.Config) { c.AgentTimeout = 5 * time.Minute; c.PickupTimeout = time.Hour })
+	e := newEnv(t, cfg(func(c *controlplane.Config) { c.AgentTimeout = 5 * time.Minute; c.PickupTimeout = time.Hour }))
 	e.secret(headerSecret, "HEADER-SECRET-v4lue", "USERDATA-SECRET-v4lue", "QUERY-SECRET")
 	cu := e.customer("acme")
 	e.customer("globex")
@@ -209,7 +208,7 @@ func TestAPICatalogCoverage(t *testing.T) {
 	// No deployment yet.
 	cv.apiError("status before any deployment", c.Get(path("ns1", "/bringYourOwnImage"), nil), 404, notFound, job.APINoDeployment, "ns1")
 	cv.apiError("install/status before any deployment", c.Get(path("ns1", "/install/status"), nil), 404, notFound, job.APINoDeployment, "ns1")
-	cv.apiError("DELETE with nothing to erase", c.Delete(path("ns1", "/bringYourOwnImage"), nil), 404, notFound, job.APINoDeployment, "ns1")
+	cv.apiError("DELETE with nothing to erase", bc.Delete(path("ns1", "/bringYourOwnImage"), nil), 404, notFound, job.APINoDeployment, "ns1")
 
 	// A reinstall: its task, the history's first entry, a second POST.
 	var tk task
@@ -356,15 +355,81 @@ func TestAPICatalogCoverage(t *testing.T) {
 
 	ovhCatalogCoverage(t, e, cv, cu) // issue 24: ovh_catalog_test.go
 
-	// Ours: the key file was replaced, so no credential's secret opens
-	// (the error is logged, the customer sees only that it is ours).
-	e.stop()
-	if err := os.Remove(e.keyPath); err != nil {
+	// Issue 22. A replayed signed request (byte for byte, within the
+	// window) is refused, on the first try's instance or any other.
+	put := e.signedReq(t, cu, "PUT", path("ns1", ""), `{"bootId":2}`)
+	if st, class, msg := send(t, put, `{"bootId":2}`); st != 200 {
+		t.Fatalf("signed PUT: %d %s %s", st, class, msg)
+	}
+	st, class, msg = send(t, put, `{"bootId":2}`)
+	cv.refusal("a signed PUT replayed", st, class, msg, 400, badRequest, job.APIReplayed)
+
+	// A credential its customer revoked (OVH's DELETE /me/api/credential)
+	// fails at once.
+	cr2, err := e.admin.AddCredential(context.Background(), "acme")
+	if err != nil {
 		t.Fatal(err)
 	}
-	e.start()
-	afterKeyLoss, _ := ovh.NewClient(e.url+"/1.0", cr.ApplicationKey, cr.ApplicationSecret, cr.ConsumerKey)
-	cv.apiError("a credential sealed with another key", afterKeyLoss.Get("/dedicated/server", nil), 500, "Server::InternalServerError", job.APIInternal)
+	e.secret(cr2.ApplicationSecret, cr2.ConsumerKey)
+	now, _ := ovh.NewClient(e.url+"/1.0", cr.ApplicationKey, cr.ApplicationSecret, cr.ConsumerKey) // the server's clock moved
+	if err := now.Delete(fmt.Sprintf("/me/api/credential/%d", cr2.ID), nil); err != nil {
+		t.Fatal(err)
+	}
+	revoked, _ := ovh.NewClient(e.url+"/1.0", cr2.ApplicationKey, cr2.ApplicationSecret, cr2.ConsumerKey)
+	cv.apiError("a revoked credential", revoked.Get("/dedicated/server", nil), 403, "Client::Forbidden", job.APICredentialInvalid)
+
+	// Attempts capped (3 by default): the fourth start fails the deployment.
+	ex := e.server("ns5", "acme")
+	if err := bc.Post(path("ns5", "/bringYourOwnImage"), legacyBody(), nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		ex.pickUp()
+	}
+	as := ex.pickUpJob()
+	st, ae = ex.do("POST", agentapi.AttemptsPath("ns5", as.DeploymentID), nil, nil)
+	cv.refusal("a fourth attempt", st, ae.Class, ae.Message, 410, "Client::Gone", job.APIAttemptsExhausted, 3)
+
+	// Bodies: a second env whose budget holds one small body and whose
+	// bodies must arrive within a second.
+	e2 := newEnv(t, cfg(func(c *controlplane.Config) {
+		c.BodyMemory = 6 << 10
+		c.BodyTimeout = time.Second
+		c.BodyMinRate = 1 << 30
+	}), withNetbootRate(t, 2, 2))
+	cu2 := e2.customer("acme")
+	e2.server("ns1", "acme")
+	auth := map[string]string{"Authorization": "Bearer " + cu2.token, "Content-Type": "application/json"}
+	slow := startSlow(t, e2.url, "PUT", "/1.0"+path("ns1", ""), auth, 4000, "{")
+	waitFor(t, func() bool { return e2.srv.BodyMemoryInUse() > 0 })
+	busy := startSlow(t, e2.url, "PUT", "/1.0"+path("ns1", ""), auth, 4000, "{")
+	st, class, msg, hdr := busy.answer(5 * time.Second)
+	cv.refusal("a body beyond the memory of bodies in flight", st, class, msg, 503, "Server::ServiceUnavailable", job.APIBusy)
+	if hdr.Get("Retry-After") == "" {
+		t.Error("503 without Retry-After")
+	}
+	st, class, msg, _ = slow.answer(5 * time.Second)
+	cv.refusal("a body that did not arrive in time", st, class, msg, 408, "Client::RequestTimeout", job.APIBodyTimeout, "1s")
+
+	// Network boot: rate-limited per source address (burst 2 here).
+	for i := 0; i < 2; i++ {
+		if st, _ := get(t, e2, "/boot/boot.ipxe"); st != 200 {
+			t.Fatalf("boot.ipxe %d: %d", i, st)
+		}
+	}
+	st, text := get(t, e2, "/boot/boot.ipxe")
+	if want := job.Text(job.APIBootRateLimited, 30) + "\n"; st != 429 || text != want {
+		t.Errorf("a third boot request at once: %d %q, want 429 %q", st, text, want)
+	} else {
+		cv.note(job.APIBootRateLimited, "network boot beyond the burst")
+	}
+
+	// Ours: the store failed under the server (closed here; before, a
+	// read of a closed SQLite store recursed until the stack overflowed
+	// and killed byoi-api). The error is logged, the customer sees only
+	// that it is ours.
+	e.st.Close()
+	cv.apiError("a store that fails", bc.Get("/dedicated/server", nil), 500, "Server::InternalServerError", job.APIInternal)
 	if !strings.Contains(e.logs.String(), "request failed") {
 		t.Error("an internal error was not logged")
 	}

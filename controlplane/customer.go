@@ -109,6 +109,7 @@ func (s *Server) createDeployment(c *call, shape job.Shape) (store.Task, error) 
 		SealedJob:         s.cfg.Keys.Seal(c.body, jobAD(c.server.ID)),
 		Checksum:          j.Checksum,
 		EFIBootloaderPath: j.EFIBootloaderPath,
+		MaxAttempts:       s.cfg.MaxAttempts,
 		Now:               s.cfg.Clock.Now(),
 	})
 	return t, err

@@ -17,7 +17,9 @@ import (
 
 	"github.com/byoi/byoi/agentapi"
 	"github.com/byoi/byoi/controlplane"
-	"github.com/byoi/byoi/controlplane/store/sqlitestore"
+	"github.com/byoi/byoi/controlplane/store"
+	"github.com/byoi/byoi/controlplane/store/open"
+	"github.com/byoi/byoi/controlplane/store/pgstore/pgtest"
 	"github.com/byoi/byoi/job"
 	"github.com/ovh/go-ovh/ovh"
 )
@@ -86,21 +88,48 @@ func (b *logBuffer) String() string {
 
 // env is one byoi-api on a temporary database, listening on 127.0.0.1.
 type env struct {
-	t       testing.TB
-	dbPath  string
-	keyPath string
-	st      *sqlitestore.Store
-	keys    *controlplane.Keyring
-	srv     *controlplane.Server
-	hs      *httptest.Server
-	url     string
-	clock   *fakeClock
-	logs    *logBuffer
-	admin   *controlplane.Admin
-	secrets []string // must never appear in logs
+	t        testing.TB
+	settings envSettings
+	opts     []envOpt // of the last start
+	dbPath   string
+	keyPath  string
+	st       store.Store
+	keys     *controlplane.Keyring
+	srv      *controlplane.Server
+	hs       *httptest.Server
+	url      string
+	clock    *fakeClock
+	logs     *logBuffer
+	admin    *controlplane.Admin
+	secrets  []string // must never appear in logs
 }
 
-type envOpt func(*controlplane.Config)
+// envOpt sets the server's configuration, or (with settings) the env's.
+type envOpt func(*envConfig)
+
+type envConfig struct {
+	controlplane.Config
+	envSettings
+}
+
+// envSettings are the env's own settings.
+type envSettings struct {
+	postgres bool // the store on PostgreSQL (BYOI_TEST_PG_DSN) instead of SQLite
+}
+
+// cfg makes an envOpt of a change to the server's configuration.
+func cfg(f func(*controlplane.Config)) envOpt { return func(c *envConfig) { f(&c.Config) } }
+
+// onPostgres runs the env's store on PostgreSQL.
+func onPostgres(c *envConfig) { c.postgres = true }
+
+// bothStores runs fn once on SQLite and once on PostgreSQL (skipped
+// without BYOI_TEST_PG_DSN, failed in CI), with the option that picks
+// the store.
+func bothStores(t *testing.T, fn func(t *testing.T, backend envOpt)) {
+	t.Run("sqlite", func(t *testing.T) { fn(t, func(*envConfig) {}) })
+	t.Run("postgres", func(t *testing.T) { fn(t, onPostgres) })
+}
 
 func newEnv(t testing.TB, opts ...envOpt) *env {
 	t.Helper()
@@ -110,6 +139,14 @@ func newEnv(t testing.TB, opts ...envOpt) *env {
 	}
 	dir := t.TempDir()
 	e := &env{t: t, dbPath: filepath.Join(dir, "byoi.db"), keyPath: filepath.Join(dir, "byoi.db.key"), clock: newFakeClock(), logs: &logBuffer{}}
+	var ec envConfig
+	for _, o := range opts {
+		o(&ec)
+	}
+	e.settings = ec.envSettings
+	if e.settings.postgres {
+		e.dbPath = pgtest.DSN(t)
+	}
 	e.start(opts...)
 	t.Cleanup(func() {
 		e.stop()
@@ -121,18 +158,19 @@ func newEnv(t testing.TB, opts ...envOpt) *env {
 func (e *env) start(opts ...envOpt) {
 	t := e.t
 	t.Helper()
+	if opts == nil {
+		opts = e.opts
+	}
+	e.opts = opts
 	var err error
-	if e.keys, err = controlplane.LoadOrCreateKey(e.keyPath); err != nil {
+	if e.st, e.keys, err = open.Store(context.Background(), e.dbPath, e.keyPath); err != nil {
 		t.Fatal(err)
 	}
-	if e.st, err = sqlitestore.Open(context.Background(), e.dbPath); err != nil {
-		t.Fatal(err)
-	}
-	cfg := controlplane.Config{Store: e.st, Keys: e.keys, Clock: e.clock, Logger: slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	c := envConfig{Config: controlplane.Config{Store: e.st, Keys: e.keys, Clock: e.clock, Logger: slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}}
 	for _, o := range opts {
-		o(&cfg)
+		o(&c)
 	}
-	if e.srv, err = controlplane.New(cfg); err != nil {
+	if e.srv, err = controlplane.New(c.Config); err != nil {
 		t.Fatal(err)
 	}
 	e.hs = httptest.NewServer(e.srv.Handler())
@@ -257,6 +295,27 @@ func (a *agent) inventory(inv agentapi.Inventory) {
 	a.e.t.Helper()
 	if st, ae := a.do("POST", agentapi.InventoryPath(a.server), inv, nil); st != 204 {
 		a.e.t.Fatalf("inventory: %d %+v", st, ae)
+	}
+}
+
+// pickUpJob gets the job (no attempt).
+func (a *agent) pickUpJob() agentapi.Assignment {
+	a.e.t.Helper()
+	var as agentapi.Assignment
+	if st, ae := a.do("GET", agentapi.JobPath(a.server), nil, &as); st != 200 {
+		a.e.t.Fatalf("job: %d %+v", st, ae)
+	}
+	return as
+}
+
+// waitFor polls cond for up to 5 s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5 s")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

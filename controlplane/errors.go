@@ -29,6 +29,8 @@ const (
 	kStaleAttempt
 	kGone
 	kInternal
+	kBusy
+	kBodyTimeout
 )
 
 // errTable maps a kind to (HTTP status, OVH class). The auth kinds also
@@ -53,6 +55,8 @@ var errTable = map[kind]struct {
 	kStaleAttempt:      {http.StatusConflict, "Client::Conflict", ""},
 	kGone:              {http.StatusGone, "Client::Gone", ""},
 	kInternal:          {http.StatusInternalServerError, "Server::InternalServerError", ""},
+	kBusy:              {http.StatusServiceUnavailable, "Server::ServiceUnavailable", ""},
+	kBodyTimeout:       {http.StatusRequestTimeout, "Client::RequestTimeout", ""},
 }
 
 // apiError is an error the API returns: its kind and the customer-facing
@@ -90,6 +94,7 @@ func describe(err error) (int, errorBody, bool) {
 	var tr *store.TaskRunningError
 	var se *store.StaleAttemptError
 	var mb *http.MaxBytesError
+	var ex *store.AttemptsExhaustedError
 	switch {
 	case errors.As(err, &ae):
 	case errors.As(err, &ve):
@@ -97,6 +102,8 @@ func describe(err error) (int, errorBody, bool) {
 		details = map[string]string{"field": ve.Field, "code": string(ve.Code)}
 	case errors.As(err, &tr):
 		ae = &apiError{kind: kTaskExists, message: tr.Error()}
+	case errors.As(err, &ex):
+		ae = fail(kGone, job.APIAttemptsExhausted, ex.Attempts)
 	case errors.As(err, &se):
 		ae = fail(kStaleAttempt, job.APIStaleAttempt, se.Got, se.Current)
 	case errors.As(err, &mb):

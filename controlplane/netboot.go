@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,9 +24,12 @@ import (
 //
 //	GET /boot/boot.ipxe              the script every server's DHCP answer names: chains the next one by MAC
 //	GET /boot/mac/{aa-bb-..}.ipxe    the server's script, by a MAC address registered for it:
-//	                                 boot rescue → the rescue system with a freshly minted agent token;
-//	                                 boot harddisk → the local disk (netboot.DiskScript);
-//	                                 a MAC no server has → exit to the next boot device
+//	                                 boot rescue, when store.MayMint says so → the rescue system with a
+//	                                 new agent token (handed out once);
+//	                                 boot harddisk → the local disk (netboot.DiskScript), which revokes the
+//	                                 token of the deployment it boots;
+//	                                 anything else (a MAC no server has, a server not expecting a rescue
+//	                                 boot, any HEAD) → netboot.NoTokenScript, the same bytes for all
 //	GET /boot/rescue/vmlinuz, /boot/rescue/initrd.img   the rescue system (--rescue-dir)
 //	GET /boot/bootsel/{mbr|gpt}-{hex}.bin               bootsel with that disk key
 //
@@ -31,8 +37,8 @@ import (
 // (byoi-api server add --mac, server macs): the MACs its agent reports in
 // its inventory are never trusted for this, since a server whose token
 // leaked could otherwise claim another server's MAC and have that server
-// run its jobs. There is no script by server name: names are not secret,
-// and each rescue script invalidates the server's previous agent token.
+// run its jobs. There is no script by server name: names are not secret.
+// Every /boot request is rate-limited per source address (ratelimit.go).
 
 // NetbootConfig enables network boot (Config.Netboot).
 type NetbootConfig struct {
@@ -46,6 +52,13 @@ type NetbootConfig struct {
 	AgentURL string
 	// Cmdline is added to the rescue kernel's command line (console=...).
 	Cmdline string
+	// RatePerMinute and Burst limit /boot requests per source address
+	// (defaults DefaultBootRatePerMinute, DefaultBootBurst; RatePerMinute
+	// < 0: no limit).
+	RatePerMinute, Burst int
+	// TrustedProxies are the proxies whose X-Forwarded-For names the
+	// source address (ClientIP); none: the connection's peer is.
+	TrustedProxies []netip.Prefix
 }
 
 // Check validates c: the URLs go into iPXE scripts and a kernel command
@@ -88,6 +101,10 @@ func (s *Server) netbootRoutes() {
 	s.mux.HandleFunc("GET /boot/mac/{file}", s.logged(s.bootMAC))
 	s.mux.HandleFunc("GET /boot/rescue/{file}", s.logged(s.bootRescueFile))
 	s.mux.HandleFunc("GET /boot/bootsel/{file}", s.logged(s.bootsel))
+	s.mux.HandleFunc("/boot/", s.logged(func(w http.ResponseWriter, r *http.Request) string {
+		http.Error(w, "not found", http.StatusNotFound)
+		return "netboot"
+	}))
 }
 
 // statusWriter remembers the status of an answer, for the request log.
@@ -110,13 +127,23 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	return w.ResponseWriter.Write(b)
 }
 
-// logged logs a network boot request like every other (path only: no
-// query; the answers are never logged, a rescue script holds a token).
+// logged rate-limits a network boot request by its source address, and
+// logs it like every other (path only: no query; the answers are never
+// logged, a rescue script holds a token).
 func (s *Server) logged(h func(w http.ResponseWriter, r *http.Request) string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w}
-		who := h(sw, r)
+		who := "netboot"
+		src, _ := ClientIP(r.RemoteAddr, r.Header.Values("X-Forwarded-For"), s.limit.trusted)
+		if ok, wait := s.limit.allow(src, s.cfg.Clock.Now()); ok {
+			who = h(sw, r)
+		} else {
+			secs := max(1, int(math.Ceil(wait.Seconds())))
+			sw.Header().Set("Retry-After", strconv.Itoa(secs))
+			http.Error(sw, job.Text(job.APIBootRateLimited, secs), http.StatusTooManyRequests)
+			s.log.Warn("network boot: rate limited", "source", src.String(), "path", r.URL.Path)
+		}
 		s.log.Info("request", "qid", w.Header().Get("X-Ovh-QueryID"), "method", r.Method, "path", r.URL.Path, "status", sw.status, "who", who, "ms", time.Since(start).Milliseconds())
 	}
 }
@@ -139,6 +166,11 @@ func (s *Server) bootMAC(w http.ResponseWriter, r *http.Request) string {
 		http.Error(w, "not a MAC address: /boot/mac/aa-bb-cc-dd-ee-ff.ipxe", http.StatusNotFound)
 		return "netboot"
 	}
+	if r.Method == http.MethodHead {
+		// Never mints, never revokes, tells nothing.
+		writeScript(w, s.noTokenScript())
+		return "netboot"
+	}
 	script, who, err := s.serverScript(r.Context(), mac)
 	if err != nil {
 		s.log.Error("network boot script failed", "mac", mac, "err", err)
@@ -149,14 +181,20 @@ func (s *Server) bootMAC(w http.ResponseWriter, r *http.Request) string {
 	return who
 }
 
-// serverScript is the iPXE script of the server mac identifies, by its
-// boot: rescue (a new agent token each time) or its local disk.
+func (s *Server) noTokenScript() string {
+	return netboot.NoTokenScript(s.cfg.Netboot.BootURL, s.cfg.Netboot.Cmdline)
+}
+
+// serverScript is the iPXE script for the server mac identifies (a GET):
+// its local disk (boot harddisk), the rescue with a new agent token when
+// store.MayMint says so, else the script without a token that every
+// unknown MAC gets too.
 func (s *Server) serverScript(ctx context.Context, mac string) (script, who string, err error) {
 	nb := s.cfg.Netboot
 	sv, err := s.st.ServerByMAC(ctx, mac)
 	if errors.Is(err, store.ErrNotFound) {
 		s.log.Warn("network boot of an unknown MAC address", "mac", mac)
-		return netboot.UnknownScript(mac), "netboot", nil
+		return s.noTokenScript(), "netboot", nil
 	}
 	if err != nil {
 		return "", "netboot", err
@@ -164,16 +202,32 @@ func (s *Server) serverScript(ctx context.Context, mac string) (script, who stri
 	who = "netboot " + sv.Name
 	s.bootSeen(ctx, sv, "network boot") // issue 24
 	if sv.BootID == store.BootHarddisk {
-		key := s.diskKey(ctx, sv)
+		key, d := s.diskKey(ctx, sv)
+		if d != nil {
+			// The deployment is done and its agent said how the disk
+			// boots, its last word: the token it had ends now.
+			revoked, err := s.st.RevokeBootToken(ctx, sv.ID, d.EndedAt)
+			if err != nil {
+				return "", who, err
+			}
+			if revoked {
+				s.log.Info("network boot: the agent token of the booted deployment is revoked", "server", sv.Name, "deployment", d.ID)
+			}
+		}
 		s.log.Info("network boot: local disk", "server", sv.Name, "mac", mac, "diskKey", keyText(key))
-		return netboot.DiskScript(nb.BootURL, sv.Name, key), who, nil
+		return netboot.DiskScript(nb.BootURL, key), who, nil
 	}
-	// The token travels in clear HTTP in this script: it is new for
-	// each rescue boot, and the previous one stops working (the agent of
-	// an earlier boot of this server can no longer report).
+	// The token travels in clear HTTP in this script: it is handed out
+	// once, when the server is expected to boot its rescue, and never
+	// while the agent of the current one is alive.
 	tok := randomToken("byoi_ag_")
-	if err := s.st.SetAgentToken(ctx, sv.ID, hashToken(tok)); err != nil {
+	minted, err := s.st.MintBootToken(ctx, store.BootMint{ServerID: sv.ID, TokenHash: hashToken(tok), Now: s.cfg.Clock.Now(), Silence: 3 * s.cfg.AgentHeartbeat, Grace: s.cfg.TokenGrace})
+	if err != nil {
 		return "", who, err
+	}
+	if !minted {
+		s.log.Warn("network boot: rescue without an agent token (the server was not expecting a rescue boot, or its agent is alive)", "server", sv.Name, "mac", mac)
+		return s.noTokenScript(), who, nil
 	}
 	agentURL := nb.AgentURL
 	if agentURL == "" {
@@ -184,22 +238,23 @@ func (s *Server) serverScript(ctx context.Context, mac string) (script, who stri
 }
 
 // diskKey is the deployed disk's key for bootsel: the one the agent
-// reported for the server's current deployment, when that is done. A key
-// of an earlier deployment is never used: it may name another disk.
-func (s *Server) diskKey(ctx context.Context, sv store.Server) *netboot.DiskKey {
+// reported for the server's current deployment, when that is done (d, the
+// deployment, is set then, key or not). A key of an earlier deployment is
+// never used: it may name another disk.
+func (s *Server) diskKey(ctx context.Context, sv store.Server) (*netboot.DiskKey, *store.Deployment) {
 	bi, err := s.st.BootInfo(ctx, sv.ID)
-	if err != nil || bi.DiskKey == "" {
-		return nil
+	if err != nil {
+		return nil, nil
 	}
 	d, err := s.st.CurrentDeployment(ctx, sv.ID)
 	if err != nil || d.ID != bi.DeploymentID || d.Status != store.StatusDone {
-		return nil
+		return nil, nil
 	}
 	k, err := netboot.ParseDiskKey(bi.DiskKey)
 	if err != nil {
-		return nil
+		return nil, &d
 	}
-	return &k
+	return &k, &d
 }
 
 func keyText(k *netboot.DiskKey) string {

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/byoi/byoi/agentapi"
 	"github.com/byoi/byoi/controlplane"
@@ -29,8 +30,19 @@ func withNetboot(t *testing.T) envOpt {
 			t.Fatal(err)
 		}
 	}
-	return func(c *controlplane.Config) {
+	return func(ec *envConfig) {
+		c := &ec.Config
 		c.Netboot = &controlplane.NetbootConfig{RescueDir: dir, BootURL: bootURL + "/", Cmdline: "console=ttyS0,115200"}
+	}
+}
+
+// withNetbootRate serves network boot limited to perMinute requests a
+// minute per source, bursts of burst.
+func withNetbootRate(t *testing.T, perMinute, burst int) envOpt {
+	nb := withNetboot(t)
+	return func(ec *envConfig) {
+		nb(ec)
+		ec.Netboot.RatePerMinute, ec.Netboot.Burst = perMinute, burst
 	}
 }
 
@@ -80,7 +92,7 @@ func diskScript(t *testing.T, e *env, mac string) string {
 // done drives a new legacy deployment of a to done with the simulated agent.
 func done(t *testing.T, cu *customer, a *agent) int64 {
 	t.Helper()
-	if err := cu.signed.Post(path(a.server, "/bringYourOwnImage"), legacyBody(), nil); err != nil {
+	if err := cu.bearer.Post(path(a.server, "/bringYourOwnImage"), legacyBody(), nil); err != nil {
 		t.Fatal(err)
 	}
 	as := a.pickUp()
@@ -95,9 +107,11 @@ func postBoot(a *agent, b agentapi.BootInfo) (int, agentapi.Error) {
 }
 
 // TestNetbootFlow: a server's script by its registered MAC through a
-// deployment's life: rescue (a new token each time, the old one refused),
-// the local disk once done (bootsel with the key its agent reported, for
-// that deployment only), rescue again after DELETE or PUT bootId 2.
+// deployment's life: rescue with a token handed out once (a second fetch
+// gets the script without one, and the first token keeps working), the
+// local disk once done (bootsel with the key its agent reported, for that
+// deployment only; the disk script revokes the deployment's token once the
+// agent reported), rescue with a new token after DELETE or PUT bootId 2.
 func TestNetbootFlow(t *testing.T) {
 	e := newEnv(t, withNetboot(t))
 	cu := e.customer("acme")
@@ -113,7 +127,8 @@ func TestNetbootFlow(t *testing.T) {
 	if st, body := get(t, e, "/boot/boot.ipxe"); st != 200 || body != netboot.ChainScript(bootURL) {
 		t.Fatalf("boot.ipxe: %d %q", st, body)
 	}
-	// Rescue: each script mints a token; the previous one stops working.
+	// Rescue: a new server is armed; its first script mints a token,
+	// which replaces the admin's.
 	tok1 := rescueToken(t, e, mac, "ns1")
 	a.token = tok0
 	if st, _ := a.do("POST", agentapi.InventoryPath("ns1"), inv, nil); st != 401 {
@@ -121,20 +136,15 @@ func TestNetbootFlow(t *testing.T) {
 	}
 	a.token = tok1
 	a.inventory(inv)
-	tok2 := rescueToken(t, e, strings.ToUpper(mac), "ns1")
-	if tok2 == tok1 || !strings.HasPrefix(tok2, "byoi_ag_") {
-		t.Fatalf("tokens %q %q", tok1, tok2)
-	}
-	if st, _ := a.do("POST", agentapi.InventoryPath("ns1"), inv, nil); st != 401 {
-		t.Fatalf("the first rescue token after a second script: %d, want 401", st)
-	}
-	a.token = tok2
+	// Once: a second fetch gets no token, and the first one still works.
+	noToken(t, e, strings.ToUpper(mac))
 	a.inventory(inv)
 
-	// Done: the local disk. Before the agent reported its disk: exit.
+	// Done: the local disk. Before the agent reported its disk: exit,
+	// and its token still works (it has its boot info to post).
 	id := done(t, cu, a)
-	if body := diskScript(t, e, mac); strings.Contains(body, "chain") {
-		t.Fatalf("a disk script without a key chains:\n%s", body)
+	if body := diskScript(t, e, mac); strings.Contains(body, "chain") || strings.Contains(body, "ns1") {
+		t.Fatalf("a disk script without a key chains or names the server:\n%s", body)
 	}
 	// Refused boot infos.
 	if st, ae := postBoot(a, agentapi.BootInfo{DeploymentID: id, DiskKey: "gpt:XYZ"}); st != 400 {
@@ -158,17 +168,20 @@ func TestNetbootFlow(t *testing.T) {
 	if st != 200 || !bytes.Equal([]byte(bin), netboot.Bootsel(k)) {
 		t.Fatalf("bootsel: %d %d bytes", st, len(bin))
 	}
-	// The agent's token stays valid while the server boots its disk.
-	a.inventory(inv)
+	// The disk script of the reported deployment revoked its token.
+	if st, _ := a.do("POST", agentapi.InventoryPath("ns1"), inv, nil); st != 401 {
+		t.Fatalf("the token after the disk script: %d, want 401", st)
+	}
 
-	// DELETE: rescue again, and a boot info for the cleared deployment is refused.
+	// DELETE: rescue again with a new token, and a boot info for the
+	// cleared deployment is refused.
 	if err := cu.signed.Delete(path("ns1", "/bringYourOwnImage"), nil); err != nil {
 		t.Fatal(err)
 	}
+	a.token = rescueToken(t, e, mac, "ns1")
 	if st, _ := postBoot(a, agentapi.BootInfo{DeploymentID: id, DiskKey: key}); st != 410 {
 		t.Fatalf("boot info of a cleared deployment: %d, want 410", st)
 	}
-	a.token = rescueToken(t, e, mac, "ns1")
 
 	// A second deployment done: the first one's key is not used.
 	id2 := done(t, cu, a)
@@ -209,6 +222,16 @@ func TestNetbootFlow(t *testing.T) {
 	}
 }
 
+// noToken fetches mac's script and checks it is the one without a token
+// (the same bytes for every MAC).
+func noToken(t *testing.T, e *env, mac string) {
+	t.Helper()
+	st, body := get(t, e, "/boot/mac/"+strings.ReplaceAll(mac, ":", "-")+".ipxe")
+	if want := netboot.NoTokenScript(bootURL, "console=ttyS0,115200"); st != 200 || body != want {
+		t.Fatalf("script of %s: %d\n%s\nwant the one without a token:\n%s", mac, st, body, want)
+	}
+}
+
 // TestNetbootMACs: only MACs the operator registered identify a server;
 // those an agent reports in its inventory do not; a MAC belongs to one
 // server.
@@ -216,12 +239,9 @@ func TestNetbootMACs(t *testing.T) {
 	e := newEnv(t, withNetboot(t))
 	e.customer("acme")
 	ctx := context.Background()
-	a := e.server("ns1", "acme") // no MAC
-	a.inventory(inv)             // reports 52:54:00:12:34:56
-	st, body := get(t, e, "/boot/mac/52-54-00-12-34-56.ipxe")
-	if st != 200 || body != netboot.UnknownScript("52:54:00:12:34:56") {
-		t.Fatalf("a MAC only the inventory reported: %d\n%s", st, body)
-	}
+	a := e.server("ns1", "acme")       // no MAC
+	a.inventory(inv)                   // reports 52:54:00:12:34:56
+	noToken(t, e, "52:54:00:12:34:56") // a MAC only the inventory reported
 	for _, p := range []string{"/boot/mac/52-54-00-12-34.ipxe", "/boot/mac/52-54-00-12-34-56", "/boot/mac/zz-54-00-12-34-56.ipxe", "/boot/mac/ns1.ipxe",
 		"/boot/rescue/other", "/boot/rescue/..%2fbyoi.db", "/boot/bootsel/mbr-00000000.bin", "/boot/bootsel/gpt-12.bin", "/boot/ns1.ipxe"} {
 		if st, _ := get(t, e, p); st != 404 {
@@ -247,10 +267,13 @@ func TestNetbootMACs(t *testing.T) {
 	if err := e.admin.SetMACs(ctx, "ns1", []string{"52:54:00:00:00:02"}); err != nil {
 		t.Fatal(err)
 	}
+	// ns1's agent (the operator's token) posted its inventory: it is
+	// alive, and its token is not taken until it has been silent for 3
+	// heartbeats.
+	noToken(t, e, "52:54:00:00:00:02")
+	e.clock.Advance(91 * time.Second)
 	rescueToken(t, e, "52:54:00:00:00:02", "ns1")
-	if st, body := get(t, e, "/boot/mac/52-54-00-00-00-01.ipxe"); st != 200 || !strings.HasSuffix(body, "exit\n") {
-		t.Fatalf("a MAC removed: %d\n%s", st, body)
-	}
+	noToken(t, e, "52:54:00:00:00:01") // a MAC removed
 }
 
 // TestNetbootRescueFiles: the rescue kernel and initramfs, with HEAD and

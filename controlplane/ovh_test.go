@@ -66,7 +66,7 @@ func TestServerOVHFields(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := newEnv(t, func(c *controlplane.Config) { c.Facts = facts })
+	e := newEnv(t, cfg(func(c *controlplane.Config) { c.Facts = facts }))
 	cu := e.customer("acme")
 	e.server("ns1", "acme")
 	e.server("ns2", "acme")
@@ -210,7 +210,7 @@ func TestFactsFile(t *testing.T) {
 
 func TestOVHToolRoutes(t *testing.T) {
 	facts, _ := controlplane.ParseFacts([]byte(`{"servers":{"ns1":{"ip":"192.0.2.10","gateway":"192.0.2.254","network":"192.0.2.0/24","ips":["198.51.100.0/29"],"linkSpeed":10000}}}`))
-	e := newEnv(t, func(c *controlplane.Config) { c.Facts = facts })
+	e := newEnv(t, cfg(func(c *controlplane.Config) { c.Facts = facts }))
 	cu := e.customer("acme")
 	e.customer("globex")
 	a := e.server("ns1", "acme")
@@ -442,7 +442,7 @@ func TestSchemaDocuments(t *testing.T) {
 		BasePath string
 	}
 	get("/1.0/", &index)
-	if index.BasePath != e.url+"/1.0" || len(index.APIs) != 2 || index.APIs[0].Path != "/auth" || index.APIs[1].Schema != "/dedicated/server.{format}" {
+	if index.BasePath != e.url+"/1.0" || len(index.APIs) != 3 || index.APIs[0].Path != "/auth" || index.APIs[1].Schema != "/dedicated/server.{format}" || index.APIs[2].Path != "/me" {
 		t.Fatalf("index %+v", index)
 	}
 	type doc struct {
@@ -470,7 +470,7 @@ func TestSchemaDocuments(t *testing.T) {
 	}
 	ops := map[string]bool{}
 	for _, prefix := range []string{"/1.0", "/v1"} {
-		for _, res := range []string{"/auth", "/dedicated/server"} {
+		for _, res := range []string{"/auth", "/dedicated/server", "/me"} {
 			var d doc
 			get(prefix+res+".json", &d)
 			if d.APIVersion != "1.0" || d.ResourcePath != res || d.BasePath != e.url+prefix {

@@ -309,6 +309,14 @@ func (s *Server) requestReboot(ctx context.Context, sv store.Server) (store.Task
 	if err != nil {
 		return t, err
 	}
+	if sv.BootID == store.BootRescue {
+		// The rescue running now goes away with the reboot: the next
+		// rescue script mints a new token even though the agent was
+		// heard from a moment ago (store.MayMint).
+		if err := s.st.ArmServer(ctx, sv.ID, store.ArmedReboot); err != nil {
+			return t, err
+		}
+	}
 	s.log.Info("reboot requested: waiting for a reboot by hand", "server", sv.Name, "task", t.ID, "power", drv.Kind(), "boot", sv.BootID)
 	return t, nil
 }

@@ -31,6 +31,7 @@ type route struct {
 var schemaResources = []struct{ path, description string }{
 	{"/auth", "Authentication of the API's clients"},
 	{"/dedicated/server", "Dedicated servers: bring your own image (byoi)"},
+	{"/me", "The customer's own API credentials (issue 22)"},
 }
 
 func (s *Server) schemaRoutes(prefix string) {
@@ -151,11 +152,12 @@ type paramDoc struct {
 
 // pathParams are the types of the path parameters.
 var pathParams = map[string]paramDoc{
-	"serviceName": {typ: "string", description: "The internal name of your dedicated server"},
-	"bootId":      {typ: "long", description: "boot id"},
-	"taskId":      {typ: "long", description: "the id of the task"},
-	"uuid":        {typ: "uuid", description: "Virtual Network Interface UUID"},
-	"option":      {typ: "dedicated.server.BootOptionEnum", description: "The option of this boot"},
+	"serviceName":  {typ: "string", description: "The internal name of your dedicated server"},
+	"bootId":       {typ: "long", description: "boot id"},
+	"taskId":       {typ: "long", description: "the id of the task"},
+	"uuid":         {typ: "uuid", description: "Virtual Network Interface UUID"},
+	"option":       {typ: "dedicated.server.BootOptionEnum", description: "The option of this boot"},
+	"credentialId": {typ: "long", description: "The credential's id"},
 }
 
 // routeDocs documents every customer operation by "METHOD path" (the path
@@ -222,6 +224,13 @@ var routeDocs = map[string]opDoc{
 	"GET /dedicated/server/{serviceName}/serviceInfos":                   {description: "Get service information", response: "services.Service"},
 	"POST /dedicated/server/{serviceName}/authenticationSecret":          {description: "Retrieve secret to connect to the server / application", response: "dedicated.server.Access[]"},
 	"POST /dedicated/server/{serviceName}/reboot":                        {description: "Hard reboot this server", response: "dedicated.server.Task"},
+	// issue 22: a customer's own credentials.
+	"GET /me/api/credential": {description: "List of your Api Credentials", response: "long[]",
+		query: []paramDoc{
+			{name: "status", typ: "auth.CredentialStateEnum", description: "Filter the value of status property (like)"},
+		}},
+	"GET /me/api/credential/{credentialId}":    {description: "Get this object properties", response: "api.Credential"},
+	"DELETE /me/api/credential/{credentialId}": {description: "Remove this Credential (revoked at once on every instance)", response: "void"},
 }
 
 var production = apiStatus{Value: "PRODUCTION", Description: "Stable production version"}
@@ -363,6 +372,8 @@ var goModels = map[string]modelDef{
 	"dedicated.server.Dedicated": {description: "Server informations (the properties PUT changes)", goType: typeOf[putServerBody](), writable: true, types: map[string]string{
 		"state": "dedicated.server.StateEnum"}},
 	"auth.Details":                                {description: "Details about the current authentication", goType: typeOf[authDetailsView](), types: map[string]string{"allowedRoutes": "auth.AccessRule[]", "method": "auth.MethodEnum"}},
+	"api.Credential":                              {description: "API credential", goType: typeOf[credentialView](), types: map[string]string{"rules": "api.Rule[]", "status": "auth.CredentialStateEnum", "creation": "datetime", "expiration": "datetime", "lastUse": "datetime", "allowedIPs": "ipBlock[]"}},
+	"api.Rule":                                    {description: "API access rule", goType: typeOf[ruleView](), types: map[string]string{"method": "http.Method"}},
 	"auth.AccessRule":                             {description: "Access rule required for the application", goType: typeOf[accessRule](), types: map[string]string{"method": "http.Method"}},
 	"iam.ResourceMetadata":                        {description: "IAM resource metadata embedded in services models", goType: typeOf[iamView]()},
 	"dedicated.server.Netboot":                    {description: "Available boots", goType: typeOf[bootView](), types: map[string]string{"bootType": "dedicated.server.BootTypeEnum"}},
@@ -424,6 +435,7 @@ var enumModels = map[string][]string{
 	"dedicated.DatacenterEnum":                                          {"bhs1", "bhs2", "bhs3", "bhs4", "bhs5", "bhs6", "bhs7", "bhs8", "cch01", "crx1", "crx2", "dc1", "eri1", "eri2", "gra04", "gra1", "gra2", "gra3", "gsw", "hdf01", "hil1", "ieb01", "lil1-int1", "lim1", "lim2", "lim3", "mr901", "p19", "rbx", "rbx-hz", "rbx1", "rbx10", "rbx2", "rbx3", "rbx4", "rbx5", "rbx6", "rbx7", "rbx8", "rbx9", "sbg1", "sbg2", "sbg3", "sbg4", "sbg5", "sgp02", "sgp1", "syd03", "syd1", "syd2", "vin1", "waw1", "ynm1", "yyz01"},
 	"dedicated.server.PowerStateEnum":                                   {"poweroff", "poweron"},
 	"auth.MethodEnum":                                                   {"account", "provider", "user"},
+	"auth.CredentialStateEnum":                                          {"expired", "pendingValidation", "refused", "validated"},
 	"http.Method":                                                       {"DELETE", "GET", "PATCH", "POST", "PUT"},
 	"dedicated.server.StateEnum":                                        {"error", "hacked", "hackedBlocked", "ok"},
 	"dedicated.server.SupportLevelEnum":                                 {"critical", "fastpath", "gs", "pro"},

@@ -84,6 +84,7 @@ type toolsEnv struct {
 	c     *ovh.Client
 	agent *agent
 	inv   agentapi.Inventory
+	sent  map[string]time.Time // non-GET requests, when last sent
 }
 
 func newToolsEnv(t *testing.T) *toolsEnv {
@@ -92,12 +93,27 @@ func newToolsEnv(t *testing.T) *toolsEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := newEnv(t, func(c *controlplane.Config) { c.Facts = facts })
+	e := newEnv(t, cfg(func(c *controlplane.Config) { c.Facts = facts }))
 	cu := e.customer("acme")
 	te := &toolsEnv{e: e, c: cu.signed, agent: e.server("ns1.example", "acme"), inv: testInventory}
 	te.inv.Features = []string{agentapi.FeatureDetectImageType}
 	te.agent.inventory(te.inv)
 	return te
+}
+
+// notSameSecond waits, when the same signed request was sent less than a
+// second ago, until a second has passed (go-ovh's timestamp is in
+// seconds): byoi-api refuses a signed request it already received (issue
+// 22), and a tool sends the same one again only in a later command,
+// minutes later, never within a second.
+func (te *toolsEnv) notSameSecond(key string) {
+	if te.sent == nil {
+		te.sent = map[string]time.Time{}
+	}
+	if last, ok := te.sent[key]; ok {
+		time.Sleep(time.Until(last.Add(1050 * time.Millisecond)))
+	}
+	te.sent[key] = time.Now()
 }
 
 // act does what happens while a tool waits for its task.
@@ -135,6 +151,9 @@ func (te *toolsEnv) replay(t *testing.T, reqs []goldenRequest, check func(golden
 		var body any
 		if len(r.Body) > 0 && string(r.Body) != "null" {
 			body = r.Body
+		}
+		if r.Method != "GET" {
+			te.notSameSecond(r.Method + " " + p + " " + string(r.Body))
 		}
 		var raw json.RawMessage
 		if err := te.c.CallAPI(r.Method, p, body, &raw, true); err != nil {

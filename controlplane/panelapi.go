@@ -2,7 +2,6 @@ package controlplane
 
 import (
 	"context"
-	"errors"
 	"net/http"
 
 	"github.com/byoi/byoi/controlplane/store"
@@ -17,14 +16,13 @@ import (
 // ServeCustomerAPI sets it: no request from outside can carry it.
 type panelCustomerKey struct{}
 
-// CustomerByAccessToken is the customer of an access token (the customer
-// API's Bearer token).
-func (s *Server) CustomerByAccessToken(ctx context.Context, token string) (store.Customer, error) {
-	cu, err := s.st.CustomerByAccessToken(ctx, hashToken(token))
-	if errors.Is(err, store.ErrNotFound) {
-		return cu, fail(kBadToken, job.APIBadToken)
+// AccessToken is the customer of a valid access token (the customer API's
+// Bearer token), and the token.
+func (s *Server) AccessToken(ctx context.Context, token string) (store.Customer, store.AccessToken, error) {
+	if token == "" || len(token) > maxTokenLen {
+		return store.Customer{}, store.AccessToken{}, fail(kBadToken, job.APIBadToken)
 	}
-	return cu, err
+	return s.accessToken(ctx, token)
 }
 
 // ServeCustomerAPI serves r, whose path is a customer API path under

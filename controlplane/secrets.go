@@ -13,6 +13,8 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+
+	"github.com/byoi/byoi/controlplane/store"
 )
 
 // Keyring seals what the control plane must read back but not keep in
@@ -44,32 +46,46 @@ func NewKeyring(key []byte) (*Keyring, error) {
 
 // LoadOrCreateKey reads the key file (64 hex digits), creating it with a
 // random key, mode 0600, when it does not exist. A key file readable by
-// group or others is refused.
+// group or others is refused. (byoi-api opens its key through package
+// store/open, which creates one only for an empty database.)
 func LoadOrCreateKey(path string) (*Keyring, error) {
-	data, err := os.ReadFile(path)
+	k, err := LoadKey(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		key := make([]byte, 32)
-		rand.Read(key)
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		k, err = CreateKey(path)
 		if errors.Is(err, fs.ErrExist) {
-			return LoadOrCreateKey(path) // another process created it first
+			return LoadKey(path) // another process created it first
 		}
-		if err != nil {
-			return nil, fmt.Errorf("key file: %w", err)
-		}
-		if _, err := f.WriteString(hex.EncodeToString(key) + "\n"); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("key file: %w", err)
-		}
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("key file: %w", err)
-		}
-		if err := f.Close(); err != nil {
-			return nil, fmt.Errorf("key file: %w", err)
-		}
-		return NewKeyring(key)
 	}
+	return k, err
+}
+
+// CreateKey creates the key file with a random key, mode 0600 (an error
+// wrapping fs.ErrExist when it exists).
+func CreateKey(path string) (*Keyring, error) {
+	key := make([]byte, 32)
+	rand.Read(key)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	if _, err := f.WriteString(hex.EncodeToString(key) + "\n"); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	return NewKeyring(key)
+}
+
+// LoadKey reads the key file (an error wrapping fs.ErrNotExist when there
+// is none). A key file readable by group or others is refused.
+func LoadKey(path string) (*Keyring, error) {
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("key file: %w", err)
 	}
@@ -107,6 +123,36 @@ func (k *Keyring) Open(sealed []byte, ad string) ([]byte, error) {
 // Associated data of sealed values.
 func credentialAD(appKey string) string { return "byoi credential " + appKey }
 func jobAD(serverID int64) string       { return fmt.Sprintf("byoi job server %d", serverID) }
+
+// keyCheckAD and keyCheckText make the key's check value, which the
+// database keeps (store meta KeyCheckName): a key file that does not open
+// it is not the database's.
+const (
+	keyCheckAD   = "byoi key check"
+	keyCheckText = "byoi: this database's key"
+	// KeyCheckName is the check value's name in the store's settings.
+	KeyCheckName = "key_check"
+)
+
+// KeyCheck is a new sealed check value of k.
+func (k *Keyring) KeyCheck() []byte { return k.Seal([]byte(keyCheckText), keyCheckAD) }
+
+// Checks reports whether check is a check value of k.
+func (k *Keyring) Checks(check []byte) bool {
+	p, err := k.Open(check, keyCheckAD)
+	return err == nil && string(p) == keyCheckText
+}
+
+// Opens reports whether k opens a sample of the database's sealed values
+// (a database made before the check value existed).
+func (k *Keyring) Opens(x store.SealedSample) bool {
+	ad := jobAD(x.ServerID)
+	if x.AppKey != "" {
+		ad = credentialAD(x.AppKey)
+	}
+	_, err := k.Open(x.Sealed, ad)
+	return err == nil
+}
 
 // randomHex returns n random bytes as hex.
 func randomHex(n int) string {

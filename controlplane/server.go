@@ -66,6 +66,28 @@ type Config struct {
 	// Netboot, when set, serves servers booting from the network through
 	// iPXE (netboot.go).
 	Netboot *NetbootConfig
+	// AgentHeartbeat is the agent's heartbeat interval (default 30 s, the
+	// agent's): an agent heard from within 3 of them is live, and network
+	// boot never takes its token; one silent for longer gets a new token
+	// at its server's next rescue script.
+	AgentHeartbeat time.Duration
+	// TokenGrace is how long after its deployment ended done a token a
+	// rescue script minted keeps working (default 15 minutes: the agent
+	// posts its boot info, then reboots to the disk, whose script revokes
+	// it at once).
+	TokenGrace time.Duration
+	// MaxAttempts fails a deployment whose agent would open one attempt
+	// more (an agent that crashes mid-deployment starts over): default 3;
+	// negative: no cap.
+	MaxAttempts int
+	// BodyMemory caps the bytes of request bodies held in memory at once,
+	// every request together (default 256 MiB); beyond, a request gets
+	// 503 and Retry-After.
+	BodyMemory int64
+	// BodyTimeout bounds the time a request's body may take to arrive:
+	// BodyTimeout plus its size at BodyMinRate (defaults 10 s and 64 KiB/s).
+	BodyTimeout time.Duration
+	BodyMinRate int64
 	// Facts are the operator's facts about servers (datacenter, ip, ...)
 	// for OVH's server fields; nil: none (those fields are null).
 	Facts *FactsFile
@@ -77,7 +99,9 @@ type Server struct {
 	st    store.Store
 	log   *slog.Logger
 	mux   *http.ServeMux
-	table []route // every route handle registered, for the schema documents
+	mem   *budget      // bodies in flight
+	limit *rateLimiter // network boot, per source address
+	table []route      // every route handle registered, for the schema documents
 }
 
 // New returns a Server.
@@ -100,6 +124,27 @@ func New(cfg Config) (*Server, error) {
 	if cfg.SweepEvery <= 0 {
 		cfg.SweepEvery = 15 * time.Second
 	}
+	if cfg.AgentHeartbeat <= 0 {
+		cfg.AgentHeartbeat = 30 * time.Second
+	}
+	if cfg.TokenGrace <= 0 {
+		cfg.TokenGrace = 15 * time.Minute
+	}
+	if cfg.MaxAttempts == 0 {
+		cfg.MaxAttempts = 3
+	}
+	if cfg.MaxAttempts < 0 {
+		cfg.MaxAttempts = 0
+	}
+	if cfg.BodyMemory <= 0 {
+		cfg.BodyMemory = 256 << 20
+	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = 10 * time.Second
+	}
+	if cfg.BodyMinRate <= 0 {
+		cfg.BodyMinRate = 64 << 10
+	}
 	cfg.PublicURL = strings.TrimSuffix(cfg.PublicURL, "/")
 	if cfg.Netboot != nil {
 		nb := *cfg.Netboot
@@ -109,7 +154,10 @@ func New(cfg Config) (*Server, error) {
 		}
 		cfg.Netboot = &nb
 	}
-	s := &Server{cfg: cfg, st: cfg.Store, log: cfg.Logger, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, st: cfg.Store, log: cfg.Logger, mux: http.NewServeMux(), mem: newBudget(cfg.BodyMemory)}
+	if nb := cfg.Netboot; nb != nil {
+		s.limit = newRateLimiter(nb.RatePerMinute, nb.Burst, nb.TrustedProxies)
+	}
 	s.routes()
 	return s, nil
 }
@@ -121,6 +169,51 @@ func (s *Server) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Ovh-QueryID", queryID())
 		s.mux.ServeHTTP(w, r)
+	})
+}
+
+// Part is a part of byoi-api's HTTP surface, for serving the parts on
+// separate listeners (the customer API on the internet, network boot and
+// the agent API on the provisioning network).
+type Part int
+
+// Parts.
+const (
+	// PartCustomer: the customer API (/1.0, /v1), the Control Panel
+	// (/panel/) and every other path.
+	PartCustomer Part = 1 << iota
+	// PartAgent: the agent API (/agent/v1/).
+	PartAgent
+	// PartBoot: network boot (/boot/).
+	PartBoot
+	PartAll = PartCustomer | PartAgent | PartBoot
+)
+
+// PartOf is the part a request path belongs to.
+func PartOf(path string) Part {
+	switch {
+	case path == "/boot" || strings.HasPrefix(path, "/boot/"):
+		return PartBoot
+	case path == agentapi.Prefix || strings.HasPrefix(path, agentapi.Prefix+"/"):
+		return PartAgent
+	}
+	return PartCustomer
+}
+
+// HandlerFor serves only the given parts: a path of another part gets 404
+// as if it did not exist.
+func (s *Server) HandlerFor(parts Part) http.Handler {
+	h := s.Handler()
+	if parts == PartAll {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if PartOf(r.URL.Path)&parts == 0 {
+			w.Header().Set("X-Ovh-QueryID", queryID())
+			s.serve(w, r, endpoint{h: s.notFound})
+			return
+		}
+		h.ServeHTTP(w, r)
 	})
 }
 
@@ -146,6 +239,12 @@ type call struct {
 	server   store.Server // the path's server, owned by the caller
 	qid      string
 	who      string // for the request log: customer or server name
+	// bodyRead: the body was read to its end (else an answer closes the
+	// connection rather than reading what an unauthenticated client
+	// still sends).
+	bodyRead bool
+	release  func() // gives the body's memory back
+	credID   int64  // the signature credential that authenticated the call
 }
 
 type handler func(c *call) (status int, v any, err error)
@@ -154,6 +253,9 @@ type endpoint struct {
 	auth    authKind
 	maxBody int64
 	h       handler
+	// events: the agent's event batches, whose deployment row records
+	// the agent's life (no TouchAgent).
+	events bool
 }
 
 // handle registers pattern (no method) with one endpoint per method; other
@@ -180,11 +282,23 @@ func (s *Server) handle(pattern string, methods map[string]endpoint) {
 func (s *Server) serve(w http.ResponseWriter, r *http.Request, ep endpoint) {
 	start := time.Now()
 	c := &call{w: w, r: r, qid: w.Header().Get("X-Ovh-QueryID")}
+	defer func() {
+		if c.release != nil {
+			c.release()
+		}
+	}()
 	status, v, err := s.run(c, ep)
+	if !c.bodyRead && r.ContentLength != 0 {
+		// Refused before its body was read: do not read it now.
+		w.Header().Set("Connection", "close")
+	}
 	if err != nil {
 		var body errorBody
 		var ours bool
 		status, body, ours = describe(err)
+		if status == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", "5")
+		}
 		if ours {
 			s.log.Error("request failed", "qid", c.qid, "method", r.Method, "route", r.Pattern, "err", err)
 		}
@@ -208,28 +322,40 @@ func (s *Server) run(c *call, ep endpoint) (int, any, error) {
 	if r.ContentLength > limit {
 		return 0, nil, &http.MaxBytesError{Limit: limit}
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(c.w, r.Body, limit))
-	if err != nil {
-		var mb *http.MaxBytesError
-		if errors.As(err, &mb) {
-			return 0, nil, err
-		}
-		return 0, nil, fail(kBadRequest, job.APIBadRequest, "request body could not be read")
-	}
-	c.body = body
+	// Everything that needs no body first: an unauthenticated client
+	// sends nothing that is read (its body pins no memory, takes no time).
+	var sig *sigCheck
 	switch ep.auth {
 	case authCustomer:
-		if err := s.authCustomer(c); err != nil {
+		var err error
+		if sig, err = s.authCustomer(c); err != nil {
 			return 0, nil, err
 		}
+	case authAgent:
+		if err := s.authAgent(c, ep); err != nil {
+			return 0, nil, err
+		}
+	}
+	var hash io.Writer
+	if sig != nil {
+		hash = sig
+	}
+	body, release, err := s.readBody(c.w, r, limit, hash)
+	c.release = release
+	if err != nil {
+		return 0, nil, err
+	}
+	c.body, c.bodyRead = body, true
+	if sig != nil {
+		if err := s.finishSignature(c, sig); err != nil {
+			return 0, nil, err
+		}
+	}
+	if ep.auth == authCustomer {
 		if name := r.PathValue("serviceName"); name != "" {
 			if err := s.ownServer(c, name); err != nil {
 				return 0, nil, err
 			}
-		}
-	case authAgent:
-		if err := s.authAgent(c); err != nil {
-			return 0, nil, err
 		}
 	}
 	return ep.h(c)
@@ -286,7 +412,8 @@ func (s *Server) routes() {
 	s.handle(a+"/inventory", map[string]endpoint{"POST": {auth: authAgent, maxBody: agentapi.MaxInventoryBody, h: s.agentInventory}})
 	s.handle(a+"/job", map[string]endpoint{"GET": {auth: authAgent, h: s.agentJob}})
 	s.handle(a+"/deployments/{id}/attempts", map[string]endpoint{"POST": {auth: authAgent, h: s.agentAttempt}})
-	s.handle(a+"/deployments/{id}/events", map[string]endpoint{"POST": {auth: authAgent, maxBody: agentapi.MaxEventsBody, h: s.agentEvents}})
+	s.handle(a+"/deployments/{id}/events", map[string]endpoint{"POST": {auth: authAgent, maxBody: agentapi.MaxEventsBody, h: s.agentEvents, events: true}})
+	s.credentialRoutes()
 	s.netbootRoutes()
 	s.mux.Handle(panel.Prefix, panel.New(panel.Config{Backend: s, Store: s.st, Logger: s.log, Now: s.cfg.Clock.Now, PublicURL: s.cfg.PublicURL}))
 	s.handle("/", map[string]endpoint{

@@ -221,6 +221,13 @@ const (
 	PowerFailed      Code = "PowerFailed"      // operation, what the BMC answered
 	WarnBootOverride Code = "WarnBootOverride" // what the BMC answered
 
+	// Trusting the network less (issue 22).
+	APIAttemptsExhausted Code = "APIAttemptsExhausted" // attempts
+	APIReplayed          Code = "APIReplayed"          //
+	APIBusy              Code = "APIBusy"              //
+	APIBodyTimeout       Code = "APIBodyTimeout"       // duration
+	APICredentialInvalid Code = "APICredentialInvalid" // OVH
+	APIBootRateLimited   Code = "APIBootRateLimited"   // seconds
 	// OVH's own tools (issue 24): the reinstall body's fields OVH's tools
 	// send, the image type detected, the API's answers for them.
 	StorageHardwareRaid  Code = "StorageHardwareRaid"  //
@@ -417,6 +424,13 @@ var catalog = map[Code]entry{
 	PowerFailed:      {"the server's BMC failed %s: %s", FaultProvider},
 	WarnBootOverride: {"the server's BMC refused the one-time boot from the network (%s): the server starts in its own boot order", FaultNone},
 
+	// issue 22
+	APIAttemptsExhausted: {"the deployment was started %d times and never finished: the server's agent restarted during each attempt (see the status history); post it again, or ask your provider to look at the server", FaultProvider},
+	APIReplayed:          {"this signed request was already received (a replay is refused): sign every request anew; two identical requests signed within the same second are refused too", FaultCustomer},
+	APIBusy:              {"the API is busy receiving other requests: retry in a few seconds", FaultProvider},
+	APIBodyTimeout:       {"the request body did not arrive within %s", FaultCustomer},
+	APICredentialInvalid: {"This credential is not valid", FaultCustomer},
+	APIBootRateLimited:   {"too many network boot requests from this address: retry in %d s", FaultCustomer},
 	// issue 24
 	StorageHardwareRaid:  {"storage.hardwareRaid is not supported with a BYOI image: byoi writes the image as it is onto the first disk of the disk group and configures no hardware RAID (leave hardwareRaid out; an empty list is accepted)", FaultCustomer},
 	StoragePartitioning:  {"storage.partitioning is not supported with a BYOI image: the image brings its own partition table (leave partitioning out; an empty object is accepted)", FaultCustomer},

@@ -13,6 +13,7 @@ import (
 	"net/http/pprof"
 	"net/url"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -24,16 +25,23 @@ import (
 
 const usage = `usage:
   byoi-api serve [--db FILE] [--listen ADDR] [--tls-cert FILE --tls-key FILE] [--public-url URL]
-                 [--agent-timeout 5m] [--pickup-timeout 1h] [--pprof ADDR] [-v]
-                 [--rescue-dir DIR --boot-url http://HOST:PORT [--agent-url URL] [--rescue-cmdline ARGS]]
+                 [--agent-listen ADDR] [--boot-listen ADDR]
+                 [--agent-timeout 5m] [--pickup-timeout 1h] [--max-attempts 3] [--body-memory 256]
+                 [--pprof ADDR] [-v]
+                 [--rescue-dir DIR --boot-url http://HOST:PORT [--agent-url URL] [--rescue-cmdline ARGS]
+                  [--boot-rate 120] [--boot-burst 60] [--boot-trusted-proxy CIDR,...]]
   byoi-api customer add NAME
-  byoi-api credential add --customer NAME
-  byoi-api token add --customer NAME
+  byoi-api credential add --customer NAME [--expires 720h]
+  byoi-api credential list [--customer NAME]
+  byoi-api credential revoke ID|APPLICATION_KEY
+  byoi-api token add --customer NAME [--expires 720h]
+  byoi-api token list [--customer NAME]
+  byoi-api token revoke ID
   byoi-api server add NAME --customer NAME [--mac MAC]...
   byoi-api server macs NAME [--mac MAC]...       (replaces the MACs; none: no network boot)
   byoi-api server token NAME
 Every command takes --db FILE (default byoi.db), --key-file FILE (default FILE.key
-beside the database, created 0600 on first use) and --json (admin commands).
+beside the database, created 0600 for a new database only) and --json (admin commands).
 --db postgres://user@host/db?sslmode=... uses PostgreSQL instead (several
 instances may share it; then --key-file is required, the same file on each).`
 
@@ -57,19 +65,49 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		})
 	case cmd == "credential" && len(args) > 1 && args[1] == "add":
 		err = admin(ctx, args[2:], stdout, 0, func(ctx context.Context, a *controlplane.Admin, f *adminFlags) (any, string, error) {
-			c, err := a.AddCredential(ctx, f.customer)
+			c, err := a.AddCredentialFor(ctx, f.customer, f.expires)
 			if err != nil {
 				return nil, "", err
 			}
-			return c, fmt.Sprintf("applicationKey    %s\napplicationSecret %s\nconsumerKey       %s\n(the secret and consumer key are shown only now)", c.ApplicationKey, c.ApplicationSecret, c.ConsumerKey), nil
+			return c, fmt.Sprintf("credentialId      %d\napplicationKey    %s\napplicationSecret %s\nconsumerKey       %s\nexpires           %s\n(the secret and consumer key are shown only now)",
+				c.ID, c.ApplicationKey, c.ApplicationSecret, c.ConsumerKey, orNever(c.Expires)), nil
+		})
+	case cmd == "credential" && len(args) > 1 && args[1] == "list":
+		err = admin(ctx, args[2:], stdout, 0, func(ctx context.Context, a *controlplane.Admin, f *adminFlags) (any, string, error) {
+			l, err := a.Credentials(ctx, f.customer)
+			return l, secretTable(l, true), err
+		})
+	case cmd == "credential" && len(args) > 1 && args[1] == "revoke":
+		err = admin(ctx, args[2:], stdout, 1, func(ctx context.Context, a *controlplane.Admin, f *adminFlags) (any, string, error) {
+			id := f.fs.Arg(0)
+			if err := a.RevokeCredential(ctx, id); err != nil {
+				return nil, "", err
+			}
+			return map[string]string{"revoked": id}, "credential " + id + " revoked", nil
 		})
 	case cmd == "token" && len(args) > 1 && args[1] == "add":
 		err = admin(ctx, args[2:], stdout, 0, func(ctx context.Context, a *controlplane.Admin, f *adminFlags) (any, string, error) {
-			t, err := a.AddToken(ctx, f.customer)
+			t, id, err := a.AddTokenFor(ctx, f.customer, f.expires)
 			if err != nil {
 				return nil, "", err
 			}
-			return map[string]string{"accessToken": t}, "accessToken " + t + "\n(shown only now)", nil
+			return map[string]string{"accessToken": t, "id": strconv.FormatInt(id, 10)}, fmt.Sprintf("accessToken %s\nid          %d\n(shown only now)", t, id), nil
+		})
+	case cmd == "token" && len(args) > 1 && args[1] == "list":
+		err = admin(ctx, args[2:], stdout, 0, func(ctx context.Context, a *controlplane.Admin, f *adminFlags) (any, string, error) {
+			l, err := a.Tokens(ctx, f.customer)
+			return l, secretTable(l, false), err
+		})
+	case cmd == "token" && len(args) > 1 && args[1] == "revoke":
+		err = admin(ctx, args[2:], stdout, 1, func(ctx context.Context, a *controlplane.Admin, f *adminFlags) (any, string, error) {
+			id, err := strconv.ParseInt(f.fs.Arg(0), 10, 64)
+			if err != nil {
+				return nil, "", fmt.Errorf("token revoke takes a token's id (byoi-api token list shows them)")
+			}
+			if err := a.RevokeToken(ctx, id); err != nil {
+				return nil, "", err
+			}
+			return map[string]int64{"revoked": id}, fmt.Sprintf("access token %d revoked (its Control Panel sessions ended)", id), nil
 		})
 	case cmd == "server" && len(args) > 1 && args[1] == "add":
 		err = admin(ctx, args[2:], stdout, 1, func(ctx context.Context, a *controlplane.Admin, f *adminFlags) (any, string, error) {
@@ -148,6 +186,32 @@ type adminFlags struct {
 	json     bool
 	customer string
 	macs     macList
+	expires  time.Duration
+}
+
+func orNever(s string) string {
+	if s == "" {
+		return "never"
+	}
+	return s
+}
+
+// secretTable is `token list` or `credential list` for a terminal.
+func secretTable(l []controlplane.Secret, appKeys bool) string {
+	var b strings.Builder
+	if appKeys {
+		fmt.Fprintf(&b, "%-6s %-20s %-16s %-8s %-20s %-20s %s\n", "ID", "CUSTOMER", "APPLICATION KEY", "STATUS", "CREATED", "EXPIRES", "REVOKED")
+	} else {
+		fmt.Fprintf(&b, "%-6s %-20s %-8s %-20s %-20s %s\n", "ID", "CUSTOMER", "STATUS", "CREATED", "EXPIRES", "REVOKED")
+	}
+	for _, x := range l {
+		if appKeys {
+			fmt.Fprintf(&b, "%-6d %-20s %-16s %-8s %-20s %-20s %s\n", x.ID, x.Customer, x.ApplicationKey, x.Status, x.Created, orNever(x.Expires), x.Revoked)
+		} else {
+			fmt.Fprintf(&b, "%-6d %-20s %-8s %-20s %-20s %s\n", x.ID, x.Customer, x.Status, x.Created, orNever(x.Expires), x.Revoked)
+		}
+	}
+	return strings.TrimSuffix(b.String(), "\n")
 }
 
 // macList is a repeatable --mac.
@@ -178,8 +242,12 @@ func admin(ctx context.Context, args []string, stdout io.Writer, nargs int, fn f
 	f.fs.BoolVar(&f.json, "json", false, "print JSON")
 	f.fs.StringVar(&f.customer, "customer", "", "customer name")
 	f.fs.Var(&f.macs, "mac", "a MAC address the server boots from the network with (repeat for several)")
+	f.fs.DurationVar(&f.expires, "expires", 0, "token add, credential add: it stops working this long after (e.g. 720h; 0: never)")
 	if err := parseInterspersed(f.fs, args); err != nil {
 		return err
+	}
+	if f.expires < 0 {
+		return errors.New("--expires is a duration from now (e.g. 720h), or 0 for never")
 	}
 	if f.fs.NArg() != nargs {
 		return fmt.Errorf("want %d argument(s), got %d\n%s", nargs, f.fs.NArg(), usage)
@@ -206,7 +274,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("byoi-api serve", flag.ContinueOnError)
 	var d dbFlags
 	d.register(fs)
-	listen := fs.String("listen", "127.0.0.1:8080", "address to listen on")
+	listen := fs.String("listen", "127.0.0.1:8080", "address to listen on (the customer API and the panel; the agent API and network boot too unless --agent-listen, --boot-listen)")
+	agentListen := fs.String("agent-listen", "", "serve the agent API (/agent/v1) on this address only, not on --listen (TLS with --tls-cert too)")
+	bootListen := fs.String("boot-listen", "", "serve network boot (/boot, plain HTTP) on this address only, not on --listen")
+	maxAttempts := fs.Int("max-attempts", 3, "fail a deployment whose agent restarted this many times (0: no cap)")
+	bodyMemory := fs.Int64("body-memory", 256, "MiB of request bodies held at once, all requests together (beyond: 503)")
+	bootRate := fs.Int("boot-rate", controlplane.DefaultBootRatePerMinute, "with --rescue-dir: network boot requests a minute per source address (-1: no limit)")
+	bootBurst := fs.Int("boot-burst", controlplane.DefaultBootBurst, "with --rescue-dir: network boot requests a source may send at once")
+	bootProxies := fs.String("boot-trusted-proxy", "", "with --rescue-dir: addresses or CIDRs of proxies whose X-Forwarded-For names a network boot request's source")
 	tlsCert := fs.String("tls-cert", "", "TLS certificate file (PEM)")
 	tlsKey := fs.String("tls-key", "", "TLS key file (PEM)")
 	publicURL := fs.String("public-url", "", "URL clients reach this server's root at, behind a proxy (e.g. https://api.example.com/byoi): signatures are checked against it")
@@ -238,30 +313,83 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer st.Close()
-	cfg := controlplane.Config{Store: st, Keys: keys, Logger: log, PublicURL: strings.TrimSuffix(*publicURL, "/"), AgentTimeout: *agentTimeout, PickupTimeout: *pickupTimeout}
+	attempts := *maxAttempts
+	if attempts == 0 {
+		attempts = -1 // no cap
+	}
+	if *bodyMemory <= 0 {
+		return errors.New("--body-memory must be 1 (MiB) or more")
+	}
+	cfg := controlplane.Config{Store: st, Keys: keys, Logger: log, PublicURL: strings.TrimSuffix(*publicURL, "/"), AgentTimeout: *agentTimeout, PickupTimeout: *pickupTimeout,
+		MaxAttempts: attempts, BodyMemory: *bodyMemory << 20}
 	if *serverFacts != "" {
 		if cfg.Facts, err = controlplane.LoadFacts(*serverFacts); err != nil {
 			return err
 		}
 	}
 	if *rescueDir != "" {
-		cfg.Netboot = &controlplane.NetbootConfig{RescueDir: *rescueDir, BootURL: *bootURL, AgentURL: *agentURL, Cmdline: *rescueCmdline}
-	} else if *bootURL != "" || *agentURL != "" {
-		return errors.New("--boot-url and --agent-url go with --rescue-dir")
+		proxies, err := controlplane.ParseTrustedProxies(*bootProxies)
+		if err != nil {
+			return fmt.Errorf("--boot-trusted-proxy: %w", err)
+		}
+		if *bootRate == 0 {
+			return errors.New("--boot-rate must be a number of requests a minute, or -1 for no limit")
+		}
+		cfg.Netboot = &controlplane.NetbootConfig{RescueDir: *rescueDir, BootURL: *bootURL, AgentURL: *agentURL, Cmdline: *rescueCmdline,
+			RatePerMinute: *bootRate, Burst: *bootBurst, TrustedProxies: proxies}
+	} else if *bootURL != "" || *agentURL != "" || *bootListen != "" {
+		return errors.New("--boot-url, --agent-url and --boot-listen go with --rescue-dir")
 	}
 	srv, err := controlplane.New(cfg)
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return err
+	// The listeners: --listen serves every part the others do not.
+	type listener struct {
+		addr  string
+		parts controlplane.Part
+		tls   bool
+		what  string
 	}
-	// Agents and customers keep their connections (HTTP/1.1 keep-alive):
-	// an idle one is closed after 2 minutes; headers must come within 10 s
-	// and stay small (our requests carry a few short ones).
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	main := listener{addr: *listen, parts: controlplane.PartAll, tls: *tlsCert != "", what: "customer API"}
+	ls := []*listener{&main}
+	if *agentListen != "" {
+		main.parts &^= controlplane.PartAgent
+		ls = append(ls, &listener{addr: *agentListen, parts: controlplane.PartAgent, tls: *tlsCert != "", what: "agent API"})
+	}
+	if *bootListen != "" {
+		main.parts &^= controlplane.PartBoot
+		ls = append(ls, &listener{addr: *bootListen, parts: controlplane.PartBoot, what: "network boot"})
+	}
+	var servers []*http.Server
+	errc := make(chan error, len(ls))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for _, l := range ls {
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			for _, hs := range servers {
+				hs.Close()
+			}
+			return fmt.Errorf("%s: %w", l.what, err)
+		}
+		// Agents and customers keep their connections (HTTP/1.1
+		// keep-alive): an idle one is closed after 2 minutes; headers must
+		// come within 10 s and stay small (our requests carry a few short
+		// ones). Bodies have their own deadline, set per request once the
+		// request is authenticated (controlplane's readBody).
+		hs := &http.Server{Handler: srv.HandlerFor(l.parts), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
+			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		servers = append(servers, hs)
+		go func(l *listener) {
+			if l.tls {
+				errc <- hs.ServeTLS(ln, *tlsCert, *tlsKey)
+			} else {
+				errc <- hs.Serve(ln)
+			}
+		}(l)
+		log.Warn("byoi-api serving", "addr", ln.Addr().String(), "serves", l.what+partsText(l.parts), "tls", l.tls, "db", d.shown(), "netboot", cfg.Netboot != nil)
+	}
 	if *pprofAddr != "" {
 		// Block and mutex profiles too (/debug/pprof/block, /mutex): a
 		// sample of waits longer than 100 µs and of 1 in 20 contended locks.
@@ -274,18 +402,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		go http.ListenAndServe(*pprofAddr, mux)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	go srv.RunTimeouts(ctx)
-	errc := make(chan error, 1)
-	go func() {
-		if *tlsCert != "" {
-			errc <- hs.ServeTLS(ln, *tlsCert, *tlsKey)
-		} else {
-			errc <- hs.Serve(ln)
-		}
-	}()
-	log.Warn("byoi-api serving", "addr", ln.Addr().String(), "tls", *tlsCert != "", "db", d.shown(), "netboot", cfg.Netboot != nil)
 	select {
 	case err := <-errc:
 		return err
@@ -293,5 +410,26 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer scancel()
-	return hs.Shutdown(sctx)
+	var serr error
+	for _, hs := range servers {
+		serr = errors.Join(serr, hs.Shutdown(sctx))
+	}
+	return serr
+}
+
+// partsText names what a listener serves besides its first part.
+func partsText(p controlplane.Part) string {
+	var also []string
+	if p&controlplane.PartCustomer != 0 && p != controlplane.PartCustomer {
+		if p&controlplane.PartAgent != 0 {
+			also = append(also, "agent API")
+		}
+		if p&controlplane.PartBoot != 0 {
+			also = append(also, "network boot")
+		}
+	}
+	if len(also) == 0 {
+		return ""
+	}
+	return ", " + strings.Join(also, ", ")
 }

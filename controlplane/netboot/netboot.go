@@ -7,8 +7,9 @@
 // Everything here is served over plain HTTP without authentication: the
 // iPXE ROMs servers carry (Debian 12's are of 2019) have no HTTPS and
 // cannot sign a request. The scripts hold no secret except the rescue
-// script's agent token, which the control plane mints anew for each
-// rescue script it serves.
+// script's agent token, which the control plane hands out once, when it
+// expects the server to boot its rescue; every other asker gets
+// NoTokenScript, the same bytes whoever asks.
 //
 // Why each firmware boots the local disk the way it does (proved in QEMU
 // with Debian 12's iPXE ROMs, SeaBIOS and OVMF; see the control plane's
@@ -152,26 +153,43 @@ func RescueScript(r Rescue) string {
 	return b.String()
 }
 
+// NoTokenScript boots the rescue system without an agent token: the
+// answer to a MAC address no server has, and to one whose server is not
+// expecting a rescue boot (its token was handed out already, its agent is
+// alive, or nothing asked for rescue). It holds nothing of the asker (the
+// NIC's MAC comes from iPXE's own ${netX/mac}): the same bytes for every
+// MAC, so that it tells no registered MAC from an unknown one and names no
+// server. byoi.notoken=1 makes the rescue's init say on the console why it
+// has no token.
+func NoTokenScript(bootURL, cmdline string) string {
+	var b strings.Builder
+	b.WriteString("#!ipxe\n")
+	b.WriteString("echo byoi: no agent token for this boot (see the rescue's console)\n")
+	b.WriteString("kernel " + bootURL + "/boot/rescue/vmlinuz initrd=initrd.img quiet")
+	if cmdline != "" {
+		b.WriteString(" " + cmdline)
+	}
+	b.WriteString(" BOOTIF=01-${netX/mac:hexhyp} byoi.notoken=1\n")
+	b.WriteString("initrd " + bootURL + "/boot/rescue/initrd.img\n")
+	b.WriteString("boot\n")
+	return b.String()
+}
+
 // DiskScript sends the server to its local disk: under UEFI by exiting to
 // the firmware (the agent's boot entry comes next in BootOrder); under
 // legacy BIOS through bootsel when the deployed disk's key is known (key
-// not nil), else by exiting to the BIOS (its first hard disk).
-func DiskScript(bootURL, server string, key *DiskKey) string {
+// not nil), else by exiting to the BIOS (its first hard disk). It names
+// no server.
+func DiskScript(bootURL string, key *DiskKey) string {
 	var b strings.Builder
 	b.WriteString("#!ipxe\n")
-	b.WriteString("echo byoi: server " + server + ": booting its local disk\n")
+	b.WriteString("echo byoi: booting its local disk\n")
 	b.WriteString("iseq ${platform} pcbios || exit\n")
 	if key != nil {
 		b.WriteString("chain " + bootURL + "/boot/bootsel/" + strings.Replace(key.String(), ":", "-", 1) + ".bin || exit\n")
 	}
 	b.WriteString("exit\n")
 	return b.String()
-}
-
-// UnknownScript is the answer to a MAC address no server has: iPXE gives
-// the boot back to the firmware's next device.
-func UnknownScript(mac string) string {
-	return "#!ipxe\necho byoi: no server has MAC " + mac + ": booting the next device\nexit\n"
 }
 
 // SafeURL reports whether u can be written into an iPXE script and a

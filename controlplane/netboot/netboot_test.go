@@ -95,15 +95,27 @@ func TestScripts(t *testing.T) {
 		t.Fatalf("rescue script:\n%s\nwant:\n%s", r, want)
 	}
 	k, _ := ParseDiskKey("gpt:efbeadde0000c0ffee00112233445566")
-	d := DiskScript("http://cp", "ns1", &k)
+	d := DiskScript("http://cp", &k)
 	if !strings.Contains(d, "iseq ${platform} pcbios || exit\nchain http://cp/boot/bootsel/gpt-efbeadde0000c0ffee00112233445566.bin || exit\nexit\n") {
 		t.Fatalf("disk script:\n%s", d)
 	}
-	if d := DiskScript("http://cp", "ns1", nil); strings.Contains(d, "chain") || !strings.HasSuffix(d, "exit\n") {
+	if d := DiskScript("http://cp", nil); strings.Contains(d, "chain") || !strings.HasSuffix(d, "exit\n") {
 		t.Fatalf("disk script without a key:\n%s", d)
 	}
 	if c := ChainScript("http://cp"); !strings.Contains(c, "chain http://cp/boot/mac/${netX/mac:hexhyp}.ipxe\n") {
 		t.Fatalf("chain script:\n%s", c)
+	}
+	if strings.Contains(d, "ns1") {
+		t.Fatalf("the disk script names the server:\n%s", d)
+	}
+	n := NoTokenScript("http://10.0.2.2:8080", "console=ttyS0,115200")
+	want = "#!ipxe\n" +
+		"echo byoi: no agent token for this boot (see the rescue's console)\n" +
+		"kernel http://10.0.2.2:8080/boot/rescue/vmlinuz initrd=initrd.img quiet console=ttyS0,115200 BOOTIF=01-${netX/mac:hexhyp} byoi.notoken=1\n" +
+		"initrd http://10.0.2.2:8080/boot/rescue/initrd.img\n" +
+		"boot\n"
+	if n != want {
+		t.Fatalf("script without a token:\n%s\nwant:\n%s", n, want)
 	}
 }
 

@@ -49,9 +49,13 @@ var index = template.Must(template.ParseFS(staticFS, "static/index.html"))
 // Backend is what the panel needs of the customer API
 // (controlplane.Server implements it).
 type Backend interface {
-	// CustomerByAccessToken is the customer of an access token (the
-	// customer API's Bearer token), or an error.
-	CustomerByAccessToken(ctx context.Context, token string) (store.Customer, error)
+	// AccessToken is the customer of a valid access token (the customer
+	// API's Bearer token) and the token, or an error.
+	AccessToken(ctx context.Context, token string) (store.Customer, store.AccessToken, error)
+	// ReadBody reads a request's body with the API's deadline and memory
+	// budget, answering a refusal itself (ok false); release gives the
+	// memory back.
+	ReadBody(w http.ResponseWriter, r *http.Request, limit int64) (body []byte, release func(), ok bool)
 	// ServeCustomerAPI serves r, whose path is a customer API path under
 	// /1.0, as customer cu: the API's handlers, ownership checks, body
 	// limits and error answers.
@@ -168,7 +172,9 @@ func (p *Panel) page(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Panel) asset(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path == Prefix+"static/index.html" {
+	// Files only: no directory index (FileServer would serve the page's
+	// raw template as static/'s index).
+	if r.URL.Path == Prefix+"static/index.html" || strings.HasSuffix(r.URL.Path, "/") {
 		refuse(w, http.StatusNotFound, job.APINotFound, "path")
 		return
 	}

@@ -8,7 +8,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"strings"
 
@@ -140,21 +139,6 @@ func (p *Panel) session(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// readBody reads a size-limited body, answering the refusal itself.
-func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	if err != nil {
-		var mb *http.MaxBytesError
-		if errors.As(err, &mb) {
-			refuse(w, http.StatusRequestEntityTooLarge, job.APIBodyTooLarge, limit)
-		} else {
-			refuse(w, http.StatusBadRequest, job.APIBadRequest, "request body could not be read")
-		}
-		return nil, false
-	}
-	return b, true
-}
-
 // login exchanges an access token for a session.
 func (p *Panel) login(w http.ResponseWriter, r *http.Request) {
 	pre, err := r.Cookie(preSessionCookie)
@@ -162,7 +146,8 @@ func (p *Panel) login(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusForbidden, job.APICSRF)
 		return
 	}
-	body, ok := readBody(w, r, maxSmallBody)
+	body, release, ok := p.cfg.Backend.ReadBody(w, r, maxSmallBody)
+	defer release()
 	if !ok {
 		return
 	}
@@ -175,7 +160,7 @@ func (p *Panel) login(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusUnauthorized, job.APIBadToken)
 		return
 	}
-	cu, err := p.cfg.Backend.CustomerByAccessToken(r.Context(), in.Token)
+	cu, tok, err := p.cfg.Backend.AccessToken(r.Context(), in.Token)
 	if err != nil {
 		refuse(w, http.StatusUnauthorized, job.APIBadToken)
 		return
@@ -185,12 +170,18 @@ func (p *Panel) login(w http.ResponseWriter, r *http.Request) {
 	}
 	id := newID()
 	now := p.cfg.Now()
-	if err := p.cfg.Store.CreateSession(r.Context(), store.Session{IDHash: hashID(id), CustomerID: cu.ID, CreatedAt: now, ExpiresAt: now.Add(p.cfg.SessionTTL)}); err != nil {
+	// The session ends with the token (revoking it deletes the session;
+	// one that expires sooner ends it sooner).
+	expires := now.Add(p.cfg.SessionTTL)
+	if !tok.ExpiresAt.IsZero() && tok.ExpiresAt.Before(expires) {
+		expires = tok.ExpiresAt
+	}
+	if err := p.cfg.Store.CreateSession(r.Context(), store.Session{IDHash: hashID(id), CustomerID: cu.ID, CreatedAt: now, ExpiresAt: expires, AccessTokenID: tok.ID}); err != nil {
 		p.log.Error("panel: create session", "err", err)
 		refuse(w, http.StatusInternalServerError, job.APIInternal)
 		return
 	}
-	p.setCookie(w, r, sessionCookie, id, int(p.cfg.SessionTTL.Seconds()))
+	p.setCookie(w, r, sessionCookie, id, int(expires.Sub(now).Seconds()))
 	p.setCookie(w, r, preSessionCookie, "", -1)
 	p.log.Info("panel: signed in", "customer", cu.Name)
 	writeJSON(w, http.StatusOK, sessionView{Customer: cu.Name, CSRF: csrfToken(id)})
@@ -212,7 +203,8 @@ func (p *Panel) logout(w http.ResponseWriter, r *http.Request) {
 // validate runs the checks of POST .../reinstall on the form's body.
 func (p *Panel) validate(w http.ResponseWriter, r *http.Request) {
 	p.authed(w, r, func(_ string, cu store.Customer) {
-		body, ok := readBody(w, r, job.MaxJobSize)
+		body, release, ok := p.cfg.Backend.ReadBody(w, r, job.MaxJobSize)
+		defer release()
 		if !ok {
 			return
 		}

@@ -83,6 +83,15 @@ func (e *TaskRunningError) Error() string {
 	return job.Text(job.APITaskRunning, e.Task.ID, e.Task.Function, e.Task.Status, e.Server)
 }
 
+// AttemptsExhaustedError is an attempt refused because the deployment had
+// its cap: the deployment has been failed.
+type AttemptsExhaustedError struct{ Attempts int }
+
+func (e *AttemptsExhaustedError) Error() string {
+	return job.Text(job.APIAttemptsExhausted, e.Attempts)
+}
+func (e *AttemptsExhaustedError) Unwrap() error { return ErrGone }
+
 // StaleAttemptError tells the agent which attempt is current.
 type StaleAttemptError struct{ Got, Current int }
 
@@ -107,6 +116,32 @@ type Credential struct {
 	SealedSecret    []byte
 	ConsumerKeyHash []byte
 	CreatedAt       time.Time
+	ExpiresAt       time.Time // zero: never
+	RevokedAt       time.Time // zero: not revoked
+	CustomerName    string    // filled by Credentials (listing) only
+}
+
+// Valid reports whether the credential may authenticate at now.
+func (c Credential) Valid(now time.Time) bool { return Usable(c.ExpiresAt, c.RevokedAt, now) }
+
+// AccessToken is a customer's bearer token (only its hash is stored).
+type AccessToken struct {
+	ID           int64
+	CustomerID   int64
+	Hash         []byte
+	CreatedAt    time.Time
+	ExpiresAt    time.Time // zero: never
+	RevokedAt    time.Time // zero: not revoked
+	CustomerName string    // filled by AccessTokens (listing) only
+}
+
+// Valid reports whether the token may authenticate at now.
+func (t AccessToken) Valid(now time.Time) bool { return Usable(t.ExpiresAt, t.RevokedAt, now) }
+
+// Usable is the rule of every revocable secret: not revoked, and not
+// expired at now (a zero expiry never comes).
+func Usable(expires, revoked, now time.Time) bool {
+	return revoked.IsZero() && (expires.IsZero() || now.Before(expires))
 }
 
 // Server is a bare-metal server.
@@ -120,12 +155,49 @@ type Server struct {
 	Inventory         []byte // agentapi.Inventory JSON, nil until the agent posted one
 	InventoryAt       time.Time
 	CreatedAt         time.Time
+	// The agent token and network boot's rules about it (rules.go).
+	Armed       ArmState
+	TokenSource int       // TokenByOperator or TokenByNetboot
+	TokenAt     time.Time // when a TokenByNetboot token was minted
+	TokenDoneAt time.Time // when the deployment of a TokenByNetboot token ended done
+	AgentSeen   time.Time // the agent's last request outside a deployment's events (TouchAgent)
+	HasToken    bool      // an agent token is set (not revoked)
 	// Props are the properties the customer set with OVH's PUT
 	// /dedicated/server/{sn} beyond bootId and efiBootloaderPath
 	// (monitoring, state, bootScript...): a JSON document the control
 	// plane owns, nil until first set.
 	Props []byte
 }
+
+// Sources of a server's agent token.
+const (
+	// TokenByOperator: issued by hand (server add, server token): it
+	// works until replaced or revoked.
+	TokenByOperator = 0
+	// TokenByNetboot: minted by a rescue script: revoked when the disk
+	// script is served after its deployment ended done, or a while after
+	// that end (Config.TokenGrace).
+	TokenByNetboot = 1
+)
+
+// ArmState says whether a server's next rescue script mints an agent
+// token.
+type ArmState int
+
+// Arm states.
+const (
+	// Disarmed: a rescue script mints a token only when the server's
+	// agent is not live (MayMint).
+	Disarmed ArmState = 0
+	// ArmedRescue: a customer action asked for rescue (a new deployment,
+	// PUT bootId rescue, DELETE): the next rescue script mints a token,
+	// unless the server's agent is live (its rescue did not go away).
+	ArmedRescue ArmState = 1
+	// ArmedReboot: byoi-api rebooted or power-cycled the server (or is
+	// about to): whatever its agent said before counts for nothing; the
+	// next rescue script mints a token.
+	ArmedReboot ArmState = 2
+)
 
 // Deployment is one BYOI deployment (either request shape) of a server.
 type Deployment struct {
@@ -144,10 +216,13 @@ type Deployment struct {
 	BytesDone  int64
 	BytesTotal int64
 	Cleared    bool // DELETEd: no longer the server's current status, still in history
-	CreatedAt  time.Time
-	UpdatedAt  time.Time
-	EndedAt    time.Time // zero while running
-	LastSeen   time.Time // last word from the agent; zero until the first attempt
+	// MaxAttempts is the attempt cap the deployment was created with (0:
+	// none).
+	MaxAttempts int
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+	EndedAt     time.Time // zero while running
+	LastSeen    time.Time // last word from the agent; zero until the first attempt
 }
 
 // Ended reports whether the deployment is over.
@@ -187,6 +262,9 @@ type Session struct {
 	CustomerID int64
 	CreatedAt  time.Time
 	ExpiresAt  time.Time
+	// AccessTokenID is the access token the session was opened with
+	// (revoking it ends the session); 0: none.
+	AccessTokenID int64
 }
 
 // BootInfo is how a server boots the disk a deployment wrote, as its agent
@@ -209,7 +287,32 @@ type NewDeployment struct {
 	// EFIBootloaderPath, when not empty, becomes the server's (reinstall
 	// customization).
 	EFIBootloaderPath string
-	Now               time.Time
+	// MaxAttempts fails the deployment when its agent would open one
+	// attempt more (0: no cap).
+	MaxAttempts int
+	Now         time.Time
+}
+
+// BootMint is what MintBootToken needs: the hash of a new agent token for
+// the server, and the rule's parameters (MayMint).
+type BootMint struct {
+	ServerID  int64
+	TokenHash []byte
+	Now       time.Time
+	// Silence: an agent not heard from for this long is not live (3x
+	// the agent's heartbeat interval).
+	Silence time.Duration
+	// Grace: a TokenByNetboot token ends this long after its deployment
+	// ended done.
+	Grace time.Duration
+}
+
+// SealedSample is one value sealed with the key file, for checking a key
+// against a database made before the key's check value existed.
+type SealedSample struct {
+	AppKey   string // a credential's application key ("" for a job)
+	ServerID int64  // a job's server
+	Sealed   []byte
 }
 
 // Append is one event batch of an agent.
@@ -245,7 +348,51 @@ type Store interface {
 	CreateCredential(ctx context.Context, c Credential) (Credential, error)
 	CredentialByAppKey(ctx context.Context, appKey string) (Credential, error)
 	CreateAccessToken(ctx context.Context, customerID int64, tokenHash []byte, now time.Time) error
+	// CustomerByAccessToken is the customer of a token not revoked nor
+	// expired (by the real clock).
 	CustomerByAccessToken(ctx context.Context, tokenHash []byte) (Customer, error)
+
+	// Revocable secrets. A revoked or expired one fails at once on every
+	// instance: the API reads them on each request (no cache).
+
+	// AddAccessToken stores t (its ID is set) and returns it.
+	AddAccessToken(ctx context.Context, t AccessToken) (AccessToken, error)
+	// AccessTokenByHash is a token as stored, revoked and expired ones too
+	// (AccessToken.Valid says).
+	AccessTokenByHash(ctx context.Context, tokenHash []byte) (AccessToken, error)
+	// AccessTokens lists a customer's tokens (0: every customer's), by id.
+	AccessTokens(ctx context.Context, customerID int64) ([]AccessToken, error)
+	// RevokeAccessToken revokes token id (of customerID, 0: of anyone)
+	// and deletes the panel sessions opened with it; ErrNotFound for no
+	// such token, a token already revoked is not an error.
+	RevokeAccessToken(ctx context.Context, customerID, id int64, now time.Time) error
+	// CredentialByID is a credential as stored.
+	CredentialByID(ctx context.Context, id int64) (Credential, error)
+	// Credentials lists a customer's credentials (0: every customer's),
+	// by id.
+	Credentials(ctx context.Context, customerID int64) ([]Credential, error)
+	// RevokeCredential revokes credential id (of customerID, 0: of
+	// anyone); ErrNotFound for no such credential.
+	RevokeCredential(ctx context.Context, customerID, id int64, now time.Time) error
+
+	// RememberSignature records the hash of a signed request's signature
+	// until expires, and forgets those expired at now: ErrExists when it
+	// is already there (a replay), on every instance sharing the
+	// database.
+	RememberSignature(ctx context.Context, hash []byte, expires, now time.Time) error
+
+	// The database's own settings (the key file's check value).
+
+	// Meta is a setting's value, or ErrNotFound.
+	Meta(ctx context.Context, name string) ([]byte, error)
+	// PutMeta sets a setting that has none: ErrExists when it has one.
+	PutMeta(ctx context.Context, name string, value []byte) error
+	// Empty reports whether the database holds no customer, credential,
+	// token or server.
+	Empty(ctx context.Context) (bool, error)
+	// SealedSample is one sealed value (a credential's secret, else a
+	// job), or ErrNotFound when there is none.
+	SealedSample(ctx context.Context) (SealedSample, error)
 
 	// Control Panel sessions, shared by every instance on the database.
 
@@ -288,6 +435,29 @@ type Store interface {
 	// BootInfo is the server's latest record, or ErrNotFound.
 	BootInfo(ctx context.Context, serverID int64) (BootInfo, error)
 
+	// Boot tokens: network boot hands a server's rescue its agent token
+	// once (rules.go).
+
+	// ArmServer arms the server's network boot: its next rescue script
+	// mints an agent token (MayMint). ArmedRescue is what a customer's
+	// request for rescue does (CreateDeployment, SetBoot to rescue and
+	// ClearDeployments arm by themselves); ArmedReboot is for byoi-api's
+	// own reboots and power cycles (the rescue running now goes away).
+	// An arm never lowers one already set. ErrNotFound for no server.
+	ArmServer(ctx context.Context, serverID int64, how ArmState) error
+	// MintBootToken stores m.TokenHash as the server's agent token
+	// (TokenByNetboot) and disarms it, when MayMint says so; false when it
+	// does not (nothing changes). Of two instances minting at once, one
+	// mints.
+	MintBootToken(ctx context.Context, m BootMint) (bool, error)
+	// RevokeBootToken revokes the server's agent token when it is
+	// TokenByNetboot, minted before doneAt (the end of the deployment
+	// whose disk is now booted): true when it did.
+	RevokeBootToken(ctx context.Context, serverID int64, doneAt time.Time) (bool, error)
+	// TouchAgent records that the server's agent spoke at now (not
+	// waited for on disk).
+	TouchAgent(ctx context.Context, serverID int64, now time.Time) error
+
 	// Deployments, as the customer sees them.
 
 	// CreateDeployment creates a deployment and its task (status init),
@@ -328,7 +498,9 @@ type Store interface {
 	RunningDeployment(ctx context.Context, serverID int64) (Deployment, []byte, error)
 	// OpenAttempt opens the next attempt of a running deployment (task
 	// doing; a second or later attempt is recorded in the history); ErrGone
-	// when it has ended.
+	// when it has ended, and *AttemptsExhaustedError (an ErrGone) when it
+	// had its MaxAttempts: the deployment is failed then. It disarms
+	// the server's network boot (ArmedRescue: the rescue is there).
 	OpenAttempt(ctx context.Context, serverID, deploymentID int64, now time.Time) (int, error)
 	// AppendEvents stores a batch (idempotent by (deployment, attempt,
 	// seq)), moves the deployment on, and on a final event ends it and
@@ -381,6 +553,11 @@ func SilentEntry(d time.Duration, now time.Time) job.Event {
 // PickupEntry ends a deployment no agent picked up within d.
 func PickupEntry(d time.Duration, now time.Time) job.Event {
 	return job.Event{Time: now, Status: job.StatusError, Kind: job.KindInfo, Code: job.APIPickupTimeout, Message: job.Text(job.APIPickupTimeout, d.String())}
+}
+
+// ExhaustedEntry ends a deployment whose agent restarted max times.
+func ExhaustedEntry(max int, now time.Time) job.Event {
+	return job.Event{Time: now, Status: job.StatusError, Kind: job.KindInfo, Code: job.APIAttemptsExhausted, Message: job.Text(job.APIAttemptsExhausted, max)}
 }
 
 // CancelledEntry ends a deployment erased by the customer.

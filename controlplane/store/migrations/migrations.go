@@ -314,6 +314,65 @@ CREATE TABLE server_boot (
 		SQLite:   `ALTER TABLE servers ADD COLUMN props BLOB;`,
 		Postgres: `ALTER TABLE servers ADD COLUMN props BYTEA;`,
 	},
+	// 7: trust the network less (issue 22; numbered after issue 24's 6,
+	// merged first). A server's network boot is armed (its next rescue script mints an agent token, then it is
+	// disarmed; a new server starts armed), its token's source (0: the
+	// operator's, by hand; 1: minted by a rescue script), when it was set,
+	// when its deployment ended done (a minted token expires some time
+	// after), and when its agent last spoke outside a deployment's events.
+	// A deployment's attempt cap. Access tokens and credentials expire
+	// and are revoked; a panel session remembers the access token it was
+	// made with. The signatures of signed non-GET requests seen within
+	// the time window (replays are refused on every instance), and the
+	// key file's sealed check value.
+	7: {
+		SQLite: `
+ALTER TABLE servers ADD COLUMN boot_armed INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE servers ADD COLUMN token_source INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE servers ADD COLUMN token_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE servers ADD COLUMN token_done_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE servers ADD COLUMN agent_seen INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE deployments ADD COLUMN max_attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE access_tokens ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE access_tokens ADD COLUMN revoked_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE credentials ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE credentials ADD COLUMN revoked_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN access_token_id INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX sessions_token ON sessions(access_token_id);
+CREATE TABLE signatures (
+	hash BLOB PRIMARY KEY,
+	expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX signatures_expiry ON signatures(expires_at);
+CREATE TABLE meta (
+	name TEXT PRIMARY KEY,
+	value BLOB NOT NULL
+);
+`,
+		Postgres: `
+ALTER TABLE servers ADD COLUMN boot_armed INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE servers ADD COLUMN token_source INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE servers ADD COLUMN token_at BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE servers ADD COLUMN token_done_at BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE servers ADD COLUMN agent_seen BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE deployments ADD COLUMN max_attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE access_tokens ADD COLUMN expires_at BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE access_tokens ADD COLUMN revoked_at BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE credentials ADD COLUMN expires_at BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE credentials ADD COLUMN revoked_at BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN access_token_id BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX sessions_token ON sessions(access_token_id);
+CREATE TABLE signatures (
+	hash BYTEA PRIMARY KEY,
+	expires_at BIGINT NOT NULL
+);
+CREATE INDEX signatures_expiry ON signatures(expires_at);
+CREATE TABLE meta (
+	name TEXT PRIMARY KEY,
+	value BYTEA NOT NULL
+);
+`,
+	},
 }
 
 // Latest is the newest schema version.

@@ -7,9 +7,38 @@ import (
 	"time"
 
 	"github.com/byoi/byoi/controlplane/store"
+	"github.com/byoi/byoi/controlplane/store/sqlstore"
 	"github.com/byoi/byoi/job"
 	"github.com/jackc/pgx/v5"
 )
+
+// Group commit of event batches.
+const (
+	// writers is the transactions of event batches in flight per
+	// instance: two, so that a group waiting for its WAL flush (a final
+	// event) does not hold up the progress of the others.
+	writers  = 2
+	maxGroup = 256 // batches in one transaction
+	// groupLinger is how long a writer waits for more batches once it
+	// has one.
+	groupLinger = 2 * time.Millisecond
+)
+
+func (c *committer) start() {
+	stopped := make(chan struct{}, writers)
+	for range writers {
+		go func() {
+			defer func() { stopped <- struct{}{} }()
+			c.writer()
+		}()
+	}
+	go func() {
+		for range writers {
+			<-stopped
+		}
+		close(c.done)
+	}()
+}
 
 // appendReq is one AppendEvents waiting for a writer.
 type appendReq struct {
@@ -19,64 +48,49 @@ type appendReq struct {
 	done chan struct{}
 }
 
-func (s *Store) AppendEvents(ctx context.Context, a store.Append) (store.Ack, error) {
+// AppendEvents queues a batch for a writer and waits for its group.
+func (c *committer) AppendEvents(ctx context.Context, a store.Append) (store.Ack, error) {
 	r := &appendReq{a: a, done: make(chan struct{})}
 	select {
-	case s.appends <- r:
+	case c.appends <- r:
 	case <-ctx.Done():
 		return store.Ack{}, ctx.Err()
-	case <-s.quit:
+	case <-c.quit:
 		return store.Ack{}, errors.New("postgres: store closed")
 	}
 	// Wait for the commit even if ctx ends meanwhile: the answer must
 	// match what the database holds.
 	<-r.done
-	if r.ack.Done {
-		s.tokens.Forget(a.ServerID) // boot
-	}
 	return r.ack, r.err
 }
 
 // writer is one group committer: it takes every batch waiting (up to
 // maxGroup) and stores them in one transaction.
-func (s *Store) writer() {
+func (c *committer) writer() {
 	for {
 		var group []*appendReq
 		select {
-		case <-s.quit:
+		case <-c.quit:
 			// Answer what is still queued: nothing was stored.
 			for {
 				select {
-				case r := <-s.appends:
+				case r := <-c.appends:
 					r.err = errors.New("postgres: store closed")
 					close(r.done)
 				default:
 					return
 				}
 			}
-		case r := <-s.appends:
-			group = append(group, r)
+		case r := <-c.appends:
+			group = sqlstore.Gather(c.appends, r, maxGroup, groupLinger)
 		}
-		// Linger a moment for more: a group's cost in round trips and
-		// statements is the same for one batch or a hundred.
-		linger := time.NewTimer(groupLinger)
-	more:
-		for len(group) < maxGroup {
-			select {
-			case r := <-s.appends:
-				group = append(group, r)
-			case <-linger.C:
-				break more
-			}
-		}
-		linger.Stop()
-		err := s.appendGroup(group)
+		err := c.appendGroup(group)
 		if err != nil && len(group) > 1 {
 			// One batch may have made the whole group fail (or two groups
 			// deadlocked): each alone, so only the guilty one fails.
 			for _, r := range group {
 				r.ack, r.err = store.Ack{}, nil
-				if err := s.appendGroup([]*appendReq{r}); err != nil {
+				if err := c.appendGroup([]*appendReq{r}); err != nil {
 					r.err = err
 				}
 			}
@@ -91,17 +105,12 @@ func (s *Store) writer() {
 
 // depl is a deployment's row as the group found it and moves it on.
 type depl struct {
-	serverID                     int64
-	status, step, message, code  string
-	attempt                      int
-	lastSeq, bytesDone, bytesTot int64
-	eventTime, historyN, taskID  int64
-	lastSeen, updatedAt          int64
-	touched, ended               bool
-	endStatus, endMessage        string
-	endCode                      job.Code
-	endAt                        time.Time
-	endBoot                      int64
+	serverID, taskID    int64
+	p                   store.Progress
+	lastSeen, updatedAt int64
+	touched             bool
+	end                 *store.End
+	endAt               time.Time
 }
 
 // appendGroup stores a group of event batches in one transaction of two
@@ -111,7 +120,7 @@ type depl struct {
 // statement, end the deployments a final event ended, COMMIT. Each
 // batch's answer (or refusal) is set on its request; the error returned
 // is the group's, when the transaction failed.
-func (s *Store) appendGroup(group []*appendReq) error {
+func (c *committer) appendGroup(group []*appendReq) error {
 	ctx := context.Background()
 	var ids, finals []int64
 	for _, r := range group {
@@ -125,7 +134,7 @@ func (s *Store) appendGroup(group []*appendReq) error {
 	slices.Sort(finals)
 	finals = slices.Compact(finals)
 
-	conn, err := s.pool.Acquire(ctx)
+	conn, err := c.pool.Acquire(ctx)
 	if err != nil {
 		return err
 	}
@@ -147,14 +156,16 @@ func (s *Store) appendGroup(group []*appendReq) error {
 		b.Queue(`SELECT id FROM servers WHERE id = ANY($1) ORDER BY id FOR UPDATE`, finals)
 	}
 	state := make(map[int64]*depl, len(ids))
-	b.Queue(`SELECT id, server_id, status, step, message, code, attempt, last_seq, bytes_done, bytes_total, event_time, history_n, task_id, last_seen, updated_at
+	b.Queue(`SELECT id, server_id, status, step, message, attempt, last_seq, bytes_done, bytes_total, event_time, history_n, task_id, last_seen, updated_at
 		FROM deployments WHERE id = ANY($1) ORDER BY id FOR UPDATE`, ids).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
-			var id int64
+			var id, eventTime int64
+			var step string
 			d := &depl{}
-			if err := rows.Scan(&id, &d.serverID, &d.status, &d.step, &d.message, &d.code, &d.attempt, &d.lastSeq, &d.bytesDone, &d.bytesTot, &d.eventTime, &d.historyN, &d.taskID, &d.lastSeen, &d.updatedAt); err != nil {
+			if err := rows.Scan(&id, &d.serverID, &d.p.Status, &step, &d.p.Message, &d.p.Attempt, &d.p.LastSeq, &d.p.BytesDone, &d.p.BytesTotal, &eventTime, &d.p.HistoryN, &d.taskID, &d.lastSeen, &d.updatedAt); err != nil {
 				return err
 			}
+			d.p.Step, d.p.EventTime = job.Step(step), sqlstore.Tm(eventTime)
 			state[id] = d
 		}
 		return rows.Err()
@@ -178,55 +189,25 @@ func (s *Store) appendGroup(group []*appendReq) error {
 			r.err = store.ErrNotFound
 			continue
 		}
-		if d.status != store.StatusDoing {
-			// A repeat of the batch that ended the deployment (its answer
-			// was lost) is acknowledged again; anything else is gone.
-			if (d.status == store.StatusDone || d.status == store.StatusError) && a.Attempt == d.attempt && len(a.Events) > 0 && a.Events[len(a.Events)-1].Seq <= d.lastSeq {
-				r.ack = store.Ack{Seq: d.lastSeq, Done: true}
-				continue
-			}
-			r.err = store.ErrGone
+		ap, err := store.ApplyBatch(d.p, a)
+		r.ack, r.err = ap.Ack, err
+		if err != nil || !ap.Seen {
 			continue
 		}
-		if a.Attempt != d.attempt {
-			r.err = &store.StaleAttemptError{Got: a.Attempt, Current: d.attempt}
-			continue
-		}
-		var last *job.Event
-		prevStep, prevBytes, prevTime := job.Step(d.step), d.bytesDone, tm(d.eventTime)
-		for i := range a.Events {
-			e := a.Events[i]
-			if e.Seq <= d.lastSeq {
-				continue // already stored: a retry
-			}
-			rate := store.Rate(prevStep, prevBytes, prevTime, e)
-			d.historyN++
-			ev.depl, ev.n, ev.attempt, ev.seq = append(ev.depl, a.DeploymentID), append(ev.n, d.historyN), append(ev.attempt, int32(d.attempt)), append(ev.seq, e.Seq)
-			ev.source, ev.t, ev.rcv = append(ev.source, store.SourceAgent), append(ev.t, e.Time.UnixMilli()), append(ev.rcv, ms(a.Now))
+		for _, e := range ap.New {
+			ev.depl, ev.n, ev.attempt, ev.seq = append(ev.depl, a.DeploymentID), append(ev.n, e.N), append(ev.attempt, int32(e.Attempt)), append(ev.seq, e.Seq)
+			ev.source, ev.t, ev.rcv = append(ev.source, e.Source), append(ev.t, e.Time.UnixMilli()), append(ev.rcv, sqlstore.Ms(e.Received))
 			ev.status, ev.step, ev.kind, ev.code, ev.msg = append(ev.status, string(e.Status)), append(ev.step, string(e.Step)), append(ev.kind, string(e.Kind)), append(ev.code, string(e.Code)), append(ev.msg, e.Message)
-			ev.done, ev.total, ev.rate = append(ev.done, e.BytesDone), append(ev.total, e.BytesTotal), append(ev.rate, rate)
-			d.lastSeq = e.Seq
-			prevStep, prevBytes, prevTime = e.Step, e.BytesDone, e.Time
-			last = &a.Events[i]
+			ev.done, ev.total, ev.rate = append(ev.done, e.BytesDone), append(ev.total, e.BytesTotal), append(ev.rate, e.Rate)
 		}
 		d.touched = true
-		d.lastSeen = ms(a.Now)
-		r.ack.Seq = d.lastSeq
-		if last == nil {
+		d.lastSeen = sqlstore.Ms(a.Now)
+		if len(ap.New) == 0 {
 			continue // a heartbeat, or only events already stored
 		}
-		d.step, d.bytesDone, d.bytesTot, d.eventTime = string(prevStep), prevBytes, last.BytesTotal, ms(prevTime)
-		d.message, d.updatedAt = job.ProgressMessage(*last), ms(a.Now)
-		if !last.Final() {
-			continue
-		}
-		r.ack.Done = true
-		d.ended, d.endAt = true, a.Now
-		d.endCode = last.Code
-		if last.Status == job.StatusDone {
-			d.status, d.endStatus, d.endMessage, d.endBoot = store.StatusDone, store.StatusDone, job.ProgressMessage(*last), store.BootHarddisk
-		} else {
-			d.status, d.endStatus, d.endMessage, d.endBoot = store.StatusError, store.StatusError, last.Message, 0
+		d.p, d.updatedAt = ap.Progress, sqlstore.Ms(a.Now)
+		if ap.End != nil {
+			d.end, d.endAt = ap.End, a.Now
 		}
 	}
 
@@ -245,9 +226,9 @@ func (s *Store) appendGroup(group []*appendReq) error {
 		if d == nil || !d.touched {
 			continue
 		}
-		u.id, u.lastSeq, u.bytesDone, u.bytesTot = append(u.id, id), append(u.lastSeq, d.lastSeq), append(u.bytesDone, d.bytesDone), append(u.bytesTot, d.bytesTot)
-		u.eventTime, u.historyN, u.lastSeen, u.updatedAt = append(u.eventTime, d.eventTime), append(u.historyN, d.historyN), append(u.lastSeen, d.lastSeen), append(u.updatedAt, d.updatedAt)
-		u.step, u.message = append(u.step, d.step), append(u.message, d.message)
+		u.id, u.lastSeq, u.bytesDone, u.bytesTot = append(u.id, id), append(u.lastSeq, d.p.LastSeq), append(u.bytesDone, d.p.BytesDone), append(u.bytesTot, d.p.BytesTotal)
+		u.eventTime, u.historyN, u.lastSeen, u.updatedAt = append(u.eventTime, sqlstore.Ms(d.p.EventTime)), append(u.historyN, d.p.HistoryN), append(u.lastSeen, d.lastSeen), append(u.updatedAt, d.updatedAt)
+		u.step, u.message = append(u.step, string(d.p.Step)), append(u.message, d.p.Message)
 	}
 	if len(u.id) > 0 {
 		b.Queue(`UPDATE deployments d SET last_seq = u.last_seq, step = u.step, bytes_done = u.bytes_done, bytes_total = u.bytes_total, event_time = u.event_time,
@@ -258,9 +239,9 @@ func (s *Store) appendGroup(group []*appendReq) error {
 			u.id, u.lastSeq, u.step, u.bytesDone, u.bytesTot, u.eventTime, u.historyN, u.message, u.lastSeen, u.updatedAt)
 	}
 	for _, id := range ids {
-		if d := state[id]; d != nil && d.ended {
-			for _, st := range endStatements(id, d.taskID, d.serverID, d.endStatus, d.endCode, d.endMessage, d.endAt, d.endBoot) {
-				b.Queue(st[0].(string), st[1:]...)
+		if d := state[id]; d != nil && d.end != nil {
+			for _, st := range sqlstore.EndStatements(id, d.taskID, d.serverID, *d.end, d.endAt) {
+				b.Queue(sqlstore.Rebind(st.Query), st.Args...)
 			}
 		}
 	}

@@ -58,6 +58,13 @@ var cases = []struct {
 	{"NotFound", testNotFound},
 	{"Sessions", testSessions},
 	{"Netboot", testNetboot},
+	{"BootTokens", testBootTokens},
+	{"BootTokenRace", testBootTokenRace},
+	{"Revocable", testRevocable},
+	{"Signatures", testSignatures},
+	{"Meta", testMeta},
+	{"AttemptsCap", testAttemptsCap},
+	{"ClosedStore", testClosed},
 	{"ServerProps", testServerProps}, // issue 24
 	{"Tasks", testTasks},             // issue 24
 }

@@ -1,15 +1,15 @@
-package sqlitestore
+package sqlstore
 
 import (
 	"context"
-	"database/sql"
 	"time"
 
 	"github.com/byoi/byoi/controlplane/store"
 )
 
-// What OVH's own tools need of the store (issue 24): the server's
-// properties set by PUT, the task list, and tasks of no deployment.
+// What OVH's own tools need of the store (issue 24, ported from the two
+// stores this package replaced): the server's properties set by PUT, the
+// task list, and tasks of no deployment.
 
 func (s *Store) SetServerProps(ctx context.Context, serverID int64, props []byte) error {
 	defer s.tokens.Forget(serverID)
@@ -36,23 +36,26 @@ func (s *Store) Tasks(ctx context.Context, serverID int64, function, status stri
 
 func (s *Store) CreateTask(ctx context.Context, t store.Task) (store.Task, error) {
 	t.DeploymentID, t.DoneDate = 0, time.Time{}
-	t.StartDate = tm(ms(t.StartDate))
+	t.StartDate = Tm(Ms(t.StartDate))
 	t.LastUpdate = t.StartDate
-	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		return tx.QueryRowContext(ctx, `INSERT INTO tasks (server_id, deployment_id, function, status, start_date, last_update) VALUES (?, 0, ?, ?, ?, ?) RETURNING id`,
-			t.ServerID, t.Function, t.Status, ms(t.StartDate), ms(t.StartDate)).Scan(&t.ID)
+	err := s.Write(ctx, func(tx *Tx) error {
+		return tx.QueryRow(`INSERT INTO tasks (server_id, deployment_id, function, status, start_date, last_update, done_date) VALUES (?, 0, ?, ?, ?, ?, 0) RETURNING id`,
+			t.ServerID, t.Function, t.Status, Ms(t.StartDate), Ms(t.StartDate)).Scan(&t.ID)
 	})
 	if err != nil {
-		return store.Task{}, notFound(err)
+		return store.Task{}, s.notFound(err)
 	}
 	return t, nil
 }
 
+// FinishTasks is one statement: of two instances racing, the row lock
+// (PostgreSQL) or the single writer (SQLite) lets one end each task; the
+// other's WHERE no longer matches it.
 func (s *Store) FinishTasks(ctx context.Context, serverID int64, function string, now time.Time) (int, error) {
 	var n int64
-	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE tasks SET status = ?, last_update = ?, done_date = ? WHERE server_id = ? AND function = ? AND status IN ('init', 'todo', 'doing') AND start_date < ?`,
-			store.TaskDone, ms(now), ms(now), serverID, function, ms(now))
+	err := s.Write(ctx, func(tx *Tx) error {
+		res, err := tx.Exec(`UPDATE tasks SET status = ?, last_update = ?, done_date = ? WHERE server_id = ? AND function = ? AND status IN ('init', 'todo', 'doing') AND start_date < ?`,
+			store.TaskDone, Ms(now), Ms(now), serverID, function, Ms(now))
 		if err != nil {
 			return err
 		}
