@@ -243,6 +243,9 @@ func serveSlowImage(t *testing.T, header, value string) *slowImage {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The fake server boots by BIOS (no firmware/efi in its sysfs): the
+	// image checks want boot code in the MBR (a stub: int 18h).
+	copy(raw, []byte{0xfa, 0xcd, 0x18})
 	data, err := testimage.Qcow2(raw, 16)
 	if err != nil {
 		t.Fatal(err)
