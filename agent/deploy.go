@@ -362,6 +362,7 @@ func (dp *deployment) fetch(ctx context.Context) (*imaging.Stream, error) {
 				dp.warn(nil, job.StepDownload, job.WarnDownloadRetry, job.HumanBytes(off), retry, max)
 			}
 		}
+		dp.sourceEvents(&fo) // issue 28: the image cache's waits and fallback
 		var err error
 		stream, err = imaging.Fetch(ctx, dp.job.ImageURL, fo)
 		return err

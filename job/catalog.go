@@ -187,6 +187,12 @@ const (
 	PowerUnsupported Code = "PowerUnsupported" // operation, what the BMC answered
 	PowerFailed      Code = "PowerFailed"      // operation, what the BMC answered
 	WarnBootOverride Code = "WarnBootOverride" // what the BMC answered
+
+	// The control plane's image cache (issue 28).
+	WarnImageCacheWait     Code = "WarnImageCacheWait"     // retry, max retries
+	WarnImageCacheFallback Code = "WarnImageCacheFallback" // offset (human size)
+	CacheNotServed         Code = "CacheNotServed"         //
+	CacheBusy              Code = "CacheBusy"              // seconds
 )
 
 // catalog holds the text of every Code.
@@ -337,6 +343,12 @@ var catalog = map[Code]entry{
 	PowerUnsupported: {"the server's BMC does not support %s: %s", FaultProvider},
 	PowerFailed:      {"the server's BMC failed %s: %s", FaultProvider},
 	WarnBootOverride: {"the server's BMC refused the one-time boot from the network (%s): the server starts in its own boot order", FaultNone},
+
+	// issue 28
+	WarnImageCacheWait:     {"waiting for the control plane's image cache (busy or interrupted): asking it again (%d of %d)", FaultNone},
+	WarnImageCacheFallback: {"the control plane's image cache could not serve the image: downloading it from its own URL from %s on", FaultNone},
+	CacheNotServed:         {"the image cache does not serve this image: download it from its own URL", FaultProvider},
+	CacheBusy:              {"the image cache is busy with this image: ask again in %d s", FaultProvider},
 }
 
 // Text formats the message of code c with args. An unknown code (a bug)
