@@ -211,7 +211,7 @@ type Stream struct {
 	started  bool   // a first 200 was seen: size and validators are known
 	etag     string // strong ETag of the first response
 	lastMod  string
-	failures int // consecutive failed attempts
+	failures int         // consecutive failed attempts
 	src      sourceState // the sources before the image's own URL (sources.go)
 
 	body       io.ReadCloser
