@@ -58,6 +58,7 @@ var cases = []struct {
 	{"NotFound", testNotFound},
 	{"Sessions", testSessions},
 	{"Netboot", testNetboot},
+	{"Fleet", testFleet},
 }
 
 // must returns v, or fails the case (Run recovers the panic into t.Fatal).
