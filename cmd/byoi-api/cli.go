@@ -26,6 +26,8 @@ const usage = `usage:
   byoi-api serve [--db FILE] [--listen ADDR] [--tls-cert FILE --tls-key FILE] [--public-url URL]
                  [--agent-timeout 5m] [--pickup-timeout 1h] [--pprof ADDR] [-v]
                  [--rescue-dir DIR --boot-url http://HOST:PORT [--agent-url URL] [--rescue-cmdline ARGS]]
+                 [--image-cache DIR [--image-cache-size 50GiB] [--image-cache-per-host 4] [--image-cache-allow CIDR]...]
+                 [--metrics-listen ADDR]
   byoi-api customer add NAME
   byoi-api credential add --customer NAME
   byoi-api token add --customer NAME
@@ -218,6 +220,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	bootURL := fs.String("boot-url", "", "with --rescue-dir: the plain-HTTP URL servers' iPXE reaches this server at (e.g. http://10.0.2.2:8080)")
 	agentURL := fs.String("agent-url", "", "with --rescue-dir: the URL the rescue agent reaches this server at (default: --boot-url)")
 	rescueCmdline := fs.String("rescue-cmdline", "console=tty0 console=ttyS0,115200", "with --rescue-dir: added to the rescue kernel's command line")
+	var fleet fleetFlags // issue 28: --image-cache..., --metrics-listen (fleet.go)
+	fleet.register(fs)
 	if err := parseInterspersed(fs, args); err != nil {
 		return err
 	}
@@ -242,6 +246,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		cfg.Netboot = &controlplane.NetbootConfig{RescueDir: *rescueDir, BootURL: *bootURL, AgentURL: *agentURL, Cmdline: *rescueCmdline}
 	} else if *bootURL != "" || *agentURL != "" {
 		return errors.New("--boot-url and --agent-url go with --rescue-dir")
+	}
+	stopFleet, err := fleet.apply(ctx, &cfg, *listen, log)
+	defer stopFleet()
+	if err != nil {
+		return err
 	}
 	srv, err := controlplane.New(cfg)
 	if err != nil {
