@@ -21,6 +21,7 @@ pkgs=(
   postgresql        # the control plane's PostgreSQL store tests (scripts/pg-throwaway.sh)
   chromium          # the Control Panel browser tests (chromedp drives it headless)
   binutils          # as, ld: controlplane/netboot's test rebuilds bootsel.bin
+  xfsprogs cpio lz4 # imagecheck: XFS roots (mkfs.xfs -p), initramfs archives and their compressions
   openipmi ipmitool # ipmi_sim, the BMC of the power tests; ipmitool judges them
 )
 if [ "${BYOI_SKIP_BOOT:-0}" != 1 ]; then
