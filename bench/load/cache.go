@@ -287,16 +287,41 @@ func runCache(ctx context.Context, c cacheConfig, out io.Writer) (cacheResult, e
 			}
 			h := sha256.New()
 			r.viaCache = as.ImagePath != ""
-			r.got, r.fellBack, r.err = fetchImage(runCtx, dl, c.url, as.ImagePath, a.auth, imageURL, h)
+			// Progress events while the image streams, as the real agent
+			// sends them: they keep the deployment out of the agent-silence
+			// timeout (5 minutes) on long transfers.
+			var progress atomic.Int64
+			seq := int64(0)
+			beat := make(chan struct{})
+			beatDone := make(chan struct{})
+			go func() {
+				defer close(beatDone)
+				tick := time.NewTicker(cacheProgressEvery)
+				defer tick.Stop()
+				for {
+					select {
+					case <-beat:
+						return
+					case <-tick.C:
+						seq++
+						b, _ := json.Marshal(agentapi.EventBatch{Attempt: at.Attempt, Events: []job.Event{
+							{Seq: seq, Time: time.Now(), Status: job.StatusDoing, Step: job.StepDownload, Kind: job.KindProgress, BytesDone: progress.Load(), BytesTotal: c.imageSize}}})
+						l.agentDo(runCtx, a, "agent events", "POST", agentapi.EventsPath(a.name, as.DeploymentID), b, nil)
+					}
+				}
+			}()
+			r.got, r.fellBack, r.err = fetchImage(runCtx, dl, c.url, as.ImagePath, a.auth, imageURL, h, &progress)
+			close(beat)
+			<-beatDone
 			r.took = time.Since(t)
 			r.ok = r.err == nil && r.got == c.imageSize && hex.EncodeToString(h.Sum(nil)) == sum
 			r.mismatch = r.err == nil && !r.ok
-			final := job.Event{Seq: 2, Time: time.Now(), Status: job.StatusDone, Step: job.StepFinish, Kind: job.KindInfo, Code: job.MsgDone, Message: job.Text(job.MsgDone)}
+			final := job.Event{Seq: seq + 2, Time: time.Now(), Status: job.StatusDone, Step: job.StepFinish, Kind: job.KindInfo, Code: job.MsgDone, Message: job.Text(job.MsgDone)}
 			if !r.ok {
 				final.Status, final.Code, final.Message = job.StatusError, job.ChecksumMismatch, job.Text(job.ChecksumMismatch, "sha256", "?", sum)
 			}
 			b, _ := json.Marshal(agentapi.EventBatch{Attempt: at.Attempt, Events: []job.Event{
-				{Seq: 1, Time: t, Status: job.StatusDoing, Step: job.StepDownload, Kind: job.KindProgress, BytesDone: r.got, BytesTotal: c.imageSize},
+				{Seq: seq + 1, Time: time.Now(), Status: job.StatusDoing, Step: job.StepDownload, Kind: job.KindProgress, BytesDone: r.got, BytesTotal: c.imageSize},
 				final}})
 			l.agentDo(ctx, a, "agent events", "POST", agentapi.EventsPath(a.name, as.DeploymentID), b, nil)
 		}()
@@ -355,7 +380,7 @@ func runCache(ctx context.Context, c cacheConfig, out io.Writer) (cacheResult, e
 // fetchImage reads the image as the agent does: from the cache path first
 // (503: wait and ask again; 404: the origin takes over at the byte
 // reached), resuming with Range after a break; every byte goes to h once.
-func fetchImage(ctx context.Context, cl *http.Client, base, cachePath, auth, originURL string, h hash.Hash) (got int64, fellBack bool, err error) {
+func fetchImage(ctx context.Context, cl *http.Client, base, cachePath, auth, originURL string, h hash.Hash, progress *atomic.Int64) (got int64, fellBack bool, err error) {
 	useCache := cachePath != ""
 	buf := make([]byte, 256<<10)
 	failures := 0
@@ -402,6 +427,7 @@ func fetchImage(ctx context.Context, cl *http.Client, base, cachePath, auth, ori
 			if n > 0 {
 				h.Write(buf[:n])
 				got += int64(n)
+				progress.Store(got)
 			}
 			if rerr == io.EOF {
 				resp.Body.Close()
@@ -416,6 +442,10 @@ func fetchImage(ctx context.Context, cl *http.Client, base, cachePath, auth, ori
 	}
 	return got, fellBack, errors.New("too many broken transfers")
 }
+
+// cacheProgressEvery is how often a simulated agent reports its download's
+// progress (a variable for the tests).
+var cacheProgressEvery = 20 * time.Second
 
 func redactHost(u string) string {
 	p, err := url.Parse(u)

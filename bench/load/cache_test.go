@@ -10,9 +10,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/byoi/byoi/controlplane"
 	"github.com/byoi/byoi/controlplane/imagecache"
+	"github.com/byoi/byoi/controlplane/store"
 	"github.com/byoi/byoi/controlplane/store/open"
 )
 
@@ -23,6 +25,8 @@ import (
 // sends it once per agent.
 func TestCacheScenario(t *testing.T) {
 	ctx := context.Background()
+	defer func(d time.Duration) { cacheProgressEvery = d }(cacheProgressEvery)
+	cacheProgressEvery = 20 * time.Millisecond
 	for _, withCache := range []bool{true, false} {
 		db := filepath.Join(t.TempDir(), "byoi.db")
 		st, keys, err := open.Store(ctx, db, "")
@@ -51,7 +55,16 @@ func TestCacheScenario(t *testing.T) {
 		var out bytes.Buffer
 		res, err := runCache(ctx, c, &out)
 		ts.Close()
+		fc, ferr := st.FleetCounts(ctx, time.Now())
 		st.Close()
+		if ferr != nil {
+			t.Fatal(ferr)
+		}
+		// Every agent's progress and final events were accepted: its
+		// deployment ended done.
+		if fc.Tasks[store.TaskDone] != 40 {
+			t.Errorf("cache %v: tasks by status %v, want 40 done", withCache, fc.Tasks)
+		}
 		if err != nil {
 			t.Fatalf("cache %v: %v\n%s", withCache, err, out.String())
 		}
