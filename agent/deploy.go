@@ -462,6 +462,7 @@ func (dp *deployment) fetch(ctx context.Context) (*fetch.Stream, error) {
 			dp.warn(nil, job.StepDownload, job.WarnDownloadRetry, job.HumanBytes(off), retry, max)
 		}
 	}
+	dp.sourceEvents(&fo) // issue 28: the image cache's waits and fallback
 	return fetch.Open(ctx, dp.job.ImageURL, fo)
 }
 

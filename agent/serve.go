@@ -128,6 +128,7 @@ func runAssignment(ctx context.Context, cfg AgentConfig, a *agentapi.Assignment)
 	defer rep.Close()
 	env := cfg.Env
 	env.Report = teeReporter{FinalReporter: rep, also: cfg.Progress}
+	env.Fetch = cacheFirst(env.Fetch, cfg.Client, a) // issue 28: the control plane's image cache first
 	if p := a.EFIBootloaderPath; p != "" {
 		if err := job.ValidateEFIBootloaderPath(p); err != nil {
 			log.Warn("the server's efiBootloaderPath is ignored", "error", err.Error())

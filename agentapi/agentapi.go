@@ -13,6 +13,7 @@
 //	POST   {Prefix}/servers/{server}/deployments/{id}/attempts -                 → 200 Attempt
 //	POST   {Prefix}/servers/{server}/deployments/{id}/events   EventBatch        → 200 Ack
 //	POST   {Prefix}/servers/{server}/boot                      BootInfo          → 204
+//	GET    {Prefix}/servers/{server}/deployments/{id}/image    -                 → 200/206 the image (Range), 404 not cached, 503 busy (Retry-After)
 //
 // An Assignment is re-served until the deployment ends, so an agent that
 // restarts (a crash, a power cycle) gets it again; it then opens a new
@@ -59,6 +60,18 @@ func AttemptsPath(server string, deployment int64) string {
 }
 func EventsPath(server string, deployment int64) string {
 	return fmt.Sprintf("%s/servers/%s/deployments/%d/events", Prefix, server, deployment)
+}
+
+// ImagePath is where the agent reads its deployment's image from the
+// control plane's image cache (issue 28): the image's bytes (200, or 206
+// for a Range request; a strong ETag for If-Range), authenticated by the
+// agent token. 404: the cache does not serve this image (no cache, no
+// checksum, the cache's download failed, no room): download it from its
+// own URL. 503 with Retry-After: no byte is available yet (the cache waits
+// for the origin): ask again. An Assignment names this path in ImagePath
+// when the cache serves the job.
+func ImagePath(server string, deployment int64) string {
+	return fmt.Sprintf("%s/servers/%s/deployments/%d/image", Prefix, server, deployment)
 }
 
 // BootPath is where the agent says how its server boots the deployed disk.
@@ -303,6 +316,12 @@ type Assignment struct {
 	// property): the agent's UEFI boot entry uses it when the job names
 	// none and the file is on the deployed disk's EFI System Partition.
 	EFIBootloaderPath string `json:"efiBootloaderPath,omitempty"`
+	// ImagePath, when set, is the path (ImagePath, on the agent API's base
+	// URL) of the deployment's image in the control plane's image cache:
+	// the agent reads it there first, with its agent token, and falls back
+	// to the job's own URL (with the job's headers) at the byte reached
+	// when the cache cannot serve it (issue 28).
+	ImagePath string `json:"imagePath,omitempty"`
 }
 
 // Attempt is the answer to opening an attempt.

@@ -10,6 +10,13 @@
 #   bench/bench-api.sh --backend postgres --instances 2 --agents 10000 --duration 5m
 #   bench/bench-api.sh --backend postgres --instances 2 --agents 3000 --duration 60s --kill-at 30
 #   bench/bench-api.sh --profile 30                      # CPU, block, mutex, heap profiles of instance 1 at 30 s
+#   bench/bench-api.sh --scenario cache --agents 200 --image-size 1GiB             # issue 28: one image, 200 agents, the image cache
+#   bench/bench-api.sh --scenario cache --no-cache --agents 200 --image-size 1GiB  # the same, every agent from the origin
+#
+# --scenario cache runs `byoi-load cache` against one instance started with
+# --image-cache (a temporary directory, 127.0.0.0/8 allowed as origin) and
+# --metrics-listen: the origin inside byoi-load counts what it sends, every
+# agent hashes what it got; /metrics is saved beside the logs.
 #
 # --kill-at S kills the last instance with SIGKILL S seconds into the run:
 # its agents move to another instance, and the final comparison shows
@@ -20,6 +27,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 backend=sqlite instances=1 agents=1000 duration=60s interval=2s kill_at=0 profile=0 progress=20 customers=0
+scenario=events nocache=0 image_size=1GiB
 while [ $# -gt 0 ]; do
   case $1 in
   --backend) backend=$2; shift 2 ;;
@@ -31,6 +39,9 @@ while [ $# -gt 0 ]; do
   --progress-events) progress=$2; shift 2 ;;
   --kill-at) kill_at=$2; shift 2 ;;
   --profile) profile=$2; shift 2 ;;
+  --scenario) scenario=$2; shift 2 ;;
+  --no-cache) nocache=1; shift ;;
+  --image-size) image_size=$2; shift 2 ;;
   *) echo "bench-api: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -73,10 +84,17 @@ fi
 # The first command creates the schema and the key file.
 "$out/byoi-api" customer add bench --db "$db" --key-file "$keyfile" >/dev/null
 
+case $scenario in events | cache) ;; *) echo "bench-api: --scenario events|cache" >&2; exit 2 ;; esac
+extra=()
+if [ "$scenario" = cache ]; then
+  [ "$instances" = 1 ] || { echo "bench-api: the cache scenario runs one instance" >&2; exit 2; }
+  extra=(--metrics-listen 127.0.0.1:19108)
+  [ "$nocache" = 1 ] || extra+=(--image-cache "$out/cache" --image-cache-allow 127.0.0.0/8)
+fi
 urls=() pidargs=()
 for i in $(seq 1 "$instances"); do
   port=$((18079 + i))
-  "$out/byoi-api" serve --db "$db" --key-file "$keyfile" --listen "127.0.0.1:$port" --pprof "127.0.0.1:$((16059 + i))" 2>"$out/api$i.log" &
+  "$out/byoi-api" serve --db "$db" --key-file "$keyfile" --listen "127.0.0.1:$port" --pprof "127.0.0.1:$((16059 + i))" "${extra[@]}" 2>"$out/api$i.log" &
   pids+=($!)
   urls+=("http://127.0.0.1:$port")
   pidargs+=("api$i=$!")
@@ -114,6 +132,15 @@ if [ "$kill_at" != 0 ]; then
   helpers+=($!)
 fi
 
+if [ "$scenario" = cache ]; then
+  IFS=,
+  "$out/byoi-load" cache --db "$db" --key-file "$keyfile" --url "${urls[0]}" --agents "$agents" --image-size "$image_size" \
+    --duration "$duration" --pid "${pidargs[*]}" | tee "$out/load.txt"
+  unset IFS
+  curl -s -o "$out/metrics.txt" http://127.0.0.1:19108/metrics || true
+  echo "bench-api: /metrics of api1 in $out/metrics.txt"
+  exit 0
+fi
 IFS=,
 "$out/byoi-load" --db "$db" --key-file "$keyfile" --url "${urls[*]}" --agents "$agents" --customers "$customers" \
   --duration "$duration" --interval "$interval" --progress-events "$progress" --pid "${pidargs[*]}" \

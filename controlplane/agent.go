@@ -52,7 +52,8 @@ func (s *Server) agentJob(c *call) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	return http.StatusOK, agentapi.Assignment{DeploymentID: d.ID, Job: body, Attempts: d.Attempt, EFIBootloaderPath: c.server.EFIBootloaderPath}, nil
+	return http.StatusOK, agentapi.Assignment{DeploymentID: d.ID, Job: body, Attempts: d.Attempt, EFIBootloaderPath: c.server.EFIBootloaderPath,
+		ImagePath: s.imagePathFor(c, d.ID, body)}, nil
 }
 
 func deploymentID(c *call) (int64, error) {
@@ -105,6 +106,7 @@ func (s *Server) agentEvents(c *call) (int, any, error) {
 		return 0, nil, fail(kBadRequest, job.APIBadRequest, err.Error())
 	}
 	ack, err := s.st.AppendEvents(c.r.Context(), store.Append{ServerID: c.server.ID, DeploymentID: id, Attempt: b.Attempt, Events: b.Events, Now: s.cfg.Clock.Now()})
+	s.observeBatch(c.server.ID, id, &b, ack.Done, err)
 	if err != nil {
 		return 0, nil, agentErr(err, id)
 	}

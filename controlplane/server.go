@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/byoi/byoi/agentapi"
+	"github.com/byoi/byoi/controlplane/imagecache"
+	"github.com/byoi/byoi/controlplane/metrics"
 	"github.com/byoi/byoi/controlplane/panel"
 	"github.com/byoi/byoi/controlplane/store"
 	"github.com/byoi/byoi/job"
@@ -91,6 +93,10 @@ type Config struct {
 	// Facts are the operator's facts about servers (datacenter, ip, ...)
 	// for OVH's server fields; nil: none (those fields are null).
 	Facts *FactsFile
+	// ImageCache, when set, serves the agents' images (imagecache.go);
+	// Metrics, when set, counts requests and agent events (metrics.go).
+	ImageCache *imagecache.Cache
+	Metrics    *metrics.Metrics
 }
 
 // Server serves the customer and agent APIs.
@@ -166,10 +172,14 @@ func New(cfg Config) (*Server, error) {
 // X-Ovh-QueryID, also those the router writes itself (a path-cleaning
 // redirect).
 func (s *Server) Handler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Ovh-QueryID", queryID())
 		s.mux.ServeHTTP(w, r)
-	})
+	}))
+	if s.cfg.Metrics != nil {
+		h = s.cfg.Metrics.Instrument(h)
+	}
+	return h
 }
 
 // Part is a part of byoi-api's HTTP surface, for serving the parts on
@@ -415,6 +425,7 @@ func (s *Server) routes() {
 	s.handle(a+"/deployments/{id}/events", map[string]endpoint{"POST": {auth: authAgent, maxBody: agentapi.MaxEventsBody, h: s.agentEvents, events: true}})
 	s.credentialRoutes()
 	s.netbootRoutes()
+	s.imageRoutes()
 	s.mux.Handle(panel.Prefix, panel.New(panel.Config{Backend: s, Store: s.st, Logger: s.log, Now: s.cfg.Clock.Now, PublicURL: s.cfg.PublicURL}))
 	s.handle("/", map[string]endpoint{
 		"GET": {h: s.notFound}, "POST": {h: s.notFound}, "PUT": {h: s.notFound}, "DELETE": {h: s.notFound},

@@ -244,6 +244,11 @@ const (
 	// point 12): said once, with the step it was in, whatever error the
 	// step's own code returned on the way out.
 	InterruptedStep Code = "InterruptedStep" // step
+	// The control plane's image cache (issue 28).
+	WarnImageCacheWait     Code = "WarnImageCacheWait"     // retry, max retries
+	WarnImageCacheFallback Code = "WarnImageCacheFallback" // offset (human size)
+	CacheNotServed         Code = "CacheNotServed"         //
+	CacheBusy              Code = "CacheBusy"              // seconds
 )
 
 // catalog holds the text of every Code.
@@ -444,6 +449,11 @@ var catalog = map[Code]entry{
 
 	// issue 22 point 12
 	InterruptedStep: {"the deployment was interrupted during its %s step", FaultProvider},
+	// issue 28
+	WarnImageCacheWait:     {"waiting for the control plane's image cache (busy or interrupted): asking it again (%d of %d)", FaultNone},
+	WarnImageCacheFallback: {"the control plane's image cache could not serve the image: downloading it from its own URL from %s on", FaultNone},
+	CacheNotServed:         {"the image cache does not serve this image: download it from its own URL", FaultProvider},
+	CacheBusy:              {"the image cache is busy with this image: ask again in %d s", FaultProvider},
 }
 
 // imageCheckCodes are the codes of issue 26's checks (package imagecheck):

@@ -44,6 +44,17 @@ var powerCodes = map[Code]bool{
 	PowerFailed: true, WarnBootOverride: true,
 }
 
+// imageCacheCodes are the image cache's (issue 28): the agent's warnings
+// when it waits for the cache or falls back to the image's own URL
+// (agent/imagecache_test.go triggers them), and the cache's answers to the
+// agent (controlplane/imagecache_test.go).
+var imageCacheCodes = map[Code]bool{
+	WarnImageCacheWait: true, WarnImageCacheFallback: true, CacheNotServed: true, CacheBusy: true,
+}
+
+// IsImageCacheCode reports whether c comes from the image cache's path.
+func IsImageCacheCode(c Code) bool { return imageCacheCodes[c] }
+
 // IsPowerCode reports whether c comes from a power driver.
 func IsPowerCode(c Code) bool { return powerCodes[c] }
 

@@ -50,3 +50,16 @@ if ! command -v npm >/dev/null; then
   apt-get update -qq
   apt-get install -y -qq npm >/dev/null
 fi
+# promtool (Debian's prometheus package) checks byoi-api's /metrics, the
+# alert rules and the dashboard's queries (issue 28). Without recommends (no
+# node exporter), and the Prometheus server the package sets up is never
+# left running: nothing here listens beyond 127.0.0.1.
+if ! command -v promtool >/dev/null; then
+  echo "installing: prometheus (for promtool)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+fi

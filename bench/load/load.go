@@ -24,6 +24,9 @@
 // answering (connection refused: killed) moves to the next URL and sends the
 // same event again, as the real agent retries (events are idempotent).
 // Customers poll GET bringYourOwnImage and install/status of their servers.
+//
+// `byoi-load cache ...` is another scenario: N agents of one customer
+// deploy the same image through byoi-api's image cache (cache.go).
 package load
 
 import (
@@ -82,6 +85,9 @@ type namedPid struct {
 // error for bad flags, a failed setup, or when the final check finds an
 // acknowledged event missing or changed in the database.
 func Run(ctx context.Context, args []string, out io.Writer) error {
+	if len(args) > 0 && args[0] == "cache" {
+		return runCacheScenario(ctx, args[1:], out) // issue 28 (cache.go)
+	}
 	c, err := parseFlags(args)
 	if err != nil {
 		return err

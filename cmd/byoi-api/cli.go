@@ -30,6 +30,8 @@ const usage = `usage:
                  [--pprof ADDR] [-v]
                  [--rescue-dir DIR --boot-url http://HOST:PORT [--agent-url URL] [--rescue-cmdline ARGS]
                   [--boot-rate 120] [--boot-burst 60] [--boot-trusted-proxy CIDR,...]]
+                 [--image-cache DIR [--image-cache-size 50GiB] [--image-cache-per-host 4] [--image-cache-allow CIDR]...]
+                 [--metrics-listen ADDR]
   byoi-api customer add NAME
   byoi-api credential add --customer NAME [--expires 720h]
   byoi-api credential list [--customer NAME]
@@ -294,6 +296,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	agentURL := fs.String("agent-url", "", "with --rescue-dir: the URL the rescue agent reaches this server at (default: --boot-url)")
 	rescueCmdline := fs.String("rescue-cmdline", "console=tty0 console=ttyS0,115200", "with --rescue-dir: added to the rescue kernel's command line")
 	serverFacts := fs.String("server-facts", "", "JSON file of what you know about your servers (datacenter, ip, rack, linkSpeed...) for OVH's server fields; without it they are null")
+	var fleet fleetFlags // issue 28: --image-cache..., --metrics-listen (fleet.go)
+	fleet.register(fs)
 	if err := parseInterspersed(fs, args); err != nil {
 		return err
 	}
@@ -339,6 +343,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			RatePerMinute: *bootRate, Burst: *bootBurst, TrustedProxies: proxies}
 	} else if *bootURL != "" || *agentURL != "" || *bootListen != "" {
 		return errors.New("--boot-url, --agent-url and --boot-listen go with --rescue-dir")
+	}
+	stopFleet, err := fleet.apply(ctx, &cfg, *listen, log)
+	defer stopFleet()
+	if err != nil {
+		return err
 	}
 	srv, err := controlplane.New(cfg)
 	if err != nil {

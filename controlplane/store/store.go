@@ -515,7 +515,30 @@ type Store interface {
 	// exactly once across all instances sharing the database.
 	ExpireSilent(ctx context.Context, now, silentCutoff, pickupCutoff time.Time, silentFor, pickupFor time.Duration) ([]Expired, error)
 
+	// Fleet-wide figures, for the metrics (issue 28).
+
+	// FleetCounts counts servers, running deployments and tasks by
+	// status across the whole database: every instance reads the same
+	// numbers (the metrics export them with max across instances, not a
+	// sum).
+	FleetCounts(ctx context.Context, seenSince time.Time) (FleetCounts, error)
+	// DeploymentJob is the sealed job of one of the server's deployments,
+	// running or ended, or ErrNotFound.
+	DeploymentJob(ctx context.Context, serverID, deploymentID int64) ([]byte, error)
+
 	Close() error
+}
+
+// FleetCounts is the fleet as the database has it (FleetCounts).
+type FleetCounts struct {
+	Servers int64
+	// Running deployments: Waiting for an agent (no attempt opened yet),
+	// Active (an attempt opened), and of those Heartbeating: their agent
+	// was heard since seenSince.
+	Waiting, Active, Heartbeating int64
+	// Tasks counts every deployment's task by status (init doing done
+	// customerError ovhError cancelled), since the database began.
+	Tasks map[string]int64
 }
 
 // TaskStatusFor is the task status of a deployment that ended with status

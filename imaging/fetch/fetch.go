@@ -94,6 +94,12 @@ type Options struct {
 	// Transport replaces the tuned transport of NewTransport (tests). With
 	// it, CACertPEM is ignored.
 	Transport http.RoundTripper
+	// Before lists sources tried before the image's own URL, in order (the
+	// control plane's image cache): see Source (sources.go).
+	Before []Source
+	// OnSourceFailed, when set, is called when a source of Before is given
+	// up and the next one takes over at offset.
+	OnSourceFailed func(name string, offset int64)
 }
 
 func (o *Options) normalize() {
@@ -206,7 +212,8 @@ type Stream struct {
 	started  bool   // a first 200 was seen: size and validators are known
 	etag     string // strong ETag of the first response
 	lastMod  string
-	failures int // consecutive failed attempts
+	failures int         // consecutive failed attempts
+	src      sourceState // the sources before the image's own URL (sources.go)
 
 	body       io.ReadCloser
 	bodyStart  int64 // offset when body was opened
@@ -251,6 +258,7 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Stream, error) {
 	}
 	s.size.Store(-1)
 	s.collectSecrets()
+	s.initSources()
 	if err := s.setup(); err != nil {
 		stop()
 		return nil, s.downloadError(err)
@@ -427,6 +435,9 @@ func (s *Stream) connect() error {
 			return nil
 		}
 		if err := s.retryWait(err); err != nil {
+			if s.nextSource(err) {
+				continue
+			}
 			return err
 		}
 	}
@@ -452,8 +463,8 @@ func (s *Stream) retryWait(err error) error {
 	wait := s.backoff(s.failures, r.retryAfter)
 	s.log.Warn("download attempt failed, retrying", "url", s.redacted, "offset", s.offset.Load(),
 		"retry", s.failures, "max_retries", s.opts.MaxRetries, "wait", wait, "err", s.scrub(err.Error()))
-	if s.opts.OnRetry != nil {
-		s.opts.OnRetry(s.failures, s.opts.MaxRetries, s.offset.Load())
+	if f := s.onRetry(); f != nil {
+		f(s.failures, s.opts.MaxRetries, s.offset.Load())
 	}
 	t := time.NewTimer(wait)
 	defer t.Stop()
@@ -768,7 +779,7 @@ func (s *Stream) read(p []byte) (int, error) {
 			s.failures = 0
 		}
 		s.closeBody()
-		if ferr := s.retryWait(cause); ferr != nil {
+		if ferr := s.retryWait(cause); ferr != nil && !s.nextSource(ferr) {
 			s.fail(ferr)
 			if n > 0 {
 				return n, nil

@@ -67,6 +67,7 @@ var cases = []struct {
 	{"ClosedStore", testClosed},
 	{"ServerProps", testServerProps}, // issue 24
 	{"Tasks", testTasks},             // issue 24
+	{"Fleet", testFleet},
 }
 
 // must returns v, or fails the case (Run recovers the panic into t.Fatal).
