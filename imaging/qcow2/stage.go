@@ -21,8 +21,8 @@ import (
 // A qcow2 image cannot be converted while it streams in (its tables may sit
 // anywhere in the file), and its checksum must match before the disk is
 // touched: so it is staged first. Where, in order of preference:
-//  1. memory: anonymous mmap, freed with munmap on Close, when it fits in
-//     MemAvailable minus a reserve;
+//  1. memory (a memfd, else an anonymous mapping: stageMem), freed on
+//     Close, when it fits in MemAvailable minus a reserve;
 //  2. the target disk's tail, past the virtual disk and never in its last
 //     MiB: the conversion reads the tail and writes the virtual disk, which
 //     cannot overlap (Staged.Region, ConvertOptions.KeepOut);
@@ -298,7 +298,17 @@ func (st *stager) write(p []byte) error {
 			return err
 		}
 	}
-	if err := st.stageSink.append(p); err != nil {
+	err := st.stageSink.append(p)
+	if err != nil && st.stageSink.kind() == stageMemory {
+		// A memfd refused (shmem limits below MemAvailable): the bytes
+		// staged so far move on, and p goes after them.
+		st.log.Warn("memory stage refused a write: moving on", "err", err, "bytes", st.n)
+		if err = st.next(stageMemory, st.opts.DeclaredSize); err != nil {
+			return err
+		}
+		err = st.stageSink.append(p)
+	}
+	if err != nil {
 		return fmt.Errorf("stage qcow2 in %s: %w", st.stageSink.Where(), err)
 	}
 	st.n += int64(len(p))
@@ -308,19 +318,38 @@ func (st *stager) write(p []byte) error {
 	return nil
 }
 
-// stageMem is anonymous memory: mmap'd so that Close gives it back to the
-// system at once (a Go slice would wait for the GC), and MAP_NORESERVE so
-// that a budget reserved for a stream of unknown size costs only what is
-// written.
+// stageMem is memory, given back to the system at Close (a Go slice would
+// wait for the GC). Preferably a memfd, written with pwrite and read with
+// pread: the kernel allocates its pages in bulk, at the speed of a copy
+// (3–4 GB/s where first-touch page faults of an anonymous mapping run at
+// 0.3 GB/s, issue 27). Where memfd_create fails (no shmem, not Linux), an
+// anonymous mapping, MAP_NORESERVE so that a budget reserved for a stream
+// of unknown size costs only what is written. Either way no more than the
+// capacity (the budget) is ever written.
 type stageMem struct {
-	b []byte // len: capacity
-	n int64
+	f   *os.File // memfd, or nil
+	b   []byte   // anonymous mapping (len: capacity) when f is nil
+	cap int64
+	n   int64
 }
 
+// stageMemForce, for tests and the bench, forces "memfd" or "anon".
+var stageMemForce string
+
 func newStageMem(capacity int64) (*stageMem, error) {
-	m := &stageMem{}
+	m := &stageMem{cap: capacity}
 	if capacity == 0 {
 		return m, nil
+	}
+	if stageMemForce != "anon" {
+		f, err := newMemfd()
+		if err == nil {
+			m.f = f
+			return m, nil
+		}
+		if stageMemForce == "memfd" {
+			return nil, fmt.Errorf("stage qcow2 in memory: memfd: %w", err)
+		}
 	}
 	page := int64(os.Getpagesize())
 	b, err := unix.Mmap(-1, 0, int((capacity+page-1)/page*page),
@@ -333,27 +362,51 @@ func newStageMem(capacity int64) (*stageMem, error) {
 }
 
 func (m *stageMem) kind() int         { return stageMemory }
-func (m *stageMem) room(n int64) bool { return m.n+n <= int64(len(m.b)) }
+func (m *stageMem) room(n int64) bool { return m.n+n <= m.cap }
 func (m *stageMem) Size() int64       { return m.n }
-func (m *stageMem) Where() string     { return "memory" }
 func (m *stageMem) Region() Range     { return Range{} }
+
+func (m *stageMem) Where() string {
+	if m.f != nil {
+		return "memory (memfd)"
+	}
+	return "memory (anonymous mapping)"
+}
+
 func (m *stageMem) append(p []byte) error {
+	if m.f != nil {
+		if _, err := m.f.WriteAt(p, m.n); err != nil {
+			// ENOSPC: tmpfs/shmem limits are below MemAvailable.
+			return fmt.Errorf("memfd: %w", err)
+		}
+		m.n += int64(len(p))
+		return nil
+	}
 	m.n += int64(copy(m.b[m.n:], p))
 	return nil
 }
 
 func (m *stageMem) ReadAt(p []byte, off int64) (int, error) {
 	return stageReadAt(p, off, m.n, func(p []byte, off int64) (int, error) {
+		if m.f != nil {
+			return m.f.ReadAt(p, off)
+		}
 		return copy(p, m.b[off:]), nil
 	})
 }
 
 func (m *stageMem) Close() error {
+	m.n = 0
+	if m.f != nil {
+		err := m.f.Close()
+		m.f = nil
+		return err
+	}
 	if m.b == nil {
 		return nil
 	}
 	b := m.b[:cap(m.b)]
-	m.b, m.n = nil, 0
+	m.b = nil
 	return unix.Munmap(b)
 }
 
