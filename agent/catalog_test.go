@@ -191,7 +191,7 @@ func TestCatalogCoverage(t *testing.T) {
 		deploy("second disk", tw, "ova", 32*mib, nil)
 	}
 	for _, c := range job.Codes() {
-		if job.IsJobSpecCode(c) || job.IsControlPlaneCode(c) || job.IsPowerCode(c) {
+		if job.IsJobSpecCode(c) || job.IsControlPlaneCode(c) || job.IsPowerCode(c) || job.IsPowerControlCode(c) {
 			continue
 		}
 		if _, ok := seen[c]; !ok {

@@ -488,6 +488,9 @@ type Store interface {
 	// exactly once across all instances sharing the database.
 	ExpireSilent(ctx context.Context, now, silentCutoff, pickupCutoff time.Time, silentFor, pickupFor time.Duration) ([]Expired, error)
 
+	// Power through the server's BMC (power.go).
+	Power
+
 	Close() error
 }
 

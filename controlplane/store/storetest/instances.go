@@ -43,6 +43,7 @@ var instanceCases = []struct {
 	{"ExpireOnceFleetWide", testExpireFleet},
 	{"AgentAnyInstance", testAgentAnyInstance},
 	{"MixedLifecycle", testMixedLifecycle},
+	{"PowerClaimFleet", testPowerClaimFleet},
 }
 
 // testRaceCreate: 50 POSTs for one server, spread over both instances,

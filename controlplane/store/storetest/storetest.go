@@ -64,6 +64,11 @@ var cases = []struct {
 	{"Signatures", testSignatures},
 	{"Meta", testMeta},
 	{"AttemptsCap", testAttemptsCap},
+	{"ServerBMC", testServerBMC},
+	{"PowerClaim", testPowerClaim},
+	{"PowerAbandoned", testPowerAbandoned},
+	{"PowerOutcome", testPowerOutcome},
+	{"RescueDeadline", testRescueDeadline},
 }
 
 // must returns v, or fails the case (Run recovers the panic into t.Fatal).
