@@ -58,6 +58,9 @@ type serverView struct {
 	EFIBootloaderPath *string `json:"efiBootloaderPath"`
 	RootDevice        *string `json:"rootDevice"`
 	OS                string  `json:"os"`
+	// PowerState is OVH's poweron/poweroff from the server's BMC (cached
+	// briefly), null without one.
+	PowerState *string `json:"powerState"`
 }
 
 func (s *Server) getServer(c *call) (int, any, error) {
@@ -66,7 +69,7 @@ func (s *Server) getServer(c *call) (int, any, error) {
 	if d, err := s.st.CurrentDeployment(c.r.Context(), sv.ID); err == nil && d.Status == store.StatusDone {
 		os = job.OSByoi
 	}
-	return http.StatusOK, serverView{Name: sv.Name, ServerID: sv.ID, State: "ok", BootID: sv.BootID, EFIBootloaderPath: nullable(sv.EFIBootloaderPath), OS: os}, nil
+	return http.StatusOK, serverView{Name: sv.Name, ServerID: sv.ID, State: "ok", BootID: sv.BootID, EFIBootloaderPath: nullable(sv.EFIBootloaderPath), OS: os, PowerState: s.powerState(c.r.Context(), sv.ID)}, nil
 }
 
 // putServerBody is the part of OVH's PUT /dedicated/server/{serviceName}
@@ -155,7 +158,7 @@ func (s *Server) createDeployment(c *call, shape job.Shape) (store.Task, error) 
 	if err != nil {
 		return store.Task{}, err
 	}
-	_, t, err := s.st.CreateDeployment(c.r.Context(), store.NewDeployment{
+	d, t, err := s.st.CreateDeployment(c.r.Context(), store.NewDeployment{
 		ServerID:          c.server.ID,
 		Shape:             shape,
 		SealedJob:         s.cfg.Keys.Seal(c.body, jobAD(c.server.ID)),
@@ -164,7 +167,14 @@ func (s *Server) createDeployment(c *call, shape job.Shape) (store.Task, error) 
 		MaxAttempts:       s.cfg.MaxAttempts,
 		Now:               s.cfg.Clock.Now(),
 	})
-	return t, err
+	if err != nil {
+		return t, err
+	}
+	// The power loop reboots it into rescue (a server with a BMC).
+	if _, err := s.requestReboot(c.r.Context(), c.server, d.ID, 0); err != nil {
+		return t, err
+	}
+	return t, nil
 }
 
 // checkJob is every check of a job body posted in shape for server sv:
@@ -286,6 +296,10 @@ func (s *Server) deleteBYOI(c *call) (int, any, error) {
 		return 0, nil, fail(kNotFound, job.APINoDeployment, c.server.Name)
 	}
 	if err != nil {
+		return 0, nil, err
+	}
+	// Back to rescue: the power loop reboots a server with a BMC.
+	if _, err := s.requestReboot(c.r.Context(), c.server, 0, 0); err != nil {
 		return 0, nil, err
 	}
 	return http.StatusOK, nil, nil

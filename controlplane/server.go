@@ -88,6 +88,9 @@ type Config struct {
 	// BodyTimeout plus its size at BodyMinRate (defaults 10 s and 64 KiB/s).
 	BodyTimeout time.Duration
 	BodyMinRate int64
+	// Power configures power control through servers' BMCs
+	// (power_tasks.go); the zero value has the defaults.
+	Power PowerConfig
 }
 
 // Server serves the customer and agent APIs.
@@ -98,6 +101,8 @@ type Server struct {
 	mux   *http.ServeMux
 	mem   *budget      // bodies in flight
 	limit *rateLimiter // network boot, per source address
+	// states: the BMCs' power states, cached briefly (power_tasks.go).
+	states powerStates
 }
 
 // New returns a Server.
@@ -141,6 +146,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.BodyMinRate <= 0 {
 		cfg.BodyMinRate = 64 << 10
 	}
+	cfg.Power.defaults()
 	cfg.PublicURL = strings.TrimSuffix(cfg.PublicURL, "/")
 	if cfg.Netboot != nil {
 		nb := *cfg.Netboot

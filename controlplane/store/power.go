@@ -82,6 +82,8 @@ type RescueExpired struct {
 // time (a conditional update), and a claim whose lease ran out is taken
 // over by the next instance that looks.
 type Power interface {
+	// ServerByID is server id, or ErrNotFound.
+	ServerByID(ctx context.Context, id int64) (Server, error)
 	// SetServerBMC stores the server's BMC (replacing the previous one);
 	// a nil b.SealedPassword with b.Spec "none" removes it. ErrNotFound
 	// for no such server.

@@ -18,6 +18,10 @@ import (
 
 var errNoRows = sql.ErrNoRows
 
+func (s *Store) ServerByID(ctx context.Context, id int64) (store.Server, error) {
+	return s.scanServer(s.queryRow(ctx, `SELECT `+serverCols+` FROM servers WHERE id = ?`, id))
+}
+
 func (s *Store) SetServerBMC(ctx context.Context, b store.ServerBMC) error {
 	return s.Write(ctx, func(tx *Tx) error {
 		var id int64

@@ -19,6 +19,12 @@ func testServerBMC(t *testing.T, s store.Store) {
 	if _, err := s.ServerBMC(ctx, sv.ID); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("a new server has a BMC: %v", err)
 	}
+	if got := must(s.ServerByID(ctx, sv.ID)); got.Name != "ns1" || got.ID != sv.ID {
+		t.Fatalf("by id: %+v", got)
+	}
+	if _, err := s.ServerByID(ctx, 999); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("by id: %v", err)
+	}
 	ok(t, s.SetServerBMC(ctx, store.ServerBMC{ServerID: sv.ID, Spec: "ipmi://admin@10.0.0.5:623", SealedPassword: []byte("sealed-1"), UpdatedAt: t0}))
 	b := must(s.ServerBMC(ctx, sv.ID))
 	if b.Spec != "ipmi://admin@10.0.0.5:623" || string(b.SealedPassword) != "sealed-1" || !b.UpdatedAt.Equal(t0) {
