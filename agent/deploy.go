@@ -54,6 +54,9 @@ type Deployer struct {
 	// never fails a deployment: an image without it boots by the default
 	// path.
 	ServerEFIBootloaderPath string
+	// PhoneHomeURL, when set, goes into the ConfigDrive's vendor_data.json
+	// (configdrive.Content.PhoneHomeURL).
+	PhoneHomeURL string
 }
 
 // Result describes a finished deployment.
@@ -271,6 +274,8 @@ func (dp *deployment) buildConfigDrive(ctx context.Context) error {
 		SSHKey:   cd.SSHKey,
 		UserData: cd.UserData,
 		Meta:     cd.Metadata,
+		// PhoneHomeURL: the control plane's "booted" watch (issue 25).
+		PhoneHomeURL: dp.PhoneHomeURL,
 	}
 	dp.cdFormat = configdrive.FormatFor(dp.real.SectorSize())
 	img, err := configdrive.Build(ctx, content, dp.cdFormat)

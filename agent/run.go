@@ -61,6 +61,10 @@ type Env struct {
 	// control plane: the UEFI entry's loader when the job has none and the
 	// file is on the deployed disk (see Deployer).
 	ServerEFIBootloaderPath string
+	// PhoneHomeURL, from the control plane, is put in the ConfigDrive's
+	// vendor_data.json (cloud-init's phone_home: the deployed system says
+	// once that it booted). A secret: never logged.
+	PhoneHomeURL string
 	// EFIVarsDir is the efivarfs the UEFI boot entry is written to before
 	// a reboot ("" = the kernel's when the machine booted by UEFI; "-" =
 	// never).
@@ -187,6 +191,7 @@ func run(ctx context.Context, j *job.Job, env *Env, sink *Sink) (*Result, error)
 		Events:                  func(e job.Event) { sink.Emit(e) },
 		Alive:                   sink.Touch,
 		ServerEFIBootloaderPath: env.ServerEFIBootloaderPath,
+		PhoneHomeURL:            env.PhoneHomeURL,
 	}
 	if j == nil {
 		return nil, &stepError{job.StepPreflight, job.Errorf(job.JobMissing)}

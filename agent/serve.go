@@ -13,6 +13,7 @@ import (
 
 	"github.com/byoi/byoi/agentapi"
 	"github.com/byoi/byoi/blockdev"
+	"github.com/byoi/byoi/configdrive"
 	"github.com/byoi/byoi/job"
 )
 
@@ -130,6 +131,15 @@ func runAssignment(ctx context.Context, cfg AgentConfig, a *agentapi.Assignment)
 			log.Warn("the server's efiBootloaderPath is ignored", "error", err.Error())
 		} else {
 			env.ServerEFIBootloaderPath = p
+		}
+	}
+	if u := a.BootedURL; u != "" {
+		// Checked here: a URL the ConfigDrive would refuse must not fail
+		// the deployment (the errors never repeat the URL: a token).
+		if _, err := configdrive.VendorData(u); err != nil {
+			log.Warn("the control plane's booted URL is ignored", "error", err.Error())
+		} else {
+			env.PhoneHomeURL = u
 		}
 	}
 	env.BeforeReboot = func(ctx context.Context, boot agentapi.BootInfo) {

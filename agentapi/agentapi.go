@@ -64,6 +64,14 @@ func EventsPath(server string, deployment int64) string {
 // BootPath is where the agent says how its server boots the deployed disk.
 func BootPath(server string) string { return Prefix + "/servers/" + server + "/boot" }
 
+// BootedPrefix is the path of the deployed system's phone home (issue
+// 25): BootedPrefix + token, POSTed once by cloud-init; the token is the
+// only credential and can only mark its deployment booted.
+const BootedPrefix = Prefix + "/booted/"
+
+// BootedPath is the phone-home path of a token.
+func BootedPath(token string) string { return BootedPrefix + token }
+
 // BootInfo is how the server will boot the disk a deployment wrote, posted
 // by the agent after the final "done" was acknowledged and before it
 // reboots. The control plane's network boot script uses it: under legacy
@@ -270,6 +278,11 @@ type Assignment struct {
 	// property): the agent's UEFI boot entry uses it when the job names
 	// none and the file is on the deployed disk's EFI System Partition.
 	EFIBootloaderPath string `json:"efiBootloaderPath,omitempty"`
+	// BootedURL (issue 25), when set, is where the deployed system phones
+	// home once (the ConfigDrive's vendor_data.json): it holds a
+	// single-use token that can only mark this deployment booted, and is
+	// a secret like the agent token (never logged).
+	BootedURL string `json:"bootedURL,omitempty"`
 }
 
 // Attempt is the answer to opening an attempt.

@@ -319,6 +319,10 @@ type historyItem struct {
 	Cleared      bool    `json:"cleared"`
 	CreatedAt    *string `json:"createdAt"`
 	EndedAt      *string `json:"endedAt"`
+	// Booted (issue 25): after done, watching, booted, noSignOfLife or
+	// notWatched (no ConfigDrive); null before done.
+	Booted   *string `json:"booted"`
+	BootedAt *string `json:"bootedAt"`
 }
 
 func shapeName(s job.Shape) string {
@@ -335,7 +339,8 @@ func (s *Server) history(c *call) (int, any, error) {
 	}
 	out := make([]historyItem, 0, len(list))
 	for _, d := range list {
-		out = append(out, historyItem{DeploymentID: d.ID, TaskID: d.TaskID, Shape: shapeName(d.Shape), Status: d.Status, Code: nullable(string(d.Code)), Message: d.Message,
+		booted, bootedAt := s.bootState(c.r.Context(), d)
+		out = append(out, historyItem{Booted: booted, BootedAt: bootedAt, DeploymentID: d.ID, TaskID: d.TaskID, Shape: shapeName(d.Shape), Status: d.Status, Code: nullable(string(d.Code)), Message: d.Message,
 			Checksum: nullable(d.Checksum), Attempts: d.Attempt, Cleared: d.Cleared, CreatedAt: rfc3339(d.CreatedAt), EndedAt: rfc3339(d.EndedAt)})
 	}
 	return http.StatusOK, out, nil

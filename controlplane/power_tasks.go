@@ -46,6 +46,9 @@ type PowerConfig struct {
 	Every time.Duration
 	// Owner names this instance in the claims (default a random id).
 	Owner string
+	// BootedTimeout: a deployed system that did not phone home this long
+	// after done gets a warning (default 15 minutes).
+	BootedTimeout time.Duration
 }
 
 const (
@@ -63,6 +66,9 @@ func (p *PowerConfig) defaults() {
 	}
 	if p.Lease <= 0 {
 		p.Lease = 2 * time.Minute
+	}
+	if p.BootedTimeout <= 0 {
+		p.BootedTimeout = 15 * time.Minute
 	}
 	if p.Every <= 0 {
 		p.Every = 2 * time.Second
@@ -174,6 +180,13 @@ func (s *Server) PowerRound(ctx context.Context) ([]store.PowerTask, error) {
 	exp, err := s.st.ExpireRescue(ctx, now, now.Add(-s.cfg.Power.RescueTimeout), s.cfg.Power.RescueTimeout)
 	for _, e := range exp {
 		s.log.Warn("deployment failed: the server did not boot into rescue", "deployment", e.DeploymentID, "task", e.TaskID, "limit", s.cfg.Power.RescueTimeout.String())
+	}
+	if err != nil {
+		return ran, err
+	}
+	n, err := s.st.ExpireBootWatch(ctx, now, now.Add(-s.cfg.Power.BootedTimeout), s.cfg.Power.BootedTimeout)
+	if n > 0 {
+		s.log.Warn("deployed systems silent after done", "count", n, "limit", s.cfg.Power.BootedTimeout.String())
 	}
 	return ran, err
 }

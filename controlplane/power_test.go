@@ -405,6 +405,9 @@ func TestPowerCatalog(t *testing.T) {
 		t.Fatalf("an abandoned task acted: %v", calls)
 	}
 	note("ns4")
+	for c, m := range bootedFlow(t, e, cu) {
+		seen[c] = m
+	}
 
 	for _, c := range job.Codes() {
 		if job.IsPowerControlCode(c) {

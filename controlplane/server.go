@@ -311,7 +311,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, ep endpoint) {
 	}
 	// The request log: no query string, body or header (they may carry
 	// secrets: signatures, tokens, pre-signed URLs).
-	s.log.Info("request", "qid", c.qid, "method", r.Method, "path", r.URL.Path, "status", status, "who", c.who, "ms", time.Since(start).Milliseconds())
+	s.log.Info("request", "qid", c.qid, "method", r.Method, "path", redactPath(r.URL.Path), "status", status, "who", c.who, "ms", time.Since(start).Milliseconds())
 }
 
 func (s *Server) run(c *call, ep endpoint) (int, any, error) {
@@ -413,6 +413,7 @@ func (s *Server) routes() {
 	s.handle(a+"/deployments/{id}/attempts", map[string]endpoint{"POST": {auth: authAgent, h: s.agentAttempt}})
 	s.handle(a+"/deployments/{id}/events", map[string]endpoint{"POST": {auth: authAgent, maxBody: agentapi.MaxEventsBody, h: s.agentEvents, events: true}})
 	s.credentialRoutes()
+	s.bootedRoutes()
 	s.netbootRoutes()
 	s.mux.Handle(panel.Prefix, panel.New(panel.Config{Backend: s, Store: s.st, Logger: s.log, Now: s.cfg.Clock.Now, PublicURL: s.cfg.PublicURL}))
 	s.handle("/", map[string]endpoint{

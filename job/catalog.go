@@ -194,6 +194,8 @@ const (
 	MsgPowerByHand       Code = "MsgPowerByHand"       //
 	MsgPowerAbandoned    Code = "MsgPowerAbandoned"    // claims
 	MsgRescueTimeout     Code = "MsgRescueTimeout"     // duration
+	MsgBooted            Code = "MsgBooted"            // time from done
+	MsgNoSignOfLife      Code = "MsgNoSignOfLife"      // duration
 
 	// Trusting the network less (issue 22).
 	APIAttemptsExhausted Code = "APIAttemptsExhausted" // attempts
@@ -359,6 +361,8 @@ var catalog = map[Code]entry{
 	MsgPowerByHand:       {"the server has no power driver: it waits to be rebooted into rescue by hand", FaultNone},
 	MsgPowerAbandoned:    {"byoi-api stopped %d times while powering the server through its BMC: the power action was abandoned, ask your provider to look at the server", FaultProvider},
 	MsgRescueTimeout:     {"the server did not boot into rescue within %s", FaultProvider},
+	MsgBooted:            {"booted: the new system phoned home %s after done", FaultNone},
+	MsgNoSignOfLife:      {"no sign of life from the new system %s after done", FaultNone},
 
 	// issue 22
 	APIAttemptsExhausted: {"the deployment was started %d times and never finished: the server's agent restarted during each attempt (see the status history); post it again, or ask your provider to look at the server", FaultProvider},

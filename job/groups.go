@@ -44,7 +44,7 @@ var powerCodes = map[Code]bool{
 // (issue 25, wiring); controlplane's TestPowerCatalog triggers each.
 var powerControlCodes = map[Code]bool{
 	MsgPowerRebooted: true, MsgPowerAgentWaiting: true, MsgPowerByHand: true, MsgPowerAbandoned: true,
-	MsgRescueTimeout: true,
+	MsgRescueTimeout: true, MsgBooted: true, MsgNoSignOfLife: true,
 }
 
 // IsPowerControlCode reports whether c is a text of the control plane's

@@ -118,6 +118,44 @@ type Power interface {
 	// server did not boot into rescue within limit); each once across
 	// instances.
 	ExpireRescue(ctx context.Context, now, cutoff time.Time, limit time.Duration) ([]RescueExpired, error)
+
+	// The "booted" watch: after done, the new system phones home once.
+
+	// WatchBoot sets the hash of deployment id's phone-home token
+	// (replacing an earlier one: each job fetch mints a new token).
+	// ErrNotFound for no such deployment.
+	WatchBoot(ctx context.Context, deploymentID int64, tokenHash []byte, now time.Time) error
+	// MarkBooted marks booted the deployment whose token hashes to
+	// tokenHash, once, and writes it into its history (the time from
+	// done): ErrNotFound for no such token, ErrGone when it was used
+	// already or its deployment did not end done.
+	MarkBooted(ctx context.Context, tokenHash []byte, now time.Time) (BootWatch, error)
+	// BootWatch is deployment id's watch, or ErrNotFound (not watched).
+	BootWatch(ctx context.Context, deploymentID int64) (BootWatch, error)
+	// ExpireBootWatch warns, once each, of the deployments done before
+	// cutoff whose new system never phoned home (limit after done).
+	ExpireBootWatch(ctx context.Context, now, cutoff time.Time, limit time.Duration) (int, error)
+}
+
+// BootWatch is a deployment's "booted" watch.
+type BootWatch struct {
+	DeploymentID int64
+	CreatedAt    time.Time
+	BootedAt     time.Time // zero until it phoned home
+	WarnedAt     time.Time // when it was declared silent (zero: not)
+	DoneAt       time.Time // the deployment's end (MarkBooted)
+}
+
+// BootedEntry is the history entry of a new system that phoned home d
+// after done.
+func BootedEntry(d time.Duration, now time.Time) job.Event {
+	return job.Event{Time: now, Status: job.StatusDone, Kind: job.KindInfo, Code: job.MsgBooted, Message: job.Text(job.MsgBooted, d.Round(time.Second).String())}
+}
+
+// NoSignOfLifeEntry warns that the new system did not phone home within
+// d after done.
+func NoSignOfLifeEntry(d time.Duration, now time.Time) job.Event {
+	return job.Event{Time: now, Status: job.StatusDone, Kind: job.KindWarning, Code: job.MsgNoSignOfLife, Message: job.Text(job.MsgNoSignOfLife, d.String())}
 }
 
 // PowerEntry is the history entry of a power task's outcome.

@@ -372,7 +372,9 @@ CREATE TABLE meta (
 	// into the network boot), claimed by one instance at a time under a
 	// lease that a dead instance's successor takes over; deployment_id
 	// and task_id (0: none) tie it to the deployment or OVH task it
-	// serves.
+	// serves. boot_watch: a deployment whose ConfigDrive phones home
+	// when the new system boots, the hash of its single-use token, when
+	// it phoned, and when it was declared silent.
 	7: {
 		SQLite: `
 CREATE TABLE server_bmc (
@@ -400,6 +402,13 @@ CREATE TABLE power_tasks (
 CREATE INDEX power_tasks_open ON power_tasks(status, lease_until);
 CREATE INDEX power_tasks_server ON power_tasks(server_id, id);
 CREATE INDEX power_tasks_deployment ON power_tasks(deployment_id);
+CREATE TABLE boot_watch (
+	deployment_id INTEGER PRIMARY KEY REFERENCES deployments(id),
+	token_hash BLOB NOT NULL UNIQUE,
+	created_at INTEGER NOT NULL,
+	booted_at INTEGER NOT NULL DEFAULT 0,
+	warned_at INTEGER NOT NULL DEFAULT 0
+);
 `,
 		Postgres: `
 CREATE TABLE server_bmc (
@@ -427,6 +436,13 @@ CREATE TABLE power_tasks (
 CREATE INDEX power_tasks_open ON power_tasks(status, lease_until);
 CREATE INDEX power_tasks_server ON power_tasks(server_id, id);
 CREATE INDEX power_tasks_deployment ON power_tasks(deployment_id);
+CREATE TABLE boot_watch (
+	deployment_id BIGINT PRIMARY KEY REFERENCES deployments(id),
+	token_hash BYTEA NOT NULL UNIQUE,
+	created_at BIGINT NOT NULL,
+	booted_at BIGINT NOT NULL DEFAULT 0,
+	warned_at BIGINT NOT NULL DEFAULT 0
+);
 `,
 	},
 }

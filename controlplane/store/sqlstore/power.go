@@ -287,3 +287,115 @@ func (s *Store) ExpireRescue(ctx context.Context, now, cutoff time.Time, limit t
 	slices.SortFunc(out, func(a, b store.RescueExpired) int { return int(a.DeploymentID - b.DeploymentID) })
 	return out, err
 }
+
+// The "booted" watch.
+
+func (s *Store) WatchBoot(ctx context.Context, deploymentID int64, tokenHash []byte, now time.Time) error {
+	return s.Write(ctx, func(tx *Tx) error {
+		var id int64
+		if err := tx.QueryRow(`SELECT id FROM deployments WHERE id = ?`, deploymentID).Scan(&id); err != nil {
+			return s.notFound(err)
+		}
+		res, err := tx.Exec(`UPDATE boot_watch SET token_hash = ? WHERE deployment_id = ? AND booted_at = 0`, tokenHash, deploymentID)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n > 0 {
+			return err
+		}
+		_, err = tx.Exec(`INSERT INTO boot_watch (deployment_id, token_hash, created_at) VALUES (?, ?, ?) ON CONFLICT (deployment_id) DO NOTHING`, deploymentID, tokenHash, Ms(now))
+		return err
+	})
+}
+
+func (s *Store) MarkBooted(ctx context.Context, tokenHash []byte, now time.Time) (store.BootWatch, error) {
+	var w store.BootWatch
+	err := s.Write(ctx, func(tx *Tx) error {
+		var created, booted, warned int64
+		err := tx.QueryRow(`SELECT deployment_id, created_at, booted_at, warned_at FROM boot_watch WHERE token_hash = ?`+s.f.ForUpdate, tokenHash).Scan(&w.DeploymentID, &created, &booted, &warned)
+		if err != nil {
+			return s.notFound(err)
+		}
+		if booted != 0 {
+			return store.ErrGone
+		}
+		var status string
+		var ended, n int64
+		var attempt int
+		if err := tx.QueryRow(`SELECT status, ended_at, history_n, attempt FROM deployments WHERE id = ?`+s.f.ForUpdate, w.DeploymentID).Scan(&status, &ended, &n, &attempt); err != nil {
+			return s.notFound(err)
+		}
+		if status != store.StatusDone {
+			return store.ErrGone
+		}
+		if _, err := tx.Exec(`UPDATE boot_watch SET booted_at = ? WHERE deployment_id = ?`, Ms(now), w.DeploymentID); err != nil {
+			return err
+		}
+		w.CreatedAt, w.BootedAt, w.WarnedAt, w.DoneAt = Tm(created), Tm(Ms(now)), Tm(warned), Tm(ended)
+		n, err = addEntry(tx, w.DeploymentID, n, attempt, now, store.BootedEntry(now.Sub(Tm(ended)), now))
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(`UPDATE deployments SET history_n = ? WHERE id = ?`, n, w.DeploymentID)
+		return err
+	})
+	if err != nil {
+		return store.BootWatch{}, err
+	}
+	return w, nil
+}
+
+func (s *Store) BootWatch(ctx context.Context, deploymentID int64) (store.BootWatch, error) {
+	var w store.BootWatch
+	var created, booted, warned, ended int64
+	err := s.queryRow(ctx, `SELECT w.deployment_id, w.created_at, w.booted_at, w.warned_at, d.ended_at FROM boot_watch w JOIN deployments d ON d.id = w.deployment_id WHERE w.deployment_id = ?`, deploymentID).
+		Scan(&w.DeploymentID, &created, &booted, &warned, &ended)
+	if err != nil {
+		return store.BootWatch{}, s.notFound(err)
+	}
+	w.CreatedAt, w.BootedAt, w.WarnedAt, w.DoneAt = Tm(created), Tm(booted), Tm(warned), Tm(ended)
+	return w, nil
+}
+
+func (s *Store) ExpireBootWatch(ctx context.Context, now, cutoff time.Time, limit time.Duration) (int, error) {
+	var count int
+	e := store.NoSignOfLifeEntry(limit, now)
+	err := s.Write(ctx, func(tx *Tx) error {
+		count = 0
+		rows, err := tx.Query(`UPDATE boot_watch SET warned_at = ? WHERE booted_at = 0 AND warned_at = 0 AND deployment_id IN
+			(SELECT id FROM deployments WHERE status = 'done' AND ended_at < ?) RETURNING deployment_id`, Ms(now), Ms(cutoff))
+		if err != nil {
+			return err
+		}
+		var ids []int64
+		for rows.Next() {
+			var id int64
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return err
+			}
+			ids = append(ids, id)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		slices.Sort(ids)
+		for _, id := range ids {
+			var n int64
+			var attempt int
+			if err := tx.QueryRow(`SELECT history_n, attempt FROM deployments WHERE id = ?`+s.f.ForUpdate, id).Scan(&n, &attempt); err != nil {
+				return err
+			}
+			if _, err := addEntry(tx, id, n, attempt, now, e); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(`UPDATE deployments SET history_n = history_n + 1 WHERE id = ?`, id); err != nil {
+				return err
+			}
+			count++
+		}
+		return nil
+	})
+	return count, err
+}

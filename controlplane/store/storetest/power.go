@@ -279,3 +279,72 @@ func testPowerClaimFleet(t *testing.T, s [2]store.Store) {
 		t.Fatalf("claimed %d of %d", len(seen), n)
 	}
 }
+
+// testBootWatch: the "booted" watch: a token per deployment (replaced by
+// a later fetch), used once, only after done; a silent system warned of
+// once; an unwatched deployment has no watch.
+func testBootWatch(t *testing.T, s store.Store) {
+	sv, d := start(t, s)
+	if _, err := s.BootWatch(ctx, d.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("watched before: %v", err)
+	}
+	if err := s.WatchBoot(ctx, 999, []byte("h0"), t0); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("no deployment: %v", err)
+	}
+	ok(t, s.WatchBoot(ctx, d.ID, []byte("h1"), t0))
+	ok(t, s.WatchBoot(ctx, d.ID, []byte("h2"), t0)) // the job fetched again
+	if _, err := s.MarkBooted(ctx, []byte("h2"), t0); !errors.Is(err, store.ErrGone) {
+		t.Fatalf("booted before done: %v", err)
+	}
+	done := t0.Add(time.Minute)
+	must(s.AppendEvents(ctx, store.Append{ServerID: sv.ID, DeploymentID: d.ID, Attempt: 1, Now: done, Events: []job.Event{ev(1, job.StatusDone, job.StepFinish, job.KindInfo, 0, 0)}}))
+	if _, err := s.MarkBooted(ctx, []byte("h1"), done); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the replaced token worked: %v", err)
+	}
+	at := done.Add(90 * time.Second)
+	w := must(s.MarkBooted(ctx, []byte("h2"), at))
+	if w.DeploymentID != d.ID || !w.BootedAt.Equal(at) {
+		t.Fatalf("%+v", w)
+	}
+	if _, err := s.MarkBooted(ctx, []byte("h2"), at); !errors.Is(err, store.ErrGone) {
+		t.Fatalf("used twice: %v", err)
+	}
+	h := must(s.History(ctx, d.ID, 0, 100))
+	last := h[len(h)-1]
+	if last.Code != job.MsgBooted || last.Message != "booted: the new system phoned home 1m30s after done" || last.Status != job.StatusDone {
+		t.Fatalf("history %+v", last)
+	}
+	if cur := must(s.CurrentDeployment(ctx, sv.ID)); cur.Status != store.StatusDone {
+		t.Fatalf("status changed: %+v", cur)
+	}
+	if g := must(s.BootWatch(ctx, d.ID)); !g.BootedAt.Equal(at) || g.DoneAt.IsZero() {
+		t.Fatalf("%+v", g)
+	}
+
+	// A second server whose new system never calls.
+	sv2 := server(t, s, "acme", "ns2")
+	d2, _ := create(t, s, sv2)
+	must(s.OpenAttempt(ctx, sv2.ID, d2.ID, t0))
+	ok(t, s.WatchBoot(ctx, d2.ID, []byte("h3"), t0))
+	must(s.AppendEvents(ctx, store.Append{ServerID: sv2.ID, DeploymentID: d2.ID, Attempt: 1, Now: done, Events: []job.Event{ev(1, job.StatusDone, job.StepFinish, job.KindInfo, 0, 0)}}))
+	limit := 15 * time.Minute
+	if n := must(s.ExpireBootWatch(ctx, done.Add(14*time.Minute), done.Add(-time.Minute), limit)); n != 0 {
+		t.Fatalf("warned early: %d", n)
+	}
+	now := done.Add(16 * time.Minute)
+	if n := must(s.ExpireBootWatch(ctx, now, now.Add(-limit), limit)); n != 1 {
+		t.Fatalf("warned %d", n)
+	}
+	if n := must(s.ExpireBootWatch(ctx, now, now.Add(-limit), limit)); n != 0 {
+		t.Fatalf("warned twice: %d", n)
+	}
+	h = must(s.History(ctx, d2.ID, 0, 100))
+	if last := h[len(h)-1]; last.Code != job.MsgNoSignOfLife || last.Kind != job.KindWarning || last.Message != "no sign of life from the new system 15m0s after done" {
+		t.Fatalf("%+v", last)
+	}
+	if g := must(s.BootWatch(ctx, d2.ID)); g.WarnedAt.IsZero() || !g.BootedAt.IsZero() {
+		t.Fatalf("%+v", g)
+	}
+	// It calls late: still booted.
+	must(s.MarkBooted(ctx, []byte("h3"), now.Add(time.Minute)))
+}

@@ -69,6 +69,7 @@ var cases = []struct {
 	{"PowerAbandoned", testPowerAbandoned},
 	{"PowerOutcome", testPowerOutcome},
 	{"RescueDeadline", testRescueDeadline},
+	{"BootWatch", testBootWatch},
 }
 
 // must returns v, or fails the case (Run recovers the panic into t.Fatal).
