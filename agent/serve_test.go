@@ -32,6 +32,7 @@ type fakePlane struct {
 	refused     int
 	maxBatch    int
 	token       string
+	bootedURL   string // the assignment's (issue 25)
 }
 
 func (f *fakePlane) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -55,7 +56,7 @@ func (f *fakePlane) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(http.StatusNoContent)
 			return
 		}
-		json.NewEncoder(w).Encode(agentapi.Assignment{DeploymentID: 7, Job: f.job})
+		json.NewEncoder(w).Encode(agentapi.Assignment{DeploymentID: 7, Job: f.job, BootedURL: f.bootedURL})
 	case r.URL.Path == agentapi.AttemptsPath("s1", 7):
 		f.attempts++
 		json.NewEncoder(w).Encode(agentapi.Attempt{Attempt: f.attempts})
