@@ -14,6 +14,7 @@ import (
 	"github.com/byoi/byoi/agentapi"
 	"github.com/byoi/byoi/blockdev"
 	"github.com/byoi/byoi/configdrive"
+	"github.com/byoi/byoi/internal/logtail"
 	"github.com/byoi/byoi/job"
 )
 
@@ -39,6 +40,12 @@ type AgentConfig struct {
 	// MaxWait caps the backoff while waiting for the control plane or a
 	// job (default 30 s).
 	MaxWait time.Duration
+	// LogTail keeps the agent's own log (the Logger writes into it too):
+	// its redacted tail is posted when a deployment fails (nil: none).
+	LogTail *logtail.Buffer
+	// KernelLog reads the kernel log's tail for that (nil:
+	// logtail.Kernel).
+	KernelLog KernelLogFunc
 }
 
 // Serve is the rescue agent: it waits (with backoff) for the control plane
@@ -167,6 +174,9 @@ func runAssignment(ctx context.Context, cfg AgentConfig, a *agentapi.Assignment)
 		return err
 	}
 	_, err = Run(dctx, j, env)
+	if err != nil && dctx.Err() == nil {
+		uploadLogs(ctx, cfg, log, a.DeploymentID, attempt, jobSecrets(j, cfg.Client.token, a.BootedURL))
+	}
 	return err
 }
 

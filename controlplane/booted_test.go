@@ -137,3 +137,44 @@ func bootedFlow(t *testing.T, e *env, cu *customer) map[job.Code]string {
 	_ = context.Background
 	return seen
 }
+
+// TestDeploymentLogs: a failed deployment's agent posts its log tails;
+// byoi-api redacts them again and shows them at .../bringYourOwnImage/logs;
+// oversized tails are refused; another server's deployment is not found.
+func TestDeploymentLogs(t *testing.T) {
+	e := newEnv(t)
+	cu := e.customer("acme")
+	a := e.server("ns1", "acme")
+	b := e.server("ns2", "acme")
+	if err := cu.bearer.Post(path("ns1", "/bringYourOwnImage"), legacyBody(), nil); err != nil {
+		t.Fatal(err)
+	}
+	as := a.pickUp()
+	a.mustSend(a.event("error", job.StepVerify, job.KindInfo, job.ChecksumMismatch, job.Text(job.ChecksumMismatch, "sha256", "x", "y"), 0, 0))
+	l := agentapi.LogTails{Attempt: 1, Kernel: "[    0.0] Kernel command line: quiet byoi.token=byoi_ag_leaked0123456789\n[    3.1] nvme0: ok\n", Agent: "level=ERROR msg=\"checksum mismatch\"\n"}
+	if st, ae := a.do("POST", agentapi.LogsPath("ns1", as.DeploymentID), l, nil); st != 204 {
+		t.Fatalf("post logs: %d %+v", st, ae)
+	}
+	if st, _ := b.do("POST", agentapi.LogsPath("ns2", as.DeploymentID), l, nil); st != 404 {
+		t.Errorf("another server's deployment: %d", st)
+	}
+	big := agentapi.LogTails{Attempt: 1, Kernel: strings.Repeat("x", agentapi.MaxLogText+1)}
+	if st, _ := a.do("POST", agentapi.LogsPath("ns1", as.DeploymentID), big, nil); st != 400 {
+		t.Errorf("oversized tails: %d", st)
+	}
+	var got struct {
+		DeploymentID  int64
+		Attempt       int
+		Kernel, Agent string
+		ReceivedAt    *string
+	}
+	if err := cu.bearer.Get(path("ns1", "/bringYourOwnImage/logs"), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.DeploymentID != as.DeploymentID || !strings.Contains(got.Kernel, "nvme0: ok") || strings.Contains(got.Kernel, "byoi_ag_leaked") || got.Agent != l.Agent || got.ReceivedAt == nil {
+		t.Errorf("%+v", got)
+	}
+	if err := cu.bearer.Get(path("ns1", "/bringYourOwnImage/logs?deploymentId=999"), nil); err == nil {
+		t.Error("logs of no deployment")
+	}
+}

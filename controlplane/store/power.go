@@ -135,6 +135,23 @@ type Power interface {
 	// ExpireBootWatch warns, once each, of the deployments done before
 	// cutoff whose new system never phoned home (limit after done).
 	ExpireBootWatch(ctx context.Context, now, cutoff time.Time, limit time.Duration) (int, error)
+
+	// PutDeploymentLogs stores the log tails of deployment l.DeploymentID
+	// of server serverID (replacing earlier ones): ErrNotFound when the
+	// server has no such deployment.
+	PutDeploymentLogs(ctx context.Context, serverID int64, l DeploymentLogs) error
+	// DeploymentLogs are a deployment's log tails, or ErrNotFound.
+	DeploymentLogs(ctx context.Context, deploymentID int64) (DeploymentLogs, error)
+}
+
+// DeploymentLogs are the log tails a failed deployment's agent posted
+// (redacted by the agent and again by the control plane).
+type DeploymentLogs struct {
+	DeploymentID int64
+	Attempt      int
+	Kernel       string
+	Agent        string
+	ReceivedAt   time.Time
 }
 
 // BootWatch is a deployment's "booted" watch.

@@ -374,7 +374,8 @@ CREATE TABLE meta (
 	// and task_id (0: none) tie it to the deployment or OVH task it
 	// serves. boot_watch: a deployment whose ConfigDrive phones home
 	// when the new system boots, the hash of its single-use token, when
-	// it phoned, and when it was declared silent.
+	// it phoned, and when it was declared silent. deployment_logs: the
+	// redacted log tails a failed deployment's agent posted (the latest).
 	7: {
 		SQLite: `
 CREATE TABLE server_bmc (
@@ -409,6 +410,13 @@ CREATE TABLE boot_watch (
 	booted_at INTEGER NOT NULL DEFAULT 0,
 	warned_at INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE deployment_logs (
+	deployment_id INTEGER PRIMARY KEY REFERENCES deployments(id),
+	attempt INTEGER NOT NULL,
+	kernel TEXT NOT NULL,
+	agent TEXT NOT NULL,
+	received_at INTEGER NOT NULL
+);
 `,
 		Postgres: `
 CREATE TABLE server_bmc (
@@ -442,6 +450,13 @@ CREATE TABLE boot_watch (
 	created_at BIGINT NOT NULL,
 	booted_at BIGINT NOT NULL DEFAULT 0,
 	warned_at BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE deployment_logs (
+	deployment_id BIGINT PRIMARY KEY REFERENCES deployments(id),
+	attempt INTEGER NOT NULL,
+	kernel TEXT NOT NULL,
+	agent TEXT NOT NULL,
+	received_at BIGINT NOT NULL
 );
 `,
 	},

@@ -399,3 +399,32 @@ func (s *Store) ExpireBootWatch(ctx context.Context, now, cutoff time.Time, limi
 	})
 	return count, err
 }
+
+// Log tails of failed deployments.
+
+func (s *Store) PutDeploymentLogs(ctx context.Context, serverID int64, l store.DeploymentLogs) error {
+	return s.Write(ctx, func(tx *Tx) error {
+		var id int64
+		if err := tx.QueryRow(`SELECT id FROM deployments WHERE id = ? AND server_id = ?`, l.DeploymentID, serverID).Scan(&id); err != nil {
+			return s.notFound(err)
+		}
+		if _, err := tx.Exec(`DELETE FROM deployment_logs WHERE deployment_id = ?`, l.DeploymentID); err != nil {
+			return err
+		}
+		_, err := tx.Exec(`INSERT INTO deployment_logs (deployment_id, attempt, kernel, agent, received_at) VALUES (?, ?, ?, ?, ?)`,
+			l.DeploymentID, l.Attempt, l.Kernel, l.Agent, Ms(l.ReceivedAt))
+		return err
+	})
+}
+
+func (s *Store) DeploymentLogs(ctx context.Context, deploymentID int64) (store.DeploymentLogs, error) {
+	var l store.DeploymentLogs
+	var at int64
+	err := s.queryRow(ctx, `SELECT deployment_id, attempt, kernel, agent, received_at FROM deployment_logs WHERE deployment_id = ?`, deploymentID).
+		Scan(&l.DeploymentID, &l.Attempt, &l.Kernel, &l.Agent, &at)
+	if err != nil {
+		return store.DeploymentLogs{}, s.notFound(err)
+	}
+	l.ReceivedAt = Tm(at)
+	return l, nil
+}

@@ -348,3 +348,22 @@ func testBootWatch(t *testing.T, s store.Store) {
 	// It calls late: still booted.
 	must(s.MarkBooted(ctx, []byte("h3"), now.Add(time.Minute)))
 }
+
+func testDeploymentLogs(t *testing.T, s store.Store) {
+	sv, d := start(t, s)
+	other := server(t, s, "acme", "ns2")
+	if _, err := s.DeploymentLogs(ctx, d.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("logs before: %v", err)
+	}
+	l := store.DeploymentLogs{DeploymentID: d.ID, Attempt: 1, Kernel: "[    1.0] kernel line\n", Agent: "level=ERROR msg=boom\n", ReceivedAt: t0}
+	if err := s.PutDeploymentLogs(ctx, other.ID, l); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("another server's deployment: %v", err)
+	}
+	ok(t, s.PutDeploymentLogs(ctx, sv.ID, l))
+	l.Attempt, l.Agent = 2, "second\n"
+	ok(t, s.PutDeploymentLogs(ctx, sv.ID, l))
+	g := must(s.DeploymentLogs(ctx, d.ID))
+	if g.Attempt != 2 || g.Agent != "second\n" || g.Kernel != l.Kernel || !g.ReceivedAt.Equal(t0) {
+		t.Fatalf("%+v", g)
+	}
+}

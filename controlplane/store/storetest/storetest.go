@@ -70,6 +70,7 @@ var cases = []struct {
 	{"PowerOutcome", testPowerOutcome},
 	{"RescueDeadline", testRescueDeadline},
 	{"BootWatch", testBootWatch},
+	{"DeploymentLogs", testDeploymentLogs},
 }
 
 // must returns v, or fails the case (Run recovers the panic into t.Fatal).
