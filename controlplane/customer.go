@@ -171,7 +171,7 @@ func (s *Server) createDeployment(c *call, shape job.Shape) (store.Task, error) 
 		return t, err
 	}
 	// The power loop reboots it into rescue (a server with a BMC).
-	if _, err := s.requestReboot(c.r.Context(), c.server, d.ID, 0); err != nil {
+	if _, err := s.queueReboot(c.r.Context(), c.server, d.ID, 0); err != nil {
 		return t, err
 	}
 	return t, nil
@@ -299,7 +299,7 @@ func (s *Server) deleteBYOI(c *call) (int, any, error) {
 		return 0, nil, err
 	}
 	// Back to rescue: the power loop reboots a server with a BMC.
-	if _, err := s.requestReboot(c.r.Context(), c.server, 0, 0); err != nil {
+	if _, err := s.queueReboot(c.r.Context(), c.server, 0, 0); err != nil {
 		return 0, nil, err
 	}
 	return http.StatusOK, nil, nil

@@ -122,12 +122,12 @@ const (
 	powerAgentWaiting = "agent-waiting"
 )
 
-// requestReboot queues a reboot into the network boot for sv when it has
+// queueReboot queues a reboot into the network boot for sv when it has
 // a BMC, for a deployment (deploymentID) or an OVH task of no deployment
 // (taskID), or for nothing (DELETE): false when it has none (someone
 // reboots it by hand). A deployment whose agent is live is picked up
 // without a reboot.
-func (s *Server) requestReboot(ctx context.Context, sv store.Server, deploymentID, taskID int64) (bool, error) {
+func (s *Server) queueReboot(ctx context.Context, sv store.Server, deploymentID, taskID int64) (bool, error) {
 	has, err := s.hasBMC(ctx, sv.ID)
 	if err != nil || !has {
 		return false, err
