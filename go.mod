@@ -11,6 +11,7 @@ require (
 	github.com/klauspost/compress v1.20.4
 	github.com/lima-vm/go-qcow2reader v0.7.1
 	github.com/ovh/go-ovh v1.9.0
+	github.com/pierrec/lz4/v4 v4.1.34
 	github.com/sirupsen/logrus v1.9.4
 	github.com/ulikunitz/xz v0.5.15
 	golang.org/x/crypto v0.59.0

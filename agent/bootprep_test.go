@@ -93,7 +93,7 @@ func TestPrepareBootServerPath(t *testing.T) {
 		j := &job.Job{ImageURL: serve(t, img, ""), ImageType: "raw", DiskGroupID: 1}
 		var got agentapi.BootInfo
 		_, err := Run(context.Background(), j, Env{Target: path, Report: ReporterFunc((&recorder{}).report), Rebooter: &fakeRebooter{rec: &recorder{}},
-			EFIVarsDir: dir, ServerEFIBootloaderPath: c.server,
+			EFIVarsDir: dir, Options: Options{ServerEFIBootloaderPath: c.server},
 			BeforeReboot: func(_ context.Context, b agentapi.BootInfo) { got = b }})
 		if err != nil {
 			t.Fatalf("server path %s: %v", c.server, err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"fmt"
 	"hash/crc32"
 	"net/http"
 	"net/http/httptest"
@@ -17,8 +18,10 @@ import (
 
 	"github.com/byoi/byoi/internal/testutil"
 
+	"github.com/byoi/byoi/agentapi"
 	"github.com/byoi/byoi/blockdev"
 	"github.com/byoi/byoi/blockdev/blockdevtest"
+	"github.com/byoi/byoi/imagecheck"
 	"github.com/byoi/byoi/internal/crashcheck"
 	"github.com/byoi/byoi/internal/testimage"
 	"github.com/byoi/byoi/job"
@@ -27,14 +30,14 @@ import (
 // TestCatalogCoverage triggers, through the real pipeline, every catalog
 // code of the deployment's group (neither the job spec's, which job's
 // TestValidationCodes covers, nor the control plane's, which its own
-// coverage test covers): each error code is the one job.Describe gives,
+// coverage test covers): each error code is the one Describe gives,
 // each warning and step text arrives as an event, each progress text is
 // what job.ProgressMessage makes of a real run's events.
 func TestCatalogCoverage(t *testing.T) {
 	seen := map[job.Code]string{}
 	note := func(err error, events []job.Event, how string) {
 		if err != nil {
-			c, _ := job.Describe(err)
+			c, _ := Describe(err)
 			seen[c] = how
 		}
 		for _, e := range events {
@@ -49,7 +52,7 @@ func TestCatalogCoverage(t *testing.T) {
 		path := crashcheck.OldSystem(t, 512, diskSize)
 		j := &job.Job{ImageURL: serve(t, data, ""), ImageType: typ, DiskGroupID: 1}
 		rec := &recorder{}
-		env := Env{Target: path, Report: ReporterFunc(rec.report), Fetch: rec.deployer().Fetch}
+		env := Env{Target: path, Report: ReporterFunc(rec.report), Options: Options{Fetch: rec.deployer().Fetch}}
 		if mod != nil {
 			mod(j, &env)
 		}
@@ -61,6 +64,9 @@ func TestCatalogCoverage(t *testing.T) {
 		return func(j *job.Job, _ *Env) { j.Checksum, j.ChecksumType = sum, "sha256" }
 	}
 
+	// No image type given (issue 24): detected, or refused.
+	deploy("type detected", img, job.ImageTypeDetect, 32*mib, nil)
+	deploy("type undetected", make([]byte, 1<<20), job.ImageTypeDetect, 32*mib, nil)
 	// A good raw deploy with a ConfigDrive, and no MBR boot code nor a
 	// readable ESP: progress texts, step texts, boot warnings.
 	deploy("raw deploy", img, "raw", 32*mib, func(j *job.Job, _ *Env) { j.ConfigDrive = &job.ConfigDrive{Hostname: "c"} })
@@ -89,6 +95,8 @@ func TestCatalogCoverage(t *testing.T) {
 	cancel()
 	_, err := Run(ctx, &job.Job{ImageURL: "http://127.0.0.1:1/i", ImageType: "raw", DiskGroupID: 1}, Env{Target: crashcheck.OldSystem(t, 512, 32*mib)})
 	note(err, nil, "cancelled")
+	// An interruption no step is known for (job's own rule).
+	note(fmt.Errorf("x: %w", context.Canceled), nil, "interrupted outside a step")
 	_, err = Run(context.Background(), &job.Job{ImageURL: "http://127.0.0.1:1/i", ImageType: "raw", DiskGroupID: 1}, Env{Target: "/nonexistent/disk"})
 	note(err, nil, "internal")
 
@@ -162,7 +170,7 @@ func TestCatalogCoverage(t *testing.T) {
 		}))
 		defer srv.Close()
 		rec := &recorder{}
-		_, err := Run(context.Background(), &job.Job{ImageURL: srv.URL, ImageType: "raw", DiskGroupID: 1}, Env{Target: crashcheck.OldSystem(t, 512, 32*mib), Report: ReporterFunc(rec.report), Fetch: rec.deployer().Fetch})
+		_, err := Run(context.Background(), &job.Job{ImageURL: srv.URL, ImageType: "raw", DiskGroupID: 1}, Env{Target: crashcheck.OldSystem(t, 512, 32*mib), Report: ReporterFunc(rec.report), Options: Options{Fetch: rec.deployer().Fetch}})
 		note(err, rec.events, "download retried")
 		err, events, _, _, _ := stalledRun(t, 300*time.Millisecond)
 		note(err, events, "stalled")
@@ -190,8 +198,30 @@ func TestCatalogCoverage(t *testing.T) {
 		tw, _ := testimage.Tar(two, disk, testimage.Member{Name: "disk2.vmdk", Data: vmdk})
 		deploy("second disk", tw, "ova", 32*mib, nil)
 	}
+	{
+		// The image checks' own codes (issue 26): a strict job's warning
+		// (a BIOS server, a GPT image with boot code and no BIOS boot
+		// partition). Two refusals at once need an image with a system
+		// (imagecheck's fixtures): CheckMore's text is built here.
+		bios, err := testimage.GPT(16*mib, 512, []testimage.Part{{Name: "root", Type: testimage.TypeLinux, Start: mib, Size: 13 * mib, Fill: testimage.FillMixed}}, 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		copy(bios, []byte{0xfa, 0xcd, 0x18})
+		deploy("strict job, warning", bios, "raw", 32*mib, func(j *job.Job, env *Env) {
+			j.ImageChecks = job.ImageChecksStrict
+			env.Inventory = &agentapi.Inventory{BootMode: agentapi.BootModeLegacy}
+		})
+		two := &CheckError{Findings: []imagecheck.Finding{
+			{Code: job.CheckUEFINoESP, Message: job.Text(job.CheckUEFINoESP)},
+			{Code: job.CheckCloudInitMissing, Message: job.Text(job.CheckCloudInitMissing)},
+		}}
+		if code, msg := Describe(two); code == job.CheckUEFINoESP && strings.Contains(msg, "; and 1 more: ") {
+			seen[job.CheckMore] = "two refusals"
+		}
+	}
 	for _, c := range job.Codes() {
-		if job.IsJobSpecCode(c) || job.IsControlPlaneCode(c) || job.IsPowerCode(c) || job.IsPowerControlCode(c) {
+		if job.IsJobSpecCode(c) || job.IsControlPlaneCode(c) || job.IsPowerCode(c) || job.IsImageCheckCode(c) || job.IsPowerControlCode(c) {
 			continue
 		}
 		if _, ok := seen[c]; !ok {

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/byoi/byoi/agentapi"
-	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/fetch"
 )
 
 // Client talks to the control plane's agent API (agentapi) for one server.
@@ -59,7 +59,7 @@ func NewClient(base, server, token string, opts ClientOptions) (*Client, error) 
 	if token == "" {
 		return nil, errors.New("no agent token")
 	}
-	tr, err := imaging.NewTransport(opts.CACertPEM, 30*time.Second)
+	tr, err := fetch.NewTransport(opts.CACertPEM, 30*time.Second)
 	if err != nil {
 		return nil, err
 	}
@@ -84,12 +84,12 @@ type apiError struct {
 
 func (e *apiError) Error() string {
 	if e.code == http.StatusUnauthorized || e.code == http.StatusForbidden {
-		return "control plane: HTTP " + imaging.StatusText(e.code) + ": the control plane refused the agent token (a server that re-entered rescue may need a fresh one: byoi-api server token NAME)"
+		return "control plane: HTTP " + fetch.StatusText(e.code) + ": the control plane refused the agent token (a server that re-entered rescue may need a fresh one: byoi-api server token NAME)"
 	}
 	if e.msg != "" {
-		return fmt.Sprintf("control plane: HTTP %s: %s", imaging.StatusText(e.code), e.msg)
+		return fmt.Sprintf("control plane: HTTP %s: %s", fetch.StatusText(e.code), e.msg)
 	}
-	return "control plane: HTTP " + imaging.StatusText(e.code)
+	return "control plane: HTTP " + fetch.StatusText(e.code)
 }
 
 func (e *apiError) Is(target error) bool {

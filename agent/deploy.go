@@ -10,10 +10,17 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/byoi/byoi/agentapi"
 	"github.com/byoi/byoi/configdrive"
+	"github.com/byoi/byoi/imagecheck"
 	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/decompress"
+	"github.com/byoi/byoi/imaging/fetch"
+	"github.com/byoi/byoi/imaging/ova"
+	"github.com/byoi/byoi/imaging/qcow2"
 	"github.com/byoi/byoi/job"
 	"github.com/byoi/byoi/partition"
 )
@@ -31,22 +38,13 @@ type rereader interface {
 	RereadPartitions(ctx context.Context) error
 }
 
-// Deployer writes one job onto an opened, locked disk: fetch, verify,
-// write, relocate the backup GPT, check how it boots, add the ConfigDrive,
-// flush. Run is the whole deployment (disk choice, locking, final status,
-// reboot) around it; Deployer is its engine, usable on its own in tests.
-// The zero value works: no events, default download settings.
-type Deployer struct {
-	Fetch         imaging.FetchOptions
+// Options are the settings of a deployment that Run's Env and a Deployer
+// share.
+type Options struct {
+	Fetch         fetch.Options
 	MemoryReserve int64  // qcow2 staging: memory kept free (default 1 GiB)
 	StagingDir    string // qcow2 staging: a directory to use when memory and the disk tail do not fit
 	Logger        *slog.Logger
-	// Events receives every event as the pipeline makes it (Run passes
-	// them through its Sink). Nil drops them.
-	Events func(job.Event)
-	// Alive, when set, is called as image bytes arrive (Run passes its
-	// Sink's Touch, for the watchdog). It must be cheap.
-	Alive func()
 	// ServerEFIBootloaderPath is the server's efiBootloaderPath (OVH's
 	// server property, set by an earlier job or by PUT): the loader of the
 	// UEFI boot entry when the job names none and that file is on the
@@ -57,6 +55,29 @@ type Deployer struct {
 	// PhoneHomeURL, when set, goes into the ConfigDrive's vendor_data.json
 	// (configdrive.Content.PhoneHomeURL).
 	PhoneHomeURL string
+	// Inventory is the server's inventory (the one the agent posts): the
+	// image checks' facts (its boot mode, the target disk's controller
+	// driver, the NICs). Nil: unknown, and the checks that need them are
+	// skipped.
+	Inventory *agentapi.Inventory
+	// Facts, when set, override the inventory's where they are given
+	// (byoi deploy's --boot-mode, --disk-driver, --nic-driver).
+	Facts *imagecheck.Facts
+}
+
+// Deployer writes one job onto an opened, locked disk: fetch, verify,
+// write, relocate the backup GPT, check how it boots, add the ConfigDrive,
+// flush. Run is the whole deployment (disk choice, locking, final status,
+// reboot) around it; Deployer is its engine, usable on its own in tests.
+// The zero value works: no events, default download settings.
+type Deployer struct {
+	Options
+	// Events receives every event as the pipeline makes it (Run passes
+	// them through its Sink). Nil drops them.
+	Events func(job.Event)
+	// Alive, when set, is called as image bytes arrive (Run passes its
+	// Sink's Touch, for the watchdog). It must be cheap.
+	Alive func()
 }
 
 // Result describes a finished deployment.
@@ -71,6 +92,7 @@ type Result struct {
 	ConfigDrive *partition.Partition // the config-2 partition, nil when none
 	Staged      string               // where a qcow2 was staged
 	Boot        *BootReport          // how the deployed disk can boot
+	Check       *imagecheck.Report   // the image checks' report (nil when off or not run)
 	Notes       []string             // things the operator should know (re-read deferred, stale config-2 elsewhere)
 	Elapsed     time.Duration
 }
@@ -91,7 +113,9 @@ func (d *Deployer) emit(e job.Event) {
 // warn reports a warning event and keeps it in the result's notes.
 func (d *Deployer) warn(res *Result, step job.Step, code job.Code, args ...any) {
 	msg := job.Text(code, args...)
-	d.logger().Warn(msg, "step", step)
+	// Info: the warning event is what is shown (a Warn line would say it
+	// twice on a terminal).
+	d.logger().Info("warning", "step", step, "code", code, "msg", msg)
 	d.emit(job.Event{Step: step, Kind: job.KindWarning, Code: code, Message: msg})
 	if res != nil {
 		res.Notes = append(res.Notes, msg)
@@ -122,43 +146,95 @@ var stepCodes = map[job.Step]job.Code{
 	job.StepBootCheck: job.MsgStepBoot,
 }
 
-// begin reports that step starts.
-func (d *Deployer) begin(step job.Step, msg string) {
-	d.logger().Info("step start", "step", step)
-	e := job.Event{Step: step, Kind: job.KindInfo, Message: msg}
-	if msg == "" {
-		e.Message = stepMessages[step]
-		if c, ok := stepCodes[step]; ok {
-			e.Code, e.Message = c, job.Text(c)
-		}
-	}
-	d.emit(e)
+// tracker is the one place a deployment's steps start, end and fail
+// (ignition's LogOp): run starts a step (its event), runs it, and logs its
+// end or its failure with its duration, the failure tagged with the step
+// it happened in. A writer whose one call spans several steps (raw and
+// OVA images download, then verify, then flush) reports its phases, and
+// next moves the tracker on.
+type tracker struct {
+	d *Deployer
+
+	mu    sync.Mutex
+	cur   job.Step
+	start time.Time
 }
 
-// step runs one pipeline step: it logs its start and end, reports status,
-// and tags a failure with the step it happened in.
-func (d *Deployer) step(ctx context.Context, name job.Step, fn func() error) error {
+// run runs fn as step name.
+func (t *tracker) run(ctx context.Context, name job.Step, fn func() error) error {
 	if err := ctx.Err(); err != nil {
 		return &stepError{step: name, err: err}
 	}
-	start := time.Now()
-	d.begin(name, "")
-	if err := fn(); err != nil {
-		d.logger().Error("step failed", "step", name, logAttrsErr(err), "elapsed", time.Since(start))
-		return &stepError{step: name, err: err}
+	t.begin(name, "")
+	err := fn()
+	step, start := t.current()
+	if err != nil {
+		var se *stepError
+		if errors.As(err, &se) {
+			step = se.step
+		} else {
+			err = &stepError{step: step, err: err}
+		}
+		t.d.logger().Error("step failed", "step", step, logAttrsErr(err), causeAttr(err), "elapsed", time.Since(start).Round(time.Millisecond))
+		return err
 	}
-	d.logger().Info("step done", "step", name, "elapsed", time.Since(start).Round(time.Millisecond))
+	t.done(step, start)
 	return nil
 }
 
-// stepError tags an error with the step it happened in.
+// next ends the current step and starts name, inside one run: a writer's
+// phase moved on. msg is the start event's message ("" for the step's
+// own).
+func (t *tracker) next(name job.Step, msg string) {
+	step, start := t.current()
+	t.done(step, start)
+	t.begin(name, msg)
+}
+
+// step is the step running now.
+func (t *tracker) step() job.Step {
+	s, _ := t.current()
+	return s
+}
+
+func (t *tracker) current() (job.Step, time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.cur, t.start
+}
+
+func (t *tracker) begin(name job.Step, msg string) {
+	t.mu.Lock()
+	t.cur, t.start = name, time.Now()
+	t.mu.Unlock()
+	t.d.logger().Info("step start", "step", name)
+	e := job.Event{Step: name, Kind: job.KindInfo, Message: msg}
+	if msg == "" {
+		e.Message = stepMessages[name]
+		if c, ok := stepCodes[name]; ok {
+			e.Code, e.Message = c, job.Text(c)
+		}
+	}
+	t.d.emit(e)
+}
+
+func (t *tracker) done(name job.Step, start time.Time) {
+	t.d.logger().Info("step done", "step", name, "elapsed", time.Since(start).Round(time.Millisecond))
+}
+
+// stepError tags an error with the step it happened in. It is what the
+// customer reads of its error (job.Coded): Describe's code and text, with
+// the step known.
 type stepError struct {
 	step job.Step
 	err  error
 }
 
-func (e *stepError) Error() string { return e.err.Error() }
+func (e *stepError) Error() string { _, m := describe(e.err, e.step); return m }
 func (e *stepError) Unwrap() error { return e.err }
+
+// MessageCode is Describe's code.
+func (e *stepError) MessageCode() job.Code { c, _ := describe(e.err, e.step); return c }
 
 // FailedStep returns the step an error of Deploy or Run happened in ("" if
 // none is known).
@@ -173,22 +249,22 @@ func FailedStep(err error) job.Step {
 // deployment is the state of one Deploy.
 type deployment struct {
 	*Deployer
+	steps *tracker
 	job   *job.Job
 	real  Disk           // the disk itself
-	guard *imaging.Guard // over real: holds the table regions until commit
+	guard *imaging.Guard // over real: the transaction, holding the table regions until the commit
 	disk  Disk           // what the pipeline writes: the guard
 	res   *Result
 	log   *slog.Logger
 	hash  hash.Hash // nil when no checksum is asked for
-	// imageEnd is how far the image region reached on the disk, for the
-	// wipe after a failure.
-	imageEnd int64
 	// cd is the ConfigDrive, built in preflight (nil without one).
 	cd       []byte
 	cdFormat configdrive.Format
 	cdUUID   string
 	// verdict is the head's partition table verdict, once known.
 	verdict *partition.Verdict
+	// seen are the image checks' findings reported (imagecheck.go).
+	seen map[string]bool
 }
 
 // guardDisk is the Guard seen as a Disk.
@@ -202,31 +278,36 @@ type guardDisk struct {
 // table at all. Deploy works on its own copy of j: the caller's Job is left
 // as it was. It sends no final event (Run does).
 //
-// Nothing that looks like a partition table reaches the disk before the
-// end: an imaging.Guard holds the first MiB, the last MiB and the image's
-// last MiB in memory, the old tables are cleared before the first byte is
-// written, and Commit writes the held regions last. A crash at any point
-// leaves either no table at all or the complete new system.
-func (d *Deployer) Deploy(ctx context.Context, j *job.Job, disk Disk) (*Result, error) {
+// Deploy owns the crash-safety transaction: everything is written through
+// one imaging.Guard (Begin), which holds the first MiB, the last MiB and
+// the image's last MiB in memory and clears the old tables before the
+// first byte reaches the disk; the last step commits it (the held regions
+// last), and any failure aborts it, once, here (the disk left without a
+// partition table). A crash at any point leaves either no table at all or
+// the complete new system.
+func (d *Deployer) Deploy(ctx context.Context, j *job.Job, disk Disk) (_ *Result, err error) {
 	start := time.Now()
-	g := imaging.NewGuard(disk)
-	dp := &deployment{Deployer: d, job: j.Clone(), real: disk, guard: g, disk: guardDisk{g}, log: d.logger()}
+	g := imaging.Begin(ctx, disk)
+	dp := &deployment{Deployer: d, steps: &tracker{d: d}, job: j.Clone(), real: disk, guard: g, disk: guardDisk{g}, log: d.logger()}
 	dp.res = &Result{Disk: disk.Path()}
+	defer func() {
+		if err != nil {
+			err = dp.abort(ctx, err)
+		}
+	}()
 	if err := dp.preflight(ctx); err != nil {
 		return nil, err
 	}
-	stream, err := dp.fetch(ctx)
-	if err != nil {
+	if err := dp.detectImageType(ctx); err != nil { // no type given: detect.go
 		return nil, err
 	}
-	defer stream.Close()
 	switch dp.job.ImageType {
 	case job.ImageTypeRaw:
-		err = dp.writeRaw(ctx, stream)
+		err = dp.writeRaw(ctx)
 	case job.ImageTypeQcow2:
-		err = dp.writeQcow2(ctx, stream)
+		err = dp.writeQcow2(ctx)
 	case job.ImageTypeOVA:
-		err = dp.writeOVA(ctx, stream)
+		err = dp.writeOVA(ctx)
 	default:
 		err = &stepError{job.StepPreflight, job.Errorf(job.BadImageType)}
 	}
@@ -240,9 +321,24 @@ func (d *Deployer) Deploy(ctx context.Context, j *job.Job, disk Disk) (*Result, 
 	return dp.res, nil
 }
 
+// abort ends the transaction after a failure and returns the cause: the
+// held regions are dropped and, if anything reached the disk, the disk is
+// left without a partition table (Guard.Abort).
+func (dp *deployment) abort(ctx context.Context, cause error) error {
+	touched := dp.guard.Touched()
+	if werr := dp.guard.Abort(ctx); werr != nil {
+		dp.log.Error("could not wipe the disk after a failure", logAttrsErr(werr))
+		return errors.Join(cause, werr)
+	}
+	if touched {
+		dp.log.Info("disk left without a partition table after the failure")
+	}
+	return cause
+}
+
 // preflight validates the job and sets up the checksum.
 func (dp *deployment) preflight(ctx context.Context) error {
-	return dp.step(ctx, job.StepPreflight, func() error {
+	return dp.steps.run(ctx, job.StepPreflight, func() error {
 		dp.job.Normalize()
 		if err := dp.job.Validate(); err != nil {
 			return err
@@ -307,6 +403,11 @@ func (dp *deployment) examineHead(ctx context.Context, head []byte) error {
 		}
 	}
 	dp.verdict = v
+	if dp.job.ImageType != job.ImageTypeQcow2 {
+		// A streamed image: its boot mode is checked before the first
+		// byte is written (a qcow2 is checked whole, in writeQcow2).
+		return dp.checkHead(head)
+	}
 	return nil
 }
 
@@ -350,46 +451,44 @@ func (h *headDisk) SectorSize() int64 {
 	return 512
 }
 
-// fetch starts the download (the first step of the download stage).
-func (dp *deployment) fetch(ctx context.Context) (*imaging.Stream, error) {
-	var stream *imaging.Stream
-	err := dp.step(ctx, job.StepDownload, func() error {
-		fo := dp.Fetch
-		fo.Headers = dp.job.Headers
-		if fo.Logger == nil {
-			fo.Logger = dp.log
+// fetch starts the download, inside the download step: that step ends
+// when the image's last byte arrived, not with the response headers.
+func (dp *deployment) fetch(ctx context.Context) (*fetch.Stream, error) {
+	fo := dp.Fetch
+	fo.Headers = dp.job.Headers
+	if fo.Logger == nil {
+		fo.Logger = dp.log
+	}
+	if fo.OnBody == nil && dp.Alive != nil {
+		fo.OnBody = func(int) { dp.Alive() }
+	}
+	if fo.OnRetry == nil {
+		fo.OnRetry = func(retry, max int, off int64) {
+			dp.warn(nil, job.StepDownload, job.WarnDownloadRetry, job.HumanBytes(off), retry, max)
 		}
-		if fo.OnBody == nil && dp.Alive != nil {
-			fo.OnBody = func(int) { dp.Alive() }
-		}
-		if fo.OnRetry == nil {
-			fo.OnRetry = func(retry, max int, off int64) {
-				dp.warn(nil, job.StepDownload, job.WarnDownloadRetry, job.HumanBytes(off), retry, max)
-			}
-		}
-		var err error
-		stream, err = imaging.Fetch(ctx, dp.job.ImageURL, fo)
+	}
+	return fetch.Open(ctx, dp.job.ImageURL, fo)
+}
+
+// start is a writer's report that its checks passed and writing starts:
+// the transaction clears the old tables now.
+func (dp *deployment) start(ctx context.Context) func() error {
+	return func() error { return dp.guard.Start(ctx) }
+}
+
+// ended is a streaming writer's report that the image has streamed in
+// whole and is written but not flushed: the download step ends, the
+// checksum is verified (StepVerify), and the writer flushes (StepWrite).
+func (dp *deployment) ended() error {
+	dp.steps.next(job.StepVerify, "")
+	if err := dp.verify(); err != nil {
 		return err
-	})
-	return stream, err
+	}
+	dp.steps.next(job.StepWrite, "flushing the image to the disk")
+	return nil
 }
 
 // verify compares the checksum of the downloaded bytes (no-op without one).
-// verifyThenWrite is a streaming writer's Verify callback: the checksum
-// (StepVerify), then the held-back regions (StepWrite); *step follows.
-func (dp *deployment) verifyThenWrite(step *job.Step) func() error {
-	return func() error {
-		*step = job.StepVerify
-		dp.begin(*step, "")
-		if err := dp.verify(); err != nil {
-			return err
-		}
-		*step = job.StepWrite
-		dp.begin(*step, "writing the partition tables")
-		return nil
-	}
-}
-
 func (dp *deployment) verify() error {
 	if dp.hash == nil {
 		return nil
@@ -402,144 +501,127 @@ func (dp *deployment) verify() error {
 	return nil
 }
 
-// wipe leaves the disk without a partition table after a failure past the
-// point where it was touched, and returns the cause. The held regions are
-// dropped; the disk itself is wiped only if anything reached it.
-func (dp *deployment) wipe(ctx context.Context, cause error) error {
-	dp.guard.Discard()
-	if !dp.guard.Touched() {
-		return cause
-	}
-	if werr := imaging.WipeAfterFailure(ctx, dp.real, dp.imageEnd); werr != nil {
-		dp.log.Error("could not wipe the disk after a failure", logAttrsErr(werr))
-		return errors.Join(cause, werr)
-	}
-	dp.log.Info("disk left without a partition table after the failure")
-	return cause
-}
-
 // writeRaw streams a raw image onto the disk in one pass: download, hash
 // and write overlap (StepDownload), then the checksum (StepVerify), then
-// the held-back head and tail (StepWrite). WriteRaw wipes what it wrote on
-// any failure.
-func (dp *deployment) writeRaw(ctx context.Context, stream *imaging.Stream) error {
-	step, download := job.StepDownload, dp.progress(job.StepDownload)
-	// A raw image may arrive compressed (gzip, xz, zstd, bzip2): the
-	// content decides. The checksum is of the bytes downloaded; WriteRaw
-	// gets the decompressed stream (whose size is unknown: it refuses one
-	// that passes the disk's end, a decompression bomb included).
-	peek := make([]byte, 64<<10)
-	n, err := io.ReadFull(stream, peek)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		return &stepError{step: step, err: err}
-	}
-	peek = peek[:n]
-	var src io.Reader = io.MultiReader(bytes.NewReader(peek), stream)
-	declared, hash := stream.Size(), dp.hash
-	if f := imaging.Sniff(peek); imaging.Compressed(f) {
-		if hash != nil {
-			hash.Write(peek)
-			src = io.TeeReader(stream, hash)
-		} else {
-			src = stream
-		}
-		dz, _, err := imaging.DecompressStream(peek, src)
+// the flush (StepWrite), all in one WriteRaw whose phases the tracker
+// follows.
+func (dp *deployment) writeRaw(ctx context.Context) error {
+	return dp.steps.run(ctx, job.StepDownload, func() error {
+		stream, err := dp.fetch(ctx)
 		if err != nil {
-			return &stepError{step: step, err: err}
+			return err
 		}
-		defer dz.Close()
-		src, declared, hash = dz, -1, nil
-		dp.res.Compression = string(f)
-		dp.log.Info("raw image is compressed: decompressing as it streams", "compression", f)
-	} else if declared > 0 {
-		dp.guard.Hold(declared-imaging.HeadSize, imaging.HeadSize)
-	}
-	var head []byte
-	r, err := imaging.WriteRaw(ctx, src, dp.disk, imaging.RawOptions{
-		DeclaredSize: declared,
-		TargetName:   dp.real.Path(),
-		Hash:         hash,
-		Check: func(h []byte) error {
-			head = h
-			return dp.examineHead(ctx, h)
-		},
-		Ended: func(size int64) error {
-			// Where the image ends is known now: its last MiB (its
-			// backup GPT) stays in memory until the commit.
-			dp.guard.Hold(size-imaging.HeadSize, imaging.HeadSize)
-			if dp.hash == nil {
-				// No checksum to catch a truncated download: the image's
-				// own table says how far it must reach.
-				if need := dp.verdict.MinImageSize(head, dp.real.SectorSize()); need > size {
-					return &partition.TruncatedError{Got: size, Need: need}
+		defer stream.Close()
+		// A raw image may arrive compressed (gzip, xz, zstd, bzip2): the
+		// content decides. The checksum is of the bytes downloaded;
+		// WriteRaw gets the decompressed stream (whose size is unknown: it
+		// refuses one that passes the disk's end, a decompression bomb
+		// included).
+		peek := make([]byte, 64<<10)
+		n, err := io.ReadFull(stream, peek)
+		if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+			return err
+		}
+		peek = peek[:n]
+		var src io.Reader = io.MultiReader(bytes.NewReader(peek), stream)
+		declared, hash := stream.Size(), dp.hash
+		if f := imaging.Sniff(peek); decompress.Compressed(f) {
+			if hash != nil {
+				hash.Write(peek)
+				src = io.TeeReader(stream, hash)
+			} else {
+				src = stream
+			}
+			dz, _, err := decompress.Stream(peek, src)
+			if err != nil {
+				return err
+			}
+			defer dz.Close()
+			src, declared, hash = dz, -1, nil
+			dp.res.Compression = string(f)
+			dp.log.Info("raw image is compressed: decompressing as it streams", "compression", f)
+			// Where the image ends is known only at its end: the Guard
+			// holds the last MiB written until then.
+			dp.guard.HoldEnd()
+		} else if declared > 0 {
+			dp.guard.Hold(declared-imaging.HeadSize, imaging.HeadSize)
+		}
+		var head []byte
+		r, err := imaging.WriteRaw(ctx, src, dp.disk, imaging.RawOptions{
+			DeclaredSize: declared,
+			TargetName:   dp.real.Path(),
+			Hash:         hash,
+			Check: func(h []byte) error {
+				head = h
+				return dp.examineHead(ctx, h)
+			},
+			Start: dp.start(ctx),
+			Ended: func(size int64) error {
+				// The image's last MiB (its backup GPT) stays in memory
+				// until the commit.
+				dp.guard.Hold(size-imaging.HeadSize, imaging.HeadSize)
+				if dp.hash == nil {
+					// No checksum to catch a truncated download: the
+					// image's own table says how far it must reach.
+					if need := dp.verdict.MinImageSize(head, dp.real.SectorSize()); need > size {
+						return &partition.TruncatedError{Got: size, Need: need}
+					}
 				}
-			}
-			return nil
-		},
-		Verify: dp.verifyThenWrite(&step),
-		Progress: func(done, total int64) {
-			if step == job.StepDownload { // not WriteRaw's last call, after the head
-				download(done, total)
-			}
-		},
-		Logger: dp.log,
+				return dp.ended()
+			},
+			Progress: dp.progress(job.StepDownload),
+			Logger:   dp.log,
+		})
+		dp.res.ImageBytes, dp.res.DiskBytes = stream.BytesRead(), r.Written
+		return err
 	})
-	dp.res.ImageBytes, dp.res.DiskBytes = stream.BytesRead(), r.Written
-	dp.imageEnd = r.Written
-	if err != nil {
-		dp.log.Error("step failed", "step", step, logAttrsErr(err))
-		if dp.guard.Touched() {
-			err = dp.wipe(ctx, err)
-		}
-		return &stepError{step: step, err: err}
-	}
-	return nil
 }
 
 // writeOVA streams an OVA's boot disk onto the disk in one pass (the VMDK
-// grains inflated as they arrive): StepDownload, then the checksum and the
-// manifest (StepVerify), then the held-back regions (StepWrite).
-func (dp *deployment) writeOVA(ctx context.Context, stream *imaging.Stream) error {
-	step, download := job.StepDownload, dp.progress(job.StepDownload)
-	r, err := imaging.WriteOVA(ctx, stream, dp.disk, imaging.OVAOptions{
-		DeclaredSize: stream.Size(),
-		TargetName:   dp.real.Path(),
-		Hash:         dp.hash,
-		Check:        func(h []byte) error { return dp.examineHead(ctx, h) },
-		Capacity: func(n int64) {
-			// The disk's backup GPT stays in memory until the commit.
-			dp.guard.Hold(n-imaging.HeadSize, imaging.HeadSize)
-			dp.imageEnd = n
-		},
-		Verify: dp.verifyThenWrite(&step),
-		Progress: func(done, total int64) {
-			if step == job.StepDownload {
-				download(done, total)
-			}
-		},
-		Logger: dp.log,
+// grains inflated as they arrive): StepDownload, then the checksum
+// (StepVerify), then the flush (StepWrite), the phases of one ova.Write.
+func (dp *deployment) writeOVA(ctx context.Context) error {
+	return dp.steps.run(ctx, job.StepDownload, func() error {
+		stream, err := dp.fetch(ctx)
+		if err != nil {
+			return err
+		}
+		defer stream.Close()
+		r, err := ova.Write(ctx, stream, dp.disk, ova.Options{
+			DeclaredSize: stream.Size(),
+			TargetName:   dp.real.Path(),
+			Hash:         dp.hash,
+			Check:        func(h []byte) error { return dp.examineHead(ctx, h) },
+			Capacity: func(n int64) {
+				// The image's backup GPT stays in memory until the commit.
+				dp.guard.Hold(n-imaging.HeadSize, imaging.HeadSize)
+			},
+			Start:    dp.start(ctx),
+			Ended:    func(int64) error { return dp.ended() },
+			Progress: dp.progress(job.StepDownload),
+			Logger:   dp.log,
+		})
+		dp.res.ImageBytes, dp.res.DiskBytes = r.Read, r.VirtualSize
+		for _, w := range r.Warnings {
+			dp.warn(dp.res, job.StepDownload, job.WarnImageNote, w)
+		}
+		return err
 	})
-	dp.res.ImageBytes, dp.res.DiskBytes = r.Read, r.VirtualSize
-	for _, w := range r.Warnings {
-		dp.warn(dp.res, job.StepDownload, job.WarnImageNote, w)
-	}
-	if err != nil {
-		dp.log.Error("step failed", "step", step, logAttrsErr(err))
-		return &stepError{step: step, err: dp.wipe(ctx, err)}
-	}
-	return nil
 }
 
 // writeQcow2 stages the qcow2 (StepDownload), verifies its checksum, header
 // and virtual disk head before the disk's image region is touched
-// (StepVerify), then converts it onto the disk (StepWrite).
-func (dp *deployment) writeQcow2(ctx context.Context, stream *imaging.Stream) error {
-	var staged imaging.Staged
-	// Staging may use the disk's tail (through the Guard, which clears the
-	// old tables first): once it has, any failure must leave no partition
-	// table. wipe touches the disk only if something reached it.
-	failed := func(err error) error { return dp.wipe(ctx, err) }
-	if err := dp.step(ctx, job.StepDownload, func() error {
+// (StepVerify), then converts it onto the disk (StepWrite). Staging may
+// use the disk's tail, through the Guard: once it has, a failure leaves no
+// partition table (Deploy's abort).
+func (dp *deployment) writeQcow2(ctx context.Context) error {
+	var staged qcow2.Staged
+	if err := dp.steps.run(ctx, job.StepDownload, func() error {
+		stream, err := dp.fetch(ctx)
+		if err != nil {
+			return err
+		}
+		defer stream.Close()
 		// The real format must be qcow2 before anything is staged.
 		head := make([]byte, 64<<10)
 		n, err := io.ReadFull(stream, head)
@@ -550,7 +632,7 @@ func (dp *deployment) writeQcow2(ctx context.Context, stream *imaging.Stream) er
 		if _, err := imaging.CheckFormat(job.ImageTypeQcow2, head); err != nil {
 			return err
 		}
-		staged, err = imaging.Stage(ctx, io.MultiReader(bytes.NewReader(head), stream), imaging.StageOptions{
+		staged, err = qcow2.Stage(ctx, io.MultiReader(bytes.NewReader(head), stream), qcow2.StageOptions{
 			DeclaredSize:  stream.Size(),
 			MemoryReserve: dp.MemoryReserve,
 			Target:        dp.disk,
@@ -561,18 +643,18 @@ func (dp *deployment) writeQcow2(ctx context.Context, stream *imaging.Stream) er
 		})
 		return err
 	}); err != nil {
-		return failed(err)
+		return err
 	}
 	defer staged.Close()
 	dp.res.ImageBytes = staged.Size()
 	dp.res.Staged = staged.Where()
-	var info *imaging.Qcow2Info
-	if err := dp.step(ctx, job.StepVerify, func() error {
+	var info *qcow2.Info
+	if err := dp.steps.run(ctx, job.StepVerify, func() error {
 		if err := dp.verify(); err != nil {
 			return err
 		}
 		var err error
-		info, err = imaging.CheckQcow2(staged, staged.Size(), dp.disk.Path(), dp.disk.Size())
+		info, err = qcow2.Check(staged, staged.Size(), dp.disk.Path(), dp.disk.Size())
 		if err != nil {
 			return err
 		}
@@ -582,41 +664,58 @@ func (dp *deployment) writeQcow2(ctx context.Context, stream *imaging.Stream) er
 		}
 		// The virtual disk's table decides, before converting: a qcow2
 		// without one is refused like the same bytes as raw.
-		return dp.examineHead(ctx, head)
+		if err := dp.examineHead(ctx, head); err != nil {
+			return err
+		}
+		// Every image check, on the staged image, before the disk's
+		// image region is touched.
+		vd, closeVD, err := qcow2.OpenDisk(staged, staged.Size(), info)
+		if err != nil {
+			return err
+		}
+		defer closeVD()
+		return dp.checkDisk(ctx, job.StepVerify, vd, info.VirtualSize, false)
 	}); err != nil {
-		return failed(err)
+		return err
 	}
 	dp.res.DiskBytes = info.VirtualSize
 	dp.guard.Hold(info.VirtualSize-imaging.HeadSize, imaging.HeadSize)
-	if err := dp.step(ctx, job.StepWrite, func() error {
-		dp.imageEnd = info.VirtualSize
-		return imaging.ConvertQcow2(ctx, staged, staged.Size(), dp.disk, imaging.ConvertOptions{
+	return dp.steps.run(ctx, job.StepWrite, func() error {
+		return qcow2.Convert(ctx, staged, staged.Size(), info, dp.disk, qcow2.ConvertOptions{
+			KeepOut:  staged.Region(),
+			Start:    dp.start(ctx),
 			Progress: dp.progress(job.StepWrite),
 			Logger:   dp.log,
 		})
-	}); err != nil {
-		return dp.wipe(ctx, err)
-	}
-	return nil
+	})
 }
 
 // finishDisk is the tail every image type shares once the image is on the
 // disk: relocate the backup GPT, check how it boots, add the ConfigDrive,
-// flush and re-read. Any failure leaves the disk without a table.
+// commit and re-read. A failure aborts the transaction (Deploy).
 func (dp *deployment) finishDisk(ctx context.Context) error {
-	if err := dp.step(ctx, job.StepRelocate, func() error {
+	if err := dp.steps.run(ctx, job.StepRelocate, func() error {
 		if err := dp.repairHead(); err != nil {
 			return err
 		}
 		return partition.RelocateBackupGPTFrom(ctx, dp.disk, dp.res.DiskBytes)
 	}); err != nil {
-		return dp.wipe(ctx, err)
+		return err
 	}
-	if err := dp.step(ctx, job.StepBootCheck, dp.bootCheck); err != nil {
-		return dp.wipe(ctx, err)
+	if err := dp.steps.run(ctx, job.StepBootCheck, func() error {
+		if dp.job.ImageType != job.ImageTypeQcow2 {
+			// A streamed image is checked once written, before the
+			// commit: the held regions read through the Guard.
+			if err := dp.checkDisk(ctx, job.StepBootCheck, dp.disk, dp.disk.Size(), true); err != nil {
+				return err
+			}
+		}
+		return dp.bootCheck()
+	}); err != nil {
+		return err
 	}
 	if dp.job.ConfigDrive != nil {
-		if err := dp.step(ctx, job.StepConfigDrive, func() error {
+		if err := dp.steps.run(ctx, job.StepConfigDrive, func() error {
 			p, err := dp.addConfigDrive(ctx)
 			if err != nil {
 				return job.Wrap(err, job.ConfigDriveFailed)
@@ -624,13 +723,10 @@ func (dp *deployment) finishDisk(ctx context.Context) error {
 			dp.res.ConfigDrive = &p
 			return nil
 		}); err != nil {
-			return dp.wipe(ctx, err)
+			return err
 		}
 	}
-	if err := dp.step(ctx, job.StepFinish, func() error { return dp.flush(ctx) }); err != nil {
-		return dp.wipe(ctx, err)
-	}
-	return nil
+	return dp.steps.run(ctx, job.StepFinish, func() error { return dp.flush(ctx) })
 }
 
 // bootCheck reports how the deployed disk boots, and refuses a job whose
@@ -650,13 +746,25 @@ func (dp *deployment) bootCheck() error {
 		}
 	}
 	dp.res.Boot = &b
+	known := dp.checking() && dp.facts().BootMode != ""
 	for _, p := range b.Warnings {
+		if known && bootModeWarning[p.Code] {
+			// The image checks judged the boot against the server's
+			// own boot mode: these are for a server of unknown mode.
+			continue
+		}
 		dp.warn(dp.res, job.StepBootCheck, p.Code, p.Args...)
 	}
 	if b.BootloaderProblem != nil {
 		return b.BootloaderProblem
 	}
 	return nil
+}
+
+// bootModeWarning are InspectBoot's warnings that hold for a server whose
+// boot mode is unknown.
+var bootModeWarning = map[job.Code]bool{
+	job.WarnNoLegacyBoot: true, job.WarnNoESP: true, job.WarnESPUnreadable: true, job.WarnNoRemovablePath: true,
 }
 
 // repairHead applies the head verdict's repairs (a protective MBR that
@@ -680,7 +788,7 @@ func (dp *deployment) repairHead() error {
 	return nil
 }
 
-// flush commits the held tables (the Guard writes the backup GPT areas,
+// flush commits the transaction (the Guard writes the backup GPT areas,
 // then the first MiB, flushing in between), reads the final table back from
 // the disk itself and asks the kernel to re-read it.
 func (dp *deployment) flush(ctx context.Context) error {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -143,6 +144,19 @@ func (s *Sink) stamp(e job.Event) job.Event {
 }
 
 // logAttrsErr is a log attribute for an error that is safe to log: the
-// lower packages never put secrets in errors, and this is the only form in
-// which errors reach the log.
+// lower packages never put secrets in errors, and this (with causeAttr) is
+// the only form in which errors reach the log.
 func logAttrsErr(err error) slog.Attr { return slog.String("error", fmt.Sprint(err)) }
+
+// causeAttr is the library's own text of a step's error, for the operator:
+// the customer's text (logAttrsErr) may leave its details out. Empty when
+// both are the same.
+func causeAttr(err error) slog.Attr {
+	var se *stepError
+	if errors.As(err, &se) {
+		if c := se.err.Error(); c != err.Error() {
+			return slog.String("cause", c)
+		}
+	}
+	return slog.Attr{}
+}

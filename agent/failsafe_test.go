@@ -21,8 +21,10 @@ import (
 	"github.com/byoi/byoi/partition"
 )
 
-// The defects the fail-safe issue lists, one test each (the crash-point
-// harness, crash_test.go, proves the crash-safety ones at every point).
+// Fail-safe deployments: each test proves one way a deployment could have
+// left a disk that looks bootable but is not, or destroyed the old system
+// for an image it was bound to refuse (the crash-point harness,
+// crash_test.go, proves the crash-safety rules at every write).
 
 // deployOnOld deploys data (as typ, with or without a ConfigDrive) onto a
 // fresh old system of diskSize and returns the error, the disk's path and
@@ -49,10 +51,11 @@ func deployOnOld(t *testing.T, data []byte, typ string, diskSize int64, cd bool,
 	return err, path, !bytes.Equal(before, after)
 }
 
-// Defect 2: an image exactly the disk's size held its backup GPT back only
-// until the checksum: a crash after the tail was written left a
-// recoverable table. With the Guard, every crash point of such a deploy
-// shows nothing, the old system or the complete new one.
+// TestExactSizeImageCrashPoints: an image exactly the disk's size, whose
+// own backup GPT is the disk's last MiB, is held back until the commit
+// (not only until the checksum): at every crash point of such a deploy the
+// disk shows no table, the old system or the complete new one — never a
+// table recoverable from the image's backup GPT over a partial image.
 func TestExactSizeImageCrashPoints(t *testing.T) {
 	const size = 32 * mib
 	img := testImage(t, size, 512)
@@ -89,8 +92,9 @@ func TestExactSizeImageCrashPoints(t *testing.T) {
 	}
 }
 
-// Defect 3: a qcow2 whose virtual disk holds no partition table is refused
-// before anything is written, like the same bytes as raw.
+// TestQcow2WithoutTableRefusedUntouched: a qcow2 whose virtual disk holds
+// no partition table is refused before anything is written, like the same
+// bytes as raw, and the old system is left as it was.
 func TestQcow2WithoutTableRefusedUntouched(t *testing.T) {
 	raw := bytes.Repeat([]byte("not a disk image "), 1<<20/17*9)
 	q, err := testimage.Qcow2(raw[:8*mib], 16)
@@ -108,10 +112,11 @@ func TestQcow2WithoutTableRefusedUntouched(t *testing.T) {
 	}
 }
 
-// Defect 4: a hybrid ISO (xorriso, partition 1 starting at LBA 0) used to
-// pass the format check, be written, then be refused by the partition
-// code with the disk wiped. One detector now: it is a disk image Linux
-// reads, and it deploys, with a ConfigDrive.
+// TestHybridISODeploys: a hybrid ISO (xorriso, partition 1 starting at
+// LBA 0) is judged once, by the detector the format check and the
+// partition code share: it is a disk image Linux reads, and it deploys,
+// with a ConfigDrive (rather than passing the format check, being written,
+// then refused with the disk wiped).
 func TestHybridISODeploys(t *testing.T) {
 	testutil.RequireCommand(t, "xorriso", "mkfs.fat", "sfdisk")
 	dir := t.TempDir()
@@ -147,11 +152,11 @@ func gptWithMBR(t *testing.T, fix func(mbr []byte)) []byte {
 	return img
 }
 
-// Defect 5: the kernel must read the table byoi writes. A protective MBR
-// of type 0x8E (Linux would read a DOS table with an LVM partition and
-// ignore the GPT) is refused before writing, saying why; a protective
-// entry starting at LBA 2 (Linux requires LBA 1) is repaired, said in a
-// warning, and the deployed disk is a GPT to sfdisk and blkid.
+// TestProtectiveMBRVerdicts: the kernel reads the table byoi writes. A
+// protective MBR of type 0x8E (Linux would read a DOS table with an LVM
+// partition and ignore the GPT) is refused before writing, saying why; a
+// protective entry starting at LBA 2 (Linux requires LBA 1) is repaired,
+// said in a warning, and the deployed disk is a GPT to sfdisk and blkid.
 func TestProtectiveMBRVerdicts(t *testing.T) {
 	lvm := gptWithMBR(t, func(m []byte) { m[446+4] = 0x8E })
 	err, _, changed := deployOnOld(t, lvm, "raw", 32*mib, true, true)
@@ -193,8 +198,9 @@ func TestProtectiveMBRVerdicts(t *testing.T) {
 	}
 }
 
-// Defect 6: a zstd-compressed qcow2 with 2 MiB clusters deploys (its head
-// was read through a reader that capped output at 1 MiB).
+// TestZstdQcow2BigClusters: a zstd-compressed qcow2 with 2 MiB clusters
+// (qemu-img's) deploys: its virtual disk's head is read through whole
+// clusters, not through a reader that caps a cluster's output at 1 MiB.
 func TestZstdQcow2BigClusters(t *testing.T) {
 	testutil.RequireCommand(t, "qemu-img")
 	raw := testImage(t, 16*mib, 512)
@@ -214,9 +220,10 @@ func TestZstdQcow2BigClusters(t *testing.T) {
 	}
 }
 
-// Defect 7: failures known before writing are found before writing: a raw
-// image exactly the disk's size with a ConfigDrive (no room for it), an
-// MBR image with four primary partitions and a ConfigDrive (no slot).
+// TestConfigDriveRoomCheckedFirst: failures known before writing are found
+// before writing, the old system untouched: a raw image exactly the disk's
+// size with a ConfigDrive (no room for it), an MBR image with four primary
+// partitions and a ConfigDrive (no slot for it).
 func TestConfigDriveRoomCheckedFirst(t *testing.T) {
 	// Its root partition reaches the end of the usable area: no MiB left.
 	exact, err := testimage.GPT(32*mib, 512, []testimage.Part{
@@ -249,9 +256,9 @@ func TestConfigDriveRoomCheckedFirst(t *testing.T) {
 	}
 }
 
-// Defect 12: without a checksum, a download that ended early (a
-// Content-Length shorter than the image, a body closed early) is refused:
-// the image's own GPT says where it ends.
+// TestTruncatedWithoutChecksumRefused: without a checksum, a download that
+// ended early (a Content-Length shorter than the image, a body closed
+// early) is refused, not deployed: the image's own GPT says where it ends.
 func TestTruncatedWithoutChecksumRefused(t *testing.T) {
 	img := testImage(t, 24*mib, 512)
 	for _, mode := range []string{"short-length", "close-delimited"} {
@@ -279,8 +286,10 @@ func TestTruncatedWithoutChecksumRefused(t *testing.T) {
 	}
 }
 
-// Defect 1 (the rest: the harness proves the crash points): staging on the
-// tail never uses the disk's last MiB, where the backup GPT goes.
+// TestTailStagingKeepsOutOfLastMiB: a qcow2 staged on the disk's tail never
+// uses the disk's last MiB, where the backup GPT goes; a disk too small for
+// that stages elsewhere (the crash points of tail staging are the
+// harness's, crash_test.go).
 func TestTailStagingKeepsOutOfLastMiB(t *testing.T) {
 	raw := testImage(t, 24*mib, 512)
 	q, err := testimage.Qcow2(raw, 16)
@@ -322,8 +331,9 @@ func TestTailStagingKeepsOutOfLastMiB(t *testing.T) {
 
 func errorsAs(err error, target any) bool { return errors.As(err, target) }
 
-// Defect 7 in inspect: `inspect --disk-size --configdrive` says what a
-// deployment would refuse.
+// TestInspectConfigDriveRoom: `inspect --disk-size --configdrive` says, as
+// a problem, that there is no room for the ConfigDrive exactly when a
+// deployment would refuse the image for it (TestConfigDriveRoomCheckedFirst).
 func TestInspectConfigDriveRoom(t *testing.T) {
 	full, err := testimage.GPT(32*mib, 512, []testimage.Part{
 		{Name: "root", Type: testimage.TypeLinux, Start: 1 * mib, Size: 31*mib - 64<<10},

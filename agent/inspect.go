@@ -7,7 +7,10 @@ import (
 	"io"
 	"strings"
 
+	"github.com/byoi/byoi/imagecheck"
 	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/decompress"
+	"github.com/byoi/byoi/imaging/qcow2"
 	"github.com/byoi/byoi/job"
 	"github.com/byoi/byoi/partition"
 )
@@ -29,6 +32,13 @@ type InspectOptions struct {
 	// ConfigDrive: the job has a ConfigDrive; with DiskSize, check it will
 	// have room on the disk (a free MiB at its end, a free MBR slot).
 	ConfigDrive bool
+	// Facts are the server's, for the image checks (issue 26): its boot
+	// mode, its disk's and NICs' drivers. Zero values mean unknown (the
+	// checks that need them are skipped). ConfigDrive and
+	// EFIBootloaderPath are taken from the fields above.
+	Facts imagecheck.Facts
+	// NoChecks skips the image checks.
+	NoChecks bool
 }
 
 // InspectReport is what Inspect found. Problems lists, with the messages a
@@ -54,7 +64,11 @@ type InspectReport struct {
 	SectorSize int64         `json:"sectorSize"`
 	Table      *TableSummary `json:"table,omitempty"`
 	Boot       *BootSummary  `json:"boot,omitempty"`
-	Problems   []string      `json:"problems"`
+	// Checks is the image checks' report (imagecheck): the image's own
+	// system against the server's facts. Its refusals are in Problems
+	// too.
+	Checks   *imagecheck.Report `json:"checks,omitempty"`
+	Problems []string           `json:"problems"`
 }
 
 // Qcow2Summary is what the qcow2 header says, and whether byoi accepts it.
@@ -69,12 +83,12 @@ type Qcow2Summary struct {
 	// "encrypted", and unknown bits as "incompatible bit N" etc.
 	Features  []string `json:"features"`
 	Snapshots uint32   `json:"snapshots"`
-	// AllocatedClusters and CompressedClusters are counted by CheckQcow2
+	// AllocatedClusters and CompressedClusters are counted by qcow2.Check
 	// (0 when it refused the image).
 	AllocatedClusters  int64 `json:"allocatedClusters"`
 	CompressedClusters int64 `json:"compressedClusters"`
-	// Accepted is true when imaging.CheckQcow2 accepted the image;
-	// Refused then is empty, else it is CheckQcow2's message.
+	// Accepted is true when qcow2.Check accepted the image;
+	// Refused then is empty, else it is qcow2.Check's message.
 	Accepted bool   `json:"accepted"`
 	Refused  string `json:"refused,omitempty"`
 }
@@ -139,8 +153,8 @@ func (d readOnlyDisk) SectorSize() int64                       { return d.sector
 // Problems, with the deployment's messages).
 //
 // A qcow2 image's virtual disk is read (through go-qcow2reader, with no
-// backing-file opener) only after imaging.CheckQcow2 accepted it. Memory
-// stays bounded: the head is 1 MiB, CheckQcow2 and the FAT reader bound
+// backing-file opener) only after qcow2.Check accepted it. Memory
+// stays bounded: the head is 1 MiB, qcow2.Check and the FAT reader bound
 // their own reads.
 //
 // The error is non-nil only when the image cannot be read at all (an I/O
@@ -173,8 +187,8 @@ func InspectImage(ctx context.Context, src io.ReaderAt, size int64, opts Inspect
 
 	// A compressed raw image: read the partition table from its
 	// decompressed head.
-	if f := imaging.Format(rep.Format); imaging.Compressed(f) && opts.DeclaredType != "qcow2" && opts.DeclaredType != "ova" {
-		dz, _, err := imaging.DecompressStream(head, io.NewSectionReader(src, int64(len(head)), size-int64(len(head))))
+	if f := imaging.Format(rep.Format); decompress.Compressed(f) && opts.DeclaredType != "qcow2" && opts.DeclaredType != "ova" {
+		dz, _, err := decompress.Stream(head, io.NewSectionReader(src, int64(len(head)), size-int64(len(head))))
 		if err != nil {
 			rep.problem(err)
 			return rep, nil
@@ -213,6 +227,11 @@ func InspectImage(ctx context.Context, src io.ReaderAt, size int64, opts Inspect
 	}
 	if imaging.Format(rep.Format) == imaging.FormatTar {
 		rep.inspectOVA(src, size, opts)
+		if !opts.NoChecks {
+			rep.Checks = &imagecheck.Report{Filesystems: []imagecheck.Filesystem{}, Findings: []imagecheck.Finding{
+				note("the OVA's disk", "an OVA's disk is a stream of VMDK grains: its filesystems are checked when it is deployed, once written"),
+			}}
+		}
 		if opts.DiskSize > 0 && rep.VirtualSize > opts.DiskSize {
 			rep.problem(&imaging.SizeError{ImageSize: rep.VirtualSize, TargetSize: opts.DiskSize})
 		}
@@ -240,7 +259,7 @@ func InspectImage(ctx context.Context, src io.ReaderAt, size int64, opts Inspect
 		}
 		if _, ok := imaging.HasPartitionTable(vhead); !ok {
 			e := &imaging.FormatError{Declared: "raw", Found: imaging.Sniff(vhead), NoTable: true}
-			rep.Problems = append(rep.Problems, e.Error())
+			rep.Problems = append(rep.Problems, Message(e))
 			disk = nil
 		}
 		head = vhead
@@ -255,6 +274,9 @@ func InspectImage(ctx context.Context, src io.ReaderAt, size int64, opts Inspect
 		return nil, fmt.Errorf("inspect: %w", err)
 	}
 	rep.inspectDisk(disk, head, opts)
+	if err := rep.check(ctx, disk, head, opts); err != nil {
+		return nil, err
+	}
 	if opts.ConfigDrive && opts.DiskSize > 0 {
 		ss := opts.DiskSectorSize
 		if ss == 0 {
@@ -280,16 +302,16 @@ func readHead(r io.ReaderAt, size int64) ([]byte, error) {
 	return head, nil
 }
 
-func (r *InspectReport) problem(err error) { r.Problems = append(r.Problems, err.Error()) }
+func (r *InspectReport) problem(err error) { r.Problems = append(r.Problems, Message(err)) }
 
-// inspectQcow2 fills the qcow2 summary and, when CheckQcow2 accepts the
+// inspectQcow2 fills the qcow2 summary and, when qcow2.Check accepts the
 // image, opens its virtual disk (nil when refused).
 func (r *InspectReport) inspectQcow2(ctx context.Context, src io.ReaderAt, size int64, head []byte) (io.ReaderAt, func(), error) {
 	s := &Qcow2Summary{Features: []string{}}
 	r.Qcow2 = s
-	info, err := imaging.ParseQcow2Header(head)
+	info, err := qcow2.ParseHeader(head)
 	if err != nil {
-		s.Refused = err.Error()
+		s.Refused = Message(err)
 		r.Problems = append(r.Problems, s.Refused)
 		return nil, nil, nil
 	}
@@ -302,24 +324,24 @@ func (r *InspectReport) inspectQcow2(ctx context.Context, src io.ReaderAt, size 
 	}
 	// The size check is Inspect's, against opts.DiskSize, so that a
 	// qcow2 too large for the disk is still inspected.
-	checked, err := imaging.CheckQcow2(src, size, "", 0)
+	checked, err := qcow2.Check(src, size, "", 0)
 	if err != nil {
-		var qe *imaging.Qcow2Error
+		var qe *qcow2.Error
 		if !errors.As(err, &qe) {
 			return nil, nil, fmt.Errorf("inspect: %w", err) // I/O
 		}
-		s.Refused = err.Error()
+		s.Refused = Message(err)
 		r.Problems = append(r.Problems, s.Refused)
 		return nil, nil, nil
 	}
 	s.Accepted = true
 	s.AllocatedClusters, s.CompressedClusters = checked.AllocatedClusters, checked.CompressedClusters
-	// CheckQcow2 accepted it: no backing file, and the nil opener would
+	// qcow2.Check accepted it: no backing file, and the nil opener would
 	// refuse to open one anyway.
-	vd, closeVD, err := imaging.OpenQcow2Disk(src, size, info)
+	vd, closeVD, err := qcow2.OpenDisk(src, size, info)
 	if err != nil {
 		s.Accepted = false
-		s.Refused = err.Error()
+		s.Refused = Message(err)
 		r.Problems = append(r.Problems, s.Refused)
 		return nil, nil, nil
 	}
@@ -341,7 +363,7 @@ func tableSummary(t *partition.Table) *TableSummary {
 }
 
 // qcow2Features names what the header sets (qcow2 spec, "feature bits").
-func qcow2Features(info *imaging.Qcow2Info) []string {
+func qcow2Features(info *qcow2.Info) []string {
 	f := []string{}
 	if info.HasBackingFile {
 		f = append(f, "backing file")
@@ -412,7 +434,21 @@ func (r *InspectReport) inspectDisk(disk io.ReaderAt, head []byte, opts InspectO
 		bs.ESPPartition = b.ESP.Number
 	}
 	r.Boot = bs
-	r.Problems = append(r.Problems, b.Problems...)
+	skip := map[string]bool{}
+	if !opts.NoChecks && opts.Facts.BootMode != "" {
+		// The image checks judge the boot against the server's own
+		// mode: the warnings for a server of unknown mode are not said.
+		for _, w := range b.Warnings {
+			if bootModeWarning[w.Code] {
+				skip[job.Text(w.Code, w.Args...)] = true
+			}
+		}
+	}
+	for _, p := range b.Problems {
+		if !skip[p] {
+			r.Problems = append(r.Problems, p)
+		}
+	}
 }
 
 // inspectHeadOnly reads what the first MiB of a disk tells (the table,
@@ -424,9 +460,66 @@ func (r *InspectReport) inspectHeadOnly(ctx context.Context, head []byte, opts I
 	if t, err := partition.Read(readOnlyDisk{r: hd, size: int64(len(head)), sector: ss}); err == nil {
 		r.Table = tableSummary(t)
 	}
+	if !opts.NoChecks {
+		// A stream: the first MiB tells the boot mode's verdict; the
+		// filesystems are beyond the bound.
+		r.Checks = &imagecheck.Report{Filesystems: []imagecheck.Filesystem{}, Findings: []imagecheck.Finding{}}
+		if fs, err := imagecheck.CheckHead(head, ss, r.facts(opts)); err == nil {
+			r.addFindings(fs)
+		}
+		r.Checks.Findings = append(r.Checks.Findings, note("the image's filesystems",
+			fmt.Sprintf("a compressed raw image is read as a stream, and only its first %s were read (they are checked when it is deployed, once written)", job.HumanBytes(int64(len(head))))))
+	}
 	if opts.ConfigDrive && opts.DiskSize > 0 {
 		if err := partition.CheckRoom(ctx, head, opts.DiskSize, max(opts.DiskSectorSize, ss), 1<<20); err != nil && !mayReuseConfigDrive(head) {
 			r.problem(job.Wrap(err, job.ConfigDriveFailed))
+		}
+	}
+}
+
+// note is a Note finding: what was not examined, and why.
+func note(what, why string) imagecheck.Finding {
+	return imagecheck.Finding{Code: job.CheckNotExamined, Severity: imagecheck.Note, Message: job.Text(job.CheckNotExamined, what, why), Args: []any{what, why}}
+}
+
+// facts are the image checks' facts for opts.
+func (r *InspectReport) facts(opts InspectOptions) imagecheck.Facts {
+	f := opts.Facts
+	f.ConfigDrive = opts.ConfigDrive
+	f.EFIBootloaderPath = opts.EFIBootloaderPath
+	return f
+}
+
+// check runs the image checks on the disk the image becomes.
+func (r *InspectReport) check(ctx context.Context, disk io.ReaderAt, head []byte, opts InspectOptions) error {
+	if opts.NoChecks {
+		return nil
+	}
+	ss := r.SectorSize
+	if ss == 0 {
+		ss = max(opts.DiskSectorSize, 512)
+	}
+	rep, err := imagecheck.Check(ctx, disk, r.VirtualSize, ss, r.facts(opts), imagecheck.Options{})
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("inspect: %w", ctx.Err())
+		}
+		r.Checks = &imagecheck.Report{Filesystems: []imagecheck.Filesystem{}, Findings: []imagecheck.Finding{note("the image's system", err.Error())}}
+		return nil
+	}
+	fs := rep.Findings
+	rep.Findings = []imagecheck.Finding{}
+	r.Checks = rep
+	r.addFindings(fs)
+	return nil
+}
+
+// addFindings adds findings to the report: refusals are problems too.
+func (r *InspectReport) addFindings(fs []imagecheck.Finding) {
+	for _, f := range fs {
+		r.Checks.Findings = append(r.Checks.Findings, f)
+		if f.Severity == imagecheck.Refuse {
+			r.Problems = append(r.Problems, f.Message)
 		}
 	}
 }

@@ -12,13 +12,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/qcow2"
 	"github.com/byoi/byoi/internal/testimage"
 )
 
 func inspInspect(t *testing.T, img []byte, opts InspectOptions) *InspectReport {
 	t.Helper()
-	imaging.RegisterDecompressors()
+	qcow2.RegisterDecompressors()
 	r, err := InspectImage(context.Background(), bytes.NewReader(img), int64(len(img)), opts)
 	if err != nil {
 		t.Fatalf("Inspect: %v", err)
@@ -279,7 +279,7 @@ func TestInspectBadOptions(t *testing.T) {
 // FuzzInspect: any bytes give a report or an error, never a panic, and
 // memory stays bounded (the fuzzer's limits catch runaway allocations).
 func FuzzInspect(f *testing.F) {
-	imaging.RegisterDecompressors()
+	qcow2.RegisterDecompressors()
 	// Small seeds: the fuzzer mutates and copies whole inputs.
 	raw, err := testimage.GPT(64<<10, 512, []testimage.Part{
 		{Name: "EFI system partition", Type: testimage.TypeESP, Start: 17 << 10, Size: 16 << 10},

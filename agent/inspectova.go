@@ -8,7 +8,8 @@ import (
 	"path"
 	"strings"
 
-	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/ova"
+	"github.com/byoi/byoi/imaging/vmdk"
 )
 
 // OVASummary is what inspect reads of an OVA: the OVF's disks, the disk a
@@ -52,11 +53,11 @@ func (r *InspectReport) inspectOVA(src io.ReaderAt, size int64, opts InspectOpti
 	s := &OVASummary{Disks: []OVADisk{}}
 	r.OVA = s
 	refuse := func(err error) {
-		s.Refused = err.Error()
+		s.Refused = Message(err)
 		r.Problems = append(r.Problems, s.Refused)
 	}
 	tr := tar.NewReader(io.NewSectionReader(src, 0, size))
-	var ovf *imaging.OVFInfo
+	var ovf *ova.OVF
 	for i := 0; i < 1000; i++ {
 		h, err := tr.Next()
 		if err == io.EOF {
@@ -78,7 +79,7 @@ func (r *InspectReport) inspectOVA(src io.ReaderAt, size int64, opts InspectOpti
 				refuse(err)
 				return
 			}
-			if ovf, err = imaging.ParseOVF(data); err != nil {
+			if ovf, err = ova.ParseOVF(data); err != nil {
 				refuse(err)
 				return
 			}
@@ -107,7 +108,7 @@ func (r *InspectReport) inspectOVA(src io.ReaderAt, size int64, opts InspectOpti
 				s.Warnings = append(s.Warnings, "the disk member is "+ovf.BootFile.Compression+"-compressed: its VMDK header is read when deploying")
 				continue
 			}
-			info, err := imaging.CheckVMDKHeader(head, name, opts.DiskSize)
+			info, err := vmdk.CheckHeader(head, name, opts.DiskSize)
 			if err != nil {
 				refuse(err)
 				return
@@ -126,7 +127,7 @@ func (r *InspectReport) inspectOVA(src io.ReaderAt, size int64, opts InspectOpti
 	r.Problems = append(r.Problems, s.Warnings...)
 }
 
-func fileOf(o *imaging.OVFInfo, id string) (string, bool) {
+func fileOf(o *ova.OVF, id string) (string, bool) {
 	for _, f := range o.Files {
 		if f.ID == id {
 			return f.Href, true

@@ -11,7 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/fetch"
+	"github.com/byoi/byoi/imaging/qcow2"
 	"github.com/byoi/byoi/job"
 )
 
@@ -93,12 +94,12 @@ func inspectURL(ctx context.Context, src string, opts SourceOptions) (*Inspected
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	tr, err := imaging.NewTransport(opts.CACertPEM, opts.ConnectTimeout)
+	tr, err := fetch.NewTransport(opts.CACertPEM, opts.ConnectTimeout)
 	if err != nil {
 		return nil, err
 	}
 	defer tr.CloseIdleConnections()
-	ra, err := imaging.OpenHTTPRange(ctx, src, imaging.HTTPRangeOptions{Client: &http.Client{Transport: tr}, Headers: opts.Headers})
+	ra, err := fetch.OpenRange(ctx, src, fetch.RangeOptions{Client: &http.Client{Transport: tr}, Headers: opts.Headers})
 	if err == nil {
 		rep, err := InspectImage(ctx, ra, ra.Size(), opts.InspectOptions)
 		if err == nil {
@@ -116,7 +117,7 @@ func inspectURL(ctx context.Context, src string, opts SourceOptions) (*Inspected
 		log.Info("no range requests, downloading the whole image", "err", err)
 	}
 
-	stream, err := imaging.Fetch(ctx, src, imaging.FetchOptions{
+	stream, err := fetch.Open(ctx, src, fetch.Options{
 		Headers:        opts.Headers,
 		CACertPEM:      opts.CACertPEM,
 		ConnectTimeout: opts.ConnectTimeout,
@@ -130,13 +131,13 @@ func inspectURL(ctx context.Context, src string, opts SourceOptions) (*Inspected
 	if dir == "" {
 		dir = os.TempDir()
 	}
-	staged, err := imaging.Stage(ctx, stream, imaging.StageOptions{
+	staged, err := qcow2.Stage(ctx, stream, qcow2.StageOptions{
 		DeclaredSize: stream.Size(),
 		StagingDir:   dir,
 		Logger:       log,
 	})
 	if err != nil {
-		var tb *imaging.TooBigError
+		var tb *qcow2.TooBigError
 		if errors.As(err, &tb) {
 			return nil, fmt.Errorf("the image (%d bytes) fits neither in memory nor in %s (--staging-dir), and its server does not serve byte ranges: %w", tb.Size, dir, err)
 		}

@@ -20,10 +20,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/byoi/byoi/imaging/fetch"
 	"github.com/byoi/byoi/job"
 
 	"github.com/byoi/byoi/blockdev"
-	"github.com/byoi/byoi/imaging"
 	"github.com/byoi/byoi/internal/testimage"
 	"github.com/byoi/byoi/internal/testutil"
 )
@@ -79,14 +79,16 @@ func (r *recorder) report(e job.Event) {
 func (r *recorder) run(t testing.TB, j *job.Job, path string) (*Result, error) {
 	t.Helper()
 	d := r.deployer()
-	return Run(context.Background(), j, Env{Target: path, Logger: d.Logger, Fetch: d.Fetch, Report: ReporterFunc(r.report)})
+	return Run(context.Background(), j, Env{Target: path, Options: d.Options, Report: ReporterFunc(r.report)})
 }
 
 func (r *recorder) deployer() *Deployer {
 	return &Deployer{
-		Logger: slog.New(slog.NewTextHandler(&lockedWriter{mu: &r.mu, w: &r.log}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Options: Options{
+			Logger: slog.New(slog.NewTextHandler(&lockedWriter{mu: &r.mu, w: &r.log}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+			Fetch:  fetch.Options{ConnectTimeout: 5 * time.Second, StallTimeout: 5 * time.Second, MaxRetries: 1, RetryBase: 10 * time.Millisecond},
+		},
 		Events: r.report,
-		Fetch:  imaging.FetchOptions{ConnectTimeout: 5 * time.Second, StallTimeout: 5 * time.Second, MaxRetries: 1, RetryBase: 10 * time.Millisecond},
 	}
 }
 

@@ -6,15 +6,16 @@ import (
 	"io"
 
 	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/qcow2"
 )
 
 // readQcow2Head reads the first MiB of the virtual disk of a staged qcow2
-// that imaging.CheckQcow2 already accepted, so its partition table and
+// that qcow2.Check already accepted, so its partition table and
 // sector size are checked before the disk is touched. It reads whole
-// clusters (imaging.OpenQcow2Disk): a compressed cluster larger than the
+// clusters (qcow2.OpenDisk): a compressed cluster larger than the
 // head (2 MiB clusters) must be decompressed whole.
-func readQcow2Head(src io.ReaderAt, size int64, info *imaging.Qcow2Info) ([]byte, error) {
-	vd, closeVD, err := imaging.OpenQcow2Disk(src, size, info)
+func readQcow2Head(src io.ReaderAt, size int64, info *qcow2.Info) ([]byte, error) {
+	vd, closeVD, err := qcow2.OpenDisk(src, size, info)
 	if err != nil {
 		return nil, err
 	}

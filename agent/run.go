@@ -43,10 +43,10 @@ type Env struct {
 	// 512); a block device's own is always used.
 	SectorSize int64
 
-	Fetch         imaging.FetchOptions
-	MemoryReserve int64  // qcow2 staging: memory kept free (default 1 GiB)
-	StagingDir    string // qcow2 staging: a directory for when memory and the disk tail do not fit
-	Logger        *slog.Logger
+	// Options are the deployment's settings (the download, qcow2
+	// staging, the logger, the server's efiBootloaderPath): the Deployer
+	// Run drives gets them.
+	Options
 
 	// Report receives the events (through a Sink); a FinalReporter's Final
 	// must acknowledge the final event before the machine reboots.
@@ -57,14 +57,6 @@ type Env struct {
 	// final status was delivered (nil: no reboot). Before that, Run makes
 	// the deployed disk the next boot after the network (prepareBoot).
 	Rebooter Rebooter
-	// ServerEFIBootloaderPath is the server's efiBootloaderPath, from the
-	// control plane: the UEFI entry's loader when the job has none and the
-	// file is on the deployed disk (see Deployer).
-	ServerEFIBootloaderPath string
-	// PhoneHomeURL, from the control plane, is put in the ConfigDrive's
-	// vendor_data.json (cloud-init's phone_home: the deployed system says
-	// once that it booted). A secret: never logged.
-	PhoneHomeURL string
 	// EFIVarsDir is the efivarfs the UEFI boot entry is written to before
 	// a reboot ("" = the kernel's when the machine booted by UEFI; "-" =
 	// never).
@@ -128,7 +120,7 @@ func Run(ctx context.Context, j *job.Job, env Env) (*Result, error) {
 		if env.Rebooter != nil {
 			// Before "done": a boot entry that cannot be written is a
 			// warning the customer sees.
-			d := &Deployer{Logger: log, Events: func(e job.Event) { sink.Emit(e) }}
+			d := &Deployer{Options: Options{Logger: log}, Events: func(e job.Event) { sink.Emit(e) }}
 			boot = prepareBoot(&env, d, j, res)
 		}
 		return deployed{res, boot}, nil
@@ -161,7 +153,7 @@ func Run(ctx context.Context, j *job.Job, env Env) (*Result, error) {
 // message, at the step it happened in. It must get out even when ctx was
 // cancelled (SIGTERM: "interrupted"), within finalTimeout.
 func reportFailure(ctx context.Context, env *Env, sink *Sink, err error) {
-	code, msg := job.Describe(err)
+	code, msg := Describe(err)
 	step := FailedStep(err)
 	if step == "" {
 		step = job.StepPreflight
@@ -186,13 +178,8 @@ func deliver(ctx context.Context, env *Env, sink *Sink, e job.Event) error {
 
 func run(ctx context.Context, j *job.Job, env *Env, sink *Sink) (*Result, error) {
 	log := env.logger()
-	d := &Deployer{
-		Fetch: env.Fetch, MemoryReserve: env.MemoryReserve, StagingDir: env.StagingDir, Logger: log,
-		Events:                  func(e job.Event) { sink.Emit(e) },
-		Alive:                   sink.Touch,
-		ServerEFIBootloaderPath: env.ServerEFIBootloaderPath,
-		PhoneHomeURL:            env.PhoneHomeURL,
-	}
+	d := &Deployer{Options: env.Options, Events: func(e job.Event) { sink.Emit(e) }, Alive: sink.Touch}
+	d.Logger = log
 	if j == nil {
 		return nil, &stepError{job.StepPreflight, job.Errorf(job.JobMissing)}
 	}

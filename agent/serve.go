@@ -68,6 +68,9 @@ func Serve(ctx context.Context, cfg AgentConfig) error {
 		return err
 	}
 	log.Info("inventory posted; waiting for a job")
+	if cfg.Env.Inventory == nil {
+		cfg.Env.Inventory = &inv // the image checks' facts (issue 26)
+	}
 	for {
 		var a *agentapi.Assignment
 		err := retry(ctx, log, cfg.MaxWait, "ask for a job", func() error {
@@ -248,7 +251,7 @@ func Inventory(m Machine, sysRoot, version string) (agentapi.Inventory, error) {
 	if sysRoot == "" {
 		sysRoot = "/sys"
 	}
-	inv := agentapi.Inventory{BootMode: agentapi.BootModeLegacy, AgentVersion: version, DiskGroups: []agentapi.DiskGroup{}}
+	inv := agentapi.Inventory{BootMode: agentapi.BootModeLegacy, AgentVersion: version, DiskGroups: []agentapi.DiskGroup{}, Features: Features()}
 	if _, err := os.Stat(filepath.Join(sysRoot, "firmware", "efi")); err == nil {
 		inv.BootMode = agentapi.BootModeUEFI
 	}

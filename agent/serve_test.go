@@ -136,6 +136,9 @@ func (p *planeRebooter) Reboot(context.Context) error {
 // heartbeats go out while nothing else does.
 func TestServeReportsAndRebootsAfterAck(t *testing.T) {
 	img := testImage(t, 24*mib, 512)
+	// The fake machine booted by BIOS (no firmware/efi): the image needs
+	// boot code in its MBR, or the image checks refuse it.
+	copy(img, []byte{0xfa, 0xcd, 0x18})
 	url := serve(t, img, "")
 	body, _ := json.Marshal(map[string]any{"URL": url, "type": "raw", "checkSum": sumHex(sha256.New(), img), "checkSumType": "sha256"})
 	f := &fakePlane{t: t, job: body, token: "tok-123", refuseUntil: time.Now().Add(1500 * time.Millisecond)}
@@ -182,6 +185,9 @@ func TestServeReportsAndRebootsAfterAck(t *testing.T) {
 // reporter sends heartbeats.
 func TestServeHeartbeats(t *testing.T) {
 	img := testImage(t, 16*mib, 512)
+	// The fake machine booted by BIOS (no firmware/efi): the image needs
+	// boot code in its MBR, or the image checks refuse it.
+	copy(img, []byte{0xfa, 0xcd, 0x18})
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", itoa(int64(len(img))))
 		for off := 0; off < len(img); off += 1 << 20 {

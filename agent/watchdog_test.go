@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/byoi/byoi/blockdev"
-	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/fetch"
 	"github.com/byoi/byoi/internal/crashcheck"
 	"github.com/byoi/byoi/job"
 )
@@ -45,8 +45,9 @@ func stalledRun(t *testing.T, limit time.Duration) (err error, events []job.Even
 	var diag bytes.Buffer
 	var mu sync.Mutex
 	env := Env{
-		Target: disk, Report: ReporterFunc(rec.report), Logger: rec.deployer().Logger,
-		Fetch:           imaging.FetchOptions{ConnectTimeout: 5 * time.Second, StallTimeout: time.Hour, SpeedLimit: -1, MaxRetries: -1},
+		Target: disk, Report: ReporterFunc(rec.report),
+		Options: Options{Logger: rec.deployer().Logger,
+			Fetch: fetch.Options{ConnectTimeout: 5 * time.Second, StallTimeout: time.Hour, SpeedLimit: -1, MaxRetries: -1}},
 		NoProgressLimit: limit, Diagnostics: &lockedWriter{mu: &mu, w: &diag},
 	}
 	// Without the watchdog this would end at the minute, Interrupted.
@@ -87,7 +88,7 @@ func TestWatchdogStopsStalledDownload(t *testing.T) {
 	if last.Status != job.StatusError || last.Code != job.NoProgress || last.Step != job.StepDownload {
 		t.Errorf("final event %+v", last)
 	}
-	for _, want := range []string{"byoi watchdog: no progress for", "in step download", "github.com/byoi/byoi/imaging.", "byoi watchdog: end of the goroutine dump"} {
+	for _, want := range []string{"byoi watchdog: no progress for", "in step download", "github.com/byoi/byoi/imaging/fetch.", "byoi watchdog: end of the goroutine dump"} {
 		if !strings.Contains(dump, want) {
 			t.Errorf("the dump lacks %q:\n%s", want, dump)
 		}
@@ -154,7 +155,7 @@ func TestWatchdogKeepsMovingDeployment(t *testing.T) {
 	limit := 500 * time.Millisecond
 	for _, l := range []time.Duration{limit, -1} {
 		rec := &recorder{}
-		env := Env{Target: crashcheck.OldSystem(t, 512, 32*mib), Report: ReporterFunc(rec.report), Fetch: rec.deployer().Fetch, NoProgressLimit: l}
+		env := Env{Target: crashcheck.OldSystem(t, 512, 32*mib), Report: ReporterFunc(rec.report), Options: Options{Fetch: rec.deployer().Fetch}, NoProgressLimit: l}
 		start := time.Now()
 		if _, err := Run(context.Background(), &job.Job{ImageURL: srv.URL, ImageType: "raw", DiskGroupID: 1}, env); err != nil {
 			t.Fatalf("limit %v: %v", l, err)

@@ -159,6 +159,11 @@ type Inventory struct {
 	// MACs are the server's network interfaces' addresses (lower-case,
 	// colon-separated), for network boot by MAC.
 	MACs []string `json:"macs,omitempty"`
+	// Features are what this agent can do beyond the base contract (the
+	// Feature* constants), so the control plane refuses a job an older
+	// agent would fail: e.g. a reinstall without imageType needs
+	// FeatureDetectImageType.
+	Features []string `json:"features,omitempty"`
 	// Beyond OVH's shape (specifications/hardware shows none of it): each
 	// eligible disk with the driver of its controller, each NIC with its
 	// driver, and the network and storage controllers no driver claimed
@@ -166,6 +171,26 @@ type Inventory struct {
 	Disks     []InventoryDisk   `json:"disks,omitempty"`
 	NICs      []InventoryNIC    `json:"nics,omitempty"`
 	Unclaimed []UnclaimedDevice `json:"unclaimedDevices,omitempty"`
+}
+
+// Agent features (Inventory.Features).
+const (
+	// FeatureDetectImageType: the agent detects the image type from the
+	// image's first bytes when the job gives none (issue 24).
+	FeatureDetectImageType = "detectImageType"
+)
+
+// MaxFeatures bounds Inventory.Features.
+const MaxFeatures = 32
+
+// HasFeature reports whether the inventory lists feature f.
+func (inv *Inventory) HasFeature(f string) bool {
+	for _, g := range inv.Features {
+		if g == f {
+			return true
+		}
+	}
+	return false
 }
 
 // InventoryDisk is one disk of the inventory.
@@ -237,6 +262,14 @@ func (inv *Inventory) Validate() error {
 	}
 	if len(inv.AgentVersion) > 64 || len(inv.MACs) > 64 {
 		return fmt.Errorf("agentVersion or macs too long")
+	}
+	if len(inv.Features) > MaxFeatures {
+		return fmt.Errorf("%d features, at most %d", len(inv.Features), MaxFeatures)
+	}
+	for _, f := range inv.Features {
+		if f == "" || len(f) > 64 {
+			return fmt.Errorf("a feature is 1 to 64 characters")
+		}
 	}
 	if len(inv.Disks) > MaxInventoryItems || len(inv.NICs) > MaxInventoryItems || len(inv.Unclaimed) > MaxInventoryItems {
 		return fmt.Errorf("disks, nics or unclaimedDevices: at most %d each", MaxInventoryItems)

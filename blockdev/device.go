@@ -8,8 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-
-	"github.com/byoi/byoi/job"
 )
 
 // Device is an opened disk: a block device or a regular file. It implements
@@ -158,7 +156,7 @@ func (d *Device) writeZeros(ctx context.Context, off, n int64) error {
 // was written but the kernel could not re-read it because the disk (or one
 // of its partitions) is busy. The new table takes effect at the next boot,
 // so the agent reports it as a note, not a failure.
-var ErrRereadDeferred error = job.Errorf(job.WarnRereadDeferred)
+var ErrRereadDeferred = errors.New("partition table written, kernel re-read deferred: the disk is busy")
 
 // ErrLocked is wrapped by Lock when another process holds the disk's lock.
 var ErrLocked = errors.New("disk is locked")

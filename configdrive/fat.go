@@ -67,6 +67,11 @@ type fatNode struct {
 
 // buildFAT writes files into a FAT12/FAT16 image labelled config-2.
 func buildFAT(ctx context.Context, files []file) ([]byte, error) {
+	return buildFATLabel(ctx, files, Label)
+}
+
+// buildFATLabel is buildFAT with another volume label (11 bytes at most).
+func buildFATLabel(ctx context.Context, files []file, volLabel string) ([]byte, error) {
 	root, err := fatTree(files)
 	if err != nil {
 		return nil, err
@@ -136,7 +141,7 @@ func buildFAT(ctx context.Context, files []file) ([]byte, error) {
 	}
 
 	img := make([]byte, total*fatSector)
-	writeBootSector(img[:fatSector], bits, total, fatSectors, volumeID(files))
+	writeBootSector(img[:fatSector], bits, total, fatSectors, volumeID(files), volLabel)
 
 	// FAT: entries 0 and 1 are reserved (media byte, end-of-chain), then one
 	// chain per file and directory.
@@ -173,7 +178,7 @@ func buildFAT(ctx context.Context, files []file) ([]byte, error) {
 	// label from here), then the children.
 	rootDir := img[(fatReserved+fatCopies*fatSectors)*fatSector : dataStart*fatSector]
 	var label [11]byte
-	copy(label[:], fmt.Sprintf("%-11s", Label))
+	copy(label[:], fmt.Sprintf("%-11s", volLabel))
 	off := putShortEntry(rootDir, 0, label, attrVolumeID, 0, 0)
 	writeDirEntries(rootDir[off:], root)
 
@@ -445,7 +450,7 @@ func encodeFAT(fat []uint32, bits int, size int64) []byte {
 // writeBootSector fills the boot sector: jump, OEM name, BIOS parameter
 // block (DOS 3.31) and the extended boot record (signature 0x29, volume id,
 // label, type string), then 0x55AA at byte 510.
-func writeBootSector(b []byte, bits int, total, fatSectors int64, volID uint32) {
+func writeBootSector(b []byte, bits int, total, fatSectors int64, volID uint32, volLabel string) {
 	copy(b[0:3], []byte{0xEB, 0x3C, 0x90}) // jmp short 0x3E; nop
 	copy(b[3:11], "BYOI    ")
 	binary.LittleEndian.PutUint16(b[11:], fatSector)
@@ -467,7 +472,7 @@ func writeBootSector(b []byte, bits int, total, fatSectors int64, volID uint32) 
 	b[36] = 0x80 // drive number
 	b[38] = 0x29 // extended boot signature: the next three fields are valid
 	binary.LittleEndian.PutUint32(b[39:], volID)
-	copy(b[43:54], fmt.Sprintf("%-11s", Label))
+	copy(b[43:54], fmt.Sprintf("%-11s", volLabel))
 	copy(b[54:62], fmt.Sprintf("FAT%-5d", bits))
 	copy(b[62:], []byte{0xF4, 0xEB, 0xFD}) // not bootable: hlt; jmp back
 	b[510], b[511] = 0x55, 0xAA

@@ -32,6 +32,7 @@ func (s *Server) agentInventory(c *call) (int, any, error) {
 	if err := s.st.PutInventory(c.r.Context(), c.server.ID, b, s.cfg.Clock.Now()); err != nil {
 		return 0, nil, err
 	}
+	s.bootSeen(c.r.Context(), c.server, "rescue agent inventory") // issue 24
 	return http.StatusNoContent, nil, nil
 }
 

@@ -126,7 +126,8 @@ func (s *Server) authCustomer(c *call) (*sigCheck, error) {
 		return nil, err // a wrong key file: ours, logged
 	}
 	sig := &sigCheck{cred: cred, ts: ts, got: h.Get(hdrSignature)}
-	for _, u := range []string{SignedURL(s.cfg.PublicURL, c.r.TLS != nil, c.r.Host, c.r.RequestURI)} {
+	// The URL with or without the listener's port (signurl.go).
+	for _, u := range SignedURLs(s.cfg.PublicURL, c.r.TLS != nil, c.r.Host, c.r.RequestURI) {
 		sig.hashes = append(sig.hashes, signHash(string(secret), consumer, c.r.Method, u))
 	}
 	return sig, nil

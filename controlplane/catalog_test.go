@@ -353,6 +353,8 @@ func TestAPICatalogCoverage(t *testing.T) {
 	st, _, class, msg = plainDo(t, browser, "POST", e.url+"/panel/api/logout", "", nil)
 	cv.refusal("panel sign-out without the CSRF token", st, class, msg, 403, "Client::Forbidden", job.APICSRF)
 
+	ovhCatalogCoverage(t, e, cv, cu) // issue 24: ovh_catalog_test.go
+
 	// Issue 22. A replayed signed request (byte for byte, within the
 	// window) is refused, on the first try's instance or any other.
 	put := e.signedReq(t, cu, "PUT", path("ns1", ""), `{"bootId":2}`)

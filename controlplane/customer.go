@@ -48,61 +48,6 @@ func (s *Server) listServers(c *call) (int, any, error) {
 	return http.StatusOK, names, nil
 }
 
-// serverView is GET /dedicated/server/{serviceName}: the fields of OVH's
-// dedicated.Server this control plane knows.
-type serverView struct {
-	Name              string  `json:"name"`
-	ServerID          int64   `json:"serverId"`
-	State             string  `json:"state"`
-	BootID            int64   `json:"bootId"`
-	EFIBootloaderPath *string `json:"efiBootloaderPath"`
-	RootDevice        *string `json:"rootDevice"`
-	OS                string  `json:"os"`
-	// PowerState is OVH's poweron/poweroff from the server's BMC (cached
-	// briefly), null without one.
-	PowerState *string `json:"powerState"`
-}
-
-func (s *Server) getServer(c *call) (int, any, error) {
-	sv := c.server
-	os := "none_64"
-	if d, err := s.st.CurrentDeployment(c.r.Context(), sv.ID); err == nil && d.Status == store.StatusDone {
-		os = job.OSByoi
-	}
-	return http.StatusOK, serverView{Name: sv.Name, ServerID: sv.ID, State: "ok", BootID: sv.BootID, EFIBootloaderPath: nullable(sv.EFIBootloaderPath), OS: os, PowerState: s.powerState(c.r.Context(), sv.ID)}, nil
-}
-
-// putServerBody is the part of OVH's PUT /dedicated/server/{serviceName}
-// this control plane takes.
-type putServerBody struct {
-	BootID            *int64  `json:"bootId"`
-	EFIBootloaderPath *string `json:"efiBootloaderPath"`
-}
-
-func (s *Server) putServer(c *call) (int, any, error) {
-	var b putServerBody
-	if err := decodeStrict(c.body, &b); err != nil {
-		return 0, nil, fail(kBadRequest, job.APIBadRequest, err.Error())
-	}
-	if b.BootID != nil {
-		if _, ok := bootType(*b.BootID); !ok {
-			return 0, nil, fail(kNotFound, job.APINotFound, "bootId = "+strconv.FormatInt(*b.BootID, 10))
-		}
-		if err := s.st.SetBoot(c.r.Context(), c.server.ID, *b.BootID); err != nil {
-			return 0, nil, err
-		}
-	}
-	if b.EFIBootloaderPath != nil {
-		if err := job.ValidateEFIBootloaderPath(*b.EFIBootloaderPath); err != nil {
-			return 0, nil, err
-		}
-		if err := s.st.SetEFIBootloaderPath(c.r.Context(), c.server.ID, *b.EFIBootloaderPath); err != nil {
-			return 0, nil, err
-		}
-	}
-	return http.StatusOK, nil, nil
-}
-
 // Boot types and ids.
 func bootType(id int64) (string, bool) {
 	switch id {
@@ -193,6 +138,9 @@ func checkJob(sv store.Server, shape job.Shape, body []byte) (*job.Job, error) {
 	if err := checkDiskGroup(sv, shape, j); err != nil {
 		return nil, err
 	}
+	if err := checkDetect(sv, j); err != nil {
+		return nil, err
+	}
 	return j, nil
 }
 
@@ -233,10 +181,17 @@ type taskView struct {
 	StartDate  *string `json:"startDate"`
 	DoneDate   *string `json:"doneDate"`
 	LastUpdate *string `json:"lastUpdate,omitempty"`
+	// The rest of OVH's dedicated.server.Task (issue 24): byoi's tasks
+	// need no schedule, no planned intervention, no support ticket.
+	NeedSchedule          bool    `json:"needSchedule"`
+	Note                  *string `json:"note"`
+	PlannedInterventionID *int64  `json:"plannedInterventionId"`
+	Tags                  *[]any  `json:"tags"`
+	TicketReference       *string `json:"ticketReference"`
 }
 
 func viewTask(t store.Task) taskView {
-	return taskView{TaskID: t.ID, Function: t.Function, Status: t.Status, Comment: job.Text(job.MsgTaskReinstall), StartDate: rfc3339(t.StartDate), DoneDate: rfc3339(t.DoneDate)}
+	return taskView{TaskID: t.ID, Function: t.Function, Status: t.Status, Comment: taskComment(t), StartDate: rfc3339(t.StartDate), DoneDate: rfc3339(t.DoneDate)}
 }
 
 func (s *Server) postReinstall(c *call) (int, any, error) {
@@ -261,6 +216,7 @@ func (s *Server) getTask(c *call) (int, any, error) {
 		return 0, nil, err
 	}
 	v := viewTask(t)
+	v.Comment = s.taskCommentFor(c.r.Context(), t)
 	v.LastUpdate = rfc3339(t.LastUpdate)
 	return http.StatusOK, v, nil
 }
@@ -475,6 +431,22 @@ func (s *Server) installStatus(c *call) (int, any, error) {
 type hardwareView struct {
 	BootMode   *string              `json:"bootMode"`
 	DiskGroups []agentapi.DiskGroup `json:"diskGroups"`
+	// The rest of OVH's dedicated.server.HardwareSpecifications (issue
+	// 24), every one nullable there: the agent's inventory does not tell
+	// them, so they are null rather than guessed.
+	CoresPerProcessor       *int64        `json:"coresPerProcessor"`
+	DefaultHardwareRaidSize *unitAndValue `json:"defaultHardwareRaidSize"`
+	DefaultHardwareRaidType *string       `json:"defaultHardwareRaidType"`
+	Description             *string       `json:"description"`
+	ExpansionCards          []struct{}    `json:"expansionCards"`
+	FormFactor              *string       `json:"formFactor"`
+	MemorySize              *unitAndValue `json:"memorySize"`
+	Motherboard             *string       `json:"motherboard"`
+	NumberOfProcessors      *int64        `json:"numberOfProcessors"`
+	ProcessorArchitecture   *string       `json:"processorArchitecture"`
+	ProcessorName           *string       `json:"processorName"`
+	ThreadsPerProcessor     *int64        `json:"threadsPerProcessor"`
+	UsbKeys                 []struct{}    `json:"usbKeys"`
 }
 
 func (s *Server) hardware(c *call) (int, any, error) {

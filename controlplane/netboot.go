@@ -200,6 +200,7 @@ func (s *Server) serverScript(ctx context.Context, mac string) (script, who stri
 		return "", "netboot", err
 	}
 	who = "netboot " + sv.Name
+	s.bootSeen(ctx, sv, "network boot") // issue 24
 	if sv.BootID == store.BootHarddisk {
 		key, d := s.diskKey(ctx, sv)
 		if d != nil {

@@ -16,7 +16,7 @@ import (
 // TestPowerIPMISim: byoi-api drives OpenIPMI's ipmi_sim over IPMI lanplus
 // (the real driver, go-ipmi): a reinstall makes it set the one-time boot
 // device PXE and power-cycle the machine, judged by the simulator's own
-// record and by ipmitool; powerState is the BMC's; a wrong password and
+// record and by ipmitool, and so does OVH's POST .../reboot; powerState is the BMC's; a wrong password and
 // an unreachable BMC fail their deployments with PowerCredentials and
 // PowerNoAnswer, bounded, and the password is in no log or answer.
 func TestPowerIPMISim(t *testing.T) {
@@ -100,6 +100,25 @@ func TestPowerIPMISim(t *testing.T) {
 		if st.Status != "error" || d.Code != c.code || st.Message == nil || strings.Contains(*st.Message, sim.Password()) {
 			t.Errorf("%s: %s %s %v", c.server, st.Status, d.Code, st.Message)
 		}
+	}
+	// OVH's POST .../reboot: a hardReboot task byoi-api carries out
+	// through the BMC, PXE first; the task ends done with the outcome.
+	var rt task
+	if err := cu.bearer.Post(path("ns1", "/reboot"), nil, &rt); err != nil {
+		t.Fatal(err)
+	}
+	n, pid = len(sim.Events()), sim.PID()
+	e.round()
+	on, _, err = sim.WaitEvent(wctx, n, func(ev ipmisim.Event) bool { return ev.Kind == "power on" || ev.Kind == "reset" })
+	if err != nil || on.Boot != "pxe" || sim.PID() == pid {
+		t.Errorf("reboot request: %+v %v (pid %d then %d)", on, err, pid, sim.PID())
+	}
+	if out, err := sim.Ipmitool(ctx, "chassis", "power", "status"); err != nil || strings.TrimSpace(out) != "Chassis Power is on" {
+		t.Errorf("ipmitool after the reboot request: %q %v", out, err)
+	}
+	var done task
+	if err := cu.bearer.Get(path("ns1", "/task/"+rt.TaskID.String()), &done); err != nil || done.Status != "done" || done.Comment != job.Text(job.MsgPowerRebooted, "power-cycled", sim.URL()) {
+		t.Errorf("reboot task %+v %v", done, err)
 	}
 	if took > 30*time.Second {
 		t.Errorf("the power round took %v", took)

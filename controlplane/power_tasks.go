@@ -284,6 +284,22 @@ func (s *Server) bootMode(ctx context.Context, serverID int64) power.BootMode {
 	return power.BootLegacy
 }
 
+// taskCommentFor is a task's comment: a reboot request's power task says
+// what byoi-api is doing or did through the BMC; otherwise taskComment.
+func (s *Server) taskCommentFor(ctx context.Context, t store.Task) string {
+	if t.Function != store.FunctionHardReboot {
+		return taskComment(t)
+	}
+	p, err := s.st.PowerTaskOf(ctx, t.ID)
+	if err != nil {
+		return taskComment(t)
+	}
+	if p.Status == store.PowerTodo || p.Status == store.PowerDoing {
+		return job.Text(job.MsgPowerRebooting)
+	}
+	return p.Message
+}
+
 // powerStates caches the BMCs' power states (powerStateTTL): a GET of a
 // server asks its BMC at most that often, and waits for it at most
 // powerStateWait.

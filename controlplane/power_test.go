@@ -408,6 +408,9 @@ func TestPowerCatalog(t *testing.T) {
 	for c, m := range bootedFlow(t, e, cu) {
 		seen[c] = m
 	}
+	for c, m := range rebootFlow(t, e, &bmcs, cu) {
+		seen[c] = m
+	}
 
 	for _, c := range job.Codes() {
 		if job.IsPowerControlCode(c) {
@@ -453,4 +456,45 @@ func TestBMCAdmin(t *testing.T) {
 		t.Fatalf("%v", err)
 	}
 	_ = agentapi.Prefix
+}
+
+// rebootFlow: OVH's POST .../reboot on a server with a BMC is a hardReboot
+// task the power loop carries out (PXE override, cycle), its comment
+// saying so, done with the outcome; with a wrong password it ends
+// ovhError with the power message. It returns the comments' codes.
+func rebootFlow(t *testing.T, e *env, bmcs *fakeBMCs, cu *customer) map[job.Code]string {
+	seen := map[job.Code]string{}
+	e.server("r1", cu.name)
+	e.server("r2", cu.name)
+	e.setBMC("r1", "bmc-r1", bmcPassword)
+	e.setBMC("r2", "bmc-r2", "wrong-"+bmcPassword)
+	var t1, t2 task
+	if err := cu.bearer.Post(path("r1", "/reboot"), nil, &t1); err != nil {
+		t.Fatal(err)
+	}
+	if err := cu.bearer.Post(path("r2", "/reboot"), nil, &t2); err != nil {
+		t.Fatal(err)
+	}
+	if t1.Function != "hardReboot" || t1.Status != "todo" || t1.Comment != job.Text(job.MsgPowerRebooting) {
+		t.Fatalf("reboot task %+v", t1)
+	}
+	seen[job.MsgPowerRebooting] = t1.Comment
+	e.round()
+	if calls := bmcs.get("bmc-r1").took(); !equalCalls(calls, "pxe-legacy", "status", "cycle") {
+		t.Fatalf("reboot request: BMC calls %v", calls)
+	}
+	var g1, g2 task
+	if err := cu.bearer.Get(path("r1", "/task/"+t1.TaskID.String()), &g1); err != nil {
+		t.Fatal(err)
+	}
+	if g1.Status != "done" || g1.DoneDate == nil || g1.Comment != job.Text(job.MsgPowerRebooted, "power-cycled", "ipmi://admin@bmc-r1:623") {
+		t.Errorf("reboot task after the power loop: %+v", g1)
+	}
+	if err := cu.bearer.Get(path("r2", "/task/"+t2.TaskID.String()), &g2); err != nil {
+		t.Fatal(err)
+	}
+	if g2.Status != "ovhError" || g2.Comment != job.Text(job.PowerCredentials, string(power.OpBootOverride)) {
+		t.Errorf("refused reboot task: %+v", g2)
+	}
+	return seen
 }

@@ -91,6 +91,9 @@ type Config struct {
 	// Power configures power control through servers' BMCs
 	// (power_tasks.go); the zero value has the defaults.
 	Power PowerConfig
+	// Facts are the operator's facts about servers (datacenter, ip, ...)
+	// for OVH's server fields; nil: none (those fields are null).
+	Facts *FactsFile
 }
 
 // Server serves the customer and agent APIs.
@@ -103,6 +106,7 @@ type Server struct {
 	limit *rateLimiter // network boot, per source address
 	// states: the BMCs' power states, cached briefly (power_tasks.go).
 	states powerStates
+	table []route      // every route handle registered, for the schema documents
 }
 
 // New returns a Server.
@@ -267,6 +271,7 @@ func (s *Server) handle(pattern string, methods map[string]endpoint) {
 	for m := range methods {
 		allow = append(allow, m)
 	}
+	s.table = append(s.table, route{pattern, methods})
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		ep, ok := methods[r.Method]
 		if !ok {
@@ -406,6 +411,8 @@ func (s *Server) routes() {
 		s.handle(d+"/task/{taskId}", map[string]endpoint{"GET": {auth: authCustomer, h: s.getTask}})
 		s.handle(d+"/install/status", map[string]endpoint{"GET": {auth: authCustomer, h: s.installStatus}})
 		s.handle(d+"/specifications/hardware", map[string]endpoint{"GET": {auth: authCustomer, h: s.hardware}})
+		s.ovhRoutes(p, d) // issue 24
+		s.schemaRoutes(p) // issue 24
 	}
 	a := agentapi.Prefix + "/servers/{server}"
 	s.handle(a+"/inventory", map[string]endpoint{"POST": {auth: authAgent, maxBody: agentapi.MaxInventoryBody, h: s.agentInventory}})

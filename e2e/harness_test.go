@@ -326,6 +326,9 @@ func serveImage(t *testing.T, size int64, qcow2 bool, token string) *image {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The fake servers boot by BIOS (no firmware/efi in their sysfs): the
+	// image checks want boot code in the MBR (a stub: int 18h).
+	copy(raw, []byte{0xfa, 0xcd, 0x18})
 	img := &image{raw: raw, data: raw, qcow2: qcow2}
 	if qcow2 {
 		if img.data, err = testimage.Qcow2(raw, 16); err != nil {

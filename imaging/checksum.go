@@ -11,14 +11,11 @@ import (
 	"hash"
 	"io"
 	"strings"
-
-	"github.com/byoi/byoi/job"
 )
 
 // ErrChecksumType is returned by NewHash for a checksum type byoi does not
-// know. Its text is the message OVH users know (reference/API.md), with
-// sha512, which the current API accepts, added.
-var ErrChecksumType error = job.Errorf(job.BadChecksumType)
+// know.
+var ErrChecksumType = errors.New("unknown checksum type (want md5, sha1, sha256 or sha512)")
 
 // ErrChecksum is matched (errors.Is) by every *ChecksumError.
 var ErrChecksum = errors.New("checksum mismatch")
@@ -56,13 +53,9 @@ type ChecksumError struct {
 	Type, Got, Want string
 }
 
-// Error is the message OVH users know (reference/API.md).
 func (e *ChecksumError) Error() string {
-	return job.Text(job.ChecksumMismatch, e.Type, e.Got, e.Want)
+	return fmt.Sprintf("%s checksum mismatch: got %s, want %s", e.Type, e.Got, e.Want)
 }
-
-// MessageCode returns the catalog code.
-func (e *ChecksumError) MessageCode() job.Code { return job.ChecksumMismatch }
 
 // Is makes errors.Is(err, ErrChecksum) true.
 func (e *ChecksumError) Is(target error) bool { return target == ErrChecksum }

@@ -43,7 +43,9 @@ func TestChecksumMismatch(t *testing.T) {
 	h.Write([]byte("abd"))
 	err := VerifyChecksum("sha256", abcSums["sha256"], h)
 	got := sha256.Sum256([]byte("abd"))
-	want := "Bad sha256 for downloaded file, got : " + hex.EncodeToString(got[:]) + " while expecting " + abcSums["sha256"] + "."
+	// The customer's text (OVH's "Bad sha256 for downloaded file, got : ...")
+	// is the agent's: TestErrorTable.
+	want := "sha256 checksum mismatch: got " + hex.EncodeToString(got[:]) + ", want " + abcSums["sha256"]
 	if err == nil || err.Error() != want {
 		t.Fatalf("error\n%v, want\n%s", err, want)
 	}
@@ -59,7 +61,7 @@ func TestChecksumTypes(t *testing.T) {
 			t.Errorf("NewHash(%q): %v", bad, err)
 		}
 	}
-	if ErrChecksumType.Error() != "Bad checkSumType, expected : sha1, sha256, md5, sha512." {
+	if ErrChecksumType.Error() != "unknown checksum type (want md5, sha1, sha256 or sha512)" {
 		t.Errorf("message %q", ErrChecksumType)
 	}
 	h, _ := NewHash("md5")

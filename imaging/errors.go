@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/byoi/byoi/job"
 	"github.com/byoi/byoi/partition"
 )
 
@@ -13,7 +12,7 @@ import (
 var ErrFormat = errors.New("image format")
 
 // FormatError is an image whose real format does not fit the declared
-// type. Its message is the one OVH users know (reference/API.md).
+// type (the agent's error table gives the message OVH users know).
 type FormatError struct {
 	// Declared is the type the job declared: "raw" or "qcow2".
 	Declared string
@@ -25,32 +24,13 @@ type FormatError struct {
 
 func (e *FormatError) Error() string {
 	if e.NoTable {
-		return job.Text(job.NoPartitionTable, describe(e.Found))
+		return fmt.Sprintf("image declared %s holds no partition table (it looks like %s)", e.Declared, e.Found)
 	}
-	return job.Text(job.FormatMismatch, e.Found, e.Declared)
-}
-
-// MessageCode returns the catalog code.
-func (e *FormatError) MessageCode() job.Code {
-	if e.NoTable {
-		return job.NoPartitionTable
-	}
-	return job.FormatMismatch
+	return fmt.Sprintf("image declared %s is %s", e.Declared, e.Found)
 }
 
 // Is makes errors.Is(err, ErrFormat) true.
 func (e *FormatError) Is(target error) bool { return target == ErrFormat }
-
-// describe names what an image seems to contain, for a user.
-func describe(f Format) string {
-	switch f {
-	case FormatUnknown, "":
-		return "unknown data"
-	case FormatEmpty:
-		return "only zeros"
-	}
-	return string(f)
-}
 
 // SizeError is an image larger than the target disk. ImageSize is the
 // declared size, or, for a stream of unknown size, the bytes seen when it
@@ -66,29 +46,22 @@ func (e *SizeError) Error() string {
 	if name == "" {
 		name = "the target disk"
 	}
-	return job.Text(job.ImageTooLarge, e.ImageSize, name, e.TargetSize)
+	return fmt.Sprintf("image of %d bytes does not fit %s (%d bytes)", e.ImageSize, name, e.TargetSize)
 }
 
-// MessageCode returns the catalog code.
-func (e *SizeError) MessageCode() job.Code { return job.ImageTooLarge }
-
 // WriteError is a failure to write the image to the target (Format is
-// "raw" or "qcow2"). The target has been wiped of partition tables.
+// "raw", "qcow2" or "ova"), with the target's error.
 type WriteError struct {
 	Format string
 	Err    error
 }
 
 func (e *WriteError) Error() string {
-	msg := job.Text(job.WriteFailed, e.Format)
-	if e.Err != nil {
-		msg += " " + e.Err.Error()
+	if e.Err == nil {
+		return "write the " + e.Format + " image"
 	}
-	return msg
+	return "write the " + e.Format + " image: " + e.Err.Error()
 }
-
-// MessageCode returns the catalog code.
-func (e *WriteError) MessageCode() job.Code { return job.WriteFailed }
 
 func (e *WriteError) Unwrap() error { return e.Err }
 

@@ -21,34 +21,38 @@ type RawOptions struct {
 	TargetName string
 	// Hash, when set, is fed every byte of the image in order.
 	Hash hash.Hash
-	// Ended, when set, is called once the stream ended, with the image's
-	// size, before Verify: the caller learns where the image ends (for an
-	// unknown-length download). An error aborts like Verify's.
-	Ended func(size int64) error
-	// Verify is called once the whole image was read, hashed and written
-	// (but its first and last MiB), before those are written. An error
-	// aborts (checksum mismatch): the target is wiped and the error
-	// returned unchanged.
-	Verify func() error
-	// BufferSize is the size of one pipeline buffer (default 4 MiB).
-	BufferSize int
-	// Buffers is how many buffers the pipeline holds at most (default 6):
-	// with the held-back head, 25 MiB by default.
-	Buffers int
-	// Progress, when set, receives the bytes done and DeclaredSize, at
-	// most every 100 ms and once at the end.
-	Progress Progress
-	// Logger receives debug and error logs (nil: discard).
-	Logger *slog.Logger
 	// Check, when set, is called with the head (the first min(HeadSize,
 	// image size) bytes) before anything is written; an error aborts with
 	// nothing written and is returned unchanged.
 	Check func(head []byte) error
+	// Start, when set, is called once every check that can be made before
+	// writing passed, just before the first write: the writer's phase
+	// moves from checking to writing (a Guard clears the old tables then:
+	// Guard.Start). An error aborts with nothing written.
+	Start func() error
+	// Ended, when set, is called once the stream ended and every byte of
+	// it was written (Hash complete), with the image's size, before the
+	// target is flushed: the writer's phase moves from streaming to
+	// flushing, and the caller checks what it can only know now (the
+	// checksum; how far the image's own table reaches). An error aborts
+	// and is returned unchanged.
+	Ended func(size int64) error
+	// BufferSize is the size of one pipeline buffer (default 4 MiB).
+	BufferSize int
+	// Buffers is how many buffers the pipeline holds at most (default 6):
+	// with the head, 25 MiB by default.
+	Buffers int
+	// Progress, when set, receives the bytes done and DeclaredSize, at
+	// most every 100 ms while the image streams and once when it ended.
+	Progress Progress
+	// Logger receives debug and error logs (nil: discard).
+	Logger *slog.Logger
 }
 
 // RawResult describes a written raw image.
 type RawResult struct {
-	// Written is the image size in bytes.
+	// Written is the image size in bytes: [0, Written) of the target
+	// holds the image.
 	Written int64
 	// Table is the image's partition table: "gpt" or "mbr".
 	Table string
@@ -61,25 +65,23 @@ const progressEvery = 100 * time.Millisecond
 // ZeroRange (hole punch, BLKZEROOUT) rather than written.
 const zeroRun = 256 << 10
 
-// WriteRaw streams a raw disk image from src onto dst in one pass.
+// WriteRaw streams a raw disk image from src onto dst in one pass, from
+// its first byte to its last, and flushes it.
 //
 // The first HeadSize bytes are read and checked first: the image must hold
 // a partition table, fit the target (DeclaredSize) and pass opts.Check;
-// otherwise nothing is written. Then the old partition tables are cleared
-// and the rest streams to disk, reading, hashing and writing in parallel.
-// Two regions are held back in memory: the head (MBR, primary GPT) and the
-// last HeadSize bytes of the image (its backup GPT; for a download of
-// unknown length the writes trail the stream by that much). They are
-// written last, after Verify accepted the checksum and the rest was
-// flushed, the tail first, then the head: until then the target has no
-// partition table, so no failure can leave a half-written disk that looks
-// bootable.
+// otherwise nothing is written. Then the image streams to dst, reading,
+// hashing and writing in parallel; runs of zeros are zeroed (ZeroRange),
+// not written. The writer reports its phases: opts.Start before the first
+// write, opts.Ended with the image's size once the stream ended; then dst
+// is flushed.
 //
-// On any failure once writing started (read error, checksum mismatch,
-// write error, image passing the end of the target, cancellation) the
-// target is wiped of partition tables (WipeAfterFailure) and the original
-// error returned: a *SizeError, a *WriteError for the target's errors,
-// src's and Verify's errors unchanged, or the context's error.
+// WriteRaw only writes: it neither clears the target's old partition
+// tables, nor holds the image's own back, nor wipes anything after a
+// failure. A deployment writes through an imaging.Guard, which does all
+// three (Begin, Commit, Abort). Its errors: a *SizeError, a *WriteError for
+// the target's errors, src's and Ended's errors unchanged, or the
+// context's error; after one, [0, Written) may hold part of the image.
 //
 // A Read of src blocked when ctx is cancelled is abandoned, not waited
 // for: close src to release it.
@@ -102,8 +104,7 @@ func WriteRaw(ctx context.Context, src io.Reader, dst Target, opts RawOptions) (
 		return res, err
 	}
 
-	// The head: read, check, hold back. Nothing is written before these
-	// checks pass.
+	// The head: read and checked before anything is written.
 	head := make([]byte, HeadSize)
 	n, short, err := readFull(src, head) // short: the whole image fits in the head
 	if err != nil {
@@ -132,64 +133,48 @@ func WriteRaw(ctx context.Context, src io.Reader, dst Target, opts RawOptions) (
 	log.Debug("writing raw image", "table", res.Table, "declared_size", opts.DeclaredSize, "target_size", size)
 	start := time.Now()
 
-	w := &rawWriter{dst: dst, opts: opts, log: log, start: start}
-	if err := ClearTables(ctx, dst); err != nil {
-		return res, w.fail(ctx, &WriteError{Format: "raw", Err: err})
+	w := &rawWriter{dst: dst, opts: opts, log: log}
+	if opts.Start != nil {
+		if err := opts.Start(); err != nil {
+			return res, err
+		}
 	}
 	if opts.Hash != nil {
 		opts.Hash.Write(head) // hash.Hash never returns an error
 	}
+	if err := w.write(ctx, head, 0); err != nil {
+		return res, &WriteError{Format: "raw", Err: err}
+	}
 	total := int64(len(head))
-	var tail []byte // the image's last bytes, held back (empty when the head is all)
+	res.Written = total
 	if !short {
-		if total, tail, err = w.stream(ctx, src, total); err != nil {
-			return res, w.fail(ctx, err)
+		total, err = w.stream(ctx, src, total)
+		res.Written = w.written.Load()
+		if err != nil {
+			return res, err
 		}
 	}
 	// A truncated download must never count as a success.
 	if opts.DeclaredSize > 0 && total < opts.DeclaredSize {
-		err := fmt.Errorf("image ended after %d of %d bytes: %w", total, opts.DeclaredSize, io.ErrUnexpectedEOF)
-		return res, w.fail(ctx, err)
+		return res, fmt.Errorf("image ended after %d of %d bytes: %w", total, opts.DeclaredSize, io.ErrUnexpectedEOF)
 	}
 	if opts.DeclaredSize > 0 && total > opts.DeclaredSize {
-		return res, w.fail(ctx, fmt.Errorf("image is %d bytes, more than the %d bytes announced", total, opts.DeclaredSize))
-	}
-	if opts.Ended != nil {
-		if err := opts.Ended(total); err != nil {
-			return res, w.fail(ctx, err)
-		}
-	}
-	if opts.Verify != nil {
-		if err := opts.Verify(); err != nil {
-			return res, w.fail(ctx, err)
-		}
-	}
-	// Flush the body before the tables: a crash in between leaves none.
-	if err := dst.Sync(); err != nil {
-		return res, w.fail(ctx, &WriteError{Format: "raw", Err: err})
-	}
-	if err := ctx.Err(); err != nil {
-		return res, w.fail(ctx, err)
-	}
-	if len(tail) > 0 {
-		w.end.Store(total)
-		if err := w.write(ctx, tail, total-int64(len(tail))); err != nil {
-			return res, w.fail(ctx, &WriteError{Format: "raw", Err: fmt.Errorf("write the image's last MiB: %w", err)})
-		}
-		if err := dst.Sync(); err != nil {
-			return res, w.fail(ctx, &WriteError{Format: "raw", Err: err})
-		}
-	}
-	if _, err := dst.WriteAt(head, 0); err != nil {
-		return res, w.fail(ctx, &WriteError{Format: "raw", Err: fmt.Errorf("write partition table: %w", err)})
-	}
-	if err := dst.Sync(); err != nil {
-		return res, w.fail(ctx, &WriteError{Format: "raw", Err: err})
+		return res, fmt.Errorf("image is %d bytes, more than the %d bytes announced", total, opts.DeclaredSize)
 	}
 	if opts.Progress != nil {
 		opts.Progress(total, opts.DeclaredSize)
 	}
-	res.Written = total
+	if opts.Ended != nil {
+		if err := opts.Ended(total); err != nil {
+			return res, err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	if err := dst.Sync(); err != nil {
+		return res, &WriteError{Format: "raw", Err: err}
+	}
 	el := time.Since(start)
 	log.Info("raw image written", "bytes", total, "table", res.Table, "seconds", el.Seconds(),
 		"mb_per_s", float64(total)/1e6/max(el.Seconds(), 1e-9))
@@ -198,22 +183,11 @@ func WriteRaw(ctx context.Context, src io.Reader, dst Target, opts RawOptions) (
 
 // rawWriter is the state of one WriteRaw after the head was checked.
 type rawWriter struct {
-	dst   Target
-	opts  RawOptions
-	log   *slog.Logger
-	start time.Time
-	// end is how far the image region was written (for the wipe).
-	end atomic.Int64
-}
-
-// fail wipes the target and returns err.
-func (w *rawWriter) fail(ctx context.Context, err error) error {
-	end := w.end.Load()
-	w.log.Error("raw write failed, wiping partition tables", "error", err, "image_end", end)
-	if werr := WipeAfterFailure(ctx, w.dst, end); werr != nil {
-		w.log.Error("wipe after failed raw write", "error", werr)
-	}
-	return err
+	dst  Target
+	opts RawOptions
+	log  *slog.Logger
+	// written is how far the image was written.
+	written atomic.Int64
 }
 
 // chunk is one pipeline buffer holding image bytes at off.
@@ -227,11 +201,9 @@ type chunk struct {
 // stream reads src (positioned at off) to its end in a reader goroutine
 // and hands each buffer, in order, to a hasher and a writer goroutine
 // working in parallel. A buffer goes back to the pool when both are done
-// with it, so at most opts.Buffers buffers exist. The writer trails the
-// stream by HeadSize bytes: the image's last HeadSize bytes (those past
-// off) are not written but returned, to be written after verification.
-// It returns the image size and that tail.
-func (w *rawWriter) stream(ctx context.Context, src io.Reader, off int64) (int64, []byte, error) {
+// with it, so at most opts.Buffers buffers exist. It returns the image
+// size.
+func (w *rawWriter) stream(ctx context.Context, src io.Reader, off int64) (int64, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	fail := func(err error) { cancel(err) } // the first cause wins
@@ -309,43 +281,20 @@ func (w *rawWriter) stream(ctx context.Context, src io.Reader, off int64) (int64
 			}
 		})
 	}
-	// held is the stream's last bytes not yet written (at most HeadSize,
-	// from heldOff): they are copied out of their chunk so the chunk goes
-	// back to the pool at once, whatever the buffer size.
-	held := make([]byte, 0, HeadSize)
-	heldOff := off
-	var tail []byte
 	wg.Go(func() {
 		var last time.Time
 		for {
 			select {
 			case c, ok := <-writeCh:
 				if !ok {
-					if context.Cause(ctx) == nil {
-						tail = held
-					}
 					return
 				}
-				data := c.buf[:c.n]
-				// Of held+data, all but the last HeadSize bytes can go.
-				if writable := len(held) + len(data) - HeadSize; writable > 0 {
-					wh := min(len(held), writable)
-					if err := w.write(ctx, held[:wh], heldOff); err != nil {
-						fail(&WriteError{Format: "raw", Err: err})
-						return
-					}
-					wd := writable - wh
-					if err := w.write(ctx, data[:wd], c.off); err != nil {
-						fail(&WriteError{Format: "raw", Err: err})
-						return
-					}
-					held = append(held[:copy(held, held[wh:])], data[wd:]...)
-					heldOff += int64(writable)
-					w.end.Store(heldOff)
-				} else {
-					held = append(held, data...)
+				if err := w.write(ctx, c.buf[:c.n], c.off); err != nil {
+					fail(&WriteError{Format: "raw", Err: err})
+					return
 				}
 				end := c.off + int64(c.n)
+				w.written.Store(end)
 				release(c) // c may be reused from here on
 				if w.opts.Progress != nil && time.Since(last) >= progressEvery {
 					last = time.Now()
@@ -358,9 +307,9 @@ func (w *rawWriter) stream(ctx context.Context, src io.Reader, off int64) (int64
 	})
 	wg.Wait()
 	if err := context.Cause(ctx); err != nil {
-		return 0, nil, err
+		return 0, err
 	}
-	return total.Load(), tail, nil
+	return total.Load(), nil
 }
 
 // write puts p at off, zeroing (hole punch, BLKZEROOUT) rather than
@@ -370,10 +319,10 @@ func (w *rawWriter) write(ctx context.Context, p []byte, off int64) error {
 	for len(p) > 0 {
 		// Find the extent of the run starting at p[0], in zeroRun steps.
 		n := min(len(p), zeroRun)
-		zero := allZero(p[:n])
+		zero := AllZero(p[:n])
 		for n < len(p) {
 			k := min(len(p)-n, zeroRun)
-			if allZero(p[n:n+k]) != zero {
+			if AllZero(p[n:n+k]) != zero {
 				break
 			}
 			n += k

@@ -115,14 +115,41 @@ func rawSum(t *testing.T, path string) string {
 	return fmt.Sprintf("%x", h.Sum(nil))
 }
 
-// rawVerify returns a Verify callback comparing h with want.
-func rawVerify(h hash.Hash, want []byte) func() error {
-	return func() error {
+// rawVerify returns an Ended callback comparing h with want.
+func rawVerify(h hash.Hash, want []byte) func(int64) error {
+	return func(int64) error {
 		if got := h.Sum(nil); !bytes.Equal(got, want) {
 			return fmt.Errorf("checksum mismatch: got %x, want %x", got, want)
 		}
 		return nil
 	}
+}
+
+// guarded runs write through a Guard over dst, as a deployment does
+// (agent.Deployer): Commit after a success, Abort after a failure. The
+// write's error comes back unchanged when the abort succeeded.
+func guarded(ctx context.Context, dst Target, write func(g *Guard) error) error {
+	g := Begin(ctx, dst)
+	if err := write(g); err != nil {
+		if werr := g.Abort(ctx); werr != nil {
+			return errors.Join(err, werr)
+		}
+		return err
+	}
+	return g.Commit(ctx)
+}
+
+// rawHold sets up g and opts as the agent does: the image's last MiB held
+// from the declared size (or HoldEnd when it is unknown), the writer's
+// Start phase starting the Guard.
+func rawHold(g *Guard, opts RawOptions) RawOptions {
+	if opts.DeclaredSize > 0 {
+		g.Hold(opts.DeclaredSize-HeadSize, HeadSize)
+	} else {
+		g.HoldEnd()
+	}
+	opts.Start = func() error { return g.Start(g.ctx) }
+	return opts
 }
 
 func TestWriteRaw(t *testing.T) {
@@ -142,28 +169,34 @@ func TestWriteRaw(t *testing.T) {
 				}
 				h := sha256.New()
 				var calls, last atomic.Int64
-				res, err := WriteRaw(t.Context(), src, dst, RawOptions{
-					DeclaredSize: imgSize,
-					TargetName:   path,
-					Hash:         h,
-					Verify: func() error {
-						// The head is held back until the checksum matched.
-						head := make([]byte, HeadSize)
-						if _, err := dst.ReadAt(head, 0); err != nil || !allZero(head) {
-							t.Errorf("head written before Verify (%v)", err)
-						}
-						return rawVerify(h, want[:])()
-					},
-					BufferSize: 256 << 10,
-					Buffers:    3,
-					Logger:     testutil.Logger(t),
-					Progress: func(done, total int64) {
-						calls.Add(1)
-						last.Store(done)
-						if total != imgSize || done > total {
-							t.Errorf("progress %d/%d", done, total)
-						}
-					},
+				var res RawResult
+				err := guarded(t.Context(), dst, func(g *Guard) error {
+					var err error
+					res, err = WriteRaw(t.Context(), src, g, rawHold(g, RawOptions{
+						DeclaredSize: imgSize,
+						TargetName:   path,
+						Hash:         h,
+						Ended: func(size int64) error {
+							// Through the Guard, the head reaches the disk only
+							// at the commit, after the checksum matched.
+							head := make([]byte, HeadSize)
+							if _, err := dst.ReadAt(head, 0); err != nil || !AllZero(head) {
+								t.Errorf("head written before the checksum matched (%v)", err)
+							}
+							return rawVerify(h, want[:])(size)
+						},
+						BufferSize: 256 << 10,
+						Buffers:    3,
+						Logger:     testutil.Logger(t),
+						Progress: func(done, total int64) {
+							calls.Add(1)
+							last.Store(done)
+							if total != imgSize || done > total {
+								t.Errorf("progress %d/%d", done, total)
+							}
+						},
+					}))
+					return err
 				})
 				if err != nil {
 					t.Fatal(err)
@@ -181,7 +214,7 @@ func TestWriteRaw(t *testing.T) {
 					t.Fatal("target differs from the image")
 				}
 				testutil.Run(t, "cmp", "-n", fmt.Sprint(imgSize), path, rawWriteFile(t, img))
-				if !allZero(testutil.ReadAt(t, path, 15<<20, 1<<20)) {
+				if !AllZero(testutil.ReadAt(t, path, 15<<20, 1<<20)) {
 					t.Error("last MiB of the target (old backup GPT) not zeroed")
 				}
 				testutil.RequireCommand(t, "sfdisk")
@@ -203,8 +236,8 @@ func rawWriteFile(t *testing.T, b []byte) string {
 	return p
 }
 
-// TestWriteRawSmallMBR writes an image smaller than the head: all of it
-// is held back and written last.
+// TestWriteRawSmallMBR writes an image smaller than the head: it is
+// written whole.
 func TestWriteRawSmallMBR(t *testing.T) {
 	testutil.RequireCommand(t, "sfdisk")
 	p := filepath.Join(t.TempDir(), "small.img")
@@ -269,8 +302,9 @@ func (f rawFailTarget) WriteAt(p []byte, off int64) (int, error) {
 	return f.Target.WriteAt(p, off)
 }
 
-// TestWriteRawFailures: every failure once writing started leaves the
-// target without any partition table, where it had one before.
+// TestWriteRawFailures: every failure once writing started, through the
+// Guard a deployment writes with, leaves the target without any partition
+// table, where it had one before, and WriteRaw's error as it was.
 func TestWriteRawFailures(t *testing.T) {
 	const imgSize = 6 << 20
 	img := rawTestImage(t, imgSize, 2)
@@ -291,14 +325,14 @@ func TestWriteRawFailures(t *testing.T) {
 				defer cancel()
 				h := sha256.New()
 				var src io.Reader = bytes.NewReader(img)
-				opts := RawOptions{DeclaredSize: imgSize, TargetName: path, Hash: h, Verify: rawVerify(h, want[:]), BufferSize: 1 << 20, Logger: testutil.Logger(t)}
+				opts := RawOptions{DeclaredSize: imgSize, TargetName: path, Hash: h, Ended: rawVerify(h, want[:]), BufferSize: 1 << 20, Logger: testutil.Logger(t)}
 				var check func(error)
 				switch c {
 				case "checksum":
-					opts.Verify = func() error { return errSum }
+					opts.Ended = func(int64) error { return errSum }
 					check = func(err error) {
 						if err != errSum {
-							t.Errorf("error = %v, want the Verify error unchanged", err)
+							t.Errorf("error = %v, want the Ended error unchanged", err)
 						}
 					}
 				case "source":
@@ -329,7 +363,7 @@ func TestWriteRawFailures(t *testing.T) {
 					check = func(err error) {
 						var we *WriteError
 						if !errors.As(err, &we) || we.Format != "raw" || !errors.Is(err, errIO) ||
-							!strings.HasPrefix(err.Error(), "Can't write raw on disk. ") {
+							!strings.HasPrefix(err.Error(), "write the raw image: ") {
 							t.Errorf("error = %v, want a raw WriteError wrapping the cause", err)
 						}
 					}
@@ -339,7 +373,7 @@ func TestWriteRawFailures(t *testing.T) {
 					check = func(err error) {
 						// The stream passes the 8 MiB target with the 1 MiB buffer
 						// that would end at 9 MiB.
-						msg := fmt.Sprintf("image provided has a size of %d bytes which is larger than %s of %d bytes", 9<<20, path, 8<<20)
+						msg := fmt.Sprintf("image of %d bytes does not fit %s (%d bytes)", 9<<20, path, 8<<20)
 						var se *SizeError
 						if !errors.As(err, &se) || err.Error() != msg {
 							t.Errorf("error = %v\nwant %s", err, msg)
@@ -352,7 +386,12 @@ func TestWriteRawFailures(t *testing.T) {
 					t.Fatalf("old GPT not seen by sfdisk -l before:\n%s", out)
 				}
 				testutil.Run(t, "blkid", "-p", path)
-				_, err := WriteRaw(ctx, src, d, opts)
+				// Through a Guard, as a deployment writes: its Abort
+				// leaves no table.
+				err := guarded(ctx, d, func(g *Guard) error {
+					_, err := WriteRaw(ctx, src, g, rawHold(g, opts))
+					return err
+				})
 				if err == nil {
 					t.Fatal("WriteRaw succeeded")
 				}
@@ -391,19 +430,22 @@ func TestWriteRawRefusedUntouched(t *testing.T) {
 		opts RawOptions
 		msg  string
 	}
-	notRaw := "image provided format is not of type raw because no partition table was found. It seems to contain: "
+	// The customer's texts for these are the agent's: TestErrorTable.
+	notRaw := func(found string) string {
+		return "image declared raw holds no partition table (it looks like " + found + ")"
+	}
 	errCheck := errors.New("image sector size 4096 does not match disk sector size 512")
 	cases := []tc{
 		{"too large", img, RawOptions{DeclaredSize: int64(len(img)), TargetName: "/dev/sda"},
-			fmt.Sprintf("image provided has a size of %d bytes which is larger than /dev/sda of %d bytes", len(img), 4<<20)},
+			fmt.Sprintf("image of %d bytes does not fit /dev/sda (%d bytes)", len(img), 4<<20)},
 		{"check", img[:2<<20], RawOptions{Check: func([]byte) error { return errCheck }}, errCheck.Error()},
-		{"gzip", gz.Bytes(), RawOptions{}, notRaw + "gzip"},
-		{"xz", xzb.Bytes(), RawOptions{}, notRaw + "xz"},
-		{"zstd", zs.Bytes(), RawOptions{}, notRaw + "zstd"},
-		{"zeros", make([]byte, 3<<20), RawOptions{}, notRaw + "only zeros"},
-		{"nothing", nil, RawOptions{}, notRaw + "only zeros"},
+		{"gzip", gz.Bytes(), RawOptions{}, notRaw("gzip")},
+		{"xz", xzb.Bytes(), RawOptions{}, notRaw("xz")},
+		{"zstd", zs.Bytes(), RawOptions{}, notRaw("zstd")},
+		{"zeros", make([]byte, 3<<20), RawOptions{}, notRaw("empty")},
+		{"nothing", nil, RawOptions{}, notRaw("empty")},
 		{"truncated head", nil, RawOptions{}, io.ErrUnexpectedEOF.Error()},
-		{"text", bytes.Repeat([]byte("not a disk\n"), 1000), RawOptions{}, notRaw + "unknown data"},
+		{"text", bytes.Repeat([]byte("not a disk\n"), 1000), RawOptions{}, notRaw("unknown")},
 	}
 	dir := t.TempDir()
 	toolImage := func(name string, cmd ...string) []byte {
@@ -418,14 +460,14 @@ func TestWriteRawRefusedUntouched(t *testing.T) {
 		return b
 	}
 	qcow := toolImage("a.qcow2", "qemu-img", "create", "-q", "-f", "qcow2", filepath.Join(dir, "a.qcow2"), "1G")
-	cases = append(cases, tc{"qcow2", qcow, RawOptions{}, "image provided format is qcow2 which does not match expected raw format"})
+	cases = append(cases, tc{"qcow2", qcow, RawOptions{}, "image declared raw is qcow2"})
 	os.WriteFile(filepath.Join(dir, "hello.txt"), []byte("hello"), 0o644)
 	iso := toolImage("a.iso", "genisoimage", "-quiet", "-R", "-o", filepath.Join(dir, "a.iso"), filepath.Join(dir, "hello.txt"))
-	cases = append(cases, tc{"iso9660", iso, RawOptions{}, notRaw + "iso9660"})
+	cases = append(cases, tc{"iso9660", iso, RawOptions{}, notRaw("iso9660")})
 	ext := filepath.Join(dir, "ext4.img")
 	os.WriteFile(ext, make([]byte, 2<<20), 0o644)
 	ext4 := toolImage("ext4.img", "mkfs.ext4", "-q", "-F", ext)
-	cases = append(cases, tc{"ext4", ext4, RawOptions{}, notRaw + "ext4"})
+	cases = append(cases, tc{"ext4", ext4, RawOptions{}, notRaw("ext4")})
 
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -434,7 +476,7 @@ func TestWriteRawRefusedUntouched(t *testing.T) {
 				src.r = &rawFailReader{r: bytes.NewReader(img), n: 1000, err: io.ErrUnexpectedEOF}
 			}
 			c.opts.Hash = sha256.New()
-			c.opts.Verify = func() error { t.Error("Verify called"); return nil }
+			c.opts.Ended = func(int64) error { t.Error("Ended called"); return nil }
 			_, err := WriteRaw(t.Context(), src, dst, c.opts)
 			if err == nil || err.Error() != c.msg {
 				t.Fatalf("error = %v\nwant %s", err, c.msg)
@@ -461,12 +503,15 @@ func (c *rawCountReader) Read(p []byte) (int, error) {
 }
 
 // TestWriteRawTruncated: a stream ending before DeclaredSize is an error,
-// never a success.
+// never a success (and through the Guard leaves no table).
 func TestWriteRawTruncated(t *testing.T) {
 	img := rawTestImage(t, 4<<20, 5)
 	file := rawTestTarget(t, 8<<20)
 	dst, _ := rawOpen(t, file, false)
-	_, err := WriteRaw(t.Context(), bytes.NewReader(img[:3<<20]), dst, RawOptions{DeclaredSize: 4 << 20, BufferSize: 1 << 20})
+	err := guarded(t.Context(), dst, func(g *Guard) error {
+		_, err := WriteRaw(t.Context(), bytes.NewReader(img[:3<<20]), g, rawHold(g, RawOptions{DeclaredSize: 4 << 20, BufferSize: 1 << 20}))
+		return err
+	})
 	if !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("error = %v, want io.ErrUnexpectedEOF", err)
 	}

@@ -105,7 +105,7 @@ func Sniff(head []byte) Format {
 			return m.f
 		}
 	}
-	if allZero(head) {
+	if AllZero(head) {
 		return FormatEmpty
 	}
 	return FormatUnknown
@@ -131,8 +131,9 @@ func HasPartitionTable(head []byte) (table string, ok bool) {
 // zeroBlock is compared against: bytes.Equal is vectorised.
 var zeroBlock [64 << 10]byte
 
-// allZero reports whether b holds only zero bytes (true for an empty b).
-func allZero(b []byte) bool {
+// AllZero reports whether b holds only zero bytes (true for an empty b),
+// 64 KiB at a time (bytes.Equal is vectorised).
+func AllZero(b []byte) bool {
 	for len(b) > 0 {
 		n := min(len(b), len(zeroBlock))
 		if !bytes.Equal(b[:n], zeroBlock[:n]) {

@@ -1,6 +1,10 @@
-// Package imaging fetches disk images, verifies their checksums, sniffs their
-// real format, checks qcow2 headers for safety and writes images onto a
-// Target. It never opens device paths: callers hand it a Target.
+// Package imaging is the core of writing an image: the Target it is written
+// to, the Guard that makes a deployment one crash-safe transaction (the
+// partition tables held in memory until the commit, a wipe after a failure),
+// WriteRaw for raw images, format sniffing (Sniff, CheckFormat) and
+// checksums. The format packages build on it: imaging/fetch downloads,
+// imaging/decompress, imaging/qcow2, imaging/ova and imaging/vmdk read the
+// formats. It never opens device paths: callers hand it a Target.
 package imaging
 
 import (

@@ -180,6 +180,39 @@ const (
 	MsgBootRescue      Code = "MsgBootRescue"      // boot description
 	APIBadParam        Code = "APIBadParam"        // parameter, what it must be
 
+	// issue 26: the image's own system checked against the server
+	// (imagecheck). Refusals and warnings are FaultCustomer: the image is
+	// the customer's; notes say what was not examined.
+	CheckUEFINoESP        Code = "CheckUEFINoESP"        //
+	CheckUEFINoLoader     Code = "CheckUEFINoLoader"     // partition number, why
+	CheckBIOSNoBootCode   Code = "CheckBIOSNoBootCode"   //
+	CheckBIOSNoCoreSpace  Code = "CheckBIOSNoCoreSpace"  //
+	CheckNoLinuxRoot      Code = "CheckNoLinuxRoot"      // why
+	CheckNotExamined      Code = "CheckNotExamined"      // what, why
+	CheckNoKernel         Code = "CheckNoKernel"         //
+	CheckKernelMissing    Code = "CheckKernelMissing"    // kernel path
+	CheckInitrdMissing    Code = "CheckInitrdMissing"    // initramfs path
+	CheckRootUnresolved   Code = "CheckRootUnresolved"   // root= value
+	CheckRootDevName      Code = "CheckRootDevName"      // root= value
+	CheckDiskDriverAbsent Code = "CheckDiskDriverAbsent" // initramfs, module, kernel version
+	CheckModuleDepAbsent  Code = "CheckModuleDepAbsent"  // initramfs, module, the module needing it, kernel version
+	CheckRootFSModule     Code = "CheckRootFSModule"     // initramfs, module, filesystem type, kernel version
+	CheckNoInitramfs      Code = "CheckNoInitramfs"      // module, kernel version
+	CheckNICDriverAbsent  Code = "CheckNICDriverAbsent"  // module, interface, kernel version
+	CheckFstabDevName     Code = "CheckFstabDevName"     // line, device
+	CheckFstabUnresolved  Code = "CheckFstabUnresolved"  // line, device, mount point
+	CheckFstabNoFail      Code = "CheckFstabNoFail"      // line, device, mount point
+	CheckCloudInitMissing Code = "CheckCloudInitMissing" //
+	CheckCloudInitOff     Code = "CheckCloudInitOff"     // why
+	CheckDatasourceList   Code = "CheckDatasourceList"   // the list
+	CheckNetKernelName    Code = "CheckNetKernelName"    // file[:line], name
+	CheckNetForeignMAC    Code = "CheckNetForeignMAC"    // file[:line], MAC, the server's MACs
+	// issue 26, the integration: the job's imageChecks option, a strict
+	// job's warning, more refusals than the first.
+	ImageChecksValue Code = "ImageChecksValue" // the value given
+	CheckStrict      Code = "CheckStrict"      // the warning's text
+	CheckMore        Code = "CheckMore"        // the first refusal's text, how many more, their texts
+
 	// Power through the server's BMC (issue 25).
 	PowerNoAnswer    Code = "PowerNoAnswer"    // operation
 	PowerCredentials Code = "PowerCredentials" // operation
@@ -196,6 +229,7 @@ const (
 	MsgRescueTimeout     Code = "MsgRescueTimeout"     // duration
 	MsgBooted            Code = "MsgBooted"            // time from done
 	MsgNoSignOfLife      Code = "MsgNoSignOfLife"      // duration
+	MsgPowerRebooting    Code = "MsgPowerRebooting"    //
 
 	// Trusting the network less (issue 22).
 	APIAttemptsExhausted Code = "APIAttemptsExhausted" // attempts
@@ -204,6 +238,22 @@ const (
 	APIBodyTimeout       Code = "APIBodyTimeout"       // duration
 	APICredentialInvalid Code = "APICredentialInvalid" // OVH
 	APIBootRateLimited   Code = "APIBootRateLimited"   // seconds
+	// OVH's own tools (issue 24): the reinstall body's fields OVH's tools
+	// send, the image type detected, the API's answers for them.
+	StorageHardwareRaid  Code = "StorageHardwareRaid"  //
+	StoragePartitioning  Code = "StoragePartitioning"  //
+	CustomizationUnused  Code = "CustomizationUnused"  // field, operatingSystem, what to do instead
+	MetadataTwice        Code = "MetadataTwice"        // quoted key, first source, second source
+	MsgImageTypeDetected Code = "MsgImageTypeDetected" // type, what the first bytes are
+	ImageTypeUndetected  Code = "ImageTypeUndetected"  // what the first bytes look like
+	APINoFeature         Code = "APINoFeature"         // agent version
+	MsgRebootByHand      Code = "MsgRebootByHand"      // a hardReboot task waiting for hands
+	MsgRebootSeen        Code = "MsgRebootSeen"        //
+
+	// A deployment stopped by SIGTERM, Ctrl-C or its context (issue 22
+	// point 12): said once, with the step it was in, whatever error the
+	// step's own code returned on the way out.
+	InterruptedStep Code = "InterruptedStep" // step
 )
 
 // catalog holds the text of every Code.
@@ -347,6 +397,35 @@ var catalog = map[Code]entry{
 	MsgBootRescue:      {"Rescue: the byoi agent", FaultNone},
 	APIBadParam:        {"parameter %s must be %s", FaultCustomer},
 
+	// issue 26
+	CheckUEFINoESP:        {"the server boots by UEFI and the image has no EFI System Partition: add a FAT partition of type EF00 (GPT) or 0xEF (MBR) holding the loader at \\EFI\\BOOT\\BOOTX64.EFI", FaultCustomer},
+	CheckUEFINoLoader:     {"the server boots by UEFI and EFI System Partition %d holds no loader (%s): add \\EFI\\BOOT\\BOOTX64.EFI, or the loader named by efiBootloaderPath", FaultCustomer},
+	CheckBIOSNoBootCode:   {"the server boots by legacy BIOS and the image has no boot code in its MBR: install a BIOS boot loader (grub-install --target=i386-pc; on a GPT disk with a 1 MiB BIOS boot partition of type EF02)", FaultCustomer},
+	CheckBIOSNoCoreSpace:  {"the server boots by legacy BIOS and the GPT image has MBR boot code but neither a BIOS boot partition (type EF02) for GRUB's core image nor a partition marked legacy BIOS bootable: it may not boot", FaultCustomer},
+	CheckNoLinuxRoot:      {"no Linux root filesystem was found in the image (%s): its system was not checked", FaultCustomer},
+	CheckNotExamined:      {"%s was not examined: %s", FaultCustomer},
+	CheckNoKernel:         {"no kernel was found: no boot entry in grub.cfg or loader/entries, and no /boot/vmlinuz-*", FaultCustomer},
+	CheckKernelMissing:    {"the default boot entry's kernel %s is not in the image", FaultCustomer},
+	CheckInitrdMissing:    {"the default boot entry's initramfs %s is not in the image", FaultCustomer},
+	CheckRootUnresolved:   {"the kernel command line's root=%s names no filesystem of the image: the system will wait for its root and stop", FaultCustomer},
+	CheckRootDevName:      {"the kernel command line's root=%s names a disk by its kernel name, which differs between machines: use root=UUID=", FaultCustomer},
+	CheckDiskDriverAbsent: {"the initramfs %s lacks %s, the driver of this server's disk controller, and kernel %s does not have it built in: the root disk will not be found (rebuild the initramfs with it, e.g. MODULES=most in initramfs.conf, or dracut --no-hostonly)", FaultCustomer},
+	CheckModuleDepAbsent:  {"the initramfs %s lacks %s, which %s needs, and kernel %s does not have it built in: the root disk will not be found", FaultCustomer},
+	CheckRootFSModule:     {"the initramfs %s lacks %s, the module of the root filesystem (%s), and kernel %s does not have it built in: the root will not be mounted", FaultCustomer},
+	CheckNoInitramfs:      {"the boot entry has no initramfs and kernel %[2]s does not have %[1]s built in: the root disk will not be found", FaultCustomer},
+	CheckNICDriverAbsent:  {"the driver %s of network interface %s is neither in /lib/modules/%s nor built into the kernel: the interface will not come up", FaultCustomer},
+	CheckFstabDevName:     {"/etc/fstab line %d names %s by its kernel name, which differs between machines: use UUID= or LABEL=", FaultCustomer},
+	CheckFstabUnresolved:  {"/etc/fstab line %d: %s (for %s) is no filesystem of the image; the entry has nofail, so only that mount is lost", FaultCustomer},
+	CheckFstabNoFail:      {"/etc/fstab line %d: %s (for %s) is no filesystem of the image and the entry has no nofail: unless the server has it, systemd stops the boot in emergency mode", FaultCustomer},
+	CheckCloudInitMissing: {"a ConfigDrive is requested but cloud-init is not installed in the image: the hostname, SSH keys and user data will not be applied", FaultCustomer},
+	CheckCloudInitOff:     {"a ConfigDrive is requested but cloud-init will not run (%s): the ConfigDrive will be ignored", FaultCustomer},
+	CheckDatasourceList:   {"a ConfigDrive is requested but cloud-init's datasource_list is %s, without ConfigDrive: the ConfigDrive will be ignored (add ConfigDrive to the list)", FaultCustomer},
+	CheckNetKernelName:    {"%s binds the network configuration to %s, but the image names interfaces predictably (enp1s0, eno1): that name will not exist (match the MAC address, or boot with net.ifnames=0)", FaultCustomer},
+	CheckNetForeignMAC:    {"%s binds the network configuration to MAC %s, which no interface of this server has (it has %s)", FaultCustomer},
+	ImageChecksValue:      {"imageChecks must be \"strict\", \"off\" or absent, got %s", FaultCustomer},
+	CheckStrict:           {"the job asks for strict image checks (imageChecks: strict) and the image has a problem: %s", FaultCustomer},
+	CheckMore:             {"%s; and %d more: %s", FaultCustomer},
+
 	// issue 25
 	PowerNoAnswer:    {"the server's BMC does not answer (%s)", FaultProvider},
 	PowerCredentials: {"the server's BMC refused byoi's credentials (%s)", FaultProvider},
@@ -363,6 +442,7 @@ var catalog = map[Code]entry{
 	MsgRescueTimeout:     {"the server did not boot into rescue within %s", FaultProvider},
 	MsgBooted:            {"booted: the new system phoned home %s after done", FaultNone},
 	MsgNoSignOfLife:      {"no sign of life from the new system %s after done", FaultNone},
+	MsgPowerRebooting:    {"byoi-api is rebooting the server through its BMC", FaultNone},
 
 	// issue 22
 	APIAttemptsExhausted: {"the deployment was started %d times and never finished: the server's agent restarted during each attempt (see the status history); post it again, or ask your provider to look at the server", FaultProvider},
@@ -371,7 +451,36 @@ var catalog = map[Code]entry{
 	APIBodyTimeout:       {"the request body did not arrive within %s", FaultCustomer},
 	APICredentialInvalid: {"This credential is not valid", FaultCustomer},
 	APIBootRateLimited:   {"too many network boot requests from this address: retry in %d s", FaultCustomer},
+	// issue 24
+	StorageHardwareRaid:  {"storage.hardwareRaid is not supported with a BYOI image: byoi writes the image as it is onto the first disk of the disk group and configures no hardware RAID (leave hardwareRaid out; an empty list is accepted)", FaultCustomer},
+	StoragePartitioning:  {"storage.partitioning is not supported with a BYOI image: the image brings its own partition table (leave partitioning out; an empty object is accepted)", FaultCustomer},
+	CustomizationUnused:  {"customizations.%s is not used with %s, which installs your own image: %s", FaultCustomer},
+	MetadataTwice:        {"ConfigDrive metadata key %s is given in both %s and %s", FaultCustomer},
+	MsgImageTypeDetected: {"no image type given: detected %s from the image's first bytes (%s)", FaultNone},
+	ImageTypeUndetected:  {"no image type given, and the image's first bytes are neither qcow2, OVA, a disk image with a partition table nor a compressed one (they look like: %s): give the image type (qcow2, raw or ova)", FaultCustomer},
+	APINoFeature:         {"this server's agent (version %s) cannot detect the image type: give customizations.imageType (qcow2, raw or ova), or boot the server into a newer rescue system", FaultCustomer},
+	MsgRebootByHand:      {"Waiting for the server to be rebooted by hand: byoi-api has no power driver for it", FaultNone},
+	MsgRebootSeen:        {"Reboot seen: the server booted from the network or its rescue agent started", FaultNone},
+
+	// issue 22 point 12
+	InterruptedStep: {"the deployment was interrupted during its %s step", FaultProvider},
 }
+
+// imageCheckCodes are the codes of issue 26's checks (package imagecheck):
+// its tests trigger every one.
+var imageCheckCodes = map[Code]bool{
+	CheckUEFINoESP: true, CheckUEFINoLoader: true, CheckBIOSNoBootCode: true, CheckBIOSNoCoreSpace: true,
+	CheckNoLinuxRoot: true, CheckNotExamined: true, CheckNoKernel: true, CheckKernelMissing: true,
+	CheckInitrdMissing: true, CheckRootUnresolved: true, CheckRootDevName: true, CheckDiskDriverAbsent: true,
+	CheckModuleDepAbsent: true, CheckRootFSModule: true,
+	CheckNoInitramfs: true, CheckNICDriverAbsent: true, CheckFstabDevName: true, CheckFstabUnresolved: true,
+	CheckFstabNoFail: true, CheckCloudInitMissing: true, CheckCloudInitOff: true, CheckDatasourceList: true,
+	CheckNetKernelName: true, CheckNetForeignMAC: true,
+}
+
+// IsImageCheckCode reports whether c is one of the image checks' findings
+// (issue 26).
+func IsImageCheckCode(c Code) bool { return imageCheckCodes[c] }
 
 // Text formats the message of code c with args. An unknown code (a bug)
 // gives the code itself, so nothing is lost.

@@ -12,7 +12,7 @@ import "strings"
 var jobSpecCodes = map[Code]bool{
 	JobTooLarge: true, JobNotObject: true, JobSyntax: true, JobTruncated: true, JobInvalidJSON: true,
 	JobTrailingData: true, JobUnknownField: true, JobDuplicateField: true, JobFieldKind: true, JobFieldType: true,
-	JobShape: true, JobMissing: true, OSUnsupported: true, StorageMany: true,
+	JobShape: true, JobMissing: true, OSUnsupported: true, StorageMany: true, ImageChecksValue: true,
 	URLMissing: true, URLTooLong: true, URLUnparsable: true, URLScheme: true, URLNoHost: true,
 	BadImageType: true, ChecksumPair: true, BadChecksumType: true, ChecksumFormat: true, DiskGroupInvalid: true,
 	HeadersTooMany: true, HeaderName: true, HeaderValueTooLong: true, HeaderValueControl: true, HeaderDuplicate: true,
@@ -25,12 +25,16 @@ var jobSpecCodes = map[Code]bool{
 	SSHKeyType: true, SSHKeyNoData: true, SSHKeyBase64: true, SSHKeyTypeMismatch: true, SSHKeyTruncated: true,
 	SSHKeyEd25519Size: true, SSHKeyCurve: true, SSHKeyECDSAPoint: true, SSHKeyEmptyInt: true, SSHKeyTrailing: true,
 	SSHKeyRSASmall: true,
+	// issue 24
+	StorageHardwareRaid: true, StoragePartitioning: true, CustomizationUnused: true, MetadataTwice: true,
 }
 
 // controlPlaneTexts are the non-API texts only the control plane writes.
 var controlPlaneTexts = map[Code]bool{
 	AgentSilent: true, MsgRestarted: true, MsgWaitingAgent: true, MsgCancelled: true,
 	MsgTaskReinstall: true, MsgBootHarddisk: true, MsgBootRescue: true,
+	// issue 24
+	MsgRebootByHand: true, MsgRebootSeen: true,
 }
 
 // powerCodes are the codes of the power drivers (controlplane/power, issue
@@ -44,7 +48,7 @@ var powerCodes = map[Code]bool{
 // (issue 25, wiring); controlplane's TestPowerCatalog triggers each.
 var powerControlCodes = map[Code]bool{
 	MsgPowerRebooted: true, MsgPowerAgentWaiting: true, MsgPowerByHand: true, MsgPowerAbandoned: true,
-	MsgRescueTimeout: true, MsgBooted: true, MsgNoSignOfLife: true,
+	MsgRescueTimeout: true, MsgBooted: true, MsgNoSignOfLife: true, MsgPowerRebooting: true,
 }
 
 // IsPowerControlCode reports whether c is a text of the control plane's

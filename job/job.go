@@ -26,6 +26,13 @@ const (
 // ImageTypes lists the accepted image types, for forms and messages.
 var ImageTypes = []string{ImageTypeQcow2, ImageTypeRaw, ImageTypeOVA}
 
+// ImageTypeDetect is a Job's ImageType when the job gave none: OVH's
+// reinstall schema does not require imageType, and the agent then detects
+// the type from the image's first bytes (qcow2, OVA, raw, compressed raw).
+// The legacy bringYourOwnImage body still requires its "type", as OVH's
+// schema does.
+const ImageTypeDetect = ""
+
 // Operating systems of the reinstall shape that mean "bring your own
 // image": byoi_64, and byolinux_64, which OVH's API also lists.
 const (
@@ -66,7 +73,7 @@ var checksumHexLen = map[string]int{"md5": 32, "sha1": 40, "sha256": 64, "sha512
 // LogValue leave them out.
 type Job struct {
 	ImageURL     string
-	ImageType    string // "qcow2", "raw" or "ova"
+	ImageType    string // "qcow2", "raw", "ova", or ImageTypeDetect ("")
 	Checksum     string // lower-case hex, "" = none
 	ChecksumType string // md5 sha1 sha256 sha512, "" = none
 	// Headers are sent with the image download. Legacy shape: the order
@@ -76,7 +83,18 @@ type Job struct {
 	Description       string
 	EFIBootloaderPath string
 	ConfigDrive       *ConfigDrive // nil when no ConfigDrive field is set
+	// ImageChecks is byoi's extension of the job body (issue 26): ""
+	// (the default: refusals stop the deployment, warnings are
+	// reported), ImageChecksStrict (warnings refuse too) or
+	// ImageChecksOff (the image's system is not checked).
+	ImageChecks string
 }
+
+// The values of Job.ImageChecks ("imageChecks" in both shapes).
+const (
+	ImageChecksStrict = "strict"
+	ImageChecksOff    = "off"
+)
 
 // ConfigDrive is what goes into the config-2 partition for cloud-init.
 type ConfigDrive struct {
@@ -140,6 +158,7 @@ type legacyJob struct {
 	Description  string             `json:"description"`
 	DiskGroupID  int                `json:"diskGroupId"`
 	HTTPHeader   []keyValue         `json:"httpHeader"`
+	ImageChecks  string             `json:"imageChecks"` // byoi's extension (issue 26)
 }
 
 type legacyConfigDrive struct {
@@ -156,10 +175,14 @@ type keyValue struct {
 }
 
 // reinstallJob is the body of POST /dedicated/server/{serviceName}/reinstall
-// with operatingSystem "byoi_64".
+// with operatingSystem "byoi_64" (OVH's dedicated.server.Reinstall).
+// Properties are, in OVH's schema, "arbitrary properties to pass to
+// cloud-init's config drive datasource": they join the ConfigDrive's
+// metadata, as OVH's own BYOI example (properties, no imageType) expects.
 type reinstallJob struct {
 	OperatingSystem string                   `json:"operatingSystem"`
 	Customizations  *reinstallCustomizations `json:"customizations"`
+	Properties      map[string]string        `json:"properties"`
 	Storage         []reinstallStorage       `json:"storage"`
 }
 
@@ -174,10 +197,62 @@ type reinstallCustomizations struct {
 	ConfigDriveUserData string            `json:"configDriveUserData"`
 	ConfigDriveMetadata map[string]string `json:"configDriveMetadata"`
 	HTTPHeaders         map[string]string `json:"httpHeaders"`
+	// ConfigDriveMetadataTF is the same map under the key terraform-
+	// provider-ovh's ovh_dedicated_server resource sends (its
+	// CustomizationsWritableValue tags it "ConfigDriveMetadata"): taken
+	// as configDriveMetadata, so that resource works unchanged.
+	ConfigDriveMetadataTF map[string]string `json:"ConfigDriveMetadata"`
+	// OVH's customizations for its own templates: refused with a clear
+	// message when set (a BYOI image brings its own system), accepted
+	// when null or empty.
+	Language                        string `json:"language"`
+	PostInstallationScript          string `json:"postInstallationScript"`
+	PostInstallationScriptExtension string `json:"postInstallationScriptExtension"`
+	ImageChecks                     string `json:"imageChecks"` // byoi's extension (issue 26)
 }
 
+// reinstallStorage is OVH's dedicated.server.reinstall.Storage. A BYOI
+// image is written as it is onto one disk: no hardware RAID, no
+// partitioning. Absent, null or empty ones are accepted (terraform-
+// provider-ovh's ovh_dedicated_server_reinstall_task always sends
+// "partitioning": {}); anything else is refused with a clear message.
 type reinstallStorage struct {
-	DiskGroupID int `json:"diskGroupId"`
+	DiskGroupID  int                     `json:"diskGroupId"`
+	HardwareRaid []reinstallHardwareRaid `json:"hardwareRaid"`
+	Partitioning *reinstallPartitioning  `json:"partitioning"`
+}
+
+// reinstallHardwareRaid is OVH's dedicated.server.reinstall.storage.HardwareRaid.
+type reinstallHardwareRaid struct {
+	Arrays    *int `json:"arrays"`
+	Disks     *int `json:"disks"`
+	RaidLevel *int `json:"raidLevel"`
+	Spares    *int `json:"spares"`
+}
+
+// reinstallPartitioning is OVH's dedicated.server.reinstall.storage.Partitioning.
+type reinstallPartitioning struct {
+	Disks      int               `json:"disks"`
+	Layout     []reinstallLayout `json:"layout"`
+	SchemeName string            `json:"schemeName"`
+}
+
+// reinstallLayout is one partition of OVH's partitioning layout.
+type reinstallLayout struct {
+	Extras     *reinstallLayoutExtras `json:"extras"`
+	FileSystem string                 `json:"fileSystem"`
+	MountPoint string                 `json:"mountPoint"`
+	RaidLevel  *int                   `json:"raidLevel"`
+	Size       *int                   `json:"size"`
+}
+
+type reinstallLayoutExtras struct {
+	LV *reinstallExtrasName `json:"lv"`
+	ZP *reinstallExtrasName `json:"zp"`
+}
+
+type reinstallExtrasName struct {
+	Name string `json:"name"`
 }
 
 // Shape is the OVH request shape a job came in.
@@ -195,7 +270,7 @@ var (
 	legacyFields = map[string]string{
 		"ImageURL": "URL", "ImageType": "type", "Checksum": "checkSum",
 		"ChecksumType": "checkSumType", "Headers": "httpHeader",
-		"DiskGroupID": "diskGroupId", "Description": "description",
+		"DiskGroupID": "diskGroupId", "Description": "description", "ImageChecks": "imageChecks",
 		"ConfigDrive":          "configdrive",
 		"ConfigDrive.Hostname": "configdrive.hostname",
 		"ConfigDrive.SSHKey":   "configdrive.sshKey",
@@ -207,6 +282,7 @@ var (
 		"Checksum": "customizations.imageCheckSum", "ChecksumType": "customizations.imageCheckSumType",
 		"Headers": "customizations.httpHeaders", "DiskGroupID": "storage.diskGroupId",
 		"EFIBootloaderPath":    "customizations.efiBootloaderPath",
+		"ImageChecks":          "customizations.imageChecks",
 		"ConfigDrive":          "customizations",
 		"ConfigDrive.Hostname": "customizations.hostname",
 		"ConfigDrive.SSHKey":   "customizations.sshKey",
@@ -302,6 +378,11 @@ func parse(data []byte, shape Shape) (*Job, error) {
 }
 
 func (b *legacyJob) job() (*Job, error) {
+	if b.Type == ImageTypeDetect {
+		// OVH's legacy schema requires the type; only the reinstall
+		// shape may leave it to detection.
+		return nil, invalid("type", BadImageType)
+	}
 	j := &Job{
 		ImageURL:     b.URL,
 		ImageType:    b.Type,
@@ -309,6 +390,7 @@ func (b *legacyJob) job() (*Job, error) {
 		ChecksumType: b.CheckSumType,
 		DiskGroupID:  b.DiskGroupID,
 		Description:  b.Description,
+		ImageChecks:  b.ImageChecks,
 	}
 	for _, h := range b.HTTPHeader {
 		j.Headers = append(j.Headers, Header{Name: h.Key, Value: h.Value})
@@ -346,19 +428,40 @@ func (b *reinstallJob) job() (*Job, error) {
 	switch len(b.Storage) {
 	case 0:
 	case 1:
-		j.DiskGroupID = b.Storage[0].DiskGroupID
+		st := b.Storage[0]
+		j.DiskGroupID = st.DiskGroupID
+		if len(st.HardwareRaid) > 0 {
+			return nil, invalid("storage[0].hardwareRaid", StorageHardwareRaid)
+		}
+		if p := st.Partitioning; p != nil && (p.Disks != 0 || len(p.Layout) > 0 || p.SchemeName != "") {
+			return nil, invalid("storage[0].partitioning", StoragePartitioning)
+		}
 	default:
 		return nil, invalid("storage", StorageMany, len(b.Storage))
 	}
 	c := b.Customizations
 	if c == nil {
-		return j, nil // Validate reports the missing URL and type
+		c = &reinstallCustomizations{} // Validate reports the missing URL
+	}
+	for _, f := range []struct{ name, value, instead string }{
+		{"language", c.Language, "the image's own system sets its language"},
+		{"postInstallationScript", c.PostInstallationScript, "give the script to cloud-init in configDriveUserData"},
+		{"postInstallationScriptExtension", c.PostInstallationScriptExtension, "give the script to cloud-init in configDriveUserData"},
+	} {
+		if f.value != "" {
+			return nil, invalid("customizations."+f.name, CustomizationUnused, f.name, b.OperatingSystem, f.instead)
+		}
+	}
+	meta, err := mergeMetadata(c.ConfigDriveMetadata, c.ConfigDriveMetadataTF, b.Properties)
+	if err != nil {
+		return nil, err
 	}
 	j.ImageURL = c.ImageURL
 	j.ImageType = c.ImageType
 	j.Checksum = c.ImageCheckSum
 	j.ChecksumType = c.ImageCheckSumType
 	j.EFIBootloaderPath = c.EFIBootloaderPath
+	j.ImageChecks = c.ImageChecks
 	names := make([]string, 0, len(c.HTTPHeaders))
 	for name := range c.HTTPHeaders {
 		names = append(names, name)
@@ -367,17 +470,46 @@ func (b *reinstallJob) job() (*Job, error) {
 	for _, name := range names {
 		j.Headers = append(j.Headers, Header{Name: name, Value: c.HTTPHeaders[name]})
 	}
-	if c.Hostname != "" || c.SSHKey != "" || c.ConfigDriveUserData != "" || len(c.ConfigDriveMetadata) > 0 {
+	if c.Hostname != "" || c.SSHKey != "" || c.ConfigDriveUserData != "" || len(meta) > 0 {
 		cd := &ConfigDrive{Hostname: c.Hostname, SSHKey: c.SSHKey}
 		if c.ConfigDriveUserData != "" {
 			cd.UserData = []byte(c.ConfigDriveUserData)
 		}
-		if len(c.ConfigDriveMetadata) > 0 {
-			cd.Metadata = c.ConfigDriveMetadata
+		if len(meta) > 0 {
+			cd.Metadata = meta
 		}
 		j.ConfigDrive = cd
 	}
 	return j, nil
+}
+
+// mergeMetadata joins the reinstall body's three sources of ConfigDrive
+// metadata: customizations.configDriveMetadata, its terraform-provider-ovh
+// spelling customizations.ConfigDriveMetadata, and the top-level
+// properties. A key given by two of them is refused (which would win is
+// not obvious). The result is nil when all are empty.
+func mergeMetadata(sources ...map[string]string) (map[string]string, error) {
+	names := []string{"customizations.configDriveMetadata", "customizations.ConfigDriveMetadata", "properties"}
+	var out map[string]string
+	from := map[string]int{}
+	for i, m := range sources {
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys) // report the same key every time
+		for _, k := range keys {
+			if out == nil {
+				out = make(map[string]string)
+			}
+			if first, dup := from[k]; dup {
+				return nil, invalid(names[i], MetadataTwice, quoteShort(k), names[first], names[i])
+			}
+			from[k] = i
+			out[k] = m[k]
+		}
+	}
+	return out, nil
 }
 
 // quoteShort quotes s for an error message, cut to 64 bytes so that an

@@ -268,7 +268,7 @@ func TestParseJobErrors(t *testing.T) {
 		{"unknown header entry", legacyBody(`,"httpHeader":[{"name":"A","value":"b"}]`), "httpHeader[0].name", `unknown field "httpHeader[0].name"`},
 		{"unknown metadata entry", legacyBody(`,"configdrive":{"userMetadatas":[{"key":"a","val":"b"}]}`), "configdrive.userMetadatas[0].val", `unknown field "configdrive.userMetadatas[0].val"`},
 		{"unknown customizations", reinstallBody(`,"imageUrl":"https://h/j"`, ""), "customizations.imageUrl", `unknown field "customizations.imageUrl"`},
-		{"unknown storage", reinstallBody("", `,"storage":[{"diskGroupId":1,"hardwareRaid":[]}]`), "storage[0].hardwareRaid", `unknown field "storage[0].hardwareRaid"`},
+		{"unknown storage", reinstallBody("", `,"storage":[{"diskGroupId":1,"raid":[]}]`), "storage[0].raid", `unknown field "storage[0].raid"`},
 		{"legacy field in reinstall", reinstallBody("", `,"URL":"https://h/i"`), "URL", `unknown field "URL"`},
 		{"reinstall field in legacy", legacyBody(`,"customizations":{}`), "customizations", `unknown field "customizations"`},
 		{"duplicate field", `{"URL":"https://h/i","type":"raw","type":"qcow2"}`, "type", `field "type" is given more than once`},
@@ -538,4 +538,25 @@ func configDriveData(j *Job) string {
 		return "<nil>"
 	}
 	return fmt.Sprintf("%q %q %q %v", j.ConfigDrive.Hostname, j.ConfigDrive.SSHKey, j.ConfigDrive.UserData, j.ConfigDrive.Metadata)
+}
+
+// TestImageChecksOption: byoi's imageChecks extension in both shapes
+// (issue 26), and its field named in the error.
+func TestImageChecksOption(t *testing.T) {
+	for _, tc := range []struct{ body, want string }{
+		{`{"URL":"https://h/i","type":"raw","imageChecks":"strict"}`, ImageChecksStrict},
+		{`{"URL":"https://h/i","type":"raw","imageChecks":"off"}`, ImageChecksOff},
+		{`{"URL":"https://h/i","type":"raw"}`, ""},
+		{`{"operatingSystem":"byoi_64","customizations":{"imageURL":"https://h/i","imageType":"raw","imageChecks":"strict"}}`, ImageChecksStrict},
+	} {
+		j, err := Parse([]byte(tc.body))
+		if err != nil || j.ImageChecks != tc.want {
+			t.Fatalf("%s: %v, %+v", tc.body, err, j)
+		}
+	}
+	_, err := Parse([]byte(`{"operatingSystem":"byoi_64","customizations":{"imageURL":"https://h/i","imageType":"raw","imageChecks":"Strict"}}`))
+	var ve *ValidationError
+	if !errors.As(err, &ve) || ve.Code != ImageChecksValue || ve.Field != "customizations.imageChecks" {
+		t.Fatalf("err %v", err)
+	}
 }

@@ -31,7 +31,8 @@ func (j *Job) Normalize() {
 }
 
 // Validate checks a Job. Type and checksum type are accepted in lower case
-// only, as in OVH's enum. Errors are *ValidationError with Field set to the
+// only, as in OVH's enum; an empty type (ImageTypeDetect) leaves it to the
+// agent's detection. Errors are *ValidationError with Field set to the
 // Job field; they never contain header values or user data.
 func (j *Job) Validate() error {
 	if j == nil {
@@ -40,7 +41,7 @@ func (j *Job) Validate() error {
 	if err := validateURL(j.ImageURL); err != nil {
 		return err
 	}
-	if j.ImageType != ImageTypeQcow2 && j.ImageType != ImageTypeRaw && j.ImageType != ImageTypeOVA {
+	if j.ImageType != ImageTypeDetect && j.ImageType != ImageTypeQcow2 && j.ImageType != ImageTypeRaw && j.ImageType != ImageTypeOVA {
 		return invalid("ImageType", BadImageType)
 	}
 	if (j.Checksum == "") != (j.ChecksumType == "") {
@@ -70,6 +71,9 @@ func (j *Job) Validate() error {
 	}
 	if err := ValidateEFIBootloaderPath(j.EFIBootloaderPath); err != nil {
 		return err
+	}
+	if j.ImageChecks != "" && j.ImageChecks != ImageChecksStrict && j.ImageChecks != ImageChecksOff {
+		return invalid("ImageChecks", ImageChecksValue, quoteShort(j.ImageChecks))
 	}
 	if j.ConfigDrive != nil {
 		return j.ConfigDrive.validate()

@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/binary"
+	"errors"
 	"hash/crc32"
 	"io"
 	"os"
@@ -173,7 +174,8 @@ func FuzzRelocate(f *testing.F) {
 		before := append([]byte(nil), disk...)
 		ctx := context.Background()
 		if err := RelocateBackupGPTFrom(ctx, d, int64(len(img))); err != nil {
-			if !strings.HasPrefix(err.Error(), "Can not move backup GPT data structures to the end of disk. ") {
+			var re *RelocateError
+			if !errors.As(err, &re) || !strings.HasPrefix(err.Error(), "relocate the backup GPT: ") {
 				t.Fatalf("message %q", err)
 			}
 			if !bytes.Equal(before, disk) && !strings.Contains(err.Error(), "verify") {

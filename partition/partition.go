@@ -18,7 +18,6 @@ package partition
 import (
 	"errors"
 	"fmt"
-	"github.com/byoi/byoi/job"
 	"io"
 )
 
@@ -108,24 +107,17 @@ type SectorSizeError struct {
 }
 
 func (e *SectorSizeError) Error() string {
-	return job.Text(job.SectorSizeMismatch, e.ImageSectorSize, e.DiskSectorSize)
+	return fmt.Sprintf("image made for %d-byte sectors, the disk has %d-byte sectors", e.ImageSectorSize, e.DiskSectorSize)
 }
 
-// MessageCode returns the catalog code.
-func (e *SectorSizeError) MessageCode() job.Code { return job.SectorSizeMismatch }
-
-// RelocateError is returned by RelocateBackupGPT. Its message starts with
-// the one OVH users know.
+// RelocateError is returned by RelocateBackupGPT, with the cause.
 type RelocateError struct {
 	Err error
 }
 
 func (e *RelocateError) Error() string {
-	return job.Text(job.GPTRelocateFailed) + " " + e.Err.Error()
+	return "relocate the backup GPT: " + e.Err.Error()
 }
-
-// MessageCode returns the catalog code.
-func (e *RelocateError) MessageCode() job.Code { return job.GPTRelocateFailed }
 
 func (e *RelocateError) Unwrap() error { return e.Err }
 

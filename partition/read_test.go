@@ -57,11 +57,13 @@ func TestDetectSectorSize(t *testing.T) {
 	}
 	err = CheckSectorSize(s["4kn"][:8192], 512)
 	var se *SectorSizeError
-	if !errors.As(err, &se) || err.Error() != "image sector size 4096 does not match disk sector size 512" {
+	// The customer's text ("image sector size 4096 does not match disk
+	// sector size 512") is the agent's: its TestErrorTable.
+	if !errors.As(err, &se) || *se != (SectorSizeError{4096, 512}) || err.Error() != "image made for 4096-byte sectors, the disk has 512-byte sectors" {
 		t.Errorf("CheckSectorSize = %v", err)
 	}
 	err = CheckSectorSize(s["plain"][:8192], 4096)
-	if !errors.As(err, &se) || err.Error() != "image sector size 512 does not match disk sector size 4096" {
+	if !errors.As(err, &se) || *se != (SectorSizeError{512, 4096}) || err.Error() != "image made for 512-byte sectors, the disk has 4096-byte sectors" {
 		t.Errorf("CheckSectorSize = %v", err)
 	}
 }

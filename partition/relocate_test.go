@@ -237,7 +237,7 @@ func TestRelocatePartitionBeyondDisk(t *testing.T) {
 	if !errors.As(err, &re) || !strings.Contains(err.Error(), "beyond the last usable LBA") {
 		t.Fatalf("err = %v", err)
 	}
-	if !strings.HasPrefix(err.Error(), "Can not move backup GPT data structures to the end of disk. ") {
+	if !strings.HasPrefix(err.Error(), "relocate the backup GPT: ") {
 		t.Errorf("message %q", err)
 	}
 	if d.writes != 0 {
@@ -333,7 +333,7 @@ func TestRelocateSectorSizeMismatch(t *testing.T) {
 	d := newMemDisk(b, 4096)
 	err = RelocateBackupGPT(context.Background(), d)
 	var se *SectorSizeError
-	if !errors.As(err, &se) || se.Error() != "image sector size 512 does not match disk sector size 4096" {
+	if !errors.As(err, &se) || *se != (SectorSizeError{512, 4096}) {
 		t.Fatalf("err = %v", err)
 	}
 }

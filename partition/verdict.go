@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-
-	"github.com/byoi/byoi/job"
 )
 
 // Why one verdict on the head: a deployment decides from an image's first
@@ -41,10 +39,7 @@ type TableError struct {
 	Reason string
 }
 
-func (e *TableError) Error() string { return job.Text(job.TableRefused, e.Reason) }
-
-// MessageCode returns the catalog code.
-func (e *TableError) MessageCode() job.Code { return job.TableRefused }
+func (e *TableError) Error() string { return "partition table refused: " + e.Reason }
 
 // Examine reads the partition table in head, the first bytes of an image
 // (up to 1 MiB; at least 8 KiB to see a GPT made for 4096-byte sectors),

@@ -21,7 +21,9 @@ pkgs=(
   postgresql        # the control plane's PostgreSQL store tests (scripts/pg-throwaway.sh)
   chromium          # the Control Panel browser tests (chromedp drives it headless)
   binutils          # as, ld: controlplane/netboot's test rebuilds bootsel.bin
+  xfsprogs cpio lz4 # imagecheck: XFS roots (mkfs.xfs -p), initramfs archives and their compressions
   openipmi ipmitool # ipmi_sim, the BMC of the power tests; ipmitool judges them
+  nodejs            # OVH's Node.js client (npm ovh 2.0.3) drives byoi-api in e2e (issue 24)
 )
 if [ "${BYOI_SKIP_BOOT:-0}" != 1 ]; then
   pkgs+=(
@@ -40,4 +42,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# Debian's nodejs comes without npm (a package of its own); NodeSource's
+# nodejs carries it and conflicts with Debian's npm.
+if ! command -v npm >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq npm >/dev/null
 fi

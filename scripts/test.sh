@@ -7,34 +7,56 @@
 # not a skip.
 #   scripts/test.sh            everything
 #   BYOI_SKIP_BOOT=1 scripts/test.sh   Go tests only (the boot check takes minutes)
+# The QEMU checks' inputs (the Debian test images and the rescue) are built in
+# the background while the Go tests run: their builds mostly wait on Debian's
+# mirror and the disk, the Go tests on the CPU. Each build is cached under
+# /var/cache and locked, so a check that starts before its build ended waits for
+# it, and a failed background build is retried by the check that needs it (with
+# its log). Every phase prints its duration; the last line is the total.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
-scripts/install-test-deps.sh
+T0=$(date +%s)
+phase() { # phase NAME CMD...: runs CMD, prints how long it took
+  local name=$1 t=$(date +%s) rc=0
+  shift
+  echo "== $name"
+  "$@" || rc=$?
+  echo "== $name: $(( $(date +%s) - t )) s$([ $rc = 0 ] || echo ", FAILED (exit $rc)")"
+  return $rc
+}
+phase "install test dependencies" scripts/install-test-deps.sh
 export CGO_ENABLED=0 GOFLAGS=-mod=readonly
-echo "== go vet"
-go vet ./...
-# --- PostgreSQL for the control plane's store tests (pgstore, two
-# instances on one database): a throw-away cluster on a Unix socket in a
-# temporary directory, stopped at exit. An existing database can be given
-# instead with BYOI_TEST_PG_DSN.
+
+PREP_PIDS=()
+if [ "${BYOI_SKIP_BOOT:-0}" != 1 ] && [ "$(id -u)" = 0 ]; then
+  PREP_LOG=$(mktemp /var/tmp/byoi-test-prep.XXXXXX)
+  echo "== building the test images and the rescue in the background (log: $PREP_LOG)"
+  ( { scripts/build-test-image.sh && scripts/build-test-image.sh --variant generic; } >>"$PREP_LOG" 2>&1 ) &
+  PREP_PIDS+=($!)
+  ( nice -n 5 scripts/build-rescue.sh >>"$PREP_LOG" 2>&1 ) &
+  PREP_PIDS+=($!)
+fi
+stop_prep() { for p in "${PREP_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+
+phase "go vet" go vet ./...
+# The store tests run against both SQLite and PostgreSQL: a throw-away
+# PostgreSQL cluster is started for them unless BYOI_TEST_PG_DSN points at one.
 if [ -z "${BYOI_TEST_PG_DSN:-}" ]; then
   BYOI_TEST_PG_DSN=$(scripts/pg-throwaway.sh start)
   export BYOI_TEST_PG_DSN
-  trap 'scripts/pg-throwaway.sh stop "$BYOI_TEST_PG_DSN"' EXIT
+  trap 'stop_prep; scripts/pg-throwaway.sh stop "$BYOI_TEST_PG_DSN"' EXIT
+else
+  trap stop_prep EXIT
 fi
-# --- end PostgreSQL
-echo "== go test"
-go test -count=1 -timeout 20m ./...
+phase "go test" go test -count=1 -timeout 20m ./...
 if [ "${BYOI_SKIP_BOOT:-0}" != 1 ]; then
-  echo "== boot acceptance"
-  scripts/boot-check.sh --acceptance
+  for p in "${PREP_PIDS[@]}"; do
+    wait "$p" || echo "== a background build failed (the check that needs it builds again and shows why): $PREP_LOG"
+  done
+  PREP_PIDS=()
+  phase "boot acceptance" scripts/boot-check.sh --acceptance
+  phase "network boot check (iPXE, rescue, deploy, reboot to disk; SeaBIOS and OVMF)" scripts/pxe-check.sh
+  phase "hardware matrix (the rescue on emulated NICs, controllers and a USB keyboard)" scripts/hw-check.sh
 fi
-if [ "${BYOI_SKIP_BOOT:-0}" != 1 ]; then
-  echo "== network boot check (iPXE, rescue, deploy, reboot to disk; SeaBIOS and OVMF)"
-  scripts/pxe-check.sh
-fi
-if [ "${BYOI_SKIP_BOOT:-0}" != 1 ]; then
-  echo "== hardware matrix (the rescue on emulated NICs, controllers and a USB keyboard)"
-  scripts/hw-check.sh
-fi
+echo "== all tests passed in $(( $(date +%s) - T0 )) s"

@@ -1,8 +1,8 @@
 // Command benchova is a benchmark helper (bench/bench-ova.sh): it packs
 // a VMDK file into an OVA (OVF descriptor, manifest, disk) in the member
 // order VMware or VirtualBox writes, deploys an OVA onto a new sparse file
-// with imaging.WriteOVA, or deploys a compressed raw image onto a new
-// sparse file with imaging.DecompressStream and imaging.WriteRaw. It only
+// with ova.Write, or deploys a compressed raw image onto a new
+// sparse file with decompress.Stream and imaging.WriteRaw. It only
 // ever writes the files it is told to create.
 package main
 
@@ -22,6 +22,8 @@ import (
 
 	"github.com/byoi/byoi/blockdev"
 	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/decompress"
+	"github.com/byoi/byoi/imaging/ova"
 	"github.com/byoi/byoi/internal/testimage"
 )
 
@@ -37,7 +39,7 @@ func run() error {
 	vmdk := flag.String("vmdk", "", "VMDK file to pack")
 	capacity := flag.Int64("capacity", 0, "the disk's capacity in bytes, for the OVF descriptor")
 	layout := flag.String("layout", "vmware", "member order: vmware (ovf, mf, vmdk) or virtualbox (ovf, vmdk, mf)")
-	ova := flag.String("ova", "", "OVA file to deploy")
+	ovaPath := flag.String("ova", "", "OVA file to deploy")
 	raw := flag.String("raw", "", "compressed (or plain) raw image file to deploy")
 	dst := flag.String("dst", "", "new sparse file to deploy onto")
 	size := flag.Int64("size", 0, "size of the new -dst file")
@@ -57,7 +59,7 @@ func run() error {
 	switch {
 	case *pack != "":
 		return packOVA(*pack, *vmdk, *capacity, *layout)
-	case (*ova != "" || *raw != "") && *dst != "" && *size > 0:
+	case (*ovaPath != "" || *raw != "") && *dst != "" && *size > 0:
 	default:
 		return fmt.Errorf("need -pack, or -ova or -raw with -dst and -size")
 	}
@@ -77,8 +79,8 @@ func run() error {
 	}
 	defer d.Close()
 	start := time.Now()
-	if *ova != "" {
-		f, err := os.Open(*ova)
+	if *ovaPath != "" {
+		f, err := os.Open(*ovaPath)
 		if err != nil {
 			return err
 		}
@@ -87,7 +89,7 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		res, err := imaging.WriteOVA(context.Background(), f, d, imaging.OVAOptions{DeclaredSize: st.Size(), Workers: *workers})
+		res, err := ova.Write(context.Background(), f, d, ova.Options{DeclaredSize: st.Size(), Workers: *workers})
 		if err != nil {
 			return err
 		}
@@ -104,7 +106,7 @@ func run() error {
 	if err != nil && err != io.ErrUnexpectedEOF {
 		return err
 	}
-	rc, format, err := imaging.DecompressStream(head[:n], f)
+	rc, format, err := decompress.Stream(head[:n], f)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,6 @@
 // Command benchqcow2 is a benchmark helper (bench/bench-qcow2.sh): it
 // generates a raw test image with mixed content, or converts a local qcow2
-// file onto a local sparse file with imaging.ConvertQcow2. It only ever
+// file onto a local sparse file with qcow2.Convert. It only ever
 // writes the files it is told to create.
 package main
 
@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/byoi/byoi/blockdev"
-	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/qcow2"
 )
 
 func main() {
@@ -55,9 +55,9 @@ func run() error {
 	if *src == "" || *dst == "" {
 		return fmt.Errorf("need -gen, or -src and -dst")
 	}
-	imaging.RegisterDecompressors()
+	qcow2.RegisterDecompressors()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	imaging.RouteQcow2Warnings(log)
+	qcow2.RouteWarnings(log)
 	f, err := os.Open(*src)
 	if err != nil {
 		return err
@@ -67,7 +67,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	info, err := imaging.CheckQcow2(f, st.Size(), "", 0)
+	info, err := qcow2.Check(f, st.Size(), "", 0)
 	if err != nil {
 		return err
 	}
@@ -87,7 +87,7 @@ func run() error {
 	}
 	defer d.Close()
 	start := time.Now()
-	err = imaging.ConvertQcow2(context.Background(), f, st.Size(), d, imaging.ConvertOptions{
+	err = qcow2.Convert(context.Background(), f, st.Size(), info, d, qcow2.ConvertOptions{
 		Workers: *workers, ChunkSize: *chunk, Logger: log,
 	})
 	if err != nil {

@@ -283,6 +283,9 @@ func admin(ctx context.Context, args []string, stdout io.Writer, nargs int, fn f
 	if err := parseInterspersed(f.fs, args); err != nil {
 		return err
 	}
+	if f.expires < 0 {
+		return errors.New("--expires is a duration from now (e.g. 720h), or 0 for never")
+	}
 	if f.fs.NArg() != nargs {
 		return fmt.Errorf("want %d argument(s), got %d\n%s", nargs, f.fs.NArg(), usage)
 	}
@@ -328,6 +331,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	bootURL := fs.String("boot-url", "", "with --rescue-dir: the plain-HTTP URL servers' iPXE reaches this server at (e.g. http://10.0.2.2:8080)")
 	agentURL := fs.String("agent-url", "", "with --rescue-dir: the URL the rescue agent reaches this server at (default: --boot-url)")
 	rescueCmdline := fs.String("rescue-cmdline", "console=tty0 console=ttyS0,115200", "with --rescue-dir: added to the rescue kernel's command line")
+	serverFacts := fs.String("server-facts", "", "JSON file of what you know about your servers (datacenter, ip, rack, linkSpeed...) for OVH's server fields; without it they are null")
 	if err := parseInterspersed(fs, args); err != nil {
 		return err
 	}
@@ -356,6 +360,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	cfg := controlplane.Config{Store: st, Keys: keys, Logger: log, PublicURL: strings.TrimSuffix(*publicURL, "/"), AgentTimeout: *agentTimeout, PickupTimeout: *pickupTimeout,
 		MaxAttempts: attempts, BodyMemory: *bodyMemory << 20, Power: controlplane.PowerConfig{RescueTimeout: *rescueTimeout, Options: power.Options{Logger: log}}}
+	if *serverFacts != "" {
+		if cfg.Facts, err = controlplane.LoadFacts(*serverFacts); err != nil {
+			return err
+		}
+	}
 	if *rescueDir != "" {
 		proxies, err := controlplane.ParseTrustedProxies(*bootProxies)
 		if err != nil {

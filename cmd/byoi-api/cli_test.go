@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -63,5 +64,68 @@ func TestAdminCommands(t *testing.T) {
 	var out, errb bytes.Buffer
 	if code := run(context.Background(), []string{"customer", "add", "x", "--db", db}, &out, &errb); code == 0 || !strings.Contains(errb.String(), "readable") {
 		t.Errorf("world-readable key file accepted: %s", errb.String())
+	}
+}
+
+// TestTokenAndCredentialCommands: token and credential list, revoke and
+// expiry as an operator runs them; lists never show a secret; a database
+// with data and no key file is refused (no new key is made).
+func TestTokenAndCredentialCommands(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "byoi.db")
+	run1 := func(args ...string) (int, string, string) {
+		t.Helper()
+		var out, errb bytes.Buffer
+		code := run(context.Background(), append(args, "--db", db), &out, &errb)
+		return code, out.String(), errb.String()
+	}
+	runOK := func(args ...string) string {
+		t.Helper()
+		code, out, errs := run1(args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, errs)
+		}
+		return out
+	}
+	runOK("customer", "add", "acme")
+	var tok, tok2 map[string]string
+	json.Unmarshal([]byte(runOK("token", "add", "--customer", "acme", "--json")), &tok)
+	json.Unmarshal([]byte(runOK("token", "add", "--customer", "acme", "--expires", "1h", "--json")), &tok2)
+	var cred map[string]string
+	json.Unmarshal([]byte(runOK("credential", "add", "--customer", "acme", "--expires", "720h", "--json")), &cred)
+	if tok["id"] == "" || tok2["id"] == "" || cred["credentialId"] == "" || cred["expires"] == "" {
+		t.Fatalf("add: %v %v %v", tok, tok2, cred)
+	}
+	runOK("token", "revoke", tok["id"])
+	var list []map[string]any
+	out := runOK("token", "list", "--customer", "acme", "--json")
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != 2 {
+		t.Fatalf("token list: %s %v", out, err)
+	}
+	status := map[string]string{}
+	for _, s := range list {
+		status[fmt.Sprint(s["id"])] = fmt.Sprint(s["status"])
+	}
+	if status[tok["id"]] != "revoked" || status[tok2["id"]] != "valid" {
+		t.Fatalf("token list: %s", out)
+	}
+	runOK("credential", "revoke", cred["applicationKey"])
+	out = runOK("credential", "list", "--customer", "acme")
+	if !strings.Contains(out, "revoked") || strings.Contains(out, cred["applicationSecret"]) || strings.Contains(out, cred["consumerKey"]) || strings.Contains(runOK("token", "list"), tok2["accessToken"]) {
+		t.Fatalf("credential list: %s", out)
+	}
+	for _, args := range [][]string{{"token", "revoke", "nope"}, {"token", "revoke", "999"}, {"credential", "revoke", "999"}, {"token", "add", "--customer", "acme", "--expires", "-1h"}} {
+		if code, _, _ := run1(args...); code == 0 {
+			t.Errorf("%v succeeded", args)
+		}
+	}
+	if err := os.Remove(db + ".key"); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := run1("token", "list")
+	if code == 0 || !strings.Contains(errs, "restore") {
+		t.Fatalf("no key file: exit %d: %s", code, errs)
+	}
+	if _, err := os.Stat(db + ".key"); err == nil {
+		t.Fatal("a new key file was made for a database with data")
 	}
 }

@@ -149,7 +149,9 @@ func TestTwoInstancesPostgres(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			code, b := signed(urls[i%2], "POST", "/dedicated/server/ns1/reinstall", body)
+			// Each its own body: 50 byte-identical requests signed in one
+			// second would be replays (issue 22), refused with 400.
+			code, b := signed(urls[i%2], "POST", "/dedicated/server/ns1/reinstall", bytes.Replace(body, []byte(`"web1"`), fmt.Appendf(nil, `"web%d"`, i+1), 1))
 			mu.Lock()
 			defer mu.Unlock()
 			statuses[code]++

@@ -11,7 +11,7 @@ import (
 
 	"github.com/byoi/byoi/agent"
 	"github.com/byoi/byoi/blockdev"
-	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/fetch"
 	"github.com/byoi/byoi/internal/logtail"
 )
 
@@ -133,11 +133,13 @@ func cmdAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Machine:    blockdev.System{SysRoot: sysRoot, ProcRoot: procRoot, DevRoot: devRoot},
 		Target:     disk,
 		SectorSize: sectorSize,
-		Fetch: imaging.FetchOptions{ConnectTimeout: connectTimeout, StallTimeout: stallTimeout, MaxRetries: retries,
-			SpeedLimit: speedLimit, SpeedTime: speedTime, CACertPEM: caPEM},
-		MemoryReserve:   memoryReserve,
-		StagingDir:      stagingDir,
-		Logger:          log,
+		Options: agent.Options{
+			Fetch: fetch.Options{ConnectTimeout: connectTimeout, StallTimeout: stallTimeout, MaxRetries: retries,
+				SpeedLimit: speedLimit, SpeedTime: speedTime, CACertPEM: caPEM},
+			MemoryReserve: memoryReserve,
+			StagingDir:    stagingDir,
+			Logger:        log,
+		},
 		Rebooter:        agent.SystemRebooter{},
 		NoProgressLimit: noProgress,
 		Diagnostics:     stderr,

@@ -8,8 +8,8 @@ import (
 	"io"
 	"log/slog"
 
-	"github.com/byoi/byoi/imaging"
-	"github.com/byoi/byoi/job"
+	"github.com/byoi/byoi/agent"
+	"github.com/byoi/byoi/imaging/qcow2"
 	"github.com/sirupsen/logrus"
 )
 
@@ -74,7 +74,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 2
 	}
 	// The user-facing message is the last line on stderr.
-	fmt.Fprintln(stderr, oneLine(job.Message(err)))
+	fmt.Fprintln(stderr, oneLine(agent.Message(err)))
 	return 1
 }
 
@@ -89,12 +89,12 @@ func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(fo
 func setupLibraries() {
 	logrus.SetOutput(io.Discard)
 	logrus.SetLevel(logrus.PanicLevel)
-	imaging.RegisterDecompressors()
+	qcow2.RegisterDecompressors()
 }
 
 // routeLibraryLogs sends go-qcow2reader's warnings (a package-level hook)
 // to the command's logger.
-func routeLibraryLogs(log *slog.Logger) { imaging.RouteQcow2Warnings(log) }
+func routeLibraryLogs(log *slog.Logger) { qcow2.RouteWarnings(log) }
 
 // newLogger builds the process's logger: text on stderr, at warn level
 // unless verbose.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/byoi/byoi/agent"
+	"github.com/byoi/byoi/configdrive"
 	"github.com/byoi/byoi/internal/testimage"
 	"github.com/byoi/byoi/job"
 )
@@ -23,14 +24,31 @@ import (
 // shows where a key goes, it does not open any door.
 const demoSSHKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO82/7e9WQiwfzkfAePAXbwRasmsmauPfV02uYKlHDB9 byoi-demo"
 
-// demoImage builds the demo's raw GPT image: an EFI System Partition and a
-// Linux root partition filled with mixed data.
-func demoImage() ([]byte, error) {
+// demoImage builds the demo's raw GPT image: an EFI System Partition (a
+// FAT filesystem holding a stand-in \EFI\BOOT\BOOTX64.EFI), boot code in
+// the MBR (a stub that hands the boot back to the BIOS: int 18h) with a
+// BIOS boot partition (where GRUB would keep its core image), and a Linux
+// root partition filled with mixed data. Its boot setup passes the
+// image checks (issue 26): a newcomer's first deploy shows no warning.
+func demoImage(ctx context.Context) ([]byte, error) {
 	const mib = 1 << 20
-	return testimage.GPT(64*mib, 512, []testimage.Part{
-		{Name: "EFI system", Type: testimage.TypeESP, Start: 1 * mib, Size: 16 * mib, Fill: testimage.FillMixed},
-		{Name: "root", Type: testimage.TypeLinux, Start: 17 * mib, Size: 46 * mib, Fill: testimage.FillMixed},
+	img, err := testimage.GPT(64*mib, 512, []testimage.Part{
+		{Name: "EFI system", Type: testimage.TypeESP, Start: 1 * mib, Size: 16 * mib},
+		{Name: "root", Type: testimage.TypeLinux, Start: 17 * mib, Size: 45 * mib, Fill: testimage.FillMixed},
+		{Name: "bios", Type: testimage.TypeBIOSBoot, Start: 62 * mib, Size: 1 * mib},
 	}, 1)
+	if err != nil {
+		return nil, err
+	}
+	esp, err := configdrive.FATImage(ctx, map[string][]byte{
+		"EFI/BOOT/BOOTX64.EFI": []byte("MZ byoi demo: a stand-in for a UEFI loader, not one\n"),
+	}, "ESP")
+	if err != nil {
+		return nil, err
+	}
+	copy(img[1*mib:], esp)
+	copy(img, []byte{0xfa, 0xcd, 0x18, 0xf4, 0xeb, 0xfd}) // cli; int 18h; hlt; jmp $-1
+	return img, nil
 }
 
 // cmdDemo builds a small image, serves it on 127.0.0.1 and deploys it onto
@@ -45,7 +63,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	img, err := demoImage()
+	img, err := demoImage(ctx)
 	if err != nil {
 		return fmt.Errorf("build demo image: %w", err)
 	}
@@ -58,7 +76,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer stop()
-	fmt.Fprintf(stdout, "demo: built a %d MiB raw GPT image (an ESP and a root partition of sample data, not meant to boot) and its zlib-compressed qcow2 (%d KiB)\n",
+	fmt.Fprintf(stdout, "demo: built a %d MiB raw GPT image (an ESP with a stand-in loader, a BIOS boot partition and a root partition of sample data, not meant to boot) and its zlib-compressed qcow2 (%d KiB)\n",
 		len(img)>>20, len(qimg)>>10)
 	fmt.Fprintf(stdout, "demo: serving them at %s/demo.raw and %s/demo.qcow2\n", url, url)
 
@@ -94,7 +112,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 func demoDeploy(ctx context.Context, j *job.Job, target string, stdout, stderr io.Writer, jsonOut, verbose bool) error {
 	rep := newRenderer(stdout, stderr, jsonOut)
-	res, err := agent.Run(ctx, j, agent.Env{Target: target, Logger: newLogger(stderr, verbose), Report: rep})
+	res, err := agent.Run(ctx, j, agent.Env{Target: target, Options: agent.Options{Logger: newLogger(stderr, verbose)}, Report: rep})
 	rep.close()
 	if err != nil {
 		return err

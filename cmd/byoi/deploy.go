@@ -5,12 +5,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/byoi/byoi/agent"
 	"github.com/byoi/byoi/blockdev"
-	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/fetch"
 	"github.com/byoi/byoi/job"
 )
 
@@ -36,6 +37,8 @@ type deployFlags struct {
 	sectorSize                         int64
 	jsonOut, verbose, reboot, progress bool
 	sysRoot, procRoot, devRoot         string
+	facts                              factFlags
+	imageChecks                        string
 }
 
 func cmdDeploy(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -70,13 +73,27 @@ func cmdDeploy(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	fs.StringVar(&f.sysRoot, "sysfs", "", "read disks from this sysfs tree instead of /sys (testing)")
 	fs.StringVar(&f.procRoot, "procfs", "", "read mounts and swaps from this tree instead of /proc (testing)")
 	fs.StringVar(&f.devRoot, "devfs", "", "device nodes under this directory instead of /dev (testing)")
+	f.facts.register(fs)
+	fs.StringVar(&f.imageChecks, "image-checks", "", "the image checks: strict (warnings refuse too) or off; overrides the job's imageChecks (default: refusals refuse, warnings are reported)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return usagef("unexpected argument %q", fs.Arg(0))
 	}
+	switch f.imageChecks {
+	case "", job.ImageChecksStrict, job.ImageChecksOff:
+	default:
+		return usagef("--image-checks must be strict or off, got %q", f.imageChecks)
+	}
 	j, err := buildJob(&f, stdin)
+	if err != nil {
+		return err
+	}
+	if f.imageChecks != "" {
+		j.ImageChecks = f.imageChecks
+	}
+	inv, fl, err := f.facts.facts()
 	if err != nil {
 		return err
 	}
@@ -93,11 +110,15 @@ func cmdDeploy(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		Machine:    blockdev.System{SysRoot: f.sysRoot, ProcRoot: f.procRoot, DevRoot: f.devRoot},
 		Target:     f.disk,
 		SectorSize: f.sectorSize,
-		Fetch: imaging.FetchOptions{ConnectTimeout: f.connectTimeout, StallTimeout: f.stallTimeout, MaxRetries: f.retries,
-			SpeedLimit: f.speedLimit, SpeedTime: f.speedTime},
-		MemoryReserve:   f.memoryReserve,
-		StagingDir:      f.stagingDir,
-		Logger:          log,
+		Options: agent.Options{
+			Fetch: fetch.Options{ConnectTimeout: f.connectTimeout, StallTimeout: f.stallTimeout, MaxRetries: f.retries,
+				SpeedLimit: f.speedLimit, SpeedTime: f.speedTime},
+			MemoryReserve: f.memoryReserve,
+			StagingDir:    f.stagingDir,
+			Logger:        log,
+			Inventory:     inv,
+			Facts:         fl,
+		},
 		Report:          rep,
 		NoProgressLimit: f.noProgress,
 		Diagnostics:     stderr,
@@ -109,6 +130,16 @@ func cmdDeploy(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	}
 	if f.reboot {
 		env.Rebooter = agent.SystemRebooter{}
+	}
+	if inv == nil && (f.disk == "" || isBlockDevice(f.disk)) {
+		// The server's own facts for the image checks: how this rescue
+		// booted, its disks' and NICs' drivers (a regular-file target is
+		// no server's disk: none).
+		if mi, err := agent.Inventory(env.Machine, f.sysRoot, version); err == nil {
+			env.Inventory = &mi
+		} else {
+			log.Info("no inventory for the image checks", "err", err)
+		}
 	}
 	res, err := agent.Run(ctx, j, env)
 	if err != nil {
@@ -202,7 +233,18 @@ func printResult(w io.Writer, res *agent.Result) {
 		fmt.Fprintf(w, "ConfigDrive: partition %d (config-2), %d bytes at offset %d\n",
 			res.ConfigDrive.Number, res.ConfigDrive.Size, res.ConfigDrive.Start)
 	}
-	for _, n := range res.Notes {
-		fmt.Fprintf(w, "note: %s\n", n)
+	if c := res.Check; c != nil {
+		fmt.Fprintf(w, "image checks: %d refusals, %d warnings (%d reads, %s read, %s)\n",
+			len(c.Refusals()), len(c.Warnings()), c.Reads, humanBytes(c.BytesRead), c.Duration.Round(time.Millisecond))
 	}
+	if len(res.Notes) > 0 {
+		// Each was shown as a warning line as it happened.
+		fmt.Fprintf(w, "warnings: %d (above)\n", len(res.Notes))
+	}
+}
+
+// isBlockDevice tells whether path is a block device.
+func isBlockDevice(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0
 }

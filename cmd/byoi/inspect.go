@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/byoi/byoi/agent"
+	"github.com/byoi/byoi/imagecheck"
 	"github.com/byoi/byoi/job"
 )
 
@@ -34,6 +35,8 @@ func cmdInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		stagingDir               string
 		diskSize, sectorSize     int64
 		connectTimeout, deadline time.Duration
+		facts                    factFlags
+		noChecks                 bool
 	)
 	fs.BoolVar(&jsonOut, "json", false, "print the report as JSON")
 	fs.Var(&headers, "header", "HTTP header 'Name: value' sent with the download (repeatable; the value is never shown)")
@@ -47,6 +50,8 @@ func cmdInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.DurationVar(&connectTimeout, "connect-timeout", 30*time.Second, "connect and response-header timeout")
 	fs.DurationVar(&deadline, "timeout", 0, "give up after this long (0: never)")
 	fs.BoolVar(&verbose, "v", false, "verbose log on stderr")
+	facts.register(fs)
+	fs.BoolVar(&noChecks, "no-checks", false, "do not check the image's own system (filesystems, fstab, kernel, cloud-init, network)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "Usage: byoi inspect [flags] IMAGE|URL\n\nPrints what a deploy would do with the image, and every problem that would\nmake it fail or the server not boot. Writes nothing. Exit 0 when the report\nwas produced (problems included), 1 when the image could not be read.\n\n")
 		fs.PrintDefaults()
@@ -92,8 +97,13 @@ func cmdInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if !agent.IsURL(src) && (len(hdrs) > 0 || caPEM != nil) {
 		return usagef("--header and --ca-cert apply to a URL, not to a local file")
 	}
+	inv, fl, err := facts.facts()
+	if err != nil {
+		return err
+	}
 	ins, err := agent.Inspect(ctx, src, agent.SourceOptions{
-		InspectOptions: agent.InspectOptions{EFIBootloaderPath: efiPath, DiskSize: diskSize, DiskSectorSize: sectorSize, DeclaredType: typ, ConfigDrive: configDrive},
+		InspectOptions: agent.InspectOptions{EFIBootloaderPath: efiPath, DiskSize: diskSize, DiskSectorSize: sectorSize, DeclaredType: typ, ConfigDrive: configDrive,
+			Facts: merged(inv, fl, "", 1), NoChecks: noChecks},
 		Headers:        hdrs,
 		CACertPEM:      caPEM,
 		ConnectTimeout: connectTimeout,
@@ -220,6 +230,9 @@ func printInspect(w io.Writer, o *inspectOutput) {
 		}
 		fmt.Fprintf(w, "legacy BIOS boot: %s (signs: %s)\n", yesNo(b.Legacy, "yes", "no"), signs)
 	}
+	if c := r.Checks; c != nil {
+		printChecks(w, c)
+	}
 	if len(r.Problems) == 0 {
 		fmt.Fprintln(w, "problems: none found")
 		return
@@ -235,4 +248,55 @@ func yesNo(b bool, yes, no string) string {
 		return yes
 	}
 	return no
+}
+
+// printChecks prints the image checks' report: the filesystems read, the
+// kernel, then each finding with its severity, code and file.
+func printChecks(w io.Writer, c *imagecheck.Report) {
+	for _, f := range c.Filesystems {
+		state := "not examined"
+		if f.Examined {
+			state = "examined"
+		}
+		if f.Mount != "" {
+			state += ", mounted at " + f.Mount
+		}
+		typ := f.Type
+		if typ == "" {
+			typ = "unknown"
+		}
+		fmt.Fprintf(w, "filesystem: partition %d %s", f.Partition, typ)
+		if f.UUID != "" {
+			fmt.Fprintf(w, " UUID=%s", f.UUID)
+		}
+		if f.Label != "" {
+			fmt.Fprintf(w, " LABEL=%s", oneLine(f.Label))
+		}
+		fmt.Fprintf(w, " (%s)\n", state)
+	}
+	if k := c.Kernel; k != nil {
+		fmt.Fprintf(w, "kernel: %s (%s", oneLine(k.Path), oneLine(k.Source))
+		if k.Version != "" {
+			fmt.Fprintf(w, ", version %s", oneLine(k.Version))
+		}
+		fmt.Fprintln(w, ")")
+		for _, i := range k.Initrds {
+			if len(k.InitrdSegments) > 0 {
+				fmt.Fprintf(w, "initramfs: %s (%s)\n", oneLine(i), strings.Join(k.InitrdSegments, " + "))
+			} else {
+				fmt.Fprintf(w, "initramfs: %s (not read: nothing needed from it)\n", oneLine(i))
+			}
+		}
+	}
+	if c.Reads > 0 {
+		fmt.Fprintf(w, "image checks: %d reads, %s read, %s\n", c.Reads, humanBytes(c.BytesRead), c.Duration.Round(time.Millisecond))
+	}
+	if len(c.Findings) == 0 {
+		fmt.Fprintln(w, "findings: none")
+		return
+	}
+	fmt.Fprintf(w, "findings (%d):\n", len(c.Findings))
+	for _, f := range c.Findings {
+		fmt.Fprintf(w, "  - %s\n", oneLine(f.String()))
+	}
 }

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/byoi/byoi/imaging"
+	"github.com/byoi/byoi/imaging/qcow2"
 	"github.com/byoi/byoi/internal/testimage"
 	"github.com/byoi/byoi/internal/testutil"
 	"github.com/byoi/byoi/job"
@@ -42,7 +42,7 @@ func inspWrite(t *testing.T, name string, b []byte) string {
 
 func inspRun(t *testing.T, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
-	imaging.RegisterDecompressors()
+	qcow2.RegisterDecompressors()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var so, se bytes.Buffer
@@ -257,4 +257,104 @@ func TestInspectURL(t *testing.T) {
 func itoa64(n int64) string {
 	b, _ := json.Marshal(n)
 	return string(b)
+}
+
+// TestInspectChecksFacts: inspect runs the image checks against the
+// server's facts given by flags or by an inventory file (issue 26): a
+// UEFI server and an image without an ESP is a refusal, printed with its
+// code; the same image for a BIOS server passes the boot check.
+func TestInspectChecksFacts(t *testing.T) {
+	img, err := testimage.GPT(16<<20, 512, []testimage.Part{
+		{Name: "root", Type: testimage.TypeLinux, Start: 1 << 20, Size: 13 << 20, Fill: testimage.FillMixed},
+	}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(img, []byte{0xfa, 0xcd, 0x18})
+	path := inspWrite(t, "noesp.img", img)
+	out, errOut, err := inspRun(t, "--boot-mode", "uefi", path)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, errOut)
+	}
+	if !strings.Contains(out, "refuse CheckUEFINoESP") || !strings.Contains(out, job.Text(job.CheckUEFINoESP)) {
+		t.Errorf("no UEFI refusal:\n%s", out)
+	}
+	inv := inspWrite(t, "inv.json", []byte(`{"bootMode":"legacy","diskGroups":[],"disks":[{"name":"nvme0n1","diskGroupId":1,"size":1,"driver":"nvme"}]}`))
+	out, errOut, err = inspRun(t, "--inventory", inv, "--json", path)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, errOut)
+	}
+	var rep struct {
+		Problems []string
+		Checks   struct {
+			Findings []struct{ Code, Severity string }
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	var codes []string
+	for _, f := range rep.Checks.Findings {
+		codes = append(codes, f.Code+"/"+f.Severity)
+	}
+	if strings.Contains(strings.Join(codes, " "), "CheckUEFI") || !strings.Contains(strings.Join(codes, " "), "CheckBIOSNoCoreSpace/warn") {
+		t.Errorf("legacy inventory: findings %v", codes)
+	}
+	if _, _, err := inspRun(t, "--boot-mode", "efi", path); err == nil {
+		t.Error("--boot-mode efi accepted")
+	}
+}
+
+// TestInspectURLChecksRanges: inspecting a URL with the checks reads the
+// image through a bounded number of Range requests and a small part of
+// its bytes (counted here, on the server's side).
+func TestInspectURLChecksRanges(t *testing.T) {
+	img := inspImage(t)
+	var requests, whole int
+	var served int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests++
+		if r.Header.Get("Range") == "" && r.Method == http.MethodGet {
+			whole++
+		}
+		cw := &countingWriter{ResponseWriter: w}
+		http.ServeContent(cw, r, "img", time.Time{}, bytes.NewReader(img))
+		served += cw.n
+	}))
+	defer srv.Close()
+	out, errOut, err := inspRun(t, "--boot-mode", "uefi", "--json", srv.URL+"/img")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, errOut)
+	}
+	var rep struct {
+		Problems []string
+		Checks   *struct {
+			Reads     int
+			BytesRead int64
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Checks == nil || rep.Checks.Reads == 0 {
+		t.Fatalf("no checks in %s", out)
+	}
+	t.Logf("%d requests, %d bytes served of %d; the checks made %d reads of %d bytes", requests, served, len(img), rep.Checks.Reads, rep.Checks.BytesRead)
+	if whole != 0 || requests > 40 || served > int64(len(img))/4 {
+		t.Errorf("%d requests (%d whole), %d bytes served of %d", requests, whole, served, len(img))
+	}
+	if len(rep.Problems) != 0 {
+		t.Errorf("problems %v", rep.Problems)
+	}
+}
+
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
 }

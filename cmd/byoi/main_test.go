@@ -12,13 +12,16 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/byoi/byoi/blockdev/blockdevtest"
 	"github.com/byoi/byoi/job"
 
+	"github.com/byoi/byoi/imagecheck"
 	"github.com/byoi/byoi/internal/testutil"
 )
 
@@ -49,6 +52,29 @@ func TestDemo(t *testing.T) {
 	if v := testutil.Run(t, "sgdisk", "-v", disk); !strings.Contains(v, "No problems found") {
 		t.Errorf("sgdisk -v on the demo disk: %s", v)
 	}
+	// A newcomer's first screen: the demo's own image passes the checks,
+	// no warning line at all (issue 26).
+	if strings.Contains(out+errOut, "warning:") || strings.Contains(out+errOut, "level=WARN") || strings.Count(out, "image checks: 0 refusals, 0 warnings") != 2 {
+		t.Errorf("the demo warns about its own image:\nstdout: %s\nstderr: %s", out, errOut)
+	}
+}
+
+// TestDemoImagePassesChecks: the demo image boots either way as far as the
+// checks can tell (an ESP with \EFI\BOOT\BOOTX64.EFI, MBR boot code).
+func TestDemoImagePassesChecks(t *testing.T) {
+	img, err := demoImage(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{imagecheck.BootUEFI, imagecheck.BootLegacy} {
+		rep, err := imagecheck.Check(context.Background(), bytes.NewReader(img), int64(len(img)), 512, imagecheck.Facts{BootMode: mode, ConfigDrive: true}, imagecheck.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rep.Refusals())+len(rep.Warnings()) != 0 {
+			t.Errorf("%s: %v", mode, rep.Findings)
+		}
+	}
 }
 
 func serveBytes(t *testing.T, data []byte) string {
@@ -63,7 +89,7 @@ func serveBytes(t *testing.T, data []byte) string {
 func sparse(t *testing.T, size int64) string { return testutil.SparseFile(t, size) }
 
 func TestDeployJSONEventsAndJobFile(t *testing.T) {
-	img, err := demoImage()
+	img, err := demoImage(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +134,7 @@ func TestDeployJSONEventsAndJobFile(t *testing.T) {
 }
 
 func TestDeployFailureMessageIsLastLine(t *testing.T) {
-	img, err := demoImage()
+	img, err := demoImage(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +211,7 @@ func fakeMachine(t *testing.T, disks map[string]int64) (sys, proc, dev string) {
 // machine: group 1 is the larger disk, group 2 the smaller; a group that
 // does not exist names the ones that do.
 func TestDeployDiskGroup(t *testing.T) {
-	img, err := demoImage()
+	img, err := demoImage(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,5 +244,46 @@ func TestDeployDiskGroup(t *testing.T) {
 	code, _, errOut = runCLI(t, append([]string{"deploy", "--url", url, "--type", "raw", "--disk-group", "3"}, roots...)...)
 	if code == 0 || !strings.Contains(lastLine(errOut), "disk group 3 does not exist on this server: the groups are 1") || !strings.Contains(lastLine(errOut), "2 (") {
 		t.Errorf("group 3: exit %d, %q", code, lastLine(errOut))
+	}
+}
+
+// TestDeployInterruptedIsLastLine: SIGTERM or Ctrl-C during the download
+// (main's signal.NotifyContext cancels run's context) ends with the
+// interruption and its step as the last stderr line, not with a download
+// error ("Could not download image located : URL. context canceled"), and
+// a non-zero exit.
+func TestDeployInterruptedIsLastLine(t *testing.T) {
+	img, err := demoImage(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := make(chan struct{})
+	var once sync.Once
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(img)))
+		w.WriteHeader(http.StatusOK)
+		w.Write(img[:len(img)/2])
+		w.(http.Flusher).Flush()
+		once.Do(func() { close(sent) })
+		<-r.Context().Done()
+	}))
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-sent
+		time.Sleep(300 * time.Millisecond)
+		cancel()
+	}()
+	var so, se bytes.Buffer
+	code := run(ctx, []string{"deploy", "--url", srv.URL + "/img", "--type", "raw", "--disk", sparse(t, 128<<20)}, strings.NewReader(""), &so, &se)
+	if code == 0 {
+		t.Fatal("an interrupted deploy exited 0")
+	}
+	if got, want := lastLine(se.String()), "the deployment was interrupted during its download step"; got != want {
+		t.Errorf("last stderr line %q, want %q", got, want)
+	}
+	if strings.Contains(so.String()+se.String(), "Could not download") {
+		t.Errorf("the output says the download failed:\n%s\n%s", so.String(), se.String())
 	}
 }

@@ -111,6 +111,9 @@ type Power interface {
 	FinishPowerTask(ctx context.Context, id int64, owner string, r PowerResult) error
 	// PowerTask is task id, or ErrNotFound.
 	PowerTask(ctx context.Context, id int64) (PowerTask, error)
+	// PowerTaskOf is the latest power task carrying out OVH task taskID,
+	// or ErrNotFound.
+	PowerTaskOf(ctx context.Context, taskID int64) (PowerTask, error)
 	// PowerTasks lists the server's tasks, newest first.
 	PowerTasks(ctx context.Context, serverID int64, limit int) ([]PowerTask, error)
 	// ExpireRescue fails running deployments that no agent picked up

@@ -45,6 +45,13 @@ const (
 // FunctionReinstall is the function of a deployment's task (OVH's).
 const FunctionReinstall = "reinstallServer"
 
+// FunctionHardReboot is the function of a reboot request's task (OVH's
+// POST .../reboot). Its task belongs to no deployment (DeploymentID 0).
+const FunctionHardReboot = "hardReboot"
+
+// TaskTodo is OVH's task status of a task accepted and not started.
+const TaskTodo = "todo"
+
 // Boot ids of every server (OVH numbers boots per server; ours are fixed).
 const (
 	BootHarddisk int64 = 1
@@ -155,6 +162,11 @@ type Server struct {
 	TokenDoneAt time.Time // when the deployment of a TokenByNetboot token ended done
 	AgentSeen   time.Time // the agent's last request outside a deployment's events (TouchAgent)
 	HasToken    bool      // an agent token is set (not revoked)
+	// Props are the properties the customer set with OVH's PUT
+	// /dedicated/server/{sn} beyond bootId and efiBootloaderPath
+	// (monitoring, state, bootScript...): a JSON document the control
+	// plane owns, nil until first set.
+	Props []byte
 }
 
 // Sources of a server's agent token.
@@ -402,6 +414,9 @@ type Store interface {
 	SetBoot(ctx context.Context, serverID, bootID int64) error
 	SetEFIBootloaderPath(ctx context.Context, serverID int64, path string) error
 	PutInventory(ctx context.Context, serverID int64, inventory []byte, now time.Time) error
+	// SetServerProps replaces the server's Props (ErrNotFound for no
+	// such server).
+	SetServerProps(ctx context.Context, serverID int64, props []byte) error
 
 	// Network boot.
 
@@ -461,6 +476,18 @@ type Store interface {
 	// to clear.
 	ClearDeployments(ctx context.Context, serverID int64, now time.Time) (int64, error)
 	Task(ctx context.Context, serverID, taskID int64) (Task, error)
+	// Tasks lists the ids of the server's tasks, oldest first; only those
+	// of function and of status when they are not empty.
+	Tasks(ctx context.Context, serverID int64, function, status string) ([]int64, error)
+	// CreateTask creates a task of no deployment (t.DeploymentID is
+	// ignored: 0), e.g. a reboot request's, with t's function, status and
+	// StartDate (also its LastUpdate); it returns it with its id.
+	CreateTask(ctx context.Context, t Task) (Task, error)
+	// FinishTasks ends the server's tasks of function that are still
+	// init, todo or doing and started before now: status done, done at
+	// now. It returns how many it ended; each is ended once across all
+	// instances.
+	FinishTasks(ctx context.Context, serverID int64, function string, now time.Time) (int, error)
 	// History returns up to limit entries of a deployment with N > after.
 	History(ctx context.Context, deploymentID, after int64, limit int) ([]Entry, error)
 

@@ -33,6 +33,9 @@ type FS struct {
 	clusters          uint32 // count of data clusters
 	Type              int    // 12, 16 or 32
 	Label             string
+
+	dirBytes int64              // directory bytes read so far (maxDirTotal)
+	listings map[uint32][]Entry // ReadDir's, by first cluster (0: the root)
 }
 
 // Open reads the boot sector of the filesystem in r (size bytes).
@@ -142,24 +145,25 @@ func (fs *FS) next(c uint32) (uint32, error) {
 }
 
 // readChain reads the clusters of a chain starting at c, at most limit
-// bytes (a loop in a hostile FAT ends at the limit).
+// bytes (a loop in a hostile FAT ends at the limit). On an error, what was
+// read before it is returned with it.
 func (fs *FS) readChain(c uint32, limit int64) ([]byte, error) {
 	var out []byte
 	for c >= 2 && c < 0x0FFFFFF8 {
 		if c >= fs.clusters+2 {
-			return nil, fmt.Errorf("cluster %d outside the filesystem", c)
+			return out, fmt.Errorf("cluster %d outside the filesystem", c)
 		}
 		if int64(len(out))+fs.clusterSize > limit {
-			return nil, fmt.Errorf("directory larger than %d bytes (a loop in the FAT?)", limit)
+			return out, fmt.Errorf("directory larger than %d bytes (a loop in the FAT?)", limit)
 		}
 		buf := make([]byte, fs.clusterSize)
 		if _, err := fs.r.ReadAt(buf, fs.dataOffset+int64(c-2)*fs.clusterSize); err != nil {
-			return nil, fmt.Errorf("read cluster %d: %w", c, err)
+			return out, fmt.Errorf("read cluster %d: %w", c, err)
 		}
 		out = append(out, buf...)
 		var err error
 		if c, err = fs.next(c); err != nil {
-			return nil, err
+			return out, err
 		}
 	}
 	return out, nil
@@ -175,9 +179,28 @@ type Entry struct {
 
 const maxDirBytes = 4 << 20
 
+// maxDirTotal bounds the directory bytes read over an FS's life: hostile
+// directories that share one long cluster chain are each read in full, and
+// a walk of many of them would otherwise copy gigabytes from a cache.
+const maxDirTotal = 64 << 20
+
+// dirChain reads the directory whose chain starts at c, within both bounds.
+func (fs *FS) dirChain(c uint32) ([]byte, error) {
+	limit := min(maxDirBytes, maxDirTotal-fs.dirBytes)
+	b, err := fs.readChain(c, limit)
+	fs.dirBytes += int64(len(b)) // what was read, even when it failed
+	if err != nil {
+		if limit < maxDirBytes {
+			return nil, fmt.Errorf("directories of more than %d MiB in all (cluster chains shared or looping)", maxDirTotal>>20)
+		}
+		return nil, err
+	}
+	return b, nil
+}
+
 func (fs *FS) rootDir() ([]byte, error) {
 	if fs.Type == 32 {
-		return fs.readChain(fs.rootCluster, maxDirBytes)
+		return fs.dirChain(fs.rootCluster)
 	}
 	b := make([]byte, fs.rootEntries*32)
 	if _, err := fs.r.ReadAt(b, fs.rootOffset); err != nil {
@@ -266,7 +289,7 @@ func (fs *FS) Lookup(path string) (Entry, bool, error) {
 			if !cur.Dir {
 				return Entry{}, false, nil
 			}
-			if dir, err = fs.readChain(cur.cluster, maxDirBytes); err != nil {
+			if dir, err = fs.dirChain(cur.cluster); err != nil {
 				return Entry{}, false, err
 			}
 		}
@@ -294,4 +317,40 @@ func (fs *FS) ReadFile(e Entry, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("%s: cluster chain holds %d of its %d bytes", e.Name, len(b), e.Size)
 	}
 	return b[:e.Size], nil
+}
+
+// ReadDir lists the directory e (found by Lookup; Lookup("/") is the root
+// directory), without its "." and ".." entries. A directory is read up to
+// the same bound as Lookup's (4 MiB), and once: its listing is kept (the
+// caller must not change it).
+func (fs *FS) ReadDir(e Entry) ([]Entry, error) {
+	if !e.Dir {
+		return nil, fmt.Errorf("%s is not a directory", e.Name)
+	}
+	if l, ok := fs.listings[e.cluster]; ok {
+		return l, nil
+	}
+	var b []byte
+	var err error
+	if e.cluster == 0 { // the root, or a ".." that points to it
+		b, err = fs.rootDir()
+	} else {
+		b, err = fs.dirChain(e.cluster)
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := []Entry{}
+	for _, d := range parseDir(b) {
+		if d.Name != "." && d.Name != ".." {
+			out = append(out, d)
+		}
+	}
+	if fs.listings == nil {
+		fs.listings = map[uint32][]Entry{}
+	}
+	if len(fs.listings) < 1024 {
+		fs.listings[e.cluster] = out
+	}
+	return out, nil
 }

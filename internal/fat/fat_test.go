@@ -2,8 +2,11 @@ package fat
 
 import (
 	"bytes"
+	"encoding/binary"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/byoi/byoi/internal/testutil"
@@ -100,4 +103,85 @@ func FuzzLookup(f *testing.F) {
 			fs.ReadFile(e, 1<<20)
 		}
 	})
+}
+
+func TestReadDir(t *testing.T) {
+	b := mkfs(t, "16", "32768")
+	fs, err := Open(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, _, _ := fs.Lookup("/")
+	ents, err := fs.ReadDir(root)
+	if err != nil || len(ents) != 1 || ents[0].Name != "EFI" || !ents[0].Dir {
+		t.Fatalf("root: %+v, %v", ents, err)
+	}
+	efi, _, _ := fs.Lookup(`\EFI`)
+	ents, err = fs.ReadDir(efi)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name)
+	}
+	if err != nil || len(ents) != 3 {
+		t.Fatalf(`\EFI: %v, %v`, names, err)
+	}
+	f, _, _ := fs.Lookup(`\EFI\BOOT\BOOTX64.EFI`)
+	if _, err := fs.ReadDir(f); err == nil {
+		t.Error("a file listed as a directory")
+	}
+}
+
+// TestSharedLoopingDirectories: a hostile FAT whose 60 directories all
+// start at one cluster that chains to itself. Each listing of such a
+// directory reads up to 4 MiB before it fails; the reads stop at 64 MiB
+// in all, not 60 × 4 MiB (or, walked path by path, far more).
+func TestSharedLoopingDirectories(t *testing.T) {
+	testutil.RequireCommand(t, "mkfs.fat", "mmd")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "esp.img")
+	testutil.Run(t, "mkfs.fat", "-C", "-F", "16", "-n", "ESP", img, "32768")
+	for i := 0; i < 60; i++ {
+		testutil.Run(t, "mmd", "-i", img, fmt.Sprintf("::/D%02d", i))
+	}
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs, err := Open(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const loop = 100 // a cluster that chains to itself
+	binary.LittleEndian.PutUint16(b[fs.fatOffset+2*loop:], loop)
+	dirs := 0
+	for i := int64(0); i < fs.rootEntries; i++ {
+		e := b[fs.rootOffset+32*i:][:32]
+		if e[0] != 0 && e[0] != 0xE5 && e[11]&0x10 != 0 {
+			binary.LittleEndian.PutUint16(e[26:], loop)
+			dirs++
+		}
+	}
+	if dirs != 60 {
+		t.Fatalf("%d directories patched", dirs)
+	}
+	root, _, err := fs.Lookup("/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ents, err := fs.ReadDir(root)
+	if err != nil || len(ents) != 60 {
+		t.Fatalf("root: %d entries, %v", len(ents), err)
+	}
+	var last error
+	for _, e := range ents {
+		if _, err := fs.ReadDir(e); err == nil {
+			t.Errorf("%s: a looping directory listed", e.Name)
+		} else {
+			last = err
+		}
+		fs.Lookup("/" + e.Name + "/x")
+	}
+	if last == nil || !strings.Contains(last.Error(), "in all") || fs.dirBytes > maxDirTotal {
+		t.Errorf("after 60 looping directories: %v, %d MiB read", last, fs.dirBytes>>20)
+	}
 }

@@ -306,8 +306,16 @@ CREATE TABLE server_boot (
 );
 `,
 	},
-	// 6: trust the network less (issue 22). A server's network boot is
-	// armed (its next rescue script mints an agent token, then it is
+	// 6 (issue 24): the properties a customer sets with OVH's PUT
+	// /dedicated/server/{sn} (monitoring, state, bootScript, rescueMail...),
+	// one JSON document per server; tasks of no deployment (a reboot
+	// request's) use the tasks table with deployment_id 0.
+	6: {
+		SQLite:   `ALTER TABLE servers ADD COLUMN props BLOB;`,
+		Postgres: `ALTER TABLE servers ADD COLUMN props BYTEA;`,
+	},
+	// 7: trust the network less (issue 22; numbered after issue 24's 6,
+	// merged first). A server's network boot is armed (its next rescue script mints an agent token, then it is
 	// disarmed; a new server starts armed), its token's source (0: the
 	// operator's, by hand; 1: minted by a rescue script), when it was set,
 	// when its deployment ended done (a minted token expires some time
@@ -317,7 +325,7 @@ CREATE TABLE server_boot (
 	// made with. The signatures of signed non-GET requests seen within
 	// the time window (replays are refused on every instance), and the
 	// key file's sealed check value.
-	6: {
+	7: {
 		SQLite: `
 ALTER TABLE servers ADD COLUMN boot_armed INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE servers ADD COLUMN token_source INTEGER NOT NULL DEFAULT 0;
@@ -365,7 +373,7 @@ CREATE TABLE meta (
 );
 `,
 	},
-	// 7: power through the server's BMC (issue 25). server_bmc: the
+	// 8: power through the server's BMC (issue 25). server_bmc: the
 	// operator's BMC spec (never a password: ipmi://USER@HOST:PORT) and
 	// the password sealed by the control plane; no row: driver none.
 	// power_tasks: what byoi-api must do to a server's power (a reboot
@@ -376,7 +384,7 @@ CREATE TABLE meta (
 	// when the new system boots, the hash of its single-use token, when
 	// it phoned, and when it was declared silent. deployment_logs: the
 	// redacted log tails a failed deployment's agent posted (the latest).
-	7: {
+	8: {
 		SQLite: `
 CREATE TABLE server_bmc (
 	server_id INTEGER PRIMARY KEY REFERENCES servers(id),

@@ -227,6 +227,14 @@ func (s *Store) PowerTask(ctx context.Context, id int64) (store.PowerTask, error
 	return t, nil
 }
 
+func (s *Store) PowerTaskOf(ctx context.Context, taskID int64) (store.PowerTask, error) {
+	t, err := scanPower(s.queryRow(ctx, `SELECT `+powerCols+` FROM power_tasks WHERE task_id = ? AND task_id <> 0 ORDER BY id DESC LIMIT 1`, taskID))
+	if err != nil {
+		return store.PowerTask{}, s.notFound(err)
+	}
+	return t, nil
+}
+
 func (s *Store) PowerTasks(ctx context.Context, serverID int64, limit int) ([]store.PowerTask, error) {
 	rows, err := s.query(ctx, `SELECT `+powerCols+` FROM power_tasks WHERE server_id = ? ORDER BY id DESC LIMIT ?`, serverID, limit)
 	if err != nil {

@@ -78,13 +78,13 @@ func (s *Store) DeleteSession(ctx context.Context, idHash []byte) error {
 
 // Servers.
 
-const serverCols = `id, customer_id, name, mac, boot_id, efi_bootloader_path, inventory, inventory_at, created_at, boot_armed, token_source, token_at, token_done_at, agent_seen, CASE WHEN agent_token_hash IS NULL THEN 0 ELSE 1 END`
+const serverCols = `id, customer_id, name, mac, boot_id, efi_bootloader_path, inventory, inventory_at, created_at, boot_armed, token_source, token_at, token_done_at, agent_seen, CASE WHEN agent_token_hash IS NULL THEN 0 ELSE 1 END, props`
 
 func (s *Store) scanServer(row scanner, extra ...any) (store.Server, error) {
 	var sv store.Server
 	var invAt, at, tokAt, doneAt, seen int64
 	var armed, hasToken int
-	dest := []any{&sv.ID, &sv.CustomerID, &sv.Name, &sv.MAC, &sv.BootID, &sv.EFIBootloaderPath, &sv.Inventory, &invAt, &at, &armed, &sv.TokenSource, &tokAt, &doneAt, &seen, &hasToken}
+	dest := []any{&sv.ID, &sv.CustomerID, &sv.Name, &sv.MAC, &sv.BootID, &sv.EFIBootloaderPath, &sv.Inventory, &invAt, &at, &armed, &sv.TokenSource, &tokAt, &doneAt, &seen, &hasToken, &sv.Props}
 	if err := row.Scan(append(dest, extra...)...); err != nil {
 		return store.Server{}, s.notFound(err)
 	}

@@ -44,6 +44,7 @@ var instanceCases = []struct {
 	{"AgentAnyInstance", testAgentAnyInstance},
 	{"MixedLifecycle", testMixedLifecycle},
 	{"PowerClaimFleet", testPowerClaimFleet},
+	{"FinishTasksOnce", testFinishTasksFleet}, // issue 24
 }
 
 // testRaceCreate: 50 POSTs for one server, spread over both instances,

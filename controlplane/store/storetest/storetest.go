@@ -64,6 +64,9 @@ var cases = []struct {
 	{"Signatures", testSignatures},
 	{"Meta", testMeta},
 	{"AttemptsCap", testAttemptsCap},
+	{"ClosedStore", testClosed},
+	{"ServerProps", testServerProps}, // issue 24
+	{"Tasks", testTasks},             // issue 24
 	{"ServerBMC", testServerBMC},
 	{"PowerClaim", testPowerClaim},
 	{"PowerAbandoned", testPowerAbandoned},

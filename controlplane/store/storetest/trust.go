@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"testing"
@@ -305,4 +306,27 @@ func testAttemptsCap(t *testing.T, s store.Store) {
 	if _, err := s.OpenAttempt(ctx, sv.ID, d.ID, t0); !errors.Is(err, store.ErrGone) {
 		t.Fatal(err)
 	}
+}
+
+// testClosed: every call on a closed store returns an error (issue 22:
+// a read after Close recursed in the old SQLite store until the stack
+// overflowed and killed byoi-api); a second Close does nothing.
+func testClosed(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	cu := must(s.CreateCustomer(ctx, "acme", t0))
+	must(s.CreateServer(ctx, store.Server{CustomerID: cu.ID, Name: "ns1", CreatedAt: t0}, []byte("hash-ns1")))
+	ok(t, s.Close())
+	if _, err := s.ServerByName(ctx, "ns1"); err == nil {
+		t.Error("ServerByName on a closed store: no error")
+	}
+	if _, err := s.CustomerByName(ctx, "acme"); err == nil {
+		t.Error("CustomerByName on a closed store: no error")
+	}
+	if _, err := s.CurrentDeployment(ctx, 1); err == nil || errors.Is(err, store.ErrNotFound) {
+		t.Errorf("CurrentDeployment on a closed store: %v", err)
+	}
+	if _, err := s.CreateCustomer(ctx, "other", t0); err == nil {
+		t.Error("CreateCustomer on a closed store: no error")
+	}
+	s.Close()
 }

@@ -313,7 +313,7 @@ func (r *fwRun) bootsDisk(ctx context.Context, step, efiPath string) error {
 		return fmt.Errorf("byoi-api got no boot info from the agent: %w", err)
 	}
 	r.report.Evidence("byoi-api log: %s", bi)
-	l, err := v.WaitConsole(ctx, d.consoleMark, regexp.MustCompile(`byoi: server `+r.server+`: booting its local disk`), 300*time.Second)
+	l, err := v.WaitConsole(ctx, d.consoleMark, regexp.MustCompile(`byoi: booting its local disk`) /* the disk script names no server (issue 22) */, 300*time.Second)
 	if err != nil {
 		return err
 	}

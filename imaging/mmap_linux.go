@@ -1,6 +1,0 @@
-package imaging
-
-import "golang.org/x/sys/unix"
-
-// mapNoReserve: anonymous staging memory costs only what is written.
-const mapNoReserve = unix.MAP_NORESERVE

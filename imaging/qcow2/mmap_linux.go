@@ -1,0 +1,6 @@
+package qcow2
+
+import "golang.org/x/sys/unix"
+
+// mapNoReserve: anonymous staging memory costs only what is written.
+const mapNoReserve = unix.MAP_NORESERVE
