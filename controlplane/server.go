@@ -106,7 +106,7 @@ type Server struct {
 	limit *rateLimiter // network boot, per source address
 	// states: the BMCs' power states, cached briefly (power_tasks.go).
 	states powerStates
-	table []route      // every route handle registered, for the schema documents
+	table  []route // every route handle registered, for the schema documents
 }
 
 // New returns a Server.
