@@ -24,6 +24,9 @@ import (
 // without being logged.
 func TestServeBootedURL(t *testing.T) {
 	img := testImage(t, 24*mib, 512)
+	// The fake machine boots by BIOS: boot code in the MBR, or the image
+	// checks refuse the image.
+	copy(img, []byte{0xfa, 0xcd, 0x18})
 	url := serve(t, img, "")
 	body, _ := json.Marshal(map[string]any{"URL": url, "type": "raw", "checkSum": sumHex(sha256.New(), img), "checkSumType": "sha256",
 		"configdrive": map[string]any{"enable": true, "hostname": "web1"}})
@@ -48,7 +51,7 @@ func TestServeBootedURL(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			err = Serve(ctx, AgentConfig{Client: cl, Once: true, ReportInterval: 50 * time.Millisecond, Heartbeat: 100 * time.Millisecond, MaxWait: time.Second,
-				Env: Env{Machine: testMachine(t), Target: target, Rebooter: &planeRebooter{f: f}, Logger: slog.New(slog.NewTextHandler(&lockedWriter{mu: &mu, w: &logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))}})
+				Env: Env{Machine: testMachine(t), Target: target, Rebooter: &planeRebooter{f: f}, Options: Options{Logger: slog.New(slog.NewTextHandler(&lockedWriter{mu: &mu, w: &logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))}}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -106,7 +109,7 @@ func TestServeFailureLogs(t *testing.T) {
 		KernelLog: func(ctx context.Context, o logtail.Options) (logtail.Tail, error) {
 			return logtail.From(ctx, strings.NewReader(dmesg), o)
 		},
-		Env: Env{Machine: testMachine(t), Target: oldSystemDisk(t, 32*mib), Rebooter: &planeRebooter{f: f}, Logger: log}})
+		Env: Env{Machine: testMachine(t), Target: oldSystemDisk(t, 32*mib), Rebooter: &planeRebooter{f: f}, Options: Options{Logger: log}}})
 	if err == nil {
 		t.Fatal("a wrong checksum succeeded")
 	}
