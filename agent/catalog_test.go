@@ -221,7 +221,7 @@ func TestCatalogCoverage(t *testing.T) {
 		}
 	}
 	for _, c := range job.Codes() {
-		if job.IsJobSpecCode(c) || job.IsControlPlaneCode(c) || job.IsPowerCode(c) || job.IsImageCacheCode(c) || job.IsImageCheckCode(c) {
+		if job.IsJobSpecCode(c) || job.IsControlPlaneCode(c) || job.IsPowerCode(c) || job.IsImageCacheCode(c) || job.IsImageCheckCode(c) || job.IsPowerControlCode(c) {
 			continue
 		}
 		if _, ok := seen[c]; !ok {

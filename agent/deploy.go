@@ -52,6 +52,9 @@ type Options struct {
 	// never fails a deployment: an image without it boots by the default
 	// path.
 	ServerEFIBootloaderPath string
+	// PhoneHomeURL, when set, goes into the ConfigDrive's vendor_data.json
+	// (configdrive.Content.PhoneHomeURL).
+	PhoneHomeURL string
 	// Inventory is the server's inventory (the one the agent posts): the
 	// image checks' facts (its boot mode, the target disk's controller
 	// driver, the NICs). Nil: unknown, and the checks that need them are
@@ -367,6 +370,8 @@ func (dp *deployment) buildConfigDrive(ctx context.Context) error {
 		SSHKey:   cd.SSHKey,
 		UserData: cd.UserData,
 		Meta:     cd.Metadata,
+		// PhoneHomeURL: the control plane's "booted" watch (issue 25).
+		PhoneHomeURL: dp.PhoneHomeURL,
 	}
 	dp.cdFormat = configdrive.FormatFor(dp.real.SectorSize())
 	img, err := configdrive.Build(ctx, content, dp.cdFormat)

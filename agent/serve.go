@@ -13,6 +13,8 @@ import (
 
 	"github.com/byoi/byoi/agentapi"
 	"github.com/byoi/byoi/blockdev"
+	"github.com/byoi/byoi/configdrive"
+	"github.com/byoi/byoi/internal/logtail"
 	"github.com/byoi/byoi/job"
 )
 
@@ -38,6 +40,12 @@ type AgentConfig struct {
 	// MaxWait caps the backoff while waiting for the control plane or a
 	// job (default 30 s).
 	MaxWait time.Duration
+	// LogTail keeps the agent's own log (the Logger writes into it too):
+	// its redacted tail is posted when a deployment fails (nil: none).
+	LogTail *logtail.Buffer
+	// KernelLog reads the kernel log's tail for that (nil:
+	// logtail.Kernel).
+	KernelLog KernelLogFunc
 }
 
 // Serve is the rescue agent: it waits (with backoff) for the control plane
@@ -136,6 +144,15 @@ func runAssignment(ctx context.Context, cfg AgentConfig, a *agentapi.Assignment)
 			env.ServerEFIBootloaderPath = p
 		}
 	}
+	if u := a.BootedURL; u != "" {
+		// Checked here: a URL the ConfigDrive would refuse must not fail
+		// the deployment (the errors never repeat the URL: a token).
+		if _, err := configdrive.VendorData(u); err != nil {
+			log.Warn("the control plane's booted URL is ignored", "error", err.Error())
+		} else {
+			env.PhoneHomeURL = u
+		}
+	}
 	env.BeforeReboot = func(ctx context.Context, boot agentapi.BootInfo) {
 		// The control plane's BIOS boot script needs the disk's key; a
 		// few tries, then reboot anyway (the script falls back to the
@@ -161,6 +178,9 @@ func runAssignment(ctx context.Context, cfg AgentConfig, a *agentapi.Assignment)
 		return err
 	}
 	_, err = Run(dctx, j, env)
+	if err != nil && dctx.Err() == nil {
+		uploadLogs(ctx, cfg, log, a.DeploymentID, attempt, jobSecrets(j, cfg.Client.token, a.BootedURL))
+	}
 	return err
 }
 

@@ -32,6 +32,8 @@ type fakePlane struct {
 	refused     int
 	maxBatch    int
 	token       string
+	bootedURL   string // the assignment's (issue 25)
+	logs        []agentapi.LogTails
 }
 
 func (f *fakePlane) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -55,7 +57,15 @@ func (f *fakePlane) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(http.StatusNoContent)
 			return
 		}
-		json.NewEncoder(w).Encode(agentapi.Assignment{DeploymentID: 7, Job: f.job})
+		json.NewEncoder(w).Encode(agentapi.Assignment{DeploymentID: 7, Job: f.job, BootedURL: f.bootedURL})
+	case r.URL.Path == agentapi.LogsPath("s1", 7):
+		var l agentapi.LogTails
+		if err := json.NewDecoder(r.Body).Decode(&l); err != nil || l.Validate() != nil {
+			http.Error(w, "bad logs", 400)
+			return
+		}
+		f.logs = append(f.logs, l)
+		w.WriteHeader(http.StatusNoContent)
 	case r.URL.Path == agentapi.AttemptsPath("s1", 7):
 		f.attempts++
 		json.NewEncoder(w).Encode(agentapi.Attempt{Attempt: f.attempts})

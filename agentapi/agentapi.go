@@ -77,6 +77,48 @@ func ImagePath(server string, deployment int64) string {
 // BootPath is where the agent says how its server boots the deployed disk.
 func BootPath(server string) string { return Prefix + "/servers/" + server + "/boot" }
 
+// BootedPrefix is the path of the deployed system's phone home (issue
+// 25): BootedPrefix + token, POSTed once by cloud-init; the token is the
+// only credential and can only mark its deployment booted.
+const BootedPrefix = Prefix + "/booted/"
+
+// BootedPath is the phone-home path of a token.
+func BootedPath(token string) string { return BootedPrefix + token }
+
+// LogsPath is where a failed deployment's agent posts its log tails
+// (issue 25).
+func LogsPath(server string, deployment int64) string {
+	return fmt.Sprintf("%s/servers/%s/deployments/%d/logs", Prefix, server, deployment)
+}
+
+// MaxLogText bounds the two tails of a LogTails together (the kernel's
+// and the agent's, redacted by the agent); MaxLogsBody is its body
+// limit (JSON's \u escapes make a byte at most 6, plus the envelope).
+const (
+	MaxLogText  = 16 << 10
+	MaxLogsBody = 6*MaxLogText + 1024
+)
+
+// LogTails is the end of the kernel log (dmesg) and of the agent's own
+// log, taken when a deployment failed, redacted by the agent (no token,
+// header value or user data), shown to the operator and the customer.
+type LogTails struct {
+	Attempt int    `json:"attempt"`
+	Kernel  string `json:"kernel"`
+	Agent   string `json:"agent"`
+}
+
+// Validate checks the bounds.
+func (l LogTails) Validate() error {
+	if l.Attempt < 1 {
+		return fmt.Errorf("attempt must be 1 or more")
+	}
+	if len(l.Kernel)+len(l.Agent) > MaxLogText {
+		return fmt.Errorf("the log tails are %d bytes, at most %d", len(l.Kernel)+len(l.Agent), MaxLogText)
+	}
+	return nil
+}
+
 // BootInfo is how the server will boot the disk a deployment wrote, posted
 // by the agent after the final "done" was acknowledged and before it
 // reboots. The control plane's network boot script uses it: under legacy
@@ -322,6 +364,11 @@ type Assignment struct {
 	// to the job's own URL (with the job's headers) at the byte reached
 	// when the cache cannot serve it (issue 28).
 	ImagePath string `json:"imagePath,omitempty"`
+	// BootedURL (issue 25), when set, is where the deployed system phones
+	// home once (the ConfigDrive's vendor_data.json): it holds a
+	// single-use token that can only mark this deployment booted, and is
+	// a secret like the agent token (never logged).
+	BootedURL string `json:"bootedURL,omitempty"`
 }
 
 // Attempt is the answer to opening an attempt.

@@ -52,8 +52,12 @@ func (s *Server) agentJob(c *call) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
+	booted, err := s.bootedURL(c, d, body)
+	if err != nil {
+		return 0, nil, err
+	}
 	return http.StatusOK, agentapi.Assignment{DeploymentID: d.ID, Job: body, Attempts: d.Attempt, EFIBootloaderPath: c.server.EFIBootloaderPath,
-		ImagePath: s.imagePathFor(c, d.ID, body)}, nil
+		ImagePath: s.imagePathFor(c, d.ID, body), BootedURL: booted}, nil
 }
 
 func deploymentID(c *call) (int64, error) {

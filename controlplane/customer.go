@@ -103,7 +103,7 @@ func (s *Server) createDeployment(c *call, shape job.Shape) (store.Task, error) 
 	if err != nil {
 		return store.Task{}, err
 	}
-	_, t, err := s.st.CreateDeployment(c.r.Context(), store.NewDeployment{
+	d, t, err := s.st.CreateDeployment(c.r.Context(), store.NewDeployment{
 		ServerID:          c.server.ID,
 		Shape:             shape,
 		SealedJob:         s.cfg.Keys.Seal(c.body, jobAD(c.server.ID)),
@@ -112,7 +112,14 @@ func (s *Server) createDeployment(c *call, shape job.Shape) (store.Task, error) 
 		MaxAttempts:       s.cfg.MaxAttempts,
 		Now:               s.cfg.Clock.Now(),
 	})
-	return t, err
+	if err != nil {
+		return t, err
+	}
+	// The power loop reboots it into rescue (a server with a BMC).
+	if _, err := s.queueReboot(c.r.Context(), c.server, d.ID, 0); err != nil {
+		return t, err
+	}
+	return t, nil
 }
 
 // checkJob is every check of a job body posted in shape for server sv:
@@ -209,6 +216,7 @@ func (s *Server) getTask(c *call) (int, any, error) {
 		return 0, nil, err
 	}
 	v := viewTask(t)
+	v.Comment = s.taskCommentFor(c.r.Context(), t)
 	v.LastUpdate = rfc3339(t.LastUpdate)
 	return http.StatusOK, v, nil
 }
@@ -246,6 +254,10 @@ func (s *Server) deleteBYOI(c *call) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
+	// Back to rescue: the power loop reboots a server with a BMC.
+	if _, err := s.queueReboot(c.r.Context(), c.server, 0, 0); err != nil {
+		return 0, nil, err
+	}
 	return http.StatusOK, nil, nil
 }
 
@@ -263,6 +275,10 @@ type historyItem struct {
 	Cleared      bool    `json:"cleared"`
 	CreatedAt    *string `json:"createdAt"`
 	EndedAt      *string `json:"endedAt"`
+	// Booted (issue 25): after done, watching, booted, noSignOfLife or
+	// notWatched (no ConfigDrive); null before done.
+	Booted   *string `json:"booted"`
+	BootedAt *string `json:"bootedAt"`
 }
 
 func shapeName(s job.Shape) string {
@@ -279,7 +295,8 @@ func (s *Server) history(c *call) (int, any, error) {
 	}
 	out := make([]historyItem, 0, len(list))
 	for _, d := range list {
-		out = append(out, historyItem{DeploymentID: d.ID, TaskID: d.TaskID, Shape: shapeName(d.Shape), Status: d.Status, Code: nullable(string(d.Code)), Message: d.Message,
+		booted, bootedAt := s.bootState(c.r.Context(), d)
+		out = append(out, historyItem{Booted: booted, BootedAt: bootedAt, DeploymentID: d.ID, TaskID: d.TaskID, Shape: shapeName(d.Shape), Status: d.Status, Code: nullable(string(d.Code)), Message: d.Message,
 			Checksum: nullable(d.Checksum), Attempts: d.Attempt, Cleared: d.Cleared, CreatedAt: rfc3339(d.CreatedAt), EndedAt: rfc3339(d.EndedAt)})
 	}
 	return http.StatusOK, out, nil

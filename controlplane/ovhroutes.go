@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/byoi/byoi/controlplane/power"
 	"github.com/byoi/byoi/controlplane/store"
 	"github.com/byoi/byoi/job"
 )
@@ -285,12 +284,10 @@ func (s *Server) postReboot(c *call) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	return http.StatusOK, viewTask(t), nil
+	v := viewTask(t)
+	v.Comment = s.taskCommentFor(c.r.Context(), t)
+	return http.StatusOK, v, nil
 }
-
-// powerFor is the seam of issue 25: the driver of a server's power. The
-// store keeps no BMC per server yet, so every server has the none driver.
-func (s *Server) powerFor(store.Server) power.Driver { return power.None{} }
 
 // requestReboot creates the task of a reboot request. With the none
 // driver (no BMC byoi-api can drive) nothing can power-cycle the server:
@@ -300,10 +297,9 @@ func (s *Server) powerFor(store.Server) power.Driver { return power.None{} }
 // inventory). Where a driver can act (issue 25), the power round claims
 // the task through the store and runs power.Reboot (one-time network boot,
 // power cycle or on), ending it done or ovhError with the driver's catalog
-// message. Issue 22: a reboot request while the server boots rescue arms
-// it for a new agent token.
+// message (queueReboot, power_tasks.go). Issue 22: a reboot request while
+// the server boots rescue arms it for a new agent token.
 func (s *Server) requestReboot(ctx context.Context, sv store.Server) (store.Task, error) {
-	drv := s.powerFor(sv)
 	now := s.cfg.Clock.Now()
 	t, err := s.st.CreateTask(ctx, store.Task{ServerID: sv.ID, Function: store.FunctionHardReboot, Status: store.TaskTodo, StartDate: now})
 	if err != nil {
@@ -317,7 +313,15 @@ func (s *Server) requestReboot(ctx context.Context, sv store.Server) (store.Task
 			return t, err
 		}
 	}
-	s.log.Info("reboot requested: waiting for a reboot by hand", "server", sv.Name, "task", t.ID, "power", drv.Kind(), "boot", sv.BootID)
+	queued, err := s.queueReboot(ctx, sv, 0, t.ID)
+	if err != nil {
+		return t, err
+	}
+	if queued {
+		s.log.Info("reboot requested: byoi-api reboots the server through its BMC", "server", sv.Name, "task", t.ID, "boot", sv.BootID)
+		return t, nil
+	}
+	s.log.Info("reboot requested: waiting for a reboot by hand", "server", sv.Name, "task", t.ID, "power", "none", "boot", sv.BootID)
 	return t, nil
 }
 

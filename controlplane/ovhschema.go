@@ -190,6 +190,10 @@ var routeDocs = map[string]opDoc{
 	"DELETE /dedicated/server/{serviceName}/bringYourOwnImage":       {description: "Delete your current image installation, boot the server to rescue", response: "void"},
 	"GET /dedicated/server/{serviceName}/bringYourOwnImage/history":  {description: "The server's deployments, newest first", response: "byoi.Deployment[]", byoi: true},
 	"GET /dedicated/server/{serviceName}/bringYourOwnImage/hardware": {description: "What the rescue agent's inventory says beyond specifications/hardware: disks and NICs with their drivers, controllers no driver claimed", response: "byoi.Hardware", byoi: true},
+	"GET /dedicated/server/{serviceName}/bringYourOwnImage/logs": {description: "The redacted kernel and agent log tails a failed deployment's agent posted", response: "byoi.Logs", byoi: true,
+		query: []paramDoc{
+			{name: "deploymentId", typ: "long", description: "The deployment (default: the current one)"},
+		}},
 	"GET /dedicated/server/{serviceName}/bringYourOwnImage/events": {description: "A deployment's status history", response: "byoi.Events", byoi: true,
 		query: []paramDoc{
 			{name: "deployment", typ: "long", description: "The deployment (default: the current one)"},
@@ -396,8 +400,9 @@ var goModels = map[string]modelDef{
 	"dedicated.server.VmacDetails":        {description: "A structure describing VMAC Infos for this dedicated server", goType: typeOf[vmacDetails]()},
 	"services.Service":                    {description: "Details about a Service", goType: typeOf[serviceInfo](), types: map[string]string{"creation": "date", "expiration": "date", "engagedUpTo": "date", "renew": "service.RenewType", "renewalType": "service.RenewalTypeEnum", "status": "service.StateEnum"}},
 	"service.RenewType":                   {description: "Map a possible renew for a specific service", goType: typeOf[renewType]()},
-	"byoi.Deployment":                     {description: "A deployment of the server (byoi addition)", goType: typeOf[historyItem](), types: map[string]string{"createdAt": "datetime", "endedAt": "datetime"}},
+	"byoi.Deployment":                     {description: "A deployment of the server (byoi addition)", goType: typeOf[historyItem](), types: map[string]string{"createdAt": "datetime", "endedAt": "datetime", "bootedAt": "datetime"}},
 	"byoi.Events":                         {description: "A deployment's status history (byoi addition)", goType: typeOf[eventsView](), types: map[string]string{"events": "byoi.Event[]"}},
+	"byoi.Logs":                           {description: "A failed deployment's log tails, redacted (byoi addition)", goType: typeOf[logsView](), types: map[string]string{"receivedAt": "datetime"}},
 	"byoi.Hardware":                       {description: "The rescue agent's hardware detail (byoi addition)", goType: typeOf[hardwareDetail](), types: map[string]string{"disks": "byoi.Disk[]", "nics": "byoi.NIC[]", "unclaimedDevices": "byoi.UnclaimedDevice[]"}},
 	"byoi.Disk":                           {description: "A disk of the inventory (byoi addition)", goType: typeOf[agentapi.InventoryDisk]()},
 	"byoi.NIC":                            {description: "A network interface of the inventory (byoi addition)", goType: typeOf[agentapi.InventoryNIC]()},

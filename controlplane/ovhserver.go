@@ -118,6 +118,7 @@ func (s *Server) getServer(c *call) (int, any, error) {
 		Rack: nullable(f.Rack), Region: nullable(f.Region), RescueMail: p.RescueMail, RescueSSHKey: p.RescueSSHKey,
 		Reverse: nullable(f.Reverse), RootDevice: p.RootDevice, ServerID: sv.ID, State: p.State,
 		SupportLevel: nullable(f.SupportLevel),
+		PowerState:   s.powerState(c.r.Context(), sv.ID), // issue 25: the BMC's, cached; null without one
 	}
 	if f.LinkSpeed > 0 {
 		v.LinkSpeed = &f.LinkSpeed

@@ -90,6 +90,9 @@ type Config struct {
 	// BodyTimeout plus its size at BodyMinRate (defaults 10 s and 64 KiB/s).
 	BodyTimeout time.Duration
 	BodyMinRate int64
+	// Power configures power control through servers' BMCs
+	// (power_tasks.go); the zero value has the defaults.
+	Power PowerConfig
 	// Facts are the operator's facts about servers (datacenter, ip, ...)
 	// for OVH's server fields; nil: none (those fields are null).
 	Facts *FactsFile
@@ -107,7 +110,9 @@ type Server struct {
 	mux   *http.ServeMux
 	mem   *budget      // bodies in flight
 	limit *rateLimiter // network boot, per source address
-	table []route      // every route handle registered, for the schema documents
+	// states: the BMCs' power states, cached briefly (power_tasks.go).
+	states powerStates
+	table  []route // every route handle registered, for the schema documents
 }
 
 // New returns a Server.
@@ -151,6 +156,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.BodyMinRate <= 0 {
 		cfg.BodyMinRate = 64 << 10
 	}
+	cfg.Power.defaults()
 	cfg.PublicURL = strings.TrimSuffix(cfg.PublicURL, "/")
 	if cfg.Netboot != nil {
 		nb := *cfg.Netboot
@@ -320,7 +326,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, ep endpoint) {
 	}
 	// The request log: no query string, body or header (they may carry
 	// secrets: signatures, tokens, pre-signed URLs).
-	s.log.Info("request", "qid", c.qid, "method", r.Method, "path", r.URL.Path, "status", status, "who", c.who, "ms", time.Since(start).Milliseconds())
+	s.log.Info("request", "qid", c.qid, "method", r.Method, "path", redactPath(r.URL.Path), "status", status, "who", c.who, "ms", time.Since(start).Milliseconds())
 }
 
 func (s *Server) run(c *call, ep endpoint) (int, any, error) {
@@ -424,6 +430,8 @@ func (s *Server) routes() {
 	s.handle(a+"/deployments/{id}/attempts", map[string]endpoint{"POST": {auth: authAgent, h: s.agentAttempt}})
 	s.handle(a+"/deployments/{id}/events", map[string]endpoint{"POST": {auth: authAgent, maxBody: agentapi.MaxEventsBody, h: s.agentEvents, events: true}})
 	s.credentialRoutes()
+	s.bootedRoutes()
+	s.logRoutes()
 	s.netbootRoutes()
 	s.imageRoutes()
 	s.mux.Handle(panel.Prefix, panel.New(panel.Config{Backend: s, Store: s.st, Logger: s.log, Now: s.cfg.Clock.Now, PublicURL: s.cfg.PublicURL}))

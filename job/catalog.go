@@ -221,6 +221,16 @@ const (
 	PowerFailed      Code = "PowerFailed"      // operation, what the BMC answered
 	WarnBootOverride Code = "WarnBootOverride" // what the BMC answered
 
+	// The control plane's power actions (issue 25, wiring).
+	MsgPowerRebooted     Code = "MsgPowerRebooted"     // what byoi-api did (power-cycled, powered on), the BMC
+	MsgPowerAgentWaiting Code = "MsgPowerAgentWaiting" //
+	MsgPowerByHand       Code = "MsgPowerByHand"       //
+	MsgPowerAbandoned    Code = "MsgPowerAbandoned"    // claims
+	MsgRescueTimeout     Code = "MsgRescueTimeout"     // duration
+	MsgBooted            Code = "MsgBooted"            // time from done
+	MsgNoSignOfLife      Code = "MsgNoSignOfLife"      // duration
+	MsgPowerRebooting    Code = "MsgPowerRebooting"    //
+
 	// Trusting the network less (issue 22).
 	APIAttemptsExhausted Code = "APIAttemptsExhausted" // attempts
 	APIReplayed          Code = "APIReplayed"          //
@@ -428,6 +438,16 @@ var catalog = map[Code]entry{
 	PowerUnsupported: {"the server's BMC does not support %s: %s", FaultProvider},
 	PowerFailed:      {"the server's BMC failed %s: %s", FaultProvider},
 	WarnBootOverride: {"the server's BMC refused the one-time boot from the network (%s): the server starts in its own boot order", FaultNone},
+
+	// issue 25, wiring
+	MsgPowerRebooted:     {"byoi-api %s the server through its BMC (%s) to boot it from the network", FaultNone},
+	MsgPowerAgentWaiting: {"the server's rescue agent is already running: the deployment starts without a reboot", FaultNone},
+	MsgPowerByHand:       {"the server has no power driver: it waits to be rebooted into rescue by hand", FaultNone},
+	MsgPowerAbandoned:    {"byoi-api stopped %d times while powering the server through its BMC: the power action was abandoned, ask your provider to look at the server", FaultProvider},
+	MsgRescueTimeout:     {"the server did not boot into rescue within %s", FaultProvider},
+	MsgBooted:            {"booted: the new system phoned home %s after done", FaultNone},
+	MsgNoSignOfLife:      {"no sign of life from the new system %s after done", FaultNone},
+	MsgPowerRebooting:    {"byoi-api is rebooting the server through its BMC", FaultNone},
 
 	// issue 22
 	APIAttemptsExhausted: {"the deployment was started %d times and never finished: the server's agent restarted during each attempt (see the status history); post it again, or ask your provider to look at the server", FaultProvider},

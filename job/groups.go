@@ -55,6 +55,17 @@ var imageCacheCodes = map[Code]bool{
 // IsImageCacheCode reports whether c comes from the image cache's path.
 func IsImageCacheCode(c Code) bool { return imageCacheCodes[c] }
 
+// powerControlCodes are the texts of the control plane's power actions
+// (issue 25, wiring); controlplane's TestPowerCatalog triggers each.
+var powerControlCodes = map[Code]bool{
+	MsgPowerRebooted: true, MsgPowerAgentWaiting: true, MsgPowerByHand: true, MsgPowerAbandoned: true,
+	MsgRescueTimeout: true, MsgBooted: true, MsgNoSignOfLife: true, MsgPowerRebooting: true,
+}
+
+// IsPowerControlCode reports whether c is a text of the control plane's
+// power actions.
+func IsPowerControlCode(c Code) bool { return powerControlCodes[c] }
+
 // IsPowerCode reports whether c comes from a power driver.
 func IsPowerCode(c Code) bool { return powerCodes[c] }
 

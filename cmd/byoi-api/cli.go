@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/byoi/byoi/controlplane"
+	"github.com/byoi/byoi/controlplane/power"
 	"github.com/byoi/byoi/controlplane/store"
 	"github.com/byoi/byoi/controlplane/store/open"
 	"github.com/byoi/byoi/controlplane/store/pgstore"
@@ -26,7 +27,7 @@ import (
 const usage = `usage:
   byoi-api serve [--db FILE] [--listen ADDR] [--tls-cert FILE --tls-key FILE] [--public-url URL]
                  [--agent-listen ADDR] [--boot-listen ADDR]
-                 [--agent-timeout 5m] [--pickup-timeout 1h] [--max-attempts 3] [--body-memory 256]
+                 [--agent-timeout 5m] [--pickup-timeout 1h] [--rescue-timeout 10m] [--max-attempts 3] [--body-memory 256]
                  [--pprof ADDR] [-v]
                  [--rescue-dir DIR --boot-url http://HOST:PORT [--agent-url URL] [--rescue-cmdline ARGS]
                   [--boot-rate 120] [--boot-burst 60] [--boot-trusted-proxy CIDR,...]]
@@ -42,6 +43,10 @@ const usage = `usage:
   byoi-api server add NAME --customer NAME [--mac MAC]...
   byoi-api server macs NAME [--mac MAC]...       (replaces the MACs; none: no network boot)
   byoi-api server token NAME
+  byoi-api server bmc NAME [--bmc none|ipmi://USER@HOST[:623] [--password-file FILE|- | --password-env VAR]]
+                                                 (the power driver; without --bmc: shows it. server add takes
+                                                  --bmc too. The password is read from the file, the variable
+                                                  or stdin, never from the command line)
 Every command takes --db FILE (default byoi.db), --key-file FILE (default FILE.key
 beside the database, created 0600 for a new database only) and --json (admin commands).
 --db postgres://user@host/db?sslmode=... uses PostgreSQL instead (several
@@ -114,11 +119,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case cmd == "server" && len(args) > 1 && args[1] == "add":
 		err = admin(ctx, args[2:], stdout, 1, func(ctx context.Context, a *controlplane.Admin, f *adminFlags) (any, string, error) {
 			name := f.fs.Arg(0)
+			spec, pw, err := bmcFlags(f, false)
+			if err != nil {
+				return nil, "", err
+			}
 			t, err := a.AddServerMACs(ctx, name, f.customer, f.macs)
 			if err != nil {
 				return nil, "", err
 			}
-			return map[string]string{"server": name, "agentToken": t}, "server     " + name + "\nagentToken " + t + "\n(shown only now)", nil
+			if f.bmc != "" {
+				if err := a.SetBMC(ctx, name, spec, pw); err != nil {
+					return nil, "", fmt.Errorf("server %s added (agent token %s, shown only now), but its BMC was not set (byoi-api server bmc): %w", name, t, err)
+				}
+			}
+			return map[string]string{"server": name, "agentToken": t, "bmc": spec.String()}, "server     " + name + "\nagentToken " + t + "\nbmc        " + spec.String() + "\n(the token is shown only now)", nil
 		})
 	case cmd == "server" && len(args) > 1 && args[1] == "macs":
 		err = admin(ctx, args[2:], stdout, 1, func(ctx context.Context, a *controlplane.Admin, f *adminFlags) (any, string, error) {
@@ -131,6 +145,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				macs = []string{}
 			}
 			return map[string]any{"server": name, "macs": macs}, "server " + name + ": MAC addresses " + strings.Join(macs, " "), nil
+		})
+	case cmd == "server" && len(args) > 1 && args[1] == "bmc":
+		err = admin(ctx, args[2:], stdout, 1, func(ctx context.Context, a *controlplane.Admin, f *adminFlags) (any, string, error) {
+			name := f.fs.Arg(0)
+			if f.bmc == "" {
+				spec, err := a.BMC(ctx, name)
+				return map[string]string{"server": name, "bmc": spec}, "server " + name + ": bmc " + spec, err
+			}
+			spec, pw, err := bmcFlags(f, true)
+			if err != nil {
+				return nil, "", err
+			}
+			if err := a.SetBMC(ctx, name, spec, pw); err != nil {
+				return nil, "", err
+			}
+			return map[string]string{"server": name, "bmc": spec.String()}, "server " + name + ": bmc " + spec.String(), nil
 		})
 	case cmd == "server" && len(args) > 1 && args[1] == "token":
 		err = admin(ctx, args[2:], stdout, 1, func(ctx context.Context, a *controlplane.Admin, f *adminFlags) (any, string, error) {
@@ -189,6 +219,10 @@ type adminFlags struct {
 	customer string
 	macs     macList
 	expires  time.Duration
+	// server add, server bmc: the power driver (bmc.go).
+	bmc          string
+	passwordFile string
+	passwordEnv  string
 }
 
 func orNever(s string) string {
@@ -245,6 +279,9 @@ func admin(ctx context.Context, args []string, stdout io.Writer, nargs int, fn f
 	f.fs.StringVar(&f.customer, "customer", "", "customer name")
 	f.fs.Var(&f.macs, "mac", "a MAC address the server boots from the network with (repeat for several)")
 	f.fs.DurationVar(&f.expires, "expires", 0, "token add, credential add: it stops working this long after (e.g. 720h; 0: never)")
+	f.fs.StringVar(&f.bmc, "bmc", "", "server add, server bmc: the power driver, none or ipmi://USER@HOST[:623] (the password from --password-file, --password-env or stdin, never here)")
+	f.fs.StringVar(&f.passwordFile, "password-file", "", "server add, server bmc: a file holding the BMC password on one line (- for stdin)")
+	f.fs.StringVar(&f.passwordEnv, "password-env", "", "server add, server bmc: the environment variable holding the BMC password")
 	if err := parseInterspersed(f.fs, args); err != nil {
 		return err
 	}
@@ -289,6 +326,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	publicURL := fs.String("public-url", "", "URL clients reach this server's root at, behind a proxy (e.g. https://api.example.com/byoi): signatures are checked against it")
 	agentTimeout := fs.Duration("agent-timeout", 5*time.Minute, "fail a deployment whose agent has been silent this long")
 	pickupTimeout := fs.Duration("pickup-timeout", time.Hour, "fail a deployment no agent picked up this long after it was posted (0: wait for ever)")
+	rescueTimeout := fs.Duration("rescue-timeout", 10*time.Minute, "fail a deployment whose server (with a BMC) did not boot into rescue this long after byoi-api power-cycled it")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060)")
 	verbose := fs.Bool("v", false, "log every request")
 	rescueDir := fs.String("rescue-dir", "", "serve network boot (iPXE) with the rescue system in this directory (vmlinuz, initrd.img: scripts/build-rescue.sh)")
@@ -325,7 +363,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return errors.New("--body-memory must be 1 (MiB) or more")
 	}
 	cfg := controlplane.Config{Store: st, Keys: keys, Logger: log, PublicURL: strings.TrimSuffix(*publicURL, "/"), AgentTimeout: *agentTimeout, PickupTimeout: *pickupTimeout,
-		MaxAttempts: attempts, BodyMemory: *bodyMemory << 20}
+		MaxAttempts: attempts, BodyMemory: *bodyMemory << 20, Power: controlplane.PowerConfig{RescueTimeout: *rescueTimeout, Options: power.Options{Logger: log}}}
 	if *serverFacts != "" {
 		if cfg.Facts, err = controlplane.LoadFacts(*serverFacts); err != nil {
 			return err
@@ -412,6 +450,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		go http.ListenAndServe(*pprofAddr, mux)
 	}
 	go srv.RunTimeouts(ctx)
+	go srv.RunPower(ctx)
 	select {
 	case err := <-errc:
 		return err

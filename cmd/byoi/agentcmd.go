@@ -12,6 +12,7 @@ import (
 	"github.com/byoi/byoi/agent"
 	"github.com/byoi/byoi/blockdev"
 	"github.com/byoi/byoi/imaging/fetch"
+	"github.com/byoi/byoi/internal/logtail"
 )
 
 // agentSettings are where `byoi agent` finds its control plane: flags,
@@ -122,7 +123,10 @@ func cmdAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	log := newLogger(stderr, vrb)
+	// The agent's own log is kept too: its redacted tail goes to the
+	// control plane when a deployment fails.
+	logBuf := logtail.NewBuffer(0)
+	log := newLogger(io.MultiWriter(stderr, logBuf), vrb)
 	rep := newRenderer(stdout, stderr, jsonOut)
 	defer rep.close()
 	env := agent.Env{
@@ -146,7 +150,7 @@ func cmdAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fmt.Fprintf(stderr, "byoi agent %s: server %s, control plane %s\n", version, set.server, set.url)
 	err = agent.Serve(ctx, agent.AgentConfig{
 		Client: client, Env: env, Version: version, Once: once, Progress: rep,
-		SysRoot: sysRoot, ReportInterval: reportInterval, Heartbeat: heartbeat,
+		SysRoot: sysRoot, ReportInterval: reportInterval, Heartbeat: heartbeat, LogTail: logBuf,
 	})
 	if err != nil && ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", ctx.Err())

@@ -477,6 +477,7 @@ func TestBrowserDeploy(t *testing.T) {
 	}
 	waitFor(t, ctx, "every step done", `[...document.querySelectorAll('#steps li')].every(li => li.className === 'done')`, 5*time.Second)
 	waitFor(t, ctx, "the history", `document.querySelector('#history-body .badge') && document.querySelector('#history-body .badge').textContent === 'done'`, 10*time.Second)
+	waitFor(t, ctx, "the booted watch in the history", `document.querySelector('#history-body .history-booted') && document.querySelector('#history-body .history-booted').textContent === 'watching'`, 10*time.Second)
 	waitFor(t, ctx, "boot to disk", `document.getElementById('info-boot').textContent === 'Disk'`, 10*time.Second)
 	if eval[int](t, ctx, `window.__sameDocument || 0`) != 1 {
 		t.Fatal("the page was reloaded")

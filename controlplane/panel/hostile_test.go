@@ -85,8 +85,8 @@ func TestBrowserHostile(t *testing.T) {
 	if !eval[bool](t, ctx, noInjection) {
 		t.Fatal("something was injected into the page")
 	}
-	if n := eval[int](t, ctx, `document.querySelectorAll('#history-body td').length`); n != 12 {
-		t.Fatalf("the history table has %d cells, want 12: markup in a message made cells", n)
+	if n := eval[int](t, ctx, `document.querySelectorAll('#history-body td').length`); n != 14 {
+		t.Fatalf("the history table has %d cells, want 14: markup in a message made cells", n)
 	}
 }
 

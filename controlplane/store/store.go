@@ -526,6 +526,9 @@ type Store interface {
 	// running or ended, or ErrNotFound.
 	DeploymentJob(ctx context.Context, serverID, deploymentID int64) ([]byte, error)
 
+	// Power through the server's BMC (power.go).
+	Power
+
 	Close() error
 }
 

@@ -284,6 +284,14 @@
     if (!(d.unclaimedDevices || []).length) un.appendChild(el('li', null, 'none'));
   }
 
+  // bootedCell is the "booted" watch of a deployment (issue 25): after
+  // done, whether the new system phoned home.
+  function bootedCell(d) {
+    const words = { booted: 'booted', watching: 'watching', noSignOfLife: 'no sign of life', notWatched: 'not watched' };
+    const text = d.booted ? (words[d.booted] || '') + (d.booted === 'booted' && d.bootedAt ? ' ' + when(d.bootedAt) : '') : '';
+    return el('td', d.booted === 'noSignOfLife' ? 'history-booted warning' : 'history-booted', text);
+  }
+
   async function loadHistory() {
     const name = current.name;
     const res = await api('GET', serverPath(name, '/bringYourOwnImage/history'));
@@ -296,7 +304,7 @@
       const tr = el('tr');
       const st = el('td');
       st.appendChild(badge(d.status));
-      tr.append(el('td', null, when(d.createdAt)), el('td', null, d.taskId), st, el('td', 'history-message', d.message), el('td', null, d.attempts), el('td', null, when(d.endedAt)));
+      tr.append(el('td', null, when(d.createdAt)), el('td', null, d.taskId), st, el('td', 'history-message', d.message), el('td', null, d.attempts), el('td', null, when(d.endedAt)), bootedCell(d));
       body.appendChild(tr);
     }
   }

@@ -43,6 +43,7 @@ var instanceCases = []struct {
 	{"ExpireOnceFleetWide", testExpireFleet},
 	{"AgentAnyInstance", testAgentAnyInstance},
 	{"MixedLifecycle", testMixedLifecycle},
+	{"PowerClaimFleet", testPowerClaimFleet},
 	{"FinishTasksOnce", testFinishTasksFleet}, // issue 24
 }
 

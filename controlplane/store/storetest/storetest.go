@@ -68,6 +68,13 @@ var cases = []struct {
 	{"ServerProps", testServerProps}, // issue 24
 	{"Tasks", testTasks},             // issue 24
 	{"Fleet", testFleet},
+	{"ServerBMC", testServerBMC},
+	{"PowerClaim", testPowerClaim},
+	{"PowerAbandoned", testPowerAbandoned},
+	{"PowerOutcome", testPowerOutcome},
+	{"RescueDeadline", testRescueDeadline},
+	{"BootWatch", testBootWatch},
+	{"DeploymentLogs", testDeploymentLogs},
 }
 
 // must returns v, or fails the case (Run recovers the panic into t.Fatal).
