@@ -16,11 +16,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/byoi/byoi/internal/httprange"
 	"github.com/byoi/byoi/job"
 )
 
@@ -460,33 +460,8 @@ func (c *Cache) checkpoint(e *entry, f *os.File, off int64) error {
 	return nil
 }
 
-// parseContentRange parses "bytes start-end/total" (total -1 for "*").
+// parseContentRange parses "bytes start-end/total" (total -1 for "*"):
+// internal/httprange's rule, the same as the agent's download.
 func parseContentRange(v string) (start, end, total int64, err error) {
-	bad := errors.New("bad Content-Range")
-	rest, ok := strings.CutPrefix(strings.TrimSpace(v), "bytes ")
-	if !ok {
-		return 0, 0, 0, bad
-	}
-	rng, tot, ok := strings.Cut(rest, "/")
-	if !ok {
-		return 0, 0, 0, bad
-	}
-	a, b, ok := strings.Cut(rng, "-")
-	if !ok {
-		return 0, 0, 0, bad
-	}
-	start, err1 := strconv.ParseInt(a, 10, 64)
-	end, err2 := strconv.ParseInt(b, 10, 64)
-	if err1 != nil || err2 != nil || start < 0 || end < start {
-		return 0, 0, 0, bad
-	}
-	total = -1
-	if tot != "*" {
-		t, err := strconv.ParseInt(tot, 10, 64)
-		if err != nil || t <= end {
-			return 0, 0, 0, bad
-		}
-		total = t
-	}
-	return start, end, total, nil
+	return httprange.Parse(v)
 }

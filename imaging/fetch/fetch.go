@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/byoi/byoi/internal/httprange"
 	"github.com/byoi/byoi/job"
 )
 
@@ -617,36 +618,10 @@ func StatusText(code int) string {
 }
 
 // ParseContentRange parses a Content-Range header, "bytes start-end/total"
-// (RFC 9110 section 14.4); an unknown total ("*") is returned as -1.
+// (RFC 9110 section 14.4); an unknown total ("*") is returned as -1. The
+// rule is internal/httprange's, shared with the control plane's image cache.
 func ParseContentRange(v string) (start, end, total int64, err error) {
-	// The header's text is not quoted: it comes from the server.
-	bad := errors.New("bad Content-Range header")
-	rest, ok := strings.CutPrefix(strings.TrimSpace(v), "bytes ")
-	if !ok {
-		return 0, 0, 0, bad
-	}
-	rng, tot, ok := strings.Cut(rest, "/")
-	if !ok {
-		return 0, 0, 0, bad
-	}
-	a, b, ok := strings.Cut(rng, "-")
-	if !ok {
-		return 0, 0, 0, bad
-	}
-	start, err1 := strconv.ParseInt(a, 10, 64)
-	end, err2 := strconv.ParseInt(b, 10, 64)
-	if err1 != nil || err2 != nil || start < 0 || end < start {
-		return 0, 0, 0, bad
-	}
-	total = -1
-	if tot != "*" {
-		t, err := strconv.ParseInt(tot, 10, 64)
-		if err != nil || t <= end {
-			return 0, 0, 0, bad
-		}
-		total = t
-	}
-	return start, end, total, nil
+	return httprange.Parse(v)
 }
 
 // parseRetryAfter reads delay-seconds or an HTTP date; 0 if absent/bad.
