@@ -367,6 +367,7 @@ func (dp *deployment) buildConfigDrive(ctx context.Context) error {
 		SSHKey:   cd.SSHKey,
 		UserData: cd.UserData,
 		Meta:     cd.Metadata,
+		DHCPMACs: dp.dhcpMACs(),
 	}
 	dp.cdFormat = configdrive.FormatFor(dp.real.SectorSize())
 	img, err := configdrive.Build(ctx, content, dp.cdFormat)
