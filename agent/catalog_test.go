@@ -70,6 +70,12 @@ func TestCatalogCoverage(t *testing.T) {
 	// A good raw deploy with a ConfigDrive, and no MBR boot code nor a
 	// readable ESP: progress texts, step texts, boot warnings.
 	deploy("raw deploy", img, "raw", 32*mib, func(j *job.Job, _ *Env) { j.ConfigDrive = &job.ConfigDrive{Hostname: "c"} })
+	// A ConfigDrive on a server whose inventory names no boot NIC: no
+	// network_data.json (issue 26).
+	deploy("boot NIC unknown", img, "raw", 32*mib, func(j *job.Job, env *Env) {
+		j.ConfigDrive = &job.ConfigDrive{Hostname: "c"}
+		env.Inventory = &agentapi.Inventory{}
+	})
 	// Errors, each from its real cause.
 	deploy("checksum", img, "raw", 32*mib, withSum(sumHex(sha256.New(), []byte("x"))))
 	deploy("qcow2 declared raw", append([]byte("QFI\xfb\x00\x00\x00\x03"), make([]byte, 1<<16)...), "raw", 32*mib, nil)

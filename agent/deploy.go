@@ -372,6 +372,7 @@ func (dp *deployment) buildConfigDrive(ctx context.Context) error {
 		Meta:     cd.Metadata,
 		// PhoneHomeURL: the control plane's "booted" watch (issue 25).
 		PhoneHomeURL: dp.PhoneHomeURL,
+		DHCPMACs:     dp.dhcpMACs(),
 	}
 	dp.cdFormat = configdrive.FormatFor(dp.real.SectorSize())
 	img, err := configdrive.Build(ctx, content, dp.cdFormat)

@@ -293,5 +293,6 @@ func Inventory(m Machine, sysRoot, version string) (agentapi.Inventory, error) {
 	}
 	sort.Strings(inv.MACs)
 	addHardware(&inv, groups, sysRoot, kernelModDir(sysRoot))
+	inv.BootMAC = bootMAC(sysRoot, kernelCmdline(sysRoot), inv.NICs)
 	return inv, nil
 }

@@ -172,6 +172,11 @@ type Inventory struct {
 	// MACs are the server's network interfaces' addresses (lower-case,
 	// colon-separated), for network boot by MAC.
 	MACs []string `json:"macs,omitempty"`
+	// BootMAC is the MAC of the NIC the rescue booted from (BOOTIF= on
+	// its kernel command line, else the single NIC that is up), one of
+	// NICs; empty when unknown. The ConfigDrive's network_data.json gives
+	// it DHCP (issue 26).
+	BootMAC string `json:"bootMac,omitempty"`
 	// Features are what this agent can do beyond the base contract (the
 	// Feature* constants), so the control plane refuses a job an older
 	// agent would fail: e.g. a reinstall without imageType needs
@@ -308,6 +313,11 @@ func (inv *Inventory) Validate() error {
 	for _, u := range inv.Unclaimed {
 		if long(u.Slot, u.ID, u.Class, u.Message) {
 			return fmt.Errorf("unclaimed device %.32q is malformed", u.Slot)
+		}
+	}
+	if inv.BootMAC != "" {
+		if _, err := NormalizeMAC(inv.BootMAC); err != nil {
+			return fmt.Errorf("bootMac: %w", err)
 		}
 	}
 	for _, m := range inv.MACs {

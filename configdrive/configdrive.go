@@ -11,7 +11,9 @@
 //     required, else BrokenMetadata and the drive is ignored);
 //   - openstack/latest/user_data is optional, raw bytes;
 //   - openstack/latest/vendor_data.json is optional: byoi's phone-home
-//     (vendordata.go).
+//     (vendordata.go);
+//   - openstack/latest/network_data.json is optional: DHCP on the server's
+//     NICs named by MAC (networkdata.go).
 //
 // Only the "latest" directory is written: cloud-init prefers a dated version
 // directory over "latest" when one exists (_find_working_version), so adding
@@ -67,6 +69,11 @@ type Content struct {
 	// system has booted (see VendorData). It holds a token: never shown
 	// in an error.
 	PhoneHomeURL string
+	// DHCPMACs, when set, adds openstack/latest/network_data.json: each
+	// NIC with one of these MACs (the server's own: cloud-init refuses
+	// the drive's network data for a MAC the server lacks) is configured
+	// with DHCP (see NetworkData).
+	DHCPMACs []string
 }
 
 // Format is the filesystem type of the drive.
@@ -190,6 +197,13 @@ func (c *Content) files() ([]file, error) {
 			return nil, err
 		}
 		fs = append(fs, file{path: VendorDataPath, data: vd})
+	}
+	if len(c.DHCPMACs) > 0 {
+		nd, err := NetworkData(c.DHCPMACs)
+		if err != nil {
+			return nil, err
+		}
+		fs = append(fs, file{path: NetworkDataPath, data: nd})
 	}
 	return fs, nil
 }

@@ -212,6 +212,10 @@ const (
 	ImageChecksValue Code = "ImageChecksValue" // the value given
 	CheckStrict      Code = "CheckStrict"      // the warning's text
 	CheckMore        Code = "CheckMore"        // the first refusal's text, how many more, their texts
+	// issue 26, network on first boot: the job's networkData option, a
+	// ConfigDrive without network data because the boot NIC is unknown.
+	NetworkDataValue Code = "NetworkDataValue" // the value given
+	WarnNoBootNIC    Code = "WarnNoBootNIC"    //
 
 	// Power through the server's BMC (issue 25).
 	PowerNoAnswer    Code = "PowerNoAnswer"    // operation
@@ -428,6 +432,8 @@ var catalog = map[Code]entry{
 	CheckNetKernelName:    {"%s binds the network configuration to %s, but the image names interfaces predictably (enp1s0, eno1): that name will not exist (match the MAC address, or boot with net.ifnames=0)", FaultCustomer},
 	CheckNetForeignMAC:    {"%s binds the network configuration to MAC %s, which no interface of this server has (it has %s)", FaultCustomer},
 	ImageChecksValue:      {"imageChecks must be \"strict\", \"off\" or absent, got %s", FaultCustomer},
+	NetworkDataValue:      {"networkData must be \"off\" or absent, got %s", FaultCustomer},
+	WarnNoBootNIC:         {"the ConfigDrive has no network_data.json: the NIC the server booted from is not known (no BOOTIF= on the rescue's kernel command line and no single NIC that is up); the image's own network configuration applies", FaultNone},
 	CheckStrict:           {"the job asks for strict image checks (imageChecks: strict) and the image has a problem: %s", FaultCustomer},
 	CheckMore:             {"%s; and %d more: %s", FaultCustomer},
 

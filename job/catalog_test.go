@@ -191,6 +191,7 @@ func TestValidationCodes(t *testing.T) {
 		{HeaderDuplicate, leg(`,"httpHeader":[{"key":"a","value":"1"},{"key":"A","value":"2"}]`)},
 		{DescriptionTooLong, leg(`,"description":"` + long(5000) + `"`)},
 		{ImageChecksValue, leg(`,"imageChecks":"loose"`)},
+		{NetworkDataValue, leg(`,"networkData":"dhcp"`)},
 		{EFIPathTooLong, `{"operatingSystem":"byoi_64","customizations":{"imageURL":"https://h/i","imageType":"raw","efiBootloaderPath":"` + long(2000) + `"}}`},
 		{EFIPathControl, `{"operatingSystem":"byoi_64","customizations":{"imageURL":"https://h/i","imageType":"raw","efiBootloaderPath":"\t"}}`},
 		{ConfigDriveTooLarge, cd(`"userData":"` + long(MaxConfigDriveSize+1) + `"`)},

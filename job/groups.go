@@ -12,7 +12,7 @@ import "strings"
 var jobSpecCodes = map[Code]bool{
 	JobTooLarge: true, JobNotObject: true, JobSyntax: true, JobTruncated: true, JobInvalidJSON: true,
 	JobTrailingData: true, JobUnknownField: true, JobDuplicateField: true, JobFieldKind: true, JobFieldType: true,
-	JobShape: true, JobMissing: true, OSUnsupported: true, StorageMany: true, ImageChecksValue: true,
+	JobShape: true, JobMissing: true, OSUnsupported: true, StorageMany: true, ImageChecksValue: true, NetworkDataValue: true,
 	URLMissing: true, URLTooLong: true, URLUnparsable: true, URLScheme: true, URLNoHost: true,
 	BadImageType: true, ChecksumPair: true, BadChecksumType: true, ChecksumFormat: true, DiskGroupInvalid: true,
 	HeadersTooMany: true, HeaderName: true, HeaderValueTooLong: true, HeaderValueControl: true, HeaderDuplicate: true,

@@ -88,6 +88,12 @@ type Job struct {
 	// reported), ImageChecksStrict (warnings refuse too) or
 	// ImageChecksOff (the image's system is not checked).
 	ImageChecks string
+	// NetworkData is byoi's extension of the job body (issue 26, network
+	// on first boot): "" (the default: the ConfigDrive gets a
+	// network_data.json with DHCP on the NIC the server booted from) or
+	// NetworkDataOff (no network_data.json: the image configures its own
+	// network).
+	NetworkData string
 }
 
 // The values of Job.ImageChecks ("imageChecks" in both shapes).
@@ -95,6 +101,10 @@ const (
 	ImageChecksStrict = "strict"
 	ImageChecksOff    = "off"
 )
+
+// NetworkDataOff is the value of Job.NetworkData ("networkData" in both
+// shapes) that leaves network_data.json out of the ConfigDrive.
+const NetworkDataOff = "off"
 
 // ConfigDrive is what goes into the config-2 partition for cloud-init.
 type ConfigDrive struct {
@@ -159,6 +169,7 @@ type legacyJob struct {
 	DiskGroupID  int                `json:"diskGroupId"`
 	HTTPHeader   []keyValue         `json:"httpHeader"`
 	ImageChecks  string             `json:"imageChecks"` // byoi's extension (issue 26)
+	NetworkData  string             `json:"networkData"` // byoi's extension (issue 26)
 }
 
 type legacyConfigDrive struct {
@@ -209,6 +220,7 @@ type reinstallCustomizations struct {
 	PostInstallationScript          string `json:"postInstallationScript"`
 	PostInstallationScriptExtension string `json:"postInstallationScriptExtension"`
 	ImageChecks                     string `json:"imageChecks"` // byoi's extension (issue 26)
+	NetworkData                     string `json:"networkData"` // byoi's extension (issue 26)
 }
 
 // reinstallStorage is OVH's dedicated.server.reinstall.Storage. A BYOI
@@ -271,6 +283,7 @@ var (
 		"ImageURL": "URL", "ImageType": "type", "Checksum": "checkSum",
 		"ChecksumType": "checkSumType", "Headers": "httpHeader",
 		"DiskGroupID": "diskGroupId", "Description": "description", "ImageChecks": "imageChecks",
+		"NetworkData":          "networkData",
 		"ConfigDrive":          "configdrive",
 		"ConfigDrive.Hostname": "configdrive.hostname",
 		"ConfigDrive.SSHKey":   "configdrive.sshKey",
@@ -283,6 +296,7 @@ var (
 		"Headers": "customizations.httpHeaders", "DiskGroupID": "storage.diskGroupId",
 		"EFIBootloaderPath":    "customizations.efiBootloaderPath",
 		"ImageChecks":          "customizations.imageChecks",
+		"NetworkData":          "customizations.networkData",
 		"ConfigDrive":          "customizations",
 		"ConfigDrive.Hostname": "customizations.hostname",
 		"ConfigDrive.SSHKey":   "customizations.sshKey",
@@ -391,6 +405,7 @@ func (b *legacyJob) job() (*Job, error) {
 		DiskGroupID:  b.DiskGroupID,
 		Description:  b.Description,
 		ImageChecks:  b.ImageChecks,
+		NetworkData:  b.NetworkData,
 	}
 	for _, h := range b.HTTPHeader {
 		j.Headers = append(j.Headers, Header{Name: h.Key, Value: h.Value})
@@ -462,6 +477,7 @@ func (b *reinstallJob) job() (*Job, error) {
 	j.ChecksumType = c.ImageCheckSumType
 	j.EFIBootloaderPath = c.EFIBootloaderPath
 	j.ImageChecks = c.ImageChecks
+	j.NetworkData = c.NetworkData
 	names := make([]string, 0, len(c.HTTPHeaders))
 	for name := range c.HTTPHeaders {
 		names = append(names, name)

@@ -560,3 +560,39 @@ func TestImageChecksOption(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 }
+
+// TestNetworkDataOption: byoi's networkData extension (issue 26) in both
+// shapes: absent (network_data.json on) or "off"; any other value is
+// refused with its field named as the user wrote it.
+func TestNetworkDataOption(t *testing.T) {
+	for _, tc := range []struct{ body, want string }{
+		{`{"URL":"https://h/i","type":"raw","networkData":"off"}`, NetworkDataOff},
+		{`{"URL":"https://h/i","type":"raw"}`, ""},
+		{`{"URL":"https://h/i","type":"raw","networkData":""}`, ""},
+		{`{"operatingSystem":"byoi_64","customizations":{"imageURL":"https://h/i","imageType":"raw","networkData":"off"}}`, NetworkDataOff},
+		{`{"operatingSystem":"byoi_64","customizations":{"imageURL":"https://h/i","imageType":"raw"}}`, ""},
+	} {
+		j, err := Parse([]byte(tc.body))
+		if err != nil || j.NetworkData != tc.want {
+			t.Fatalf("%s: %v, %+v", tc.body, err, j)
+		}
+		if c := j.Clone(); c.NetworkData != tc.want {
+			t.Errorf("%s: Clone lost networkData: %q", tc.body, c.NetworkData)
+		}
+	}
+	for _, tc := range []struct{ body, field string }{
+		{`{"URL":"https://h/i","type":"raw","networkData":"Off"}`, "networkData"},
+		{`{"URL":"https://h/i","type":"raw","networkData":"on"}`, "networkData"},
+		{`{"operatingSystem":"byoi_64","customizations":{"imageURL":"https://h/i","imageType":"raw","networkData":"dhcp"}}`, "customizations.networkData"},
+	} {
+		_, err := Parse([]byte(tc.body))
+		var ve *ValidationError
+		if !errors.As(err, &ve) || ve.Code != NetworkDataValue || ve.Field != tc.field {
+			t.Errorf("%s: err %v, want NetworkDataValue on %s", tc.body, err, tc.field)
+		}
+	}
+	_, err := Parse([]byte(`{"URL":"https://h/i","type":"raw","networkData":false}`))
+	if err == nil {
+		t.Errorf("networkData false accepted")
+	}
+}

@@ -75,6 +75,9 @@ func (j *Job) Validate() error {
 	if j.ImageChecks != "" && j.ImageChecks != ImageChecksStrict && j.ImageChecks != ImageChecksOff {
 		return invalid("ImageChecks", ImageChecksValue, quoteShort(j.ImageChecks))
 	}
+	if j.NetworkData != "" && j.NetworkData != NetworkDataOff {
+		return invalid("NetworkData", NetworkDataValue, quoteShort(j.NetworkData))
+	}
 	if j.ConfigDrive != nil {
 		return j.ConfigDrive.validate()
 	}
