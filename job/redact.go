@@ -86,6 +86,12 @@ func (j *Job) LogValue() slog.Value {
 	if j.EFIBootloaderPath != "" {
 		attrs = append(attrs, slog.String("efiBootloaderPath", j.EFIBootloaderPath))
 	}
+	if j.ImageChecks != "" {
+		attrs = append(attrs, slog.String("imageChecks", j.ImageChecks))
+	}
+	if j.NetworkData != "" {
+		attrs = append(attrs, slog.String("networkData", j.NetworkData))
+	}
 	if cd := j.ConfigDrive; cd != nil {
 		attrs = append(attrs, slog.Attr{Key: "configdrive", Value: cd.LogValue()})
 	}

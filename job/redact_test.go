@@ -74,3 +74,16 @@ func FuzzRedactURL(f *testing.F) {
 // Stream, hashing with sha256 as the agent does.
 //
 //	go test -run '^$' -bench Fetch512MiB -benchtime 1x ./imaging/
+
+// The job's summary names byoi's own options when they are set.
+func TestLogValueOptions(t *testing.T) {
+	j := Job{ImageURL: "https://example.com/a.qcow2", ImageType: ImageTypeQcow2, DiskGroupID: 1}
+	if s := j.String(); strings.Contains(s, "imageChecks") || strings.Contains(s, "networkData") {
+		t.Fatalf("options not set, yet named: %s", s)
+	}
+	j.ImageChecks, j.NetworkData = ImageChecksStrict, "off"
+	s := j.String()
+	if !strings.Contains(s, `imageChecks="strict"`) || !strings.Contains(s, `networkData="off"`) {
+		t.Fatalf("summary %s does not name the options", s)
+	}
+}
