@@ -73,21 +73,8 @@ func parseCacheFlags(args []string) (cacheConfig, error) {
 	if c.agents < 1 || c.agents > 2000 || c.imageSize < 1<<20 || c.imageSize > 8<<30 || c.duration <= 0 || c.duration > 30*time.Minute {
 		return c, errors.New("--agents 1..2000, --image-size 1MiB..8GiB, --duration up to 30m")
 	}
-	for _, p := range strings.Split(*pids, ",") {
-		if p == "" {
-			continue
-		}
-		name, v, ok := strings.Cut(p, "=")
-		if !ok {
-			name, v = "byoi-api", p
-		}
-		pid, err := strconv.Atoi(v)
-		if err != nil {
-			return c, fmt.Errorf("--pid %q: %w", p, err)
-		}
-		c.pids = append(c.pids, namedPid{name, pid})
-	}
-	return c, nil
+	c.pids, err = parsePids(*pids)
+	return c, err
 }
 
 func parseBytes(s string) (int64, error) {

@@ -882,7 +882,15 @@ func parseFlags(args []string) (config, error) {
 	if c.customers > c.agents {
 		c.customers = c.agents
 	}
-	for _, p := range strings.Split(*pids, ",") {
+	var err error
+	c.pids, err = parsePids(*pids)
+	return c, err
+}
+
+// parsePids parses --pid: NAME=PID or PID (named byoi-api), comma-separated.
+func parsePids(list string) ([]namedPid, error) {
+	var out []namedPid
+	for _, p := range strings.Split(list, ",") {
 		if p == "" {
 			continue
 		}
@@ -892,9 +900,9 @@ func parseFlags(args []string) (config, error) {
 		}
 		pid, err := strconv.Atoi(v)
 		if err != nil {
-			return c, fmt.Errorf("--pid %q: %w", p, err)
+			return nil, fmt.Errorf("--pid %q: %w", p, err)
 		}
-		c.pids = append(c.pids, namedPid{name, pid})
+		out = append(out, namedPid{name, pid})
 	}
-	return c, nil
+	return out, nil
 }
