@@ -70,6 +70,7 @@ func history(t *testing.T, c *ovh.Client, server string) historyView {
 // cloud-init's reader; the reboot came once, after the final status was
 // stored; no secret in any log.
 func TestLegacyQcow2ConfigDrive(t *testing.T) {
+	t.Parallel()
 	a := newAPI(t)
 	c := a.addCustomer("acme")
 	tok := a.addServer("srv1", "acme")
@@ -160,6 +161,7 @@ func reinstallBody(img *image, checksum string) map[string]any {
 // works: the task moves init → doing → done, install/status steps only
 // move forward (todo → doing → done) and all end done.
 func TestReinstallStepByStep(t *testing.T) {
+	t.Parallel()
 	a := newAPI(t)
 	c := a.addCustomer("acme")
 	tok := a.addServer("srv2", "acme")
@@ -228,6 +230,7 @@ func TestReinstallStepByStep(t *testing.T) {
 // TestWrongChecksum: the job ends error with OVH's exact message, the task
 // customerError, and the agent does not reboot.
 func TestWrongChecksum(t *testing.T) {
+	t.Parallel()
 	a := newAPI(t)
 	c := a.addCustomer("acme")
 	tok := a.addServer("srv3", "acme")
@@ -280,6 +283,7 @@ func waitDownloading(t *testing.T, cl *ovh.Client, server string) {
 // kill is intact, the agent (which kept its events queued) reconnects and
 // finishes, done.
 func TestKillAPIMidDeployment(t *testing.T) {
+	t.Parallel()
 	a := newAPI(t)
 	c := a.addCustomer("acme")
 	tok := a.addServer("srv4", "acme")
@@ -320,6 +324,7 @@ func TestKillAPIMidDeployment(t *testing.T) {
 // at all; started again, the agent gets the job re-served, starts over as
 // attempt 2 (the history says so) and ends done.
 func TestKillAgentMidWrite(t *testing.T) {
+	t.Parallel()
 	a := newAPI(t)
 	c := a.addCustomer("acme")
 	tok := a.addServer("srv5", "acme")
@@ -367,6 +372,7 @@ func TestKillAgentMidWrite(t *testing.T) {
 // silence timeout the deployment turns error, saying the agent stopped
 // reporting.
 func TestAgentKilledForGood(t *testing.T) {
+	t.Parallel()
 	a := newAPI(t, "--agent-timeout", "3s")
 	c := a.addCustomer("acme")
 	tok := a.addServer("srv6", "acme")
@@ -394,6 +400,7 @@ func TestAgentKilledForGood(t *testing.T) {
 // TestAPIRefusals: another customer's server is 404 for go-ovh, with OVH's
 // error shape.
 func TestAPIRefusals(t *testing.T) {
+	t.Parallel()
 	a := newAPI(t)
 	c := a.addCustomer("acme")
 	other := a.addCustomer("globex")

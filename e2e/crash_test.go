@@ -19,6 +19,7 @@ import (
 // the image streams, while the tables are committed); each time the disk
 // shows nothing, the old system whole, or the complete new one.
 func TestKill9Deploy(t *testing.T) {
+	t.Parallel()
 	build(t)
 	testutil.RequireCommand(t, "sfdisk", "blkid", "sgdisk")
 	const size = 64 * mib

@@ -150,6 +150,7 @@ func cacheAPI(t *testing.T, cacheDir string) (*api, string) {
 // image through one byoi-api with --image-cache: the origin sends it once,
 // every disk ends byte-identical, and /metrics says so.
 func TestImageCacheAgents(t *testing.T) {
+	t.Parallel()
 	o := newCountingOrigin(t, 48*mib, 15*time.Millisecond)
 	a, metricsURL := cacheAPI(t, t.TempDir())
 	c := a.addCustomer("acme")
@@ -244,6 +245,7 @@ func agentsOut(ps []*proc) []string {
 // request to the origin), the agents resume from it, and every disk ends
 // byte-identical. The origin sent less than twice the image.
 func TestImageCacheKillAPI(t *testing.T) {
+	t.Parallel()
 	o := newCountingOrigin(t, 112*mib, 20*time.Millisecond) // ~9 s for the whole image
 	dir := t.TempDir()
 	a, _ := cacheAPI(t, dir)
@@ -299,6 +301,7 @@ func TestImageCacheKillAPI(t *testing.T) {
 // origin sends the image at most once per instance (here exactly twice),
 // and every disk ends byte-identical.
 func TestImageCacheTwoInstances(t *testing.T) {
+	t.Parallel()
 	build(t)
 	dsn := pgtest.DSN(t)
 	o := newCountingOrigin(t, 40*mib, 10*time.Millisecond)

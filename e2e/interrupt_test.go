@@ -31,6 +31,7 @@ func waitOutput(t *testing.T, p *proc, sub string) {
 // deployment was interrupted and in which step, and nothing reads as a
 // download error.
 func TestSIGTERMDeployDuringDownload(t *testing.T) {
+	t.Parallel()
 	build(t)
 	img := serveImage(t, 40*mib, false, "")
 	img.delay = 25 * time.Millisecond
@@ -60,6 +61,7 @@ func TestSIGTERMDeployDuringDownload(t *testing.T) {
 // customer reads through OVH's API, says the deployment was interrupted
 // in its download step, not that the download failed.
 func TestSIGTERMAgentDuringDownload(t *testing.T) {
+	t.Parallel()
 	a := newAPI(t)
 	c := a.addCustomer("acme")
 	tok := a.addServer("srv12", "acme")

@@ -198,6 +198,7 @@ func (a *tlsAPI) node(t *testing.T, modules, script string, env []string, line f
 }
 
 func TestNodeOVHClient(t *testing.T) {
+	t.Parallel()
 	modules := nodeOVH(t)
 	facts := filepath.Join(t.TempDir(), "facts.json")
 	if err := os.WriteFile(facts, []byte(`{"defaults":{"datacenter":"gra3"},"servers":{"srv1":{"ip":"192.0.2.10"}}}`), 0o644); err != nil {
@@ -275,6 +276,7 @@ func TestNodeOVHClient(t *testing.T) {
 // TestNodeREADMESnippet runs the README's Node.js snippet, with its host,
 // port, server and image replaced by the test's.
 func TestNodeREADMESnippet(t *testing.T) {
+	t.Parallel()
 	modules := nodeOVH(t)
 	readme, err := os.ReadFile("../README.md")
 	if err != nil {
