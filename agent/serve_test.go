@@ -34,6 +34,7 @@ type fakePlane struct {
 	token       string
 	bootedURL   string // the assignment's (issue 25)
 	logs        []agentapi.LogTails
+	boots       []agentapi.BootInfo // the boot information posted before the reboot
 }
 
 func (f *fakePlane) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -65,6 +66,16 @@ func (f *fakePlane) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		f.logs = append(f.logs, l)
+		w.WriteHeader(http.StatusNoContent)
+	case r.URL.Path == agentapi.BootPath("s1"):
+		// Without this the agent retries its post 5 times (15 s) and
+		// reboots anyway.
+		var b agentapi.BootInfo
+		if err := json.NewDecoder(r.Body).Decode(&b); err != nil || b.Validate() != nil {
+			http.Error(w, "bad boot information", 400)
+			return
+		}
+		f.boots = append(f.boots, b)
 		w.WriteHeader(http.StatusNoContent)
 	case r.URL.Path == agentapi.AttemptsPath("s1", 7):
 		f.attempts++
@@ -166,6 +177,9 @@ func TestServeReportsAndRebootsAfterAck(t *testing.T) {
 	defer f.mu.Unlock()
 	if f.refused == 0 {
 		t.Error("the control plane never refused: the test did not test the queue")
+	}
+	if len(f.boots) != 1 || f.boots[0].DeploymentID != 7 {
+		t.Errorf("boot information posted before the reboot: %+v, want one for deployment 7", f.boots)
 	}
 	steps := map[job.Step]bool{}
 	for _, e := range f.events {
