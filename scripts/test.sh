@@ -49,7 +49,9 @@ if [ -z "${BYOI_TEST_PG_DSN:-}" ]; then
 else
   trap stop_prep EXIT
 fi
-phase "go test" go test -count=1 -timeout 20m ./...
+# -parallel 4: the end-to-end tests mostly wait (slowed servers, heartbeats,
+# kills), so four at a time on 2 cores.
+phase "go test" go test -count=1 -parallel 4 -timeout 20m ./...
 if [ "${BYOI_SKIP_BOOT:-0}" != 1 ]; then
   for p in "${PREP_PIDS[@]}"; do
     wait "$p" || echo "== a background build failed (the check that needs it builds again and shows why): $PREP_LOG"
