@@ -142,3 +142,40 @@ func testFinishTasksFleet(t *testing.T, s [2]store.Store) {
 		t.Fatalf("%d tasks ended, want 5", total)
 	}
 }
+
+// testRebootTaskFleet: ten reboot requests for one server at once, on two
+// instances: one task is created, the other nine are refused naming it.
+func testRebootTaskFleet(t *testing.T, s [2]store.Store) {
+	a := server(t, s[0], "acme", "ns1")
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var made []int64
+	var refused []int64
+	for i := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tk, err := s[i%2].CreateTask(ctx, store.Task{ServerID: a.ID, Function: store.FunctionHardReboot, Status: store.TaskTodo, StartDate: t0})
+			var tr *store.TaskRunningError
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				made = append(made, tk.ID)
+			case errors.As(err, &tr):
+				refused = append(refused, tr.Task.ID)
+			default:
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if len(made) != 1 || len(refused) != 9 {
+		t.Fatalf("%d created, %d refused; want 1 and 9", len(made), len(refused))
+	}
+	for _, id := range refused {
+		if id != made[0] {
+			t.Fatalf("a refusal names task %d, the open one is %d", id, made[0])
+		}
+	}
+}
