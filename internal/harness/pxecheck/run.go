@@ -215,23 +215,26 @@ func (r *fwRun) waitBMCBoot(ctx context.Context, mark int, want powerWant, t0 ti
 		return "", fmt.Errorf("byoi-api did not power the server on through its BMC within 90 s (the BMC's record: %s): %w", bmcEvents(sim, mark, t0), err)
 	}
 	ev := sim.Events()[mark : i+1]
-	setPXE, off := false, false
+	setPXE, boots, offs := false, 0, 0
 	for _, e := range ev {
 		switch {
-		case e.Kind == "boot device" && e.Boot == "pxe":
-			setPXE = true
+		case e.Kind == "boot device":
+			boots++
+			setPXE = setPXE || e.Boot == "pxe"
 		case e.Kind == "power off" && setPXE:
-			off = true
+			offs++
 		}
 	}
 	rec := bmcEvents(sim, mark, t0)
 	switch {
-	case on.Kind != "power on" || on.Boot != "pxe" || !setPXE:
-		return "", fmt.Errorf("the BMC's record: %s; want the boot device pxe set, then a power on that consumes it", rec)
-	case want == powerOn && off:
+	case on.Kind != "power on" || on.Boot != "pxe" || !setPXE || boots != 1:
+		return "", fmt.Errorf("the BMC's record: %s; want the boot device pxe set once, then a power on that consumes it", rec)
+	case want == powerOn && offs != 0:
 		return "", fmt.Errorf("the BMC's record: %s; the server was off: want a power on, not a cycle", rec)
-	case want == powerCycle && !off:
-		return "", fmt.Errorf("the BMC's record: %s; the server was on: want a power cycle (off, then on)", rec)
+	case want == powerCycle && offs != 1:
+		// More than one power off: the BMC executed the cycle again (a
+		// retransmitted command).
+		return "", fmt.Errorf("the BMC's record: %s; the server was on: want one power cycle (one off, then on)", rec)
 	}
 	// The judge: the power is on and no override is left for the next
 	// boot (ipmi_sim answers boot flags from the simulator's pending
