@@ -194,7 +194,7 @@ func (m *Machine) Running() bool {
 
 // Exited is how QEMU ended, for a report.
 func (m *Machine) Exited() error {
-	if m.qemu == nil {
+	if m.powered != nil || m.qemu == nil { // a launcher's QEMU: its own log says
 		return nil
 	}
 	return m.qemu.Err()
@@ -209,7 +209,11 @@ func (m *Machine) Consoles() []string {
 }
 
 // QEMULog is the current boot's QEMU output.
-func (m *Machine) QEMULog() string { return filepath.Join(m.Dir, fmt.Sprintf("qemu-%d.log", m.boots)) }
+func (m *Machine) QEMULog() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return filepath.Join(m.Dir, fmt.Sprintf("qemu-%d.log", m.boots))
+}
 
 // ConsoleSize is where the current console is now: a mark for waits.
 func (m *Machine) ConsoleSize() int64 { return FileSize(m.current()) }

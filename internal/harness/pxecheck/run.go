@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
@@ -43,6 +44,7 @@ func (r *fwRun) why(step string, err error) {
 	fmt.Fprintf(&b, "  [%s] byoi-api's warnings and errors (last 12):\n%s\n", r.fw, harness.GrepTail(r.e.apiLog, regexp.MustCompile(`level=(WARN|ERROR)`), 12))
 	if r.vm != nil && r.vm.bmc != nil {
 		fmt.Fprintf(&b, "  [%s] the BMC's record (ipmi_sim, since byoi-api started): %s\n", r.fw, bmcEvents(r.vm.bmc, 0, r.e.started))
+		fmt.Fprintf(&b, "  [%s] QEMU's own output (the BMC starts it; last 10 lines):\n%s\n", r.fw, harness.TailFile(filepath.Join(r.vm.Dir, "bmc", "machine.log"), 10))
 		if out, err := r.vm.bmc.Ipmitool(context.Background(), "chassis", "power", "status"); err == nil {
 			fmt.Fprintf(&b, "  [%s] ipmitool: %s\n", r.fw, strings.TrimSpace(out))
 		} else {
