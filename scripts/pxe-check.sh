@@ -2,7 +2,9 @@
 # The whole flow on simulated bare-metal servers: network boot into rescue, deploy, reboot
 # to disk, back to rescue. A QEMU (TCG) machine per firmware, SeaBIOS and OVMF, in parallel,
 # shaped like a server: three NVMe disks (two 6 GiB: disk group 1; one 4 GiB: group 2), a
-# virtio NIC whose option ROM is QEMU's iPXE, the network first; byoi-api on 127.0.0.1, the
+# virtio NIC whose option ROM is QEMU's iPXE, the network first, and a BMC (OpenIPMI's ipmi_sim,
+# IPMI lanplus on 127.0.0.1) that starts and stops the machine's QEMU: byoi-api powers the
+# servers through it, the harness never does (ipmitool judges); byoi-api on 127.0.0.1, the
 # customer OVH's Go client (go-ovh). The steps and their checks are named in
 # internal/harness/pxecheck (its package comment); the QEMU machines, consoles and reports
 # are internal/harness's.
@@ -11,7 +13,7 @@
 #   --keep   keep the work directory (consoles, byoi-api's log, disks) for inspection
 # Exit status: 0 every check passed; 1 a check failed; 2 setup error.
 # Needs root (the rescue and test image builders), go, qemu-system-x86, ovmf, ipxe-qemu,
-# qemu-utils, gdisk, mtools, openssh-client (scripts/install-test-deps.sh).
+# qemu-utils, gdisk, mtools, openssh-client, openipmi, ipmitool (scripts/install-test-deps.sh).
 # Network: byoi-api and the image server listen on 127.0.0.1 only; QEMU uses -netdev user.
 set -euo pipefail
 REPO=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
@@ -25,7 +27,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "FAIL setup: must run as root (the rescue and test image builders need it)"; exit 2; }
-for t in go qemu-system-x86_64 qemu-img sgdisk mdeltree mdir ssh ssh-keygen; do
+for t in go qemu-system-x86_64 qemu-img sgdisk mdeltree mdir ssh ssh-keygen ipmi_sim ipmitool; do
   command -v "$t" >/dev/null || { echo "FAIL setup: missing tool $t (scripts/install-test-deps.sh)"; exit 2; }
 done
 for f in /usr/share/OVMF/OVMF_CODE_4M.fd /usr/share/OVMF/OVMF_VARS_4M.fd /usr/lib/ipxe/qemu/efi-virtio.rom; do

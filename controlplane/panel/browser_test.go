@@ -509,7 +509,7 @@ func TestBrowserDeploy(t *testing.T) {
 		t.Fatalf("message on the page %q, want %q", got, want)
 	}
 	waitFor(t, ctx, "the step's error", `[...document.querySelectorAll('#steps .step-error')].some(e => e.textContent === `+jsString(want)+`)`, 5*time.Second)
-	waitFor(t, ctx, "the history", `document.querySelectorAll('#history-body tr').length === 2 && document.querySelector('#history-body .history-message').textContent === `+jsString(want), 10*time.Second)
+	waitFor(t, ctx, "the history", `document.querySelectorAll('#history-body tr.history-row').length === 2 && document.querySelector('#history-body .history-message').textContent === `+jsString(want), 10*time.Second)
 	if eval[int](t, ctx, `window.__sameDocument || 0`) != 1 {
 		t.Fatal("the page was reloaded")
 	}

@@ -1,12 +1,14 @@
 package panel_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/byoi/byoi/agentapi"
 	"github.com/byoi/byoi/job"
 )
 
@@ -81,13 +83,84 @@ func TestBrowserHostile(t *testing.T) {
 	msg := job.Text(job.Internal, pwn+` "quotes" 'single' ünïcødé ✓ </td></tr><tr><td>`)
 	a.send(a.event("error", job.StepWrite, job.KindInfo, job.Internal, msg, 0, 0))
 	waitFor(t, ctx, "the agent's message", `document.getElementById('status-message').textContent === `+jsString(msg), 10*time.Second)
-	waitFor(t, ctx, "the history", `document.querySelectorAll('#history-body tr').length === 2 && document.querySelector('#history-body .history-message').textContent === `+jsString(msg), 10*time.Second)
+	waitFor(t, ctx, "the history", `document.querySelectorAll('#history-body tr.history-row').length === 2 && document.querySelector('#history-body .history-message').textContent === `+jsString(msg), 10*time.Second)
 	if !eval[bool](t, ctx, noInjection) {
 		t.Fatal("something was injected into the page")
 	}
-	if n := eval[int](t, ctx, `document.querySelectorAll('#history-body td').length`); n != 14 {
+	if n := eval[int](t, ctx, `document.querySelectorAll('#history-body tr.history-row td').length`); n != 14 {
 		t.Fatalf("the history table has %d cells, want 14: markup in a message made cells", n)
 	}
+	if n := eval[int](t, ctx, `document.querySelectorAll('#history-body tr.history-logs').length`); n != 2 {
+		t.Fatalf("%d log rows under the two failed deployments, want 2", n)
+	}
+}
+
+// TestBrowserFailureLogs: a failed deployment's log tails (issue 25) open
+// under it in the history: the kernel's and the agent's, as text (markup
+// stays characters, nothing injected), the kernel command line's token
+// gone (byoi-api redacts what the agent sent), at most the last 200 lines
+// of each; a failure without logs says so.
+func TestBrowserFailureLogs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("browser test")
+	}
+	e := newEnv(t)
+	tok := e.customer("acme")
+	a := e.server("ns1", "acme")
+	a.inventory(inventory)
+	ctx := newBrowser(t)
+	signInBrowser(t, ctx, e, tok)
+	openServerPage(t, ctx, e, "ns1", 2)
+	const pwn = `<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script><b>bold</b>`
+	const leaked = "byoi_ag_0123456789abcdef0123456789abcdef"
+	e.secret(leaked)
+	post := func() {
+		setField(t, ctx, "#f-imageURL", "http://127.0.0.1:9/img.qcow2")
+		do(t, ctx, chromedp.Click(chromedp.ID("install-submit")))
+		waitFor(t, ctx, "the deployment", `document.getElementById('status-badge').textContent === 'doing'`, 10*time.Second)
+		a.pickUp()
+	}
+	// The first failure: no logs sent.
+	post()
+	a.send(a.event("error", job.StepDownload, job.KindInfo, job.DownloadFailed, job.Text(job.DownloadFailed, "http://127.0.0.1:9/img.qcow2"), 0, 0))
+	waitFor(t, ctx, "the error", `document.getElementById('status-badge').textContent === 'error'`, 10*time.Second)
+	// The second: 250 kernel lines, the command line with the token, hostile markup.
+	do(t, ctx, chromedp.Click(chromedp.ID("install-submit")))
+	waitFor(t, ctx, "the second deployment", `document.getElementById('status-badge').textContent === 'doing'`, 10*time.Second)
+	a.pickUp()
+	var kernel strings.Builder
+	fmt.Fprintf(&kernel, "[    0.000000] Kernel command line: console=ttyS0 byoi.server=ns1 byoi.token=%s quiet\n", leaked)
+	for i := 1; i <= 250; i++ {
+		fmt.Fprintf(&kernel, "[ %4d.000000] line %d\n", i, i)
+	}
+	kernel.WriteString("[  251.000000] nvme0: " + pwn + "\n")
+	agentLog := "agent: writing the disk\nagent: " + pwn + " failed\n"
+	if st := a.do("POST", agentapi.LogsPath(a.server, a.depl), agentapi.LogTails{Attempt: a.att, Kernel: kernel.String(), Agent: agentLog}, nil); st != 204 {
+		t.Fatalf("logs: %d", st)
+	}
+	a.send(a.event("error", job.StepWrite, job.KindInfo, job.Internal, job.Text(job.Internal, "the disk write failed"), 0, 0))
+	waitFor(t, ctx, "the history", `document.querySelectorAll('#history-body tr.history-logs').length === 2`, 10*time.Second)
+	// The newest failure is first: open its logs.
+	eval[bool](t, ctx, `(document.querySelectorAll('#history-body tr.history-logs summary')[0].click(), true)`)
+	waitFor(t, ctx, "the kernel log", `document.querySelector('#history-body pre.log-kernel') !== null`, 10*time.Second)
+	kern := eval[string](t, ctx, `document.querySelector('#history-body pre.log-kernel').textContent`)
+	ag := eval[string](t, ctx, `document.querySelector('#history-body pre.log-agent').textContent`)
+	lines := strings.Split(strings.TrimRight(kern, "\n"), "\n")
+	if len(lines) != 200 || !strings.HasSuffix(kern, "nvme0: "+pwn+"\n") || !strings.HasPrefix(lines[0], "[   52.000000] line 52") {
+		t.Errorf("the kernel log shows %d lines (want the last 200), first %q, last %q", len(lines), lines[0], lines[len(lines)-1])
+	}
+	if ag != agentLog {
+		t.Errorf("the agent log shows %q, want %q", ag, agentLog)
+	}
+	if strings.Contains(eval[string](t, ctx, `document.body.innerText`), leaked) {
+		t.Error("the token shows on the page")
+	}
+	if !eval[bool](t, ctx, noInjection) {
+		t.Fatal("something was injected into the page")
+	}
+	// The first failure sent none.
+	eval[bool](t, ctx, `(document.querySelectorAll('#history-body tr.history-logs summary')[1].click(), true)`)
+	waitFor(t, ctx, "no logs", `[...document.querySelectorAll('#history-body .logs-body p.empty')].some(p => p.textContent === 'The agent sent no logs for this deployment.')`, 10*time.Second)
 }
 
 // TestBrowserRescueAndSignOut: "Back to rescue" asks first (cancel changes

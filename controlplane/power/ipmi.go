@@ -149,11 +149,25 @@ func (d *IPMI) Off(ctx context.Context) error {
 }
 
 // Cycle sends Chassis Control "power cycle". Once the command may have
-// reached the BMC it is not sent again by a new attempt: two cycles would
-// reboot the server twice.
+// reached the BMC it is not sent again, neither by a new attempt nor as a
+// retransmitted datagram: two cycles would reboot the server twice, and
+// IPMI leaves the detection of a repeated request to the BMC (ipmi_sim
+// has none, and answers only once the power is down, which takes seconds).
+// The command's datagram is sent once and its answer awaited for as long
+// as the retransmissions would have taken, and at least cycleWaits
+// datagram timeouts (5 s by default; the login before it is retried as
+// usual, and OpTimeout bounds the whole).
 func (d *IPMI) Cycle(ctx context.Context) error {
-	return d.control(ctx, OpCycle, chassis.ChassisControlPowerCycle, false)
+	return d.do(ctx, OpCycle, false, func(ctx context.Context, c *client.Client) error {
+		c.WithRetry(0).WithTimeout(time.Duration(max(d.o.Retries+1, cycleWaits)) * d.o.Timeout)
+		_, err := c.ChassisControl(ctx, chassis.ChassisControlPowerCycle)
+		return err
+	})
 }
+
+// cycleWaits is the least a power cycle's answer is waited for, in
+// datagram timeouts.
+const cycleWaits = 5
 
 func (d *IPMI) control(ctx context.Context, op Op, cc chassis.ChassisControl, idempotent bool) error {
 	return d.do(ctx, op, idempotent, func(ctx context.Context, c *client.Client) error {

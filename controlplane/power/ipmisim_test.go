@@ -218,3 +218,45 @@ func TestIPMISimWrongPassword(t *testing.T) {
 		t.Errorf("after the refusals: %v", err)
 	}
 }
+
+// TestIPMISimSlowCycleOnce: a BMC that answers the power cycle only once
+// the power is down (ipmi_sim waits for its chassis program; here the
+// machine takes 2 s to stop, as a QEMU or a real server may) gets the
+// command once: a retransmitted Chassis Control would be executed again
+// (IPMI leaves duplicate detection to the BMC, and ipmi_sim has none),
+// and a second cycle could reboot the server twice.
+func TestIPMISimSlowCycleOnce(t *testing.T) {
+	ipmisim.RequireIpmitool(t)
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "boots")
+	s := ipmisim.Start(t, ipmisim.Config{Dir: dir, PoweredOn: true, StopGrace: 5 * time.Second,
+		Command: []string{"/bin/sh", "-c", "echo $$ >> " + marker + "; trap 'sleep 2; exit 0' TERM; while :; do sleep 1 & wait $!; done"}})
+	d := simDriver(t, s, s.Password())
+	ctx := t.Context()
+	bootCount(t, marker, 1)
+	n := len(s.Events())
+	start := time.Now()
+	if err := d.Cycle(ctx); err != nil {
+		t.Fatalf("Cycle: %v (after %v)", err, time.Since(start))
+	}
+	took := time.Since(start)
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if _, _, err := s.WaitEvent(wctx, n, func(e ipmisim.Event) bool { return e.Kind == "power on" }); err != nil {
+		t.Fatalf("no power on after Cycle: %v %v", err, s.Events()[n:])
+	}
+	time.Sleep(3 * time.Second) // a repeated cycle would show by now
+	offs, ons := 0, 0
+	for _, e := range s.Events()[n:] {
+		switch e.Kind {
+		case "power off":
+			offs++
+		case "power on":
+			ons++
+		}
+	}
+	if offs != 1 || ons != 1 || bootCount(t, marker) != 2 {
+		t.Errorf("the BMC executed %d power offs and %d power ons, the machine started %d times; want one cycle: %+v", offs, ons, bootCount(t, marker), s.Events()[n:])
+	}
+	t.Logf("the cycle was answered after %v", took)
+}

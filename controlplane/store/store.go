@@ -481,7 +481,9 @@ type Store interface {
 	Tasks(ctx context.Context, serverID int64, function, status string) ([]int64, error)
 	// CreateTask creates a task of no deployment (t.DeploymentID is
 	// ignored: 0), e.g. a reboot request's, with t's function, status and
-	// StartDate (also its LastUpdate); it returns it with its id.
+	// StartDate (also its LastUpdate); it returns it with its id. A
+	// hardReboot while another of the server's is still init, todo or
+	// doing is refused with *TaskRunningError (naming that one).
 	CreateTask(ctx context.Context, t Task) (Task, error)
 	// FinishTasks ends the server's tasks of function that are still
 	// init, todo or doing and started before now: status done, done at

@@ -4,12 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
-	"strings"
+	"sync"
 	"time"
 )
 
@@ -75,6 +73,11 @@ type Machine struct {
 	boots    int
 	console  string
 	consoles []string
+	// mu guards boots, console and consoles when another program powers
+	// the machine (PoweredBy, launch.go): its boots are prepared on that
+	// program's goroutine.
+	mu      sync.Mutex
+	powered func() bool
 }
 
 // PrepareUEFIVars gives a UEFI machine its own copy of OVMF's variables
@@ -152,25 +155,11 @@ func (m *Machine) Args(console string) []string {
 // Start starts QEMU; the console goes to a new file (console-N.log), the
 // command line to qemu-N.cmd and QEMU's own output to qemu-N.log.
 func (m *Machine) Start() error {
-	m.boots++
-	m.console = filepath.Join(m.Dir, fmt.Sprintf("console-%d.log", m.boots))
-	m.consoles = append(m.consoles, m.console)
-	args := m.Args(m.console)
-	os.Remove(m.qmpPath())
-	if err := os.WriteFile(filepath.Join(m.Dir, fmt.Sprintf("qemu-%d.cmd", m.boots)), []byte("qemu-system-x86_64 "+strings.Join(args, " ")+"\n"), 0o644); err != nil {
+	argv, boot, err := m.prepare()
+	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(m.console, nil, 0o644); err != nil {
-		return err
-	}
-	name := "qemu-system-x86_64"
-	if m.HostCPU >= 0 {
-		if _, err := exec.LookPath("taskset"); err == nil {
-			args = append([]string{"-c", strconv.Itoa(m.HostCPU % runtime.NumCPU()), name}, args...)
-			name = "taskset"
-		}
-	}
-	p, err := StartProc(filepath.Join(m.Dir, fmt.Sprintf("qemu-%d.log", m.boots)), name, args...)
+	p, err := StartProc(filepath.Join(m.Dir, fmt.Sprintf("qemu-%d.log", boot)), argv[0], argv[1:]...)
 	if err != nil {
 		return err
 	}
@@ -196,41 +185,55 @@ func (m *Machine) PowerCycle() error {
 }
 
 // Running tells whether QEMU runs.
-func (m *Machine) Running() bool { return m.qemu != nil && m.qemu.Running() }
+func (m *Machine) Running() bool {
+	if m.powered != nil {
+		return m.powered()
+	}
+	return m.qemu != nil && m.qemu.Running()
+}
 
 // Exited is how QEMU ended, for a report.
 func (m *Machine) Exited() error {
-	if m.qemu == nil {
+	if m.powered != nil || m.qemu == nil { // a launcher's QEMU: its own log says
 		return nil
 	}
 	return m.qemu.Err()
 }
 
 // Console is the current boot's console file; Consoles every boot's.
-func (m *Machine) Console() string    { return m.console }
-func (m *Machine) Consoles() []string { return m.consoles }
+func (m *Machine) Console() string { return m.current() }
+func (m *Machine) Consoles() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]string(nil), m.consoles...)
+}
 
 // QEMULog is the current boot's QEMU output.
-func (m *Machine) QEMULog() string { return filepath.Join(m.Dir, fmt.Sprintf("qemu-%d.log", m.boots)) }
+func (m *Machine) QEMULog() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return filepath.Join(m.Dir, fmt.Sprintf("qemu-%d.log", m.boots))
+}
 
 // ConsoleSize is where the current console is now: a mark for waits.
-func (m *Machine) ConsoleSize() int64 { return FileSize(m.console) }
+func (m *Machine) ConsoleSize() int64 { return FileSize(m.current()) }
 
 // Tail is the current console's last n lines, for a report.
-func (m *Machine) Tail(n int) string { return TailFile(m.console, n) }
+func (m *Machine) Tail(n int) string { return TailFile(m.current(), n) }
 
 // WaitConsole waits until re matches a line of the current console after
 // mark, for at most limit, and returns the line. It fails early when QEMU
 // exited.
 func (m *Machine) WaitConsole(ctx context.Context, mark int64, re *regexp.Regexp, limit time.Duration) (string, error) {
 	deadline := time.Now().Add(limit)
+	console := m.current() // this boot's: a power cycle meanwhile makes a new one
 	for {
-		s := Searchable(m.console, mark)
+		s := Searchable(console, mark)
 		if l := re.FindString(s); l != "" {
 			return LineOf(s, l), nil
 		}
 		if !m.Running() {
-			s = Searchable(m.console, mark)
+			s = Searchable(console, mark)
 			if l := re.FindString(s); l != "" {
 				return LineOf(s, l), nil
 			}

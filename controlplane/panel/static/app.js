@@ -301,12 +301,65 @@
     const list = res.ok && Array.isArray(res.data) ? res.data : [];
     $('history-empty').hidden = list.length > 0;
     for (const d of list) {
-      const tr = el('tr');
+      const tr = el('tr', 'history-row');
       const st = el('td');
       st.appendChild(badge(d.status));
       tr.append(el('td', null, when(d.createdAt)), el('td', null, d.taskId), st, el('td', 'history-message', d.message), el('td', null, d.attempts), el('td', null, when(d.endedAt)), bootedCell(d));
       body.appendChild(tr);
+      if (d.status === 'error') body.appendChild(logsRow(name, d.deploymentId));
     }
+  }
+
+  // Log tails of a failed deployment (issue 25): the end of the kernel
+  // log and of the agent's log, as the agent sent them (redacted by the
+  // agent and again by byoi-api: no token, header value or user data).
+  // Fetched when opened; shown as text, at most logLines lines each.
+  const logLines = 200;
+  const logChars = 16384;
+
+  function tailText(text) {
+    let s = String(text || '');
+    if (s.length > logChars) s = s.slice(s.length - logChars);
+    const end = s.endsWith('\n') ? '\n' : '';
+    const lines = (end ? s.slice(0, -1) : s).split('\n');
+    if (lines.length > logLines) s = lines.slice(lines.length - logLines).join('\n') + end;
+    return s;
+  }
+
+  function logsRow(name, id) {
+    const tr = el('tr', 'history-logs');
+    const td = el('td');
+    td.colSpan = 7;
+    const det = el('details');
+    det.appendChild(el('summary', null, 'Logs of the failure (kernel and agent)'));
+    const box = el('div', 'logs-body');
+    det.appendChild(box);
+    let loaded = false;
+    det.addEventListener('toggle', async () => {
+      if (!det.open || loaded) return;
+      loaded = true;
+      box.appendChild(el('p', 'empty', 'Loading…'));
+      const res = await api('GET', serverPath(name, '/bringYourOwnImage/logs?deploymentId=' + encodeURIComponent(id)));
+      clear(box);
+      if (res.status === 404) {
+        box.appendChild(el('p', 'empty', 'The agent sent no logs for this deployment.'));
+        return;
+      }
+      if (!res.ok) {
+        loaded = false;
+        box.appendChild(el('p', 'page-error', message(res)));
+        return;
+      }
+      const l = res.data;
+      box.appendChild(el('p', 'logs-meta', 'Attempt ' + l.attempt + (l.receivedAt ? ', received ' + when(l.receivedAt) : '') + ' (last ' + logLines + ' lines of each)'));
+      for (const [title, text, cls] of [['Kernel log (dmesg)', l.kernel, 'log-kernel'], ['Agent log', l.agent, 'log-agent']]) {
+        box.appendChild(el('h3', 'logs-title', title));
+        box.appendChild(el('pre', 'log ' + cls, tailText(text) || '(empty)'));
+      }
+    });
+    td.appendChild(det);
+    tr.appendChild(td);
+    return tr;
   }
 
   // refreshStatus reads the server's current deployment; polling goes on

@@ -2,6 +2,8 @@ package sqlstore
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"time"
 
 	"github.com/byoi/byoi/controlplane/store"
@@ -39,6 +41,25 @@ func (s *Store) CreateTask(ctx context.Context, t store.Task) (store.Task, error
 	t.StartDate = Tm(Ms(t.StartDate))
 	t.LastUpdate = t.StartDate
 	err := s.Write(ctx, func(tx *Tx) error {
+		if t.Function == store.FunctionHardReboot {
+			// One open reboot task per server: the server's row lock
+			// serializes the check and the insert across instances.
+			var name string
+			if err := tx.QueryRow(`SELECT name FROM servers WHERE id = ?`+s.f.ForUpdate, t.ServerID).Scan(&name); err != nil {
+				return err
+			}
+			var open store.Task
+			var sd, lu, dd int64
+			err := tx.QueryRow(`SELECT id, server_id, deployment_id, function, status, start_date, last_update, done_date FROM tasks WHERE server_id = ? AND function = ? AND status IN ('init', 'todo', 'doing') ORDER BY id LIMIT 1`, t.ServerID, store.FunctionHardReboot).
+				Scan(&open.ID, &open.ServerID, &open.DeploymentID, &open.Function, &open.Status, &sd, &lu, &dd)
+			if err == nil {
+				open.StartDate, open.LastUpdate, open.DoneDate = Tm(sd), Tm(lu), Tm(dd)
+				return &store.TaskRunningError{Task: open, Server: name}
+			}
+			if !errors.Is(err, sql.ErrNoRows) {
+				return err
+			}
+		}
 		return tx.QueryRow(`INSERT INTO tasks (server_id, deployment_id, function, status, start_date, last_update, done_date) VALUES (?, 0, ?, ?, ?, ?, 0) RETURNING id`,
 			t.ServerID, t.Function, t.Status, Ms(t.StartDate), Ms(t.StartDate)).Scan(&t.ID)
 	})

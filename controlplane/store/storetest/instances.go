@@ -45,6 +45,7 @@ var instanceCases = []struct {
 	{"MixedLifecycle", testMixedLifecycle},
 	{"PowerClaimFleet", testPowerClaimFleet},
 	{"FinishTasksOnce", testFinishTasksFleet}, // issue 24
+	{"RebootTaskOnce", testRebootTaskFleet},
 }
 
 // testRaceCreate: 50 POSTs for one server, spread over both instances,

@@ -50,6 +50,12 @@ func testTasks(t *testing.T, s store.Store) {
 	if _, err := s.Task(ctx, b.ID, r1.ID); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("another server's task: %v", err)
 	}
+	// One open reboot task per server: a second is refused, naming the
+	// first (OVH's TaskAlreadyExists); another server's is its own.
+	var tr *store.TaskRunningError
+	if _, err := s.CreateTask(ctx, store.Task{ServerID: a.ID, Function: store.FunctionHardReboot, Status: store.TaskTodo, StartDate: t0.Add(2 * time.Second)}); !errors.As(err, &tr) || tr.Task.ID != r1.ID || tr.Task.Status != store.TaskTodo || tr.Task.Function != store.FunctionHardReboot || tr.Server != "ns1" {
+		t.Fatalf("a second open reboot task: %v (%+v)", err, tr)
+	}
 	rb := must(s.CreateTask(ctx, store.Task{ServerID: b.ID, Function: store.FunctionHardReboot, Status: store.TaskTodo, StartDate: t0}))
 	for _, tt := range []struct {
 		function, status string
@@ -96,6 +102,10 @@ func testTasks(t *testing.T, s store.Store) {
 	if got := must(s.Tasks(ctx, a.ID, "", store.TaskDone)); !slices.Equal(got, []int64{reinstall.ID, r1.ID}) {
 		t.Fatalf("done tasks %v", got)
 	}
+	// Once it ended, the next reboot request is a new task.
+	if r2 := must(s.CreateTask(ctx, store.Task{ServerID: a.ID, Function: store.FunctionHardReboot, Status: store.TaskTodo, StartDate: done.Add(time.Second)})); r2.ID == r1.ID {
+		t.Fatalf("the new reboot task is the old one: %+v", r2)
+	}
 	if _, err := s.CreateTask(ctx, store.Task{ServerID: 999999, Function: store.FunctionHardReboot, Status: store.TaskTodo, StartDate: t0}); err == nil {
 		t.Fatal("a task of no server was created")
 	}
@@ -105,27 +115,67 @@ func testTasks(t *testing.T, s store.Store) {
 // task once.
 func testFinishTasksFleet(t *testing.T, s [2]store.Store) {
 	a := server(t, s[0], "acme", "ns1")
-	for range 5 {
-		must(s[1].CreateTask(ctx, store.Task{ServerID: a.ID, Function: store.FunctionHardReboot, Status: store.TaskTodo, StartDate: t0}))
+	// Five reboot requests one after the other (one is open at a time),
+	// each seen by ten racers on the two instances.
+	total := 0
+	for r := range 5 {
+		start := t0.Add(time.Duration(r) * time.Minute)
+		must(s[1].CreateTask(ctx, store.Task{ServerID: a.ID, Function: store.FunctionHardReboot, Status: store.TaskTodo, StartDate: start}))
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		for i := range 10 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				n, err := s[i%2].FinishTasks(ctx, a.ID, store.FunctionHardReboot, start.Add(time.Second))
+				if err != nil {
+					t.Error(err)
+				}
+				mu.Lock()
+				total += n
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
 	}
+	if total != 5 {
+		t.Fatalf("%d tasks ended, want 5", total)
+	}
+}
+
+// testRebootTaskFleet: ten reboot requests for one server at once, on two
+// instances: one task is created, the other nine are refused naming it.
+func testRebootTaskFleet(t *testing.T, s [2]store.Store) {
+	a := server(t, s[0], "acme", "ns1")
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	total := 0
+	var made []int64
+	var refused []int64
 	for i := range 10 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			n, err := s[i%2].FinishTasks(ctx, a.ID, store.FunctionHardReboot, t0.Add(time.Minute))
-			if err != nil {
+			tk, err := s[i%2].CreateTask(ctx, store.Task{ServerID: a.ID, Function: store.FunctionHardReboot, Status: store.TaskTodo, StartDate: t0})
+			var tr *store.TaskRunningError
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				made = append(made, tk.ID)
+			case errors.As(err, &tr):
+				refused = append(refused, tr.Task.ID)
+			default:
 				t.Error(err)
 			}
-			mu.Lock()
-			total += n
-			mu.Unlock()
 		}()
 	}
 	wg.Wait()
-	if total != 5 {
-		t.Fatalf("%d tasks ended, want 5", total)
+	if len(made) != 1 || len(refused) != 9 {
+		t.Fatalf("%d created, %d refused; want 1 and 9", len(made), len(refused))
+	}
+	for _, id := range refused {
+		if id != made[0] {
+			t.Fatalf("a refusal names task %d, the open one is %d", id, made[0])
+		}
 	}
 }

@@ -1,10 +1,15 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/byoi/byoi/internal/harness"
+	"github.com/byoi/byoi/internal/ipmisim"
 )
 
 // disk is one NVMe disk of the machine: a sparse file.
@@ -16,11 +21,13 @@ type disk struct {
 	digest       string // content digest before the run (group 1's disks)
 }
 
-// server is one simulated server: its QEMU machine and its disks.
+// server is one simulated server: its QEMU machine, its disks and its
+// BMC.
 type server struct {
 	*harness.Machine
 	sshPort int
 	disks   []*disk
+	bmc     *ipmisim.Sim
 }
 
 // newServer shapes the machine. The disks, in PCI order: group 1 (two
@@ -79,4 +86,59 @@ func newServer(dir, fw, mac, bootURL string) (*server, error) {
 	}
 	s.Machine = m
 	return s, nil
+}
+
+// startBMC gives the server its BMC: OpenIPMI's ipmi_sim serving IPMI
+// lanplus on 127.0.0.1 (internal/ipmisim), which starts the machine's QEMU
+// on power on and stops it on power off (a cycle is off, then on a second
+// later), and records every boot device set through it. QEMU gets the
+// BMC as the guest's KCS interface (ipmi-bmc-extern on a socket to
+// ipmi_sim, isa-ipmi-kcs). A reboot inside the guest (the agent's at the
+// end of a deployment) is QEMU's reset: the machine is not started with
+// -no-reboot, so the same QEMU process keeps running under the same BMC.
+// The BMC starts powered off.
+func (s *server) startBMC(ctx context.Context, dir string) error {
+	if s.NoReboot {
+		return fmt.Errorf("a machine powered by its BMC must reset on a guest reboot, not exit (-no-reboot)")
+	}
+	bdir := filepath.Join(dir, "bmc")
+	if err := os.MkdirAll(bdir, 0o700); err != nil {
+		return err
+	}
+	sim, err := ipmisim.New(ctx, ipmisim.Config{
+		Dir: bdir, Mode: ipmisim.ModeChassisControl, StopGrace: 3 * time.Second,
+		CommandFor: func(b *ipmisim.Sim) []string {
+			argv, err := s.Command()
+			if err != nil {
+				log.Say("[%s] BMC: cannot prepare the machine's boot: %v", s.Name, err)
+				return nil // ipmi_sim answers the power on with an error
+			}
+			return append(argv, b.QEMUArgs("")...)
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("the BMC (ipmi_sim): %w", err)
+	}
+	s.bmc = sim
+	return nil
+}
+
+// bmcEvents is the BMC's record after mark, for a report.
+func bmcEvents(sim *ipmisim.Sim, mark int, t0 time.Time) string {
+	ev := sim.Events()
+	if mark > len(ev) {
+		mark = len(ev)
+	}
+	var parts []string
+	for _, e := range ev[mark:] {
+		p := fmt.Sprintf("+%.0fs %s", e.Time.Sub(t0).Seconds(), e.Kind)
+		if e.Boot != "" {
+			p += " (" + e.Boot + ")"
+		}
+		parts = append(parts, p)
+	}
+	if len(parts) == 0 {
+		return "nothing"
+	}
+	return strings.Join(parts, ", ")
 }

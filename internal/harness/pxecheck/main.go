@@ -10,27 +10,59 @@
 // http://10.0.2.2:PORT/boot/boot.ipxe, and 10.0.2.2 is the host's
 // 127.0.0.1, where byoi-api and the image server listen.
 //
+// Each server has a BMC: OpenIPMI's ipmi_sim (internal/ipmisim) serving
+// IPMI lanplus on 127.0.0.1, which starts the machine's QEMU on power on
+// and stops it on power off (QEMU gets the BMC as the guest's KCS
+// interface: ipmi-bmc-extern + isa-ipmi-kcs). The operator registers the
+// server with byoi-api's CLI (server add --mac ... --bmc
+// ipmi://admin@127.0.0.1:PORT, the password from a file). Apart from
+// OVMF's seeding boot (the server's manufacturing, before the BMC takes
+// over), the harness never powers a machine: every boot into rescue and
+// every reboot after DELETE or a reboot request is byoi-api's, through the
+// BMC; the agent's reboot to the disk is the guest's own (QEMU's reset,
+// the same process). ipmitool -I lanplus is the independent judge of the
+// power and of the boot override, with the simulator's record of what it
+// was asked.
+//
 // The customer's side is OVH's Go client (go-ovh) against byoi-api. The
 // steps (each wait bounded; run.go):
 //
-//	both: rescue          the machine network-boots into rescue; its agent posts
-//	                      the inventory; specifications/hardware shows both groups
-//	      reinstall       POST reinstall (byoi_64, the Debian test image,
-//	                      diskGroupId 2); the task and install/status reach done
-//	      boots-disk      the agent reboots the machine, which network-boots, is
-//	                      sent to its disk (BIOS: bootsel finds it by its GPT disk
-//	                      GUID; UEFI: iPXE exits to the agent's boot entry) and
-//	                      boots the image: cloud-init applies the ConfigDrive, SSH
-//	                      with the key works, root and config-2 on group 2's disk
-//	uefi: delete-rescue   DELETE the deployment, power cycle: rescue, the agent
-//	                      waits for a job
+//	uefi: seed            OVMF's first boot with bootindex=1 on the NIC only,
+//	                      until iPXE: BootOrder has the network first (the
+//	                      harness's only power action, before the BMC)
+//	both: power-off       the server is off: ipmitool and powerState agree
+//	      rescue          POST reinstall (byoi_64, the Debian test image,
+//	                      diskGroupId 2): byoi-api sets the one-time boot
+//	                      device PXE and powers the server on through its BMC
+//	                      (the BMC's record; ipmitool: on, no override left);
+//	                      it network-boots into rescue; its agent posts the
+//	                      inventory; specifications/hardware shows both groups
+//	      reinstall       the task and install/status reach done
+//	      boots-disk      the agent reboots the machine (QEMU's reset: the BMC
+//	                      does nothing), which network-boots, is sent to its
+//	                      disk (BIOS: bootsel finds it by its GPT disk GUID;
+//	                      UEFI: iPXE exits to the agent's boot entry) and boots
+//	                      the image: cloud-init applies the ConfigDrive, SSH
+//	                      with the key works, root and config-2 on group 2's
+//	                      disk
+//	      booted          cloud-init phones home through the ConfigDrive's
+//	                      vendor_data.json to byoi-api (10.0.2.2): the history
+//	                      shows the deployment booted, with the time from done
+//	uefi: delete-rescue   DELETE the deployment: byoi-api power-cycles the
+//	                      server through its BMC (PXE once), once: rescue, the
+//	                      agent waits for a job; ipmitool and powerState: on
 //	      efi-loader-path an image whose ESP has no \EFI\BOOT\BOOTX64.EFI, with
-//	                      efiBootloaderPath \EFI\debian\grubx64.efi: it boots
-//	                      through the agent's boot entry
-//	bios: put-rescue      PUT bootId 2, power cycle: rescue, the agent waits
-//	      wrong-checksum  customerError with OVH's message, no reboot, rescue
+//	                      efiBootloaderPath \EFI\debian\grubx64.efi: picked up
+//	                      by the waiting agent without a power action; it boots
+//	                      through the agent's boot entry and phones home
+//	bios: put-rescue      PUT bootId 2 (only the next boot), then POST /reboot
+//	                      (go-ovh, Terraform's order): one power cycle through
+//	                      the BMC, the hardReboot task done: rescue, the agent
+//	                      waits; ipmitool and powerState: on
+//	      wrong-checksum  customerError with OVH's message, no reboot and no
+//	                      BMC action, rescue
 //	end:  group 1's disks unchanged; no agent token on any console or in
-//	      byoi-api's log
+//	      byoi-api's log, nor a BMC password or a phone-home token
 package main
 
 import (
@@ -165,21 +197,29 @@ type env struct {
 	customer credential
 	key      harness.Key
 	started  time.Time
-	sha      map[string]string // image name -> sha256
+	sha      map[string]string  // image name -> sha256
+	servers  map[string]*server // firmware -> its server (machine, disks, BMC)
 }
 
 type credential struct{ ApplicationKey, ApplicationSecret, ConsumerKey string }
 
 func setup(ctx context.Context, c config) (*env, error) {
-	e := &env{c: c, sha: map[string]string{}}
+	e := &env{c: c, sha: map[string]string{}, servers: map[string]*server{}}
 	t0 := time.Now()
+	apiPort, err := harness.FreePort()
+	if err != nil {
+		return e, err
+	}
+	e.apiURL = fmt.Sprintf("http://127.0.0.1:%d", apiPort)
+	e.bootURL = fmt.Sprintf("http://10.0.2.2:%d", apiPort)
 	byoiAPI := filepath.Join(c.work, "byoi-api")
 	log.Info("building byoi-api")
 	if err := harness.GoBuild(ctx, c.repo, "./cmd/byoi-api", byoiAPI, filepath.Join(c.work, "go-build.log")); err != nil {
 		return e, err
 	}
 	log.Info("the rescue system (scripts/build-rescue.sh, cached) ...")
-	rescueDir, err := harness.Rescue(ctx, c.repo, filepath.Join(c.work, "build-rescue.log"))
+	var rescueDir string
+	rescueDir, err = harness.Rescue(ctx, c.repo, filepath.Join(c.work, "build-rescue.log"))
 	if err != nil {
 		return e, err
 	}
@@ -225,12 +265,6 @@ func setup(ctx context.Context, c config) (*env, error) {
 	e.imgURL = e.imgSrv.GuestURL()
 
 	// byoi-api on 127.0.0.1, network boot on.
-	apiPort, err := harness.FreePort()
-	if err != nil {
-		return e, err
-	}
-	e.apiURL = fmt.Sprintf("http://127.0.0.1:%d", apiPort)
-	e.bootURL = fmt.Sprintf("http://10.0.2.2:%d", apiPort)
 	admin := harness.Admin{Bin: byoiAPI, DB: filepath.Join(c.work, "byoi.db")}
 	if err := admin.Run(ctx, nil, "customer", "add", "pxe"); err != nil {
 		return e, err
@@ -239,12 +273,33 @@ func setup(ctx context.Context, c config) (*env, error) {
 		return e, err
 	}
 	for _, fw := range c.firmwares {
-		// The operator registers the server with the MAC of the NIC it
-		// boots from; the agent token printed here is not used: the
-		// rescue script brings a new one.
-		if err := admin.Run(ctx, nil, "server", "add", serverName(fw), "--customer", "pxe", "--mac", macOf(fw)); err != nil {
+		// Each server, powered off, and its BMC.
+		dir := filepath.Join(c.work, fw)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return e, err
 		}
+		sv, err := newServer(dir, fw, macOf(fw), e.bootURL)
+		if err != nil {
+			return e, err
+		}
+		e.servers[fw] = sv
+		if err := sv.startBMC(ctx, dir); err != nil {
+			return e, err
+		}
+		// The operator registers the server with the MAC of the NIC it
+		// boots from and its BMC, the password from a file (never on the
+		// command line; byoi-api seals it); the agent token printed here
+		// is not used: the rescue script brings a new one.
+		pw := filepath.Join(dir, "bmc.pw")
+		if err := os.WriteFile(pw, []byte(sv.bmc.Password()+"\n"), 0o600); err != nil {
+			return e, err
+		}
+		err = admin.Run(ctx, nil, "server", "add", serverName(fw), "--customer", "pxe", "--mac", macOf(fw), "--bmc", sv.bmc.URL(), "--password-file", pw)
+		os.Remove(pw)
+		if err != nil {
+			return e, err
+		}
+		log.Info("[%s] server %s: BMC %s (ipmi_sim, powered off)", fw, serverName(fw), sv.bmc.URL())
 	}
 	e.apiLog = filepath.Join(c.work, "byoi-api.log")
 	e.api, err = harness.StartProc(e.apiLog, byoiAPI, "serve", "--db", admin.DB, "--listen", "127.0.0.1:"+strconv.Itoa(apiPort), "-v",
@@ -316,6 +371,12 @@ func noDefaultImage(ctx context.Context, src, work string) (string, error) {
 }
 
 func (e *env) close() {
+	for _, sv := range e.servers {
+		if sv.bmc != nil {
+			sv.bmc.Close() // powers the machine off
+		}
+		sv.Stop()
+	}
 	if e.imgSrv != nil {
 		e.imgSrv.Close()
 	}
@@ -333,13 +394,36 @@ func macOf(fw string) string {
 	return "52:54:00:ef:10:01"
 }
 
-// noSecrets: no agent token on any console or in byoi-api's log.
+// noSecrets: no agent token on any console or in byoi-api's log; no BMC
+// password and no phone-home token (byoi_bt_...) in byoi-api's log or on
+// a console either.
 func (e *env) noSecrets(runs []*fwRun) bool {
 	files := []string{e.apiLog}
+	var pws []string
 	for _, r := range runs {
 		if r.vm != nil {
 			files = append(files, r.vm.Consoles()...)
+			if r.vm.bmc != nil {
+				pws = append(pws, r.vm.bmc.Password())
+			}
 		}
 	}
-	return harness.NoAgentToken(log, files)
+	ok := harness.NoAgentToken(log, files)
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		for _, pw := range pws {
+			if strings.Contains(string(b), pw) {
+				log.Say("FAIL secrets: a BMC password shows in %s", f)
+				ok = false
+			}
+		}
+		if strings.Contains(string(b), "byoi_bt_") {
+			log.Say("FAIL secrets: a phone-home token (byoi_bt_...) shows in %s", f)
+			ok = false
+		}
+	}
+	if ok {
+		log.Say("PASS secrets: no BMC password and no phone-home token (byoi_bt_...) in the same %d file(s)", len(files))
+	}
+	return ok
 }
