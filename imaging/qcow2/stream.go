@@ -406,10 +406,11 @@ func (s *streamer) run(src io.Reader) (res *StreamResult, err error) {
 // feed processes the next bytes of the file; last: the file ends with them.
 func (s *streamer) feed(b []byte, last bool) error {
 	if s.hold {
-		if int64(len(s.replay)+len(b)) > s.opts.HoldLimit {
-			return &NotStreamableError{Offset: s.pos, Reason: fmt.Sprintf("the virtual disk's head is not known in the first %d MiB", s.opts.HoldLimit>>20)}
-		}
+		// Every byte read is in the replay, the one over the limit too.
 		s.replay = append(s.replay, b...)
+		if int64(len(s.replay)) > s.opts.HoldLimit {
+			return &NotStreamableError{Offset: s.pos, Reason: s.holdReason()}
+		}
 	}
 	if s.info == nil {
 		// The header: the first cluster, read before anything else.
@@ -727,6 +728,14 @@ func (s *streamer) addData(it item) error {
 	return s.add(it)
 }
 
+// holdReason says why the head is not known within the hold limit.
+func (s *streamer) holdReason() string {
+	if s.info != nil && (!s.l1Done || !s.headL2) {
+		return "tables after data"
+	}
+	return fmt.Sprintf("the virtual disk's head is not known in the first %d MiB", s.opts.HoldLimit>>20)
+}
+
 func (s *streamer) headKnown() bool { return s.l1Done && s.headL2 && s.headWait == 0 }
 
 // convert hands a complete data cluster to the writers, or, before the
@@ -755,7 +764,7 @@ func (s *streamer) convert(o *openItem) error {
 	}
 	s.holdWrites[o.guest] = out
 	if s.holdBytes > s.opts.HoldLimit {
-		return s.notStreamable(fmt.Sprintf("the virtual disk's head is not known in the first %d MiB", s.opts.HoldLimit>>20))
+		return s.notStreamable(s.holdReason())
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -105,5 +106,192 @@ func TestStreamTestimage(t *testing.T) {
 		if !bytes.Equal(dst.B[:len(raw)], raw) {
 			t.Fatalf("cluster bits %d: streamed disk differs", cb)
 		}
+	}
+}
+
+// stageRest is what a deployment does after a NotStreamableError: stage the
+// replay and the rest of the stream (hashing the rest only: the replay was
+// hashed), Check, Convert.
+func stageRest(t *testing.T, ns *qcow2.NotStreamableError, rest io.Reader, h io.Writer, dst imaging.Target) {
+	t.Helper()
+	staged, err := qcow2.Stage(context.Background(), io.MultiReader(bytes.NewReader(ns.Replay), io.TeeReader(rest, h)), qcow2.StageOptions{DeclaredSize: -1, MemoryReserve: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer staged.Close()
+	if err := deploy(context.Background(), staged, staged.Size(), dst, qcow2.ConvertOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStreamTablesLast: an image whose L1 and L2 tables follow its data.
+// Within the look-behind's bound it streams (the data kept until its table
+// arrives); beyond the hold limit Stream falls back before writing anything,
+// saying so, and staging the replay plus the rest converts it.
+func TestStreamTablesLast(t *testing.T) {
+	raw := imagingtest.Disk(t, 8<<20, 5)
+	img, err := testimage.Qcow2Layout(raw, 16, testimage.TablesLast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := qcow2.Check(bytes.NewReader(img), int64(len(img)), "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.L1Offset < int64(len(img))/2 {
+		t.Fatalf("L1 table at %d of %d: not a tables-last layout", info.L1Offset, len(img))
+	}
+	t.Run("look-behind", func(t *testing.T) {
+		dst := imagingtest.NewMemTarget(int64(len(raw))+2<<20, 0xEE)
+		res, err := streamDeploy(context.Background(), bytes.NewReader(img), int64(len(img)), dst, qcow2.StreamOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.LookBehindPeak < info.L1Offset/2 {
+			t.Fatalf("look-behind peak %d for tables at %d", res.LookBehindPeak, info.L1Offset)
+		}
+		if !bytes.Equal(dst.B[:len(raw)], raw) {
+			t.Fatal("streamed disk differs")
+		}
+	})
+	t.Run("fallback", func(t *testing.T) {
+		dst := imagingtest.NewMemTarget(int64(len(raw))+2<<20, 0xEE)
+		h := sha256.New()
+		src := bytes.NewReader(img)
+		_, err := streamDeploy(context.Background(), src, int64(len(img)), dst, qcow2.StreamOptions{
+			Hash: h, HoldLimit: 1 << 20, LookBehindLimit: 1 << 20})
+		var ns *qcow2.NotStreamableError
+		if !errors.As(err, &ns) {
+			t.Fatalf("err = %v, want a NotStreamableError", err)
+		}
+		if ns.Reason != "tables after data" || ns.Offset <= 0 || ns.Offset > 1<<20 {
+			t.Fatalf("fallback: %v", err)
+		}
+		if got := ns.Error(); got != fmt.Sprintf("qcow2: tables after data at offset %d: staging", ns.Offset) {
+			t.Fatalf("message %q", got)
+		}
+		if dst.Writes != 0 || dst.Zeroings != 0 || !bytes.Equal(ns.Replay, img[:len(ns.Replay)]) {
+			t.Fatalf("fallback after %d writes, %d zeroings; replay of %d bytes", dst.Writes, dst.Zeroings, len(ns.Replay))
+		}
+		stageRest(t, ns, src, h, dst)
+		if !bytes.Equal(dst.B[:len(raw)], raw) {
+			t.Fatal("staged disk differs")
+		}
+		if fmt.Sprintf("%x", h.Sum(nil)) != fmt.Sprintf("%x", sha256.Sum256(img)) {
+			t.Fatal("the hash over the replay and the rest differs from the image's")
+		}
+	})
+}
+
+// TestStreamWrongChecksum: a checksum that does not match (Ended fails)
+// leaves no partition table anywhere: not the old disk's, not the image's
+// (held by the Guard, never written), and the data written is wiped from
+// the table regions.
+func TestStreamWrongChecksum(t *testing.T) {
+	raw := imagingtest.Disk(t, 8<<20, 7)
+	img, err := testimage.Qcow2(raw, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := imagingtest.Disk(t, 12<<20, 8) // an old system with its GPT
+	dst := imagingtest.NewMemTarget(int64(len(old)), 0)
+	copy(dst.B, old)
+	bad := errors.New("checksum mismatch")
+	_, err = streamDeploy(context.Background(), bytes.NewReader(img), int64(len(img)), dst, qcow2.StreamOptions{
+		Ended: func(int64) error { return bad }})
+	if !errors.Is(err, bad) {
+		t.Fatalf("err = %v, want the checksum's", err)
+	}
+	if dst.Writes == 0 {
+		t.Fatal("nothing streamed before the checksum: the test proves nothing")
+	}
+	for _, r := range [][2]int64{{0, imaging.HeadSize}, {int64(len(raw)) - imaging.HeadSize, imaging.HeadSize}, {dst.Size() - imaging.HeadSize, imaging.HeadSize}} {
+		if !imaging.AllZero(dst.B[r[0] : r[0]+r[1]]) {
+			t.Fatalf("table region at %d not zero after a wrong checksum", r[0])
+		}
+	}
+	if _, ok := imaging.HasPartitionTable(dst.B[:imaging.HeadSize]); ok {
+		t.Fatal("a partition table is visible")
+	}
+}
+
+// TestStreamHeadRefusal: Head's refusal comes back unchanged with nothing
+// written, and Head sees the virtual disk's first MiB.
+func TestStreamHeadRefusal(t *testing.T) {
+	raw := imagingtest.Disk(t, 8<<20, 9)
+	img, err := testimage.Qcow2(raw, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := imagingtest.NewMemTarget(int64(len(raw))+2<<20, 0xEE)
+	no := errors.New("boot mode refused")
+	var seen []byte
+	_, err = streamDeploy(context.Background(), bytes.NewReader(img), int64(len(img)), dst, qcow2.StreamOptions{
+		Head: func(h []byte, _ *qcow2.Info) error { seen = bytes.Clone(h); return no }})
+	if !errors.Is(err, no) {
+		t.Fatalf("err = %v", err)
+	}
+	if !bytes.Equal(seen, raw[:imaging.HeadSize]) {
+		t.Fatal("Head did not get the virtual disk's first MiB")
+	}
+	if dst.Writes != 0 || dst.Zeroings != 0 {
+		t.Fatalf("%d writes, %d zeroings before the head was accepted", dst.Writes, dst.Zeroings)
+	}
+}
+
+// TestStreamRefusals: the header's refusals come before anything is
+// written, as Check's do; a truncated stream is an error.
+func TestStreamRefusals(t *testing.T) {
+	raw := imagingtest.Disk(t, 4<<20, 11)
+	img, err := testimage.Qcow2(raw, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	poke := func(f func(b []byte)) []byte { b := bytes.Clone(img); f(b); return b }
+	be := binary.BigEndian
+	for _, c := range []struct {
+		name string
+		img  []byte
+		size int64
+	}{
+		{"backing file", poke(func(b []byte) { be.PutUint64(b[8:], 512); be.PutUint32(b[16:], 4) }), 0},
+		{"encrypted", poke(func(b []byte) { be.PutUint32(b[32:], 1) }), 0},
+		{"L1 beyond the file", poke(func(b []byte) { be.PutUint64(b[40:], uint64(len(img))+1<<16) }), 0},
+		{"huge L1", poke(func(b []byte) { be.PutUint32(b[36:], 1<<30) }), 0},
+		{"cluster bits", poke(func(b []byte) { be.PutUint32(b[20:], 30) }), 0},
+		{"external data file", poke(func(b []byte) { be.PutUint64(b[72:], 1<<2) }), 0},
+		{"truncated", img[:len(img)-4096], int64(len(img))},
+		{"L2 entry past the end", poke(func(b []byte) {
+			info, _ := qcow2.ParseHeader(b)
+			l2 := be.Uint64(b[info.L1Offset:]) & 0x00fffffffffffe00
+			be.PutUint64(b[l2+8:], uint64(len(img))<<4) // an uncompressed cluster far away
+		}), 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			size := c.size
+			if size == 0 {
+				size = int64(len(c.img))
+			}
+			dst := imagingtest.NewMemTarget(16<<20, 0xEE)
+			_, err := streamDeploy(context.Background(), bytes.NewReader(c.img), size, dst, qcow2.StreamOptions{})
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if c.name == "truncated" {
+				if !errors.Is(err, io.ErrUnexpectedEOF) {
+					t.Fatalf("err = %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, qcow2.ErrRefused) {
+				t.Fatalf("err = %v, want a refusal", err)
+			}
+			if _, cerr := qcow2.Check(bytes.NewReader(c.img), int64(len(c.img)), "", 16<<20); cerr == nil {
+				t.Fatalf("Check accepts what Stream refused (%v)", err)
+			}
+			if dst.Writes != 0 {
+				t.Fatalf("%d writes before the refusal", dst.Writes)
+			}
+		})
 	}
 }
