@@ -17,8 +17,9 @@ import (
 	"github.com/byoi/byoi/partition"
 )
 
-// TestDeployQcow2 deploys a compressed qcow2 staged in memory and, with a
-// memory reserve larger than the machine, on the disk's own tail.
+// TestDeployQcow2 deploys a compressed qcow2 converted as it streams in
+// (its tables ahead of its data), staged in memory and, with a memory
+// reserve larger than the machine, on the disk's own tail.
 func TestDeployQcow2(t *testing.T) {
 	raw := testImage(t, 24*mib, 512)
 	q, err := testimage.Qcow2(raw, 16)
@@ -31,21 +32,22 @@ func TestDeployQcow2(t *testing.T) {
 		name    string
 		reserve int64
 		where   string
-	}{{"memory", 0, "memory"}, {"disk tail", 1 << 50, "disk tail"}} {
+	}{{"streamed", 0, ""}, {"memory", 0, "memory"}, {"disk tail", 1 << 50, "disk tail"}} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := oldSystemDisk(t, 96*mib)
 			disk := openFile(t, path)
 			rec := &recorder{}
 			dep := rec.deployer()
 			dep.MemoryReserve = tc.reserve
+			dep.Qcow2Staging = tc.where != ""
 			j := &job.Job{ImageURL: url, ImageType: "qcow2", Checksum: hex.EncodeToString(sum[:]), ChecksumType: "sha256", DiskGroupID: 1,
 				ConfigDrive: &job.ConfigDrive{Hostname: "q"}}
 			res, err := dep.Deploy(context.Background(), j, disk)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !strings.HasPrefix(res.Staged, tc.where) {
-				t.Errorf("staged in %q, want %q", res.Staged, tc.where)
+			if !strings.HasPrefix(res.Staged, tc.where) || res.Streamed != (tc.where == "") || (tc.where == "") != (res.Staged == "") {
+				t.Errorf("staged in %q (streamed %v), want %q", res.Staged, res.Streamed, tc.where)
 			}
 			got := make([]byte, len(raw)-3*mib)
 			if _, err := disk.ReadAt(got, mib); err != nil {
@@ -70,8 +72,9 @@ func TestDeployQcow2(t *testing.T) {
 }
 
 // TestDeployQcow2ChecksumMismatch: staged in memory, a bad checksum leaves
-// the disk untouched; staged on the disk's tail, it leaves no partition
-// table (the old system's tail was overwritten).
+// the disk untouched; staged on the disk's tail or streamed, it leaves no
+// partition table (the old system's tail, or its data, was overwritten;
+// the image's tables were held by the Guard, never written).
 func TestDeployQcow2ChecksumMismatch(t *testing.T) {
 	raw := testImage(t, 24*mib, 512)
 	q, err := testimage.Qcow2(raw, 16)
@@ -79,18 +82,23 @@ func TestDeployQcow2ChecksumMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	url := serve(t, q, "")
-	for _, reserve := range []int64{0, 1 << 50} {
+	for _, tc := range []struct {
+		reserve int64
+		stage   bool
+	}{{0, true}, {1 << 50, true}, {0, false}} {
+		reserve := tc.reserve
 		path := oldSystemDisk(t, 64*mib)
 		before, _ := os.ReadFile(path)
 		disk := openFile(t, path)
 		j := &job.Job{ImageURL: url, ImageType: "qcow2", Checksum: strings.Repeat("0", 128), ChecksumType: "sha512", DiskGroupID: 1}
 		dep := (&recorder{}).deployer()
 		dep.MemoryReserve = reserve
+		dep.Qcow2Staging = tc.stage
 		_, err = dep.Deploy(context.Background(), j, disk)
 		if err == nil || !strings.HasPrefix(job.Message(err), "Bad sha512 for downloaded file, got : ") {
 			t.Fatalf("err %v", err)
 		}
-		if reserve == 0 {
+		if reserve == 0 && tc.stage {
 			after, _ := os.ReadFile(path)
 			if !bytes.Equal(before, after) {
 				t.Error("memory staging: the disk changed")
