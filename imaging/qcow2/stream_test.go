@@ -9,7 +9,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
+	"runtime/metrics"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/byoi/byoi/imaging"
 	"github.com/byoi/byoi/imaging/internal/imagingtest"
@@ -294,4 +298,59 @@ func TestStreamRefusals(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestStreamMemoryBounded: streaming a qcow2 of 192 MiB virtual (about 140
+// MiB of file) onto a file keeps the heap far below the image: nothing
+// buffers the whole image (the bound is the hold limit, the look-behind
+// and the writers' clusters, whatever the image's size).
+func TestStreamMemoryBounded(t *testing.T) {
+	testutil.RequireCommand(t, "qemu-img")
+	dir := t.TempDir()
+	const vsize = 192 << 20
+	raw := dir + "/src.raw"
+	mixedRaw(t, raw, vsize, 77)
+	imgPath := dir + "/img.qcow2"
+	testutil.Run(t, "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, imgPath)
+	f, err := os.Open(imgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, _ := f.Stat()
+	dst, _ := imagingtest.FileTarget(t, vsize+4<<20, 0, false)
+	runtime.GC()
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	base := func() uint64 { metrics.Read(sample); return sample[0].Value.Uint64() }()
+	go func() {
+		defer close(done)
+		for {
+			metrics.Read(sample)
+			if v := sample[0].Value.Uint64(); v > peak.Load() {
+				peak.Store(v)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+		}
+	}()
+	res, err := streamDeploy(context.Background(), f, st.Size(), dst, qcow2.StreamOptions{Hash: sha256.New()})
+	close(stop)
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	grew := int64(peak.Load()) - int64(base)
+	t.Logf("%d-byte image streamed (look-behind peak %d): heap grew by %.1f MiB at most", st.Size(), res.LookBehindPeak, float64(grew)/(1<<20))
+	if grew > 48<<20 || grew > st.Size()/2 {
+		t.Errorf("the heap grew by %d bytes streaming a %d-byte image", grew, st.Size())
+	}
+	ref := dir + "/ref.raw"
+	testutil.Run(t, "qemu-img", "convert", "-q", "-O", "raw", imgPath, ref)
+	sameBytes(t, dst, ref, vsize)
 }
