@@ -52,14 +52,18 @@ import (
 const (
 	// DefaultHoldLimit bounds what Stream reads before its first write.
 	DefaultHoldLimit = 32 << 20
-	// DefaultLookBehindLimit bounds the bytes kept for tables to come.
-	DefaultLookBehindLimit = 16 << 20
+	// DefaultLookBehindLimit bounds the bytes kept for tables to come
+	// once writing started (before, HoldLimit does).
+	DefaultLookBehindLimit = 4 << 20
 	// maxPendingItems bounds the clusters mapped by tables read but not
 	// arrived yet (24 bytes each).
 	maxPendingItems = 1 << 19
 	// maxStreamL1 bounds the L1 entries Stream keeps (2 MiB of entries).
 	maxStreamL1 = 1 << 18
 	streamBlock = 1 << 20
+	// ringSize is how much of the stream's latest bytes are kept while
+	// tables are still to come (see streamer.ring).
+	ringSize = 4 << 20
 )
 
 // StreamOptions tune Stream.
@@ -192,6 +196,13 @@ type streamer struct {
 	lb     []lbPiece // sorted by off, disjoint
 	lbSize int64
 	lbPeak int64
+	// ring holds the last bytes of the stream, whatever maps them, while
+	// tables are still to come: a compressed cluster may begin inside the
+	// last sector of the one before it (qemu packs them), so bytes an
+	// earlier item covered may be a later table's data too; qemu-img
+	// convert writes an L2 table shortly after the first clusters it maps.
+	ring    []byte
+	ringLen int64 // valid bytes, ending at pos
 
 	// The head: guest [0, headLen).
 	headLen     int64
@@ -200,6 +211,10 @@ type streamer struct {
 	holdWrites  map[int64][]byte
 	holdBytes   int64
 	nonZeroHead bool
+
+	// bufs recycles the data items' buffers (2 clusters + a sector:
+	// the largest compressed cluster).
+	bufs sync.Pool
 
 	// Writers.
 	jobs    chan wjob
@@ -473,6 +488,9 @@ func (s *streamer) setup(info *Info) error {
 			return err
 		}
 	}
+	if info.VirtualSize > s.dst.Size() {
+		return &imaging.SizeError{ImageSize: info.VirtualSize, TargetName: s.opts.TargetName, TargetSize: s.dst.Size()}
+	}
 	s.info = info
 	if info.ExtendedL2 {
 		return &NotStreamableError{Offset: 0, Reason: "extended L2 entries"}
@@ -505,7 +523,7 @@ func (s *streamer) add(it item) error {
 	}
 	// It started before the stream position: its bytes so far must be in
 	// the look-behind.
-	o := &openItem{item: it, buf: make([]byte, it.n)}
+	o := &openItem{item: it, buf: s.itemBuf(it)}
 	have := min(it.end(), s.pos) - it.start
 	if !s.lbRead(o.buf[:have], it.start) {
 		return s.notStreamable("tables after data")
@@ -517,6 +535,24 @@ func (s *streamer) add(it item) error {
 		s.open = append(s.open, o)
 	}
 	return nil
+}
+
+// itemBuf is a buffer for an item's bytes: pooled for data clusters.
+func (s *streamer) itemBuf(it item) []byte {
+	if it.kind != itemData && it.kind != itemComp {
+		return make([]byte, it.n)
+	}
+	if b, ok := s.bufs.Get().(*[]byte); ok && cap(*b) >= int(it.n) {
+		return (*b)[:it.n]
+	}
+	return make([]byte, it.n, max(int64(it.n), 2*s.info.ClusterSize+512))
+}
+
+// putBuf gives a data item's buffer back.
+func (s *streamer) putBuf(b []byte) {
+	if int64(cap(b)) >= 2*s.info.ClusterSize+512 {
+		s.bufs.Put(&b)
+	}
 }
 
 // notStreamable: before the first write the caller may stage; after it,
@@ -559,7 +595,7 @@ func (s *streamer) block(b []byte) error {
 			}
 		}
 		cov = max(cov, min(it.end(), end))
-		o := &openItem{item: it, buf: make([]byte, it.n)}
+		o := &openItem{item: it, buf: s.itemBuf(it)}
 		fill(o)
 		if o.filled == int64(it.n) {
 			s.done = append(s.done, o)
@@ -573,6 +609,9 @@ func (s *streamer) block(b []byte) error {
 		}
 	}
 	s.pos = end
+	if s.tablesPending() {
+		s.keepRecent(b)
+	}
 	// Finish what completed, tables first: they may map bytes of this
 	// block (kept in the look-behind above).
 	for len(s.done) > 0 {
@@ -583,10 +622,25 @@ func (s *streamer) block(b []byte) error {
 			return err
 		}
 	}
-	if !s.tablesPending() && s.lbSize > 0 {
+	if !s.tablesPending() && (s.lbSize > 0 || s.ring != nil) {
 		s.lb, s.lbSize = nil, 0
+		s.ring, s.ringLen = nil, 0
 	}
 	return nil
+}
+
+// keepRecent adds b, the bytes ending at s.pos, to the ring.
+func (s *streamer) keepRecent(b []byte) {
+	if s.ring == nil {
+		s.ring = make([]byte, ringSize)
+	}
+	if len(b) > ringSize {
+		b = b[len(b)-ringSize:]
+	}
+	at := (s.pos - int64(len(b))) % ringSize
+	k := copy(s.ring[at:], b)
+	copy(s.ring, b[k:])
+	s.ringLen = min(s.ringLen+int64(len(b)), ringSize)
 }
 
 // unknown keeps bytes no known table maps while tables are still to come.
@@ -594,29 +648,59 @@ func (s *streamer) unknown(n int64, b []byte, off int64) error {
 	if n <= 0 || !s.tablesPending() {
 		return nil
 	}
-	if s.lbSize+n > s.opts.LookBehindLimit {
-		return s.notStreamable(fmt.Sprintf("more than %d MiB ahead of the tables that map them", s.opts.LookBehindLimit>>20))
+	limit := s.opts.LookBehindLimit
+	if s.hold {
+		// Before the first write the hold limit bounds it (tables after
+		// their data fall back to staging).
+		limit = max(limit, s.opts.HoldLimit)
 	}
-	if k := len(s.lb); k > 0 && s.lb[k-1].off+int64(len(s.lb[k-1].b)) == off {
+	if s.lbSize+max(n, 4<<10) > limit {
+		if s.hold {
+			return s.notStreamable(fmt.Sprintf("more than %d MiB ahead of the tables that map them", limit>>20))
+		}
+		// Writing has started: the oldest bytes go (most are not data:
+		// the room qemu leaves before an uncompressed cluster, refcount
+		// blocks). A table that maps them after all is refused (add).
+		for len(s.lb) > 0 && s.lbSize+max(n, 4<<10) > limit {
+			s.lbSize -= int64(cap(s.lb[0].b))
+			s.lb[0] = lbPiece{} // its bytes go to the GC now
+			s.lb = s.lb[1:]
+		}
+		if n > limit {
+			b, off, n = b[n-limit:], off+n-limit, limit
+		}
+	}
+	if k := len(s.lb); k > 0 && s.lb[k-1].off+int64(len(s.lb[k-1].b)) == off && len(s.lb[k-1].b)+len(b) <= cap(s.lb[k-1].b) {
 		s.lb[k-1].b = append(s.lb[k-1].b, b...)
 	} else {
-		s.lb = append(s.lb, lbPiece{off: off, b: append([]byte(nil), b...)})
+		// Pieces of at least 4 KiB, filled in place (growing one by
+		// append would leave its old copies to the GC); their
+		// capacity is what counts.
+		p := append(make([]byte, 0, max(len(b), 4<<10)), b...)
+		s.lb = append(s.lb, lbPiece{off: off, b: p})
+		s.lbSize += int64(cap(p))
 	}
-	s.lbSize += n
 	s.lbPeak = max(s.lbPeak, s.lbSize)
 	return nil
 }
 
 // lbRead fills p with the file's bytes at off from the look-behind.
 func (s *streamer) lbRead(p []byte, off int64) bool {
-	i := sort.Search(len(s.lb), func(i int) bool { return s.lb[i].off+int64(len(s.lb[i].b)) > off })
 	for len(p) > 0 {
+		if off >= s.pos-s.ringLen && off < s.pos {
+			// From the ring, up to its end or its wrap.
+			at := off % ringSize
+			n := min(int64(len(p)), s.pos-off, ringSize-at)
+			copy(p, s.ring[at:at+n])
+			p, off = p[n:], off+n
+			continue
+		}
+		i := sort.Search(len(s.lb), func(i int) bool { return s.lb[i].off+int64(len(s.lb[i].b)) > off })
 		if i >= len(s.lb) || s.lb[i].off > off {
 			return false
 		}
 		k := copy(p, s.lb[i].b[off-s.lb[i].off:])
 		p, off = p[k:], off+int64(k)
-		i++
 	}
 	return true
 }
@@ -842,6 +926,7 @@ func (s *streamer) worker(jobs <-chan wjob) {
 		if err == nil && !imaging.AllZero(out) {
 			err = s.write(out, j.guest)
 		}
+		s.putBuf(j.data)
 		if err != nil {
 			s.werrMu.Lock()
 			if s.werr == nil {
