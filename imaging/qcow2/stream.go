@@ -9,6 +9,7 @@ import (
 	"hash"
 	"io"
 	"log/slog"
+	"os"
 	"runtime"
 	"sort"
 	"sync"
@@ -41,10 +42,16 @@ import (
 // caller stages the image (Stage, Check, Convert) from the replay and the
 // rest of the stream.
 //
-// After the first write, an image whose layout goes beyond the bounds (more
-// than LookBehindLimit bytes ahead of the tables mapping them, a data
-// cluster after its table passed it) is refused: a deployment through an
-// imaging.Guard then leaves no partition table. Every table's entries are
+// After the first write, bytes no table maps yet go to a spill file (a
+// memfd, bounded by the memory available minus DefaultMemoryReserve: page
+// cache, not the heap), and the stream's last 4 MiB are kept whatever maps
+// them (qemu packs compressed clusters across sector boundaries): a
+// cluster written before its table (qemu reuses freed clusters, qemu-img
+// convert writes an L2 table just after the first clusters it maps) still
+// converts. Only an image beyond those bounds (a spill over the memory, a
+// data cluster inside another item that passed before its table came) is
+// refused then: a deployment through an imaging.Guard leaves no partition
+// table. Every table's entries are
 // checked as in Check: aligned, inside the declared file size, each L2
 // table used once, compressed clusters inside the file.
 
@@ -166,6 +173,9 @@ type openItem struct {
 	filled int64
 }
 
+// spillPiece is a range of the file kept in the spill file at at.
+type spillPiece struct{ off, at, n int64 }
+
 // piece is a range of the file kept in the look-behind.
 type lbPiece struct {
 	off int64
@@ -203,6 +213,14 @@ type streamer struct {
 	// convert writes an L2 table shortly after the first clusters it maps.
 	ring    []byte
 	ringLen int64 // valid bytes, ending at pos
+	// Once writing started, the look-behind's bytes go to a spill file
+	// (a memfd: page cache, not the process's heap), up to the memory
+	// available minus DefaultMemoryReserve: a cluster written far before
+	// its table (qemu reuses freed clusters) still converts.
+	spill       *os.File
+	spillN      int64
+	spillBudget int64 // -1: no spill (memfd refused, or full)
+	spilled     []spillPiece
 
 	// The head: guest [0, headLen).
 	headLen     int64
@@ -318,6 +336,7 @@ func (s *streamer) run(src io.Reader) (res *StreamResult, err error) {
 	defer func() {
 		endHash()
 		s.stopWriters()
+		s.closeSpill()
 		res.Info = s.info
 		res.LookBehindPeak = s.lbPeak
 		if err != nil {
@@ -622,9 +641,10 @@ func (s *streamer) block(b []byte) error {
 			return err
 		}
 	}
-	if !s.tablesPending() && (s.lbSize > 0 || s.ring != nil) {
+	if !s.tablesPending() && (s.lbSize > 0 || s.ring != nil || s.spill != nil) {
 		s.lb, s.lbSize = nil, 0
 		s.ring, s.ringLen = nil, 0
+		s.closeSpill()
 	}
 	return nil
 }
@@ -647,6 +667,11 @@ func (s *streamer) keepRecent(b []byte) {
 func (s *streamer) unknown(n int64, b []byte, off int64) error {
 	if n <= 0 || !s.tablesPending() {
 		return nil
+	}
+	if !s.hold && s.spillBudget >= 0 {
+		if s.spillAppend(b, off) {
+			return nil
+		}
 	}
 	limit := s.opts.LookBehindLimit
 	if s.hold {
@@ -684,6 +709,48 @@ func (s *streamer) unknown(n int64, b []byte, off int64) error {
 	return nil
 }
 
+// spillAppend keeps b (the file's bytes at off) in the spill file; false
+// when it cannot (no memfd, over the budget).
+func (s *streamer) spillAppend(b []byte, off int64) bool {
+	if s.spill == nil {
+		avail, err := stageMemAvailable()
+		f, ferr := newMemfd()
+		if err != nil || ferr != nil {
+			s.log.Warn("qcow2 stream: no spill file for the look-behind", "err", errors.Join(err, ferr))
+			s.spillBudget = -1
+			return false
+		}
+		s.spill, s.spillBudget = f, min(avail-DefaultMemoryReserve, s.size)
+	}
+	n := int64(len(b))
+	if s.spillN+n > s.spillBudget {
+		s.log.Warn("qcow2 stream: the look-behind's spill file is full", "bytes", s.spillN)
+		s.spillBudget = -1
+		return false
+	}
+	if _, err := s.spill.WriteAt(b, s.spillN); err != nil {
+		s.log.Warn("qcow2 stream: the look-behind's spill file refused a write", "err", err)
+		s.spillBudget = -1
+		return false
+	}
+	if k := len(s.spilled); k > 0 && s.spilled[k-1].off+s.spilled[k-1].n == off && s.spilled[k-1].at+s.spilled[k-1].n == s.spillN {
+		s.spilled[k-1].n += n
+	} else {
+		s.spilled = append(s.spilled, spillPiece{off: off, at: s.spillN, n: n})
+	}
+	s.spillN += n
+	s.lbPeak = max(s.lbPeak, s.lbSize+s.spillN)
+	return true
+}
+
+// closeSpill drops the spill file.
+func (s *streamer) closeSpill() {
+	if s.spill != nil {
+		s.spill.Close()
+		s.spill, s.spilled, s.spillN = nil, nil, 0
+	}
+}
+
 // lbRead fills p with the file's bytes at off from the look-behind.
 func (s *streamer) lbRead(p []byte, off int64) bool {
 	for len(p) > 0 {
@@ -696,11 +763,22 @@ func (s *streamer) lbRead(p []byte, off int64) bool {
 			continue
 		}
 		i := sort.Search(len(s.lb), func(i int) bool { return s.lb[i].off+int64(len(s.lb[i].b)) > off })
-		if i >= len(s.lb) || s.lb[i].off > off {
+		if i < len(s.lb) && s.lb[i].off <= off {
+			k := copy(p, s.lb[i].b[off-s.lb[i].off:])
+			p, off = p[k:], off+int64(k)
+			continue
+		}
+		j := sort.Search(len(s.spilled), func(j int) bool { return s.spilled[j].off+s.spilled[j].n > off })
+		if j >= len(s.spilled) || s.spilled[j].off > off {
 			return false
 		}
-		k := copy(p, s.lb[i].b[off-s.lb[i].off:])
-		p, off = p[k:], off+int64(k)
+		sp := s.spilled[j]
+		k := min(int64(len(p)), sp.off+sp.n-off)
+		if m, err := s.spill.ReadAt(p[:k], sp.at+off-sp.off); int64(m) != k {
+			s.log.Warn("qcow2 stream: read the spill file", "err", err)
+			return false
+		}
+		p, off = p[k:], off+k
 	}
 	return true
 }
