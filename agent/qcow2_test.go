@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -141,5 +142,55 @@ func TestDeployReusesImageConfigDrive(t *testing.T) {
 	}
 	if !bytes.Contains(part, []byte(`"hostname":"new"`)) || bytes.Contains(part, []byte(`"hostname":"old"`)) {
 		t.Error("the image's config-2 partition does not hold the new ConfigDrive")
+	}
+}
+
+// TestDeployQcow2PathLogged: the log says which path a qcow2 took: a
+// qemu-img image converts as it streams ("qcow2: streaming conversion"),
+// one with extended L2 entries (not streamable) is staged, the log naming
+// the reason and the offset, and both end as the image.
+func TestDeployQcow2PathLogged(t *testing.T) {
+	testutil.RequireCommand(t, "qemu-img")
+	raw := testImage(t, 24*mib, 512)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.raw")
+	if err := os.WriteFile(src, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, opts, log string
+		streamed        bool
+	}{
+		{"streamed", "compat=1.1", "qcow2: streaming conversion", true},
+		{"extended L2", "compat=1.1,extended_l2=on", "qcow2: extended L2 entries at offset 0: staging", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "img.qcow2")
+			testutil.Run(t, "qemu-img", "convert", "-q", "-c", "-f", "raw", "-O", "qcow2", "-o", tc.opts, src, out)
+			q, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			disk := openFile(t, oldSystemDisk(t, 64*mib))
+			rec := &recorder{}
+			j := &job.Job{ImageURL: serve(t, q, ""), ImageType: "qcow2", Checksum: sumHex(sha256.New(), q), ChecksumType: "sha256", DiskGroupID: 1}
+			res, err := rec.deployer().Deploy(context.Background(), j, disk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec.mu.Lock()
+			log := rec.log.String()
+			rec.mu.Unlock()
+			if !strings.Contains(log, tc.log) || res.Streamed != tc.streamed || (res.Staged == "") != tc.streamed {
+				t.Fatalf("streamed %v, staged in %q; log lacks %q:\n%s", res.Streamed, res.Staged, tc.log, log)
+			}
+			got := make([]byte, len(raw)-3*mib)
+			if _, err := disk.ReadAt(got, mib); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, raw[mib:len(raw)-2*mib]) {
+				t.Error("disk differs from the image")
+			}
+		})
 	}
 }
