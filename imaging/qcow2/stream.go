@@ -213,6 +213,10 @@ type streamer struct {
 	// convert writes an L2 table shortly after the first clusters it maps.
 	ring    []byte
 	ringLen int64 // valid bytes, ending at pos
+	// holdRanges are the look-behind's ranges before the first write
+	// (their bytes are the replay's).
+	holdRanges [][2]int64
+	holdLB     int64
 	// Once writing started, the look-behind's bytes go to a spill file
 	// (a memfd: page cache, not the process's heap), up to the memory
 	// available minus DefaultMemoryReserve: a cluster written far before
@@ -641,8 +645,9 @@ func (s *streamer) block(b []byte) error {
 			return err
 		}
 	}
-	if !s.tablesPending() && (s.lbSize > 0 || s.ring != nil || s.spill != nil) {
+	if !s.tablesPending() && (s.lbSize > 0 || s.ring != nil || s.spill != nil || s.holdRanges != nil) {
 		s.lb, s.lbSize = nil, 0
+		s.holdRanges, s.holdLB = nil, 0
 		s.ring, s.ringLen = nil, 0
 		s.closeSpill()
 	}
@@ -668,7 +673,19 @@ func (s *streamer) unknown(n int64, b []byte, off int64) error {
 	if n <= 0 || !s.tablesPending() {
 		return nil
 	}
-	if !s.hold && s.spillBudget >= 0 {
+	if s.hold {
+		// The replay holds every byte read: only the range is noted
+		// (endHold keeps its bytes).
+		if k := len(s.holdRanges); k > 0 && s.holdRanges[k-1][1] == off {
+			s.holdRanges[k-1][1] += n
+		} else {
+			s.holdRanges = append(s.holdRanges, [2]int64{off, off + n})
+		}
+		s.holdLB += n
+		s.lbPeak = max(s.lbPeak, s.holdLB)
+		return nil
+	}
+	if s.spillBudget >= 0 {
 		if s.spillAppend(b, off) {
 			return nil
 		}
@@ -753,6 +770,14 @@ func (s *streamer) closeSpill() {
 
 // lbRead fills p with the file's bytes at off from the look-behind.
 func (s *streamer) lbRead(p []byte, off int64) bool {
+	if s.hold {
+		// Every byte read so far is in the replay.
+		if off < 0 || off+int64(len(p)) > int64(len(s.replay)) {
+			return false
+		}
+		copy(p, s.replay[off:])
+		return true
+	}
 	for len(p) > 0 {
 		if off >= s.pos-s.ringLen && off < s.pos {
 			// From the ring, up to its end or its wrap.
@@ -972,6 +997,14 @@ func (s *streamer) endHold() error {
 		}
 	}
 	s.hold = false
+	// The bytes no table mapped yet move from the replay to the
+	// look-behind proper.
+	for _, r := range s.holdRanges {
+		if err := s.unknown(r[1]-r[0], s.replay[r[0]:r[1]], r[0]); err != nil {
+			return err
+		}
+	}
+	s.holdRanges = nil
 	s.replay = nil
 	s.log.Info("qcow2: streaming conversion", "virtual_size", s.info.VirtualSize, "cluster_size", s.info.ClusterSize,
 		"compression", s.info.Compression, "workers", s.opts.Workers, "read_before_first_write", s.pos)
