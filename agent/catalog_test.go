@@ -90,10 +90,11 @@ func TestCatalogCoverage(t *testing.T) {
 	deploy("configdrive room", full, "raw", 32*mib, func(j *job.Job, _ *Env) { j.ConfigDrive = &job.ConfigDrive{Hostname: "c"} })
 	q, _ := testimage.Qcow2(img, 16)
 	deploy("qcow2 deploy", q, "qcow2", 32*mib, nil)
+	deploy("qcow2 staged deploy", q, "qcow2", 32*mib, func(_ *job.Job, env *Env) { env.Qcow2Staging = true })
 	noESP, _ := testimage.GPT(16*mib, 512, []testimage.Part{{Name: "root", Type: testimage.TypeLinux, Start: mib, Size: 8 * mib}}, 4)
 	deploy("no ESP", noESP, "raw", 32*mib, func(_ *job.Job, env *Env) { env.Rebooter, env.EFIVarsDir = &fakeRebooter{}, fakeEFIVars(t) })
 	deploy("no removable path", testutil.ESPImage(t, []string{"EFI/debian/grubx64.efi"}, false, 6), "raw", 32*mib, nil)
-	deploy("qcow2 too big", q, "qcow2", 20*mib, func(_ *job.Job, env *Env) { env.MemoryReserve = 1 << 60 })
+	deploy("qcow2 too big", q, "qcow2", 20*mib, func(_ *job.Job, env *Env) { env.MemoryReserve, env.Qcow2Staging = 1<<60, true })
 	bad := append([]byte(nil), q...)
 	bad[20+3] = 63 // cluster_bits
 	deploy("qcow2 refused", bad, "qcow2", 32*mib, nil)

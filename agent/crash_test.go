@@ -93,6 +93,7 @@ type crashConfig struct {
 	name        string
 	sector      int64
 	qcow2       bool
+	stream      bool // qcow2 converted as it streams (else staged)
 	tail        bool // qcow2 staged on the disk's tail
 	ova         bool // an OVA (streamOptimized VMDK)
 	zstd        bool // a zstd-compressed raw image
@@ -105,15 +106,15 @@ func crashConfigs() []crashConfig {
 	var out []crashConfig
 	for _, ss := range []int64{512, 4096} {
 		for _, kind := range []struct {
-			n           string
-			qcow2, tail bool
-		}{{"raw", false, false}, {"qcow2-memory", true, false}, {"qcow2-tail", true, true}} {
+			n                   string
+			qcow2, stream, tail bool
+		}{{"raw", false, false, false}, {"qcow2-memory", true, false, false}, {"qcow2-tail", true, false, true}, {"qcow2-stream", true, true, false}} {
 			for _, cd := range []bool{false, true} {
 				name := fmt.Sprintf("%s-%d", kind.n, ss)
 				if cd {
 					name += "-configdrive"
 				}
-				out = append(out, crashConfig{name: name, sector: ss, qcow2: kind.qcow2, tail: kind.tail, configDrive: cd})
+				out = append(out, crashConfig{name: name, sector: ss, qcow2: kind.qcow2, stream: kind.stream, tail: kind.tail, configDrive: cd})
 			}
 		}
 	}
@@ -176,6 +177,7 @@ func newCrashFixture(t *testing.T, cfg crashConfig) *crashFixture {
 	if cfg.tail {
 		dep.MemoryReserve = 1 << 60 // nothing fits in memory: the disk's tail
 	}
+	dep.Qcow2Staging = cfg.qcow2 && !cfg.stream
 	oldPath := crashcheck.OldSystem(t, cfg.sector, crashDiskSize)
 	old, err := os.ReadFile(oldPath)
 	if err != nil {
@@ -201,6 +203,9 @@ func (f *crashFixture) run(t *testing.T, crashAt int) (string, int, error) {
 	res, err := f.dep.Deploy(context.Background(), f.j, cd)
 	if err == nil && f.cfg.tail && !strings.HasPrefix(res.Staged, "disk tail") {
 		t.Fatalf("staged in %q, want the disk tail", res.Staged)
+	}
+	if err == nil && f.cfg.qcow2 && res.Streamed != f.cfg.stream {
+		t.Fatalf("streamed %v (staged in %q), want streamed %v", res.Streamed, res.Staged, f.cfg.stream)
 	}
 	return path, cd.ops, err
 }

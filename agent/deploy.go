@@ -44,7 +44,10 @@ type Options struct {
 	Fetch         fetch.Options
 	MemoryReserve int64  // qcow2 staging: memory kept free (default 1 GiB)
 	StagingDir    string // qcow2 staging: a directory to use when memory and the disk tail do not fit
-	Logger        *slog.Logger
+	// Qcow2Staging stages every qcow2 image whole before converting it:
+	// no streaming conversion, even where the image's layout allows it.
+	Qcow2Staging bool
+	Logger       *slog.Logger
 	// ServerEFIBootloaderPath is the server's efiBootloaderPath (OVH's
 	// server property, set by an earlier job or by PUT): the loader of the
 	// UEFI boot entry when the job names none and that file is on the
@@ -90,7 +93,8 @@ type Result struct {
 	Checksum    string               // the verified checksum ("" when none was given)
 	Table       *partition.Table     // the final partition table
 	ConfigDrive *partition.Partition // the config-2 partition, nil when none
-	Staged      string               // where a qcow2 was staged
+	Staged      string               // where a qcow2 was staged ("" when it was streamed)
+	Streamed    bool                 // a qcow2 converted as it streamed in (no staging)
 	Boot        *BootReport          // how the deployed disk can boot
 	Check       *imagecheck.Report   // the image checks' report (nil when off or not run)
 	Notes       []string             // things the operator should know (re-read deferred, stale config-2 elsewhere)
@@ -265,6 +269,10 @@ type deployment struct {
 	verdict *partition.Verdict
 	// seen are the image checks' findings reported (imagecheck.go).
 	seen map[string]bool
+	// streamed: a qcow2 converted as it streams (qcow2.Stream): checked
+	// like a raw image, its head before the first write, its filesystems
+	// once written.
+	streamed bool
 }
 
 // guardDisk is the Guard seen as a Disk.
@@ -404,9 +412,10 @@ func (dp *deployment) examineHead(ctx context.Context, head []byte) error {
 		}
 	}
 	dp.verdict = v
-	if dp.job.ImageType != job.ImageTypeQcow2 {
+	if dp.job.ImageType != job.ImageTypeQcow2 || dp.streamed {
 		// A streamed image: its boot mode is checked before the first
-		// byte is written (a qcow2 is checked whole, in writeQcow2).
+		// byte is written (a staged qcow2 is checked whole, in
+		// writeQcow2).
 		return dp.checkHead(head)
 	}
 	return nil
@@ -611,11 +620,13 @@ func (dp *deployment) writeOVA(ctx context.Context) error {
 	})
 }
 
-// writeQcow2 stages the qcow2 (StepDownload), verifies its checksum, header
-// and virtual disk head before the disk's image region is touched
-// (StepVerify), then converts it onto the disk (StepWrite). Staging may
-// use the disk's tail, through the Guard: once it has, a failure leaves no
-// partition table (Deploy's abort).
+// writeQcow2 converts a qcow2 as it streams in when its layout allows
+// (streamQcow2: one pass like a raw image, StepDownload, then StepVerify,
+// then StepWrite's flush). Otherwise it stages the qcow2 (StepDownload),
+// verifies its checksum, header and virtual disk before the disk's image
+// region is touched (StepVerify), then converts it onto the disk
+// (StepWrite). Staging may use the disk's tail, through the Guard: once it
+// has, a failure leaves no partition table (Deploy's abort).
 func (dp *deployment) writeQcow2(ctx context.Context) error {
 	var staged qcow2.Staged
 	if err := dp.steps.run(ctx, job.StepDownload, func() error {
@@ -634,18 +645,39 @@ func (dp *deployment) writeQcow2(ctx context.Context) error {
 		if _, err := imaging.CheckFormat(job.ImageTypeQcow2, head); err != nil {
 			return err
 		}
-		staged, err = qcow2.Stage(ctx, io.MultiReader(bytes.NewReader(head), stream), qcow2.StageOptions{
+		src := io.MultiReader(bytes.NewReader(head), stream)
+		hash := dp.hash
+		if dp.Qcow2Staging {
+			dp.log.Info("qcow2: staging (asked for)")
+		} else {
+			stage, replay, err := dp.streamQcow2(ctx, src, stream.Size())
+			dp.res.ImageBytes = stream.BytesRead()
+			if err != nil || !stage {
+				return err
+			}
+			// Not streamable, nothing written: the bytes read so far
+			// (hashed already) and the rest of the stream are staged.
+			rest := io.Reader(stream)
+			if hash != nil {
+				rest = io.TeeReader(stream, hash)
+			}
+			src, hash = io.MultiReader(bytes.NewReader(replay), rest), nil
+		}
+		staged, err = qcow2.Stage(ctx, src, qcow2.StageOptions{
 			DeclaredSize:  stream.Size(),
 			MemoryReserve: dp.MemoryReserve,
 			Target:        dp.disk,
 			StagingDir:    dp.StagingDir,
-			Hash:          dp.hash,
+			Hash:          hash,
 			Progress:      dp.progress(job.StepDownload),
 			Logger:        dp.log,
 		})
 		return err
 	}); err != nil {
 		return err
+	}
+	if dp.streamed {
+		return nil
 	}
 	defer staged.Close()
 	dp.res.ImageBytes = staged.Size()
@@ -692,6 +724,52 @@ func (dp *deployment) writeQcow2(ctx context.Context) error {
 	})
 }
 
+// streamQcow2 converts the qcow2 src (size bytes, -1 unknown) as it
+// streams in (qcow2.Stream), inside the download step: its header and
+// the virtual disk's first MiB are checked before anything is written
+// (examineHead, the boot mode included), the checksum once it streamed in
+// (StepVerify), then the flush (StepWrite). When the image's layout does
+// not allow streaming it returns the bytes read so far (every one given to
+// the hash) and stage, nothing written: the caller stages them and the
+// rest.
+// The log says which path was taken.
+func (dp *deployment) streamQcow2(ctx context.Context, src io.Reader, size int64) (stage bool, replay []byte, err error) {
+	res, err := qcow2.Stream(ctx, src, dp.disk, qcow2.StreamOptions{
+		DeclaredSize: size,
+		TargetName:   dp.real.Path(),
+		Hash:         dp.hash,
+		Head: func(head []byte, info *qcow2.Info) error {
+			dp.streamed = true
+			if err := dp.examineHead(ctx, head); err != nil {
+				return err
+			}
+			// The image's own backup GPT stays in memory until the
+			// commit.
+			dp.guard.Hold(info.VirtualSize-imaging.HeadSize, imaging.HeadSize)
+			dp.res.DiskBytes = info.VirtualSize
+			return nil
+		},
+		Start:    dp.start(ctx),
+		Ended:    func(int64) error { return dp.ended() },
+		Progress: dp.progress(job.StepDownload),
+		Logger:   dp.log,
+	})
+	var ns *qcow2.NotStreamableError
+	if errors.As(err, &ns) {
+		dp.streamed = false
+		dp.log.Info(ns.Error(), "offset", ns.Offset, "reason", ns.Reason)
+		return true, ns.Replay, nil
+	}
+	if err != nil {
+		return false, nil, err
+	}
+	dp.res.Streamed = true
+	if res.Info != nil {
+		dp.res.DiskBytes = res.Info.VirtualSize
+	}
+	return false, nil, nil
+}
+
 // finishDisk is the tail every image type shares once the image is on the
 // disk: relocate the backup GPT, check how it boots, add the ConfigDrive,
 // commit and re-read. A failure aborts the transaction (Deploy).
@@ -705,7 +783,7 @@ func (dp *deployment) finishDisk(ctx context.Context) error {
 		return err
 	}
 	if err := dp.steps.run(ctx, job.StepBootCheck, func() error {
-		if dp.job.ImageType != job.ImageTypeQcow2 {
+		if dp.job.ImageType != job.ImageTypeQcow2 || dp.streamed {
 			// A streamed image is checked once written, before the
 			// commit: the held regions read through the Guard.
 			if err := dp.checkDisk(ctx, job.StepBootCheck, dp.disk, dp.disk.Size(), true); err != nil {

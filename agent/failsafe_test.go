@@ -309,6 +309,7 @@ func TestTailStagingKeepsOutOfLastMiB(t *testing.T) {
 		}
 		dep := (&recorder{}).deployer()
 		dep.MemoryReserve = 1 << 60
+		dep.Qcow2Staging = true
 		dep.StagingDir = t.TempDir()
 		j := &job.Job{ImageURL: serve(t, q, ""), ImageType: "qcow2", Checksum: sumHex(sha256.New(), q), ChecksumType: "sha256", DiskGroupID: 1}
 		res, err := dep.Deploy(context.Background(), j, openFile(t, path))

@@ -38,7 +38,9 @@ func noESPImage(t *testing.T, bootCode bool) []byte {
 
 // checkDeploy deploys data as typ onto a fresh old system with a server of
 // boot mode mode and the job's imageChecks; it returns the error, the
-// events and whether the disk's bytes changed.
+// events and whether the disk's bytes changed. Type "qcow2-staged" is a
+// qcow2 staged whole (Options.Qcow2Staging), "qcow2" one converted as it
+// streams.
 func checkDeploy(t *testing.T, data []byte, typ, mode, checks string) (*Result, error, *recorder, bool) {
 	t.Helper()
 	path := crashcheck.OldSystem(t, 512, 32*mib)
@@ -46,10 +48,15 @@ func checkDeploy(t *testing.T, data []byte, typ, mode, checks string) (*Result, 
 	if err != nil {
 		t.Fatal(err)
 	}
+	staged := typ == "qcow2-staged"
+	if staged {
+		typ = "qcow2"
+	}
 	j := &job.Job{ImageURL: serve(t, data, ""), ImageType: typ, DiskGroupID: 1, ImageChecks: checks,
 		Checksum: sumHex(sha256.New(), data), ChecksumType: "sha256"}
 	rec := &recorder{}
 	d := rec.deployer()
+	d.Qcow2Staging = staged
 	d.Inventory = &agentapi.Inventory{BootMode: mode}
 	res, err := Run(context.Background(), j, Env{Target: path, Options: d.Options, Report: ReporterFunc(rec.report)})
 	after, rerr := os.ReadFile(path)
@@ -83,8 +90,8 @@ func (r *recorder) final() job.Event {
 }
 
 // TestCheckRefusesBeforeWriting: a certain boot-mode mismatch is refused
-// before anything is written, raw (streamed: the head's check) and qcow2
-// (staged: every check) alike; the disk keeps its old system byte for
+// before anything is written, raw and a streamed qcow2 (the head's check)
+// and a staged qcow2 (every check) alike; the disk keeps its old system byte for
 // byte, and the final status carries the finding's code and text.
 func TestCheckRefusesBeforeWriting(t *testing.T) {
 	t.Parallel()
@@ -106,8 +113,10 @@ func TestCheckRefusesBeforeWriting(t *testing.T) {
 	}{
 		{"raw uefi", "raw", agentapi.BootModeUEFI, uefiNoESP, job.CheckUEFINoESP, job.StepDownload},
 		{"raw bios", "raw", agentapi.BootModeLegacy, biosNoCode, job.CheckBIOSNoBootCode, job.StepDownload},
-		{"qcow2 uefi", "qcow2", agentapi.BootModeUEFI, q1, job.CheckUEFINoESP, job.StepVerify},
-		{"qcow2 bios", "qcow2", agentapi.BootModeLegacy, q2, job.CheckBIOSNoBootCode, job.StepVerify},
+		{"qcow2 uefi", "qcow2", agentapi.BootModeUEFI, q1, job.CheckUEFINoESP, job.StepDownload},
+		{"qcow2 bios", "qcow2", agentapi.BootModeLegacy, q2, job.CheckBIOSNoBootCode, job.StepDownload},
+		{"staged qcow2 uefi", "qcow2-staged", agentapi.BootModeUEFI, q1, job.CheckUEFINoESP, job.StepVerify},
+		{"staged qcow2 bios", "qcow2-staged", agentapi.BootModeLegacy, q2, job.CheckBIOSNoBootCode, job.StepVerify},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -219,9 +228,19 @@ func TestCheckAfterStreaming(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err, _, changed := checkDeploy(t, q, "qcow2", agentapi.BootModeUEFI, "")
+	// Staged: every check runs before the disk is touched, a refusal
+	// refuses.
+	_, err, _, changed := checkDeploy(t, q, "qcow2-staged", agentapi.BootModeUEFI, "")
 	if code, _ := Describe(err); code != job.CheckUEFINoLoader || changed {
-		t.Fatalf("qcow2: err = %v (%s), disk changed %v", err, code, changed)
+		t.Fatalf("staged qcow2: err = %v (%s), disk changed %v", err, code, changed)
+	}
+	// Streamed: as raw, the filesystems are checked once written.
+	_, err, rec, _ = checkDeploy(t, q, "qcow2", agentapi.BootModeUEFI, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := rec.warningCodes(); len(w) != 1 || w[0] != job.CheckUEFINoLoader {
+		t.Fatalf("streamed qcow2: warnings %v, want [CheckUEFINoLoader] alone", w)
 	}
 }
 

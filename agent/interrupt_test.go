@@ -14,6 +14,7 @@ import (
 
 	"github.com/byoi/byoi/internal/crashcheck"
 	"github.com/byoi/byoi/internal/testimage"
+	"github.com/byoi/byoi/internal/testutil"
 	"github.com/byoi/byoi/job"
 )
 
@@ -41,8 +42,9 @@ func halfServer(t *testing.T, data []byte) (url string, sent <-chan struct{}) {
 // deployment was interrupted, and in which step — in the final event the
 // control plane gets and in the error the CLI prints — never as a download
 // error ("Could not download image located : URL. context canceled", what
-// the download's own error said before). Raw, qcow2 (staged: the disk keeps
-// its old system) and OVA all download in their download step.
+// the download's own error said before). Raw, qcow2 (streamed, or staged:
+// the disk keeps its old system) and OVA all download in their download
+// step.
 func TestInterruptedDuringDownload(t *testing.T) {
 	img := testImage(t, 16*mib, 512)
 	q, err := testimage.Qcow2(img, 16)
@@ -57,8 +59,10 @@ func TestInterruptedDuringDownload(t *testing.T) {
 	for _, c := range []struct {
 		typ  string
 		data []byte
-	}{{"raw", img}, {"qcow2", q}, {"ova", ova}} {
+	}{{"raw", img}, {"qcow2", q}, {"qcow2-staged", q}, {"ova", ova}} {
 		t.Run(c.typ, func(t *testing.T) {
+			staged := c.typ == "qcow2-staged"
+			typ := strings.TrimSuffix(c.typ, "-staged")
 			disk := crashcheck.OldSystem(t, 512, 32*mib)
 			before, err := os.ReadFile(disk)
 			if err != nil {
@@ -68,7 +72,7 @@ func TestInterruptedDuringDownload(t *testing.T) {
 			defer cancel()
 			rec := &recorder{}
 			env := Env{Target: disk, Report: ReporterFunc(rec.report),
-				Options: Options{Fetch: rec.deployer().Fetch, Logger: rec.deployer().Logger}}
+				Options: Options{Fetch: rec.deployer().Fetch, Logger: rec.deployer().Logger, Qcow2Staging: staged}}
 			url, sent := halfServer(t, c.data)
 			go func() {
 				// The signal arrives mid-download: half the image came
@@ -77,7 +81,7 @@ func TestInterruptedDuringDownload(t *testing.T) {
 				time.Sleep(300 * time.Millisecond)
 				cancel()
 			}()
-			_, err = Run(ctx, &job.Job{ImageURL: url, ImageType: c.typ, DiskGroupID: 1}, env)
+			_, err = Run(ctx, &job.Job{ImageURL: url, ImageType: typ, DiskGroupID: 1}, env)
 			if err == nil {
 				t.Fatal("an interrupted deployment succeeded")
 			}
@@ -100,10 +104,14 @@ func TestInterruptedDuringDownload(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// Nothing was written before the download ended (qcow2 stages
-			// in memory here): the old system is intact.
-			if c.typ == "qcow2" && !bytes.Equal(before, after) {
+			// Staged in memory, nothing was written before the download
+			// ended: the old system is intact. Streamed, the disk is left
+			// without a partition table.
+			if staged && !bytes.Equal(before, after) {
 				t.Error("the disk changed")
+			}
+			if !staged && !bytes.Equal(before, after) {
+				testutil.AssertNoTable(t, disk)
 			}
 		})
 	}

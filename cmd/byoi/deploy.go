@@ -34,6 +34,7 @@ type deployFlags struct {
 	retries                            int
 	memoryReserve                      int64
 	stagingDir                         string
+	qcow2Staging                       bool
 	sectorSize                         int64
 	jsonOut, verbose, reboot, progress bool
 	sysRoot, procRoot, devRoot         string
@@ -66,6 +67,7 @@ func cmdDeploy(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	fs.DurationVar(&f.speedTime, "speed-time", 60*time.Second, "the window of --speed-limit")
 	fs.Int64Var(&f.memoryReserve, "memory-reserve", 1<<30, "qcow2 staging: `bytes` of memory to keep free")
 	fs.StringVar(&f.stagingDir, "staging-dir", "", "qcow2 staging: a `directory` to use when memory and the disk tail do not fit")
+	fs.BoolVar(&f.qcow2Staging, "qcow2-staging", false, "stage a qcow2 whole before converting it, even when its layout allows converting it as it streams")
 	fs.Int64Var(&f.sectorSize, "sector-size", 0, "logical sector size of a regular-file target (512 or 4096)")
 	fs.BoolVar(&f.jsonOut, "json", false, "print one JSON status event per line on stdout")
 	fs.BoolVar(&f.verbose, "v", false, "verbose log on stderr")
@@ -115,6 +117,7 @@ func cmdDeploy(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 				SpeedLimit: f.speedLimit, SpeedTime: f.speedTime},
 			MemoryReserve: f.memoryReserve,
 			StagingDir:    f.stagingDir,
+			Qcow2Staging:  f.qcow2Staging,
 			Logger:        log,
 			Inventory:     inv,
 			Facts:         fl,
@@ -225,6 +228,9 @@ func printResult(w io.Writer, res *agent.Result) {
 	}
 	if res.Staged != "" {
 		fmt.Fprintf(w, "qcow2 staged in %s\n", res.Staged)
+	}
+	if res.Streamed {
+		fmt.Fprintln(w, "qcow2 converted as it streamed in")
 	}
 	if res.Table != nil {
 		printTable(w, res.Table)

@@ -1,8 +1,10 @@
-// Package qcow2 checks and converts qcow2 images: Check refuses what is
-// unsafe (a backing file, an external data file, encryption) or corrupt
-// before anything is written, Stage keeps the downloaded image in memory, on
-// the target's tail or in a directory, and Convert writes its virtual disk
-// onto an imaging.Target in parallel. go-qcow2reader reads the clusters,
+// Package qcow2 checks and converts qcow2 images: Stream converts an image
+// whose tables come before its data as it downloads (stream.go), checking
+// each table as it arrives; otherwise Check refuses what is unsafe (a
+// backing file, an external data file, encryption) or corrupt before
+// anything is written, Stage keeps the downloaded image in memory, on the
+// target's tail or in a directory, and Convert writes its virtual disk onto
+// an imaging.Target in parallel. go-qcow2reader reads the clusters,
 // with our zlib and zstd decompressors (RegisterDecompressors). Convert only
 // writes: crash safety is the imaging.Guard's.
 package qcow2

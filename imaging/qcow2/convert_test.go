@@ -42,6 +42,10 @@ var qcowCases = []qcowCase{
 	{name: "v3-extl2-zstd", size: 16 << 20, opts: "compat=1.1,cluster_size=131072,extended_l2=on,compression_type=zstd", compress: "zstd"},
 	{name: "v3-odd-size", size: 16<<20 + 3*512, opts: "compat=1.1,cluster_size=65536", zeroes: true},
 	{name: "v3-odd-size-zlib", size: 12<<20 + 7*512, opts: "compat=1.1,cluster_size=65536", compress: "zlib"},
+	// 4 KiB clusters: an L2 table per 2 MiB, written by qemu-img convert
+	// between the compressed clusters (some before the table mapping them).
+	{name: "v3-zlib-4k", size: 24 << 20, opts: "compat=1.1,cluster_size=4096", compress: "zlib", zeroes: true},
+	{name: "v3-zstd-4k", size: 24 << 20, opts: "compat=1.1,cluster_size=4096,compression_type=zstd", compress: "zstd"},
 }
 
 // mixedRaw writes a raw image of size bytes: random blocks, text, zero

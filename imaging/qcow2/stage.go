@@ -18,9 +18,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A qcow2 image cannot be converted while it streams in (its tables may sit
-// anywhere in the file), and its checksum must match before the disk is
-// touched: so it is staged first. Where, in order of preference:
+// A qcow2 image whose tables do not come before their data (Stream's
+// NotStreamableError), or one a deployment asks to stage, is staged first:
+// its checksum then matches before the disk is touched. Where, in order of
+// preference:
 //  1. memory (a memfd, else an anonymous mapping: stageMem), freed on
 //     Close, when it fits in MemAvailable minus a reserve;
 //  2. the target disk's tail, past the virtual disk and never in its last

@@ -14,6 +14,25 @@ import (
 // nothing to fix. It is for the demo and tests, not for large images: it
 // builds the whole file in memory.
 func Qcow2(raw []byte, clusterBits uint) ([]byte, error) {
+	return Qcow2Layout(raw, clusterBits, TablesFirst)
+}
+
+// Qcow2LayoutKind is where Qcow2Layout puts the L1 and L2 tables.
+type Qcow2LayoutKind int
+
+const (
+	// TablesFirst: header, refcount table and blocks, L1, L2 tables,
+	// then the data clusters (the streamable layout of qemu-img convert
+	// and most builders).
+	TablesFirst Qcow2LayoutKind = iota
+	// TablesLast: the data clusters before the L1 and L2 tables (an
+	// image whose tables were moved, e.g. by a resize): a streaming
+	// reader meets data before the tables that map it.
+	TablesLast
+)
+
+// Qcow2Layout is Qcow2 with the tables placed as layout says.
+func Qcow2Layout(raw []byte, clusterBits uint, layout Qcow2LayoutKind) ([]byte, error) {
 	if clusterBits < 9 || clusterBits > 21 {
 		return nil, fmt.Errorf("cluster bits %d outside 9..21", clusterBits)
 	}
@@ -100,6 +119,11 @@ func Qcow2(raw []byte, clusterBits uint) ([]byte, error) {
 	l1Off := rbOff + rbCount*cs
 	l2Off := l1Off + l1Clusters*cs
 	dataOff := l2Off + nL2*cs
+	if layout == TablesLast {
+		dataOff = rbOff + rbCount*cs
+		l1Off = dataOff + dataClusters*cs
+		l2Off = l1Off + l1Clusters*cs
+	}
 
 	out := make([]byte, total*cs)
 	be := binary.BigEndian
@@ -116,8 +140,10 @@ func Qcow2(raw []byte, clusterBits uint) ([]byte, error) {
 	// Header extensions end at 104 with an all-zero end marker.
 
 	refs := make([]uint16, total)
-	for c := int64(0); c < dataOff/cs; c++ {
-		refs[c] = 1 // header, refcount structures, L1, L2
+	for c := int64(0); c < total; c++ {
+		if off := c * cs; off < rbOff+rbCount*cs || (off >= l1Off && off < l2Off+nL2*cs) {
+			refs[c] = 1 // header, refcount structures, L1, L2
+		}
 	}
 	const copied = uint64(1) << 63
 	x := 62 - (clusterBits - 8)

@@ -23,8 +23,12 @@ func TestQcow2JudgedByQemuImg(t *testing.T) {
 		t.Fatal(err)
 	}
 	raw = raw[:len(raw)-1000] // a size that is not a cluster multiple
-	for _, bits := range []uint{9, 16, 21} {
-		q, err := testimage.Qcow2(raw, bits)
+	for _, c := range []struct {
+		bits   uint
+		layout testimage.Qcow2LayoutKind
+	}{{9, testimage.TablesFirst}, {16, testimage.TablesFirst}, {21, testimage.TablesFirst}, {16, testimage.TablesLast}} {
+		bits := c.bits
+		q, err := testimage.Qcow2Layout(raw, bits, c.layout)
 		if err != nil {
 			t.Fatal(err)
 		}
