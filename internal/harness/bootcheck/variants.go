@@ -233,8 +233,46 @@ func (r *runner) variantsRun(ctx context.Context) error {
 	ins.Print()
 	r.noteFailed(ins)
 
-	// 2. byoi deploy: refusals before writing, warnings in the status;
-	// the disks to boot.
+	// 2. byoi deploy: refusals before writing, warnings in the status.
+	// 3. The disks it wrote boot on NVMe under OVMF, --jobs at once, each
+	// as soon as its deploy is done (the longest first).
+	limit := r.c.timeout
+	boots := map[string]*variantBoot{
+		"two-nic":     {name: "two-nic", kind: "two-nic", limit: limit},
+		"two-nic-off": {name: "two-nic-off", kind: "two-nic-off", limit: limit},
+		"nocloud":     {name: "nocloud", kind: "nocloud", limit: limit},
+		"fstabdev": {name: "fstabdev", kind: "sign", limit: limit,
+			sign: regexp.MustCompile(`You are in emergency mode|Cannot open access to console, the root account is locked`),
+			why:  regexp.MustCompile(`vdb1|/data|emergency`)},
+		"nonvme-virtio": {name: "nonvme", kind: "sign", limit: limit,
+			sign: regexp.MustCompile(`Gave up waiting for root|ALERT! .* does not exist`),
+			why:  regexp.MustCompile(`Gave up|ALERT|nvme|Dropping`)},
+		"biosonly-legacy": {name: "biosonly", kind: "sign", limit: limit, noNIC: true,
+			sign: regexp.MustCompile(`failed to load Boot[0-9A-F]+ "UEFI QEMU NVMe[^"]*".*Not Found|No bootable option|UEFI Interactive Shell`),
+			past: regexp.MustCompile(`GRUB|Booting .Debian|Linux version|[A-Za-z0-9._-]+ login:`),
+			why:  regexp.MustCompile(`BdsDxe|Boot|Shell|bootable`)},
+	}
+	var started []*variantBoot
+	sem := make(chan struct{}, r.c.jobs)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	t0 := time.Now()
+	launch := func(key, disk string) {
+		b := boots[key]
+		if b == nil {
+			return
+		}
+		b.r, b.disk, b.report = r, disk, log.NewCase(b.name)
+		started = append(started, b)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			b.run(ctx)
+		}()
+	}
+
 	dep := log.NewCase("deploy")
 	type deployCase struct {
 		name, image string
@@ -242,24 +280,22 @@ func (r *runner) variantsRun(ctx context.Context) error {
 		refuse      string   // the code the deploy must refuse with ("" : it must deploy)
 		warns       []string // codes it must warn with (exactly these)
 		networkOff  bool
-		disk        *string
 	}
-	var dFstab, dNoNVMe, dNoCloud, dBIOS, dTwo, dTwoOff string
 	inv, err := r.twoNICInventory()
 	if err != nil {
 		return err
 	}
 	uefiNVMe := []string{"--boot-mode", "uefi", "--disk-driver", "nvme"}
 	cases := []deployCase{
-		{name: "two-nic", image: "cloud", args: []string{"--inventory", inv}, disk: &dTwo},
-		{name: "fstabdev", image: "fstabdev", args: uefiNVMe, warns: []string{"CheckFstabNoFail", "CheckFstabDevName"}, disk: &dFstab},
-		{name: "fstabdev-strict", image: "fstabdev", args: append([]string{"--image-checks", "strict"}, uefiNVMe...), refuse: "CheckStrict"},
+		{name: "two-nic", image: "cloud", args: []string{"--inventory", inv}},
+		{name: "two-nic-off", image: "cloud", args: []string{"--inventory", inv}, networkOff: true},
+		{name: "nocloud", image: "nocloud", args: uefiNVMe, warns: []string{"CheckDatasourceList"}},
+		{name: "fstabdev", image: "fstabdev", args: uefiNVMe, warns: []string{"CheckFstabNoFail", "CheckFstabDevName"}},
 		{name: "nonvme", image: "nonvme", args: uefiNVMe, refuse: "CheckDiskDriverAbsent"},
-		{name: "nonvme-virtio", image: "nonvme", args: []string{"--boot-mode", "uefi", "--disk-driver", "virtio_blk"}, disk: &dNoNVMe},
-		{name: "nocloud", image: "nocloud", args: uefiNVMe, warns: []string{"CheckDatasourceList"}, disk: &dNoCloud},
+		{name: "nonvme-virtio", image: "nonvme", args: []string{"--boot-mode", "uefi", "--disk-driver", "virtio_blk"}},
 		{name: "biosonly", image: "biosonly", args: uefiNVMe, refuse: "CheckUEFINoESP"},
-		{name: "biosonly-legacy", image: "biosonly", args: []string{"--boot-mode", "legacy", "--disk-driver", "nvme"}, disk: &dBIOS},
-		{name: "two-nic-off", image: "cloud", args: []string{"--inventory", inv}, networkOff: true, disk: &dTwoOff},
+		{name: "biosonly-legacy", image: "biosonly", args: []string{"--boot-mode", "legacy", "--disk-driver", "nvme"}},
+		{name: "fstabdev-strict", image: "fstabdev", args: append([]string{"--image-checks", "strict"}, uefiNVMe...), refuse: "CheckStrict"},
 	}
 	for _, c := range cases {
 		disk, res, err := r.deployVariant(ctx, bin, c.name, imgs[c.image], c.networkOff, c.args)
@@ -277,63 +313,26 @@ func (r *runner) variantsRun(ctx context.Context) error {
 		sort.Strings(c.warns)
 		got := append([]string(nil), res.warns...)
 		sort.Strings(got)
-		dep.Check(c.name, res.exit == 0 && res.done && strings.Join(got, " ") == strings.Join(c.warns, " "),
+		ok := dep.Check(c.name, res.exit == 0 && res.done && strings.Join(got, " ") == strings.Join(c.warns, " "),
 			"%s deploys: exit %d, warnings [%s] (want [%s])", what, res.exit, strings.Join(got, " "), strings.Join(c.warns, " "))
 		for _, m := range res.warnMsgs {
 			dep.Evidence("warning: %s", m)
 		}
 		if res.exit == 0 && res.done {
-			*c.disk = disk
+			launch(c.name, disk)
+		} else if b := boots[c.name]; b != nil && !ok {
+			dep.Fail(b.name+"-boot", "not booted: its deploy failed")
 		}
 	}
 	dep.Print()
 	r.noteFailed(dep)
-
-	// 3. The boots, longest first, --jobs at once.
-	var boots []*variantBoot
-	add := func(b *variantBoot, disk string) {
-		if disk == "" {
-			r.failed = append(r.failed, b.name+":no-disk")
-			log.Say("FAIL [%s] boot: not booted, its deploy failed", b.name)
-			return
-		}
-		b.disk = disk
-		boots = append(boots, b)
-	}
-	limit := r.c.timeout
-	add(&variantBoot{name: "two-nic", kind: "two-nic", limit: limit}, dTwo)
-	add(&variantBoot{name: "two-nic-off", kind: "two-nic-off", limit: limit}, dTwoOff)
-	add(&variantBoot{name: "nocloud", kind: "nocloud", limit: limit}, dNoCloud)
-	add(&variantBoot{name: "fstabdev", kind: "sign", limit: limit,
-		sign: regexp.MustCompile(`You are in emergency mode|Cannot open access to console, the root account is locked`),
-		why:  regexp.MustCompile(`vdb1|/data|emergency`)}, dFstab)
-	add(&variantBoot{name: "nonvme", kind: "sign", limit: limit,
-		sign: regexp.MustCompile(`Gave up waiting for root|ALERT! .* does not exist`),
-		why:  regexp.MustCompile(`Gave up|ALERT|nvme|Dropping`)}, dNoNVMe)
-	add(&variantBoot{name: "biosonly", kind: "sign", limit: limit, noNIC: true,
-		sign: regexp.MustCompile(`No bootable option|UEFI Interactive Shell|Shell> `),
-		past: regexp.MustCompile(`GRUB|Booting .Debian|Linux version|[A-Za-z0-9._-]+ login:`),
-		why:  regexp.MustCompile(`BdsDxe|Boot|Shell|bootable`)}, dBIOS)
-	t0 := time.Now()
-	sem := make(chan struct{}, r.c.jobs)
-	var wg sync.WaitGroup
-	for _, b := range boots {
-		b.r = r
-		b.report = log.NewCase(b.name)
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			b.run(ctx)
-		}()
-	}
 	wg.Wait()
-	for _, b := range boots {
+	for _, b := range started {
 		b.report.Print()
 		b.report.PrintDetails()
 		r.noteFailed(b.report)
 	}
-	log.Say("TIME variant boots: %.0f s (%d machines, %d at once)", time.Since(t0).Seconds(), len(boots), r.c.jobs)
+	log.Say("TIME variant deploys and boots: %.0f s (%d machines, %d at once)", time.Since(t0).Seconds(), len(started), r.c.jobs)
 	return nil
 }
 
