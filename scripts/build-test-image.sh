@@ -74,6 +74,8 @@ case "$COMP" in zlib|zstd) ;; *) die "BYOI_TEST_IMAGE_COMPRESSION must be zlib o
 CACHE=${BYOI_TEST_IMAGE_CACHE:-/var/cache/byoi-test-image}
 if [ "$VARIANT" = cloud ]; then
   OUT="$CACHE/debian-12-byoi-test-$KEY-$COMP.qcow2"
+elif [ -n "$BASE" ]; then
+  OUT="$CACHE/debian-12-byoi-test-$VARIANT-$KEY.qcow2" # uncompressed
 else
   OUT="$CACHE/debian-12-byoi-test-$VARIANT-$KEY-$COMP.qcow2"
 fi
@@ -168,6 +170,11 @@ rm -rf "$DESTDIR"/lib/modules/*/kernel/drivers/nvme "$DESTDIR"/usr/lib/modules/*
 EOF
   chmod 755 "$ROOT/etc/initramfs-tools/hooks/zz-no-nvme"
   chroot_env
+  # the root's node and /dev/disk/by-uuid link, as the base build had them (the fsck hook
+  # looks the root's type up there)
+  cp -a "$LOOP" "${LOOP}p1" "$ROOT/dev/"
+  mkdir -p "$ROOT/dev/disk/by-uuid"
+  ln -s "../../$(basename "$LOOP")p1" "$ROOT/dev/disk/by-uuid/$(blkid -s UUID -o value "${LOOP}p1")"
   derive_root update-initramfs -u -k all >&2
   local i n=0
   for i in "$ROOT"/boot/initrd.img-*; do
@@ -175,6 +182,7 @@ EOF
     derive_root lsinitramfs "/boot/${i##*/}" >"$WORK/lsinitramfs"
     ! grep -E '(^|/)nvme[^/]*\.ko' "$WORK/lsinitramfs" >&2 || die "$i still holds an NVMe module"
     grep -q '/virtio_blk\.ko' "$WORK/lsinitramfs" || die "$i lost virtio_blk too (the hook removes too much)"
+    grep -Eq 'sbin/(fsck\.ext4|e2fsck)$' "$WORK/lsinitramfs" || die "$i has no fsck.ext4 (the fsck hook did not find the root)"
     log "$(basename "$i"): no nvme*.ko (lsinitramfs)"
   done
   [ $n -gt 0 ] || die "no initramfs in /boot"

@@ -632,6 +632,7 @@ func (b *variantBoot) noCloud(ctx context.Context, m *harness.Machine, t0 time.T
 	b.report.Check("configdrive-ignored", !strings.Contains(ds, "ConfigDrive"), "cloud-init's datasource is %s, not the ConfigDrive", ds)
 	// The login prompt comes with or soon after the final stage.
 	_, prompt := waitFor(ctx, m, 60*time.Second, loginRE)
+	prompt = loginRE.FindString(prompt)
 	clog := harness.Searchable(m.Console(), 0)
 	b.report.Check("marker-not-run", !strings.Contains(clog, "BYOI-MARKER "+r.marker), "the ConfigDrive's user data (marker %s) did not run", r.marker)
 	b.report.Check("hostname-not-applied", prompt != "" && !strings.Contains(prompt, r.host+" login:"), "the login prompt is %q, not %s's", orNone(prompt, "<none>"), r.host)
