@@ -298,6 +298,10 @@ func (r *runner) variantsRun(ctx context.Context) error {
 		{name: "fstabdev-strict", image: "fstabdev", args: append([]string{"--image-checks", "strict"}, uefiNVMe...), refuse: "CheckStrict"},
 	}
 	for _, c := range cases {
+		if c.networkOff && r.c.noNetNegative {
+			log.Say("SKIP [two-nic-off]: --no-network-negative (the boot without network_data.json is not run)")
+			continue
+		}
 		disk, res, err := r.deployVariant(ctx, bin, c.name, imgs[c.image], c.networkOff, c.args)
 		if err != nil {
 			return err
