@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -451,7 +452,8 @@ func (r *runner) deployVariant(ctx context.Context, bin, name string, src source
 	}
 	err = cmd.Wait()
 	res.elapsed = time.Since(t0)
-	if ee, ok := err.(*exec.ExitError); ok {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
 		res.exit = ee.ExitCode()
 	} else if err != nil {
 		return "", res, fmt.Errorf("byoi deploy[%s]: %w", name, err)
