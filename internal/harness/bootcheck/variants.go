@@ -243,13 +243,13 @@ func (r *runner) variantsRun(ctx context.Context) error {
 		"two-nic-off": {name: "two-nic-off", kind: "two-nic-off", limit: limit},
 		"nocloud":     {name: "nocloud", kind: "nocloud", limit: limit},
 		"fstabdev": {name: "fstabdev", kind: "sign", limit: limit,
-			sign: regexp.MustCompile(`You are in emergency mode|Cannot open access to console, the root account is locked`),
+			sign: emergencyRE,
 			why:  regexp.MustCompile(`vdb1|/data|emergency`)},
 		"nonvme-virtio": {name: "nonvme", kind: "sign", limit: limit,
-			sign: regexp.MustCompile(`Gave up waiting for root|ALERT! .* does not exist`),
+			sign: noRootRE,
 			why:  regexp.MustCompile(`Gave up|ALERT|nvme|Dropping`)},
 		"biosonly-legacy": {name: "biosonly", kind: "sign", limit: limit, noNIC: true,
-			sign: regexp.MustCompile(`failed to load Boot[0-9A-F]+ "UEFI QEMU NVMe[^"]*".*Not Found|No bootable option|UEFI Interactive Shell`),
+			sign: noBootRE,
 			past: regexp.MustCompile(`GRUB|Booting .Debian|Linux version|[A-Za-z0-9._-]+ login:`),
 			why:  regexp.MustCompile(`BdsDxe|Boot|Shell|bootable`)},
 	}
@@ -511,7 +511,16 @@ type variantBoot struct {
 	report          *harness.Case
 }
 
-var loginRE = regexp.MustCompile(`[A-Za-z0-9._-]+ login:`)
+// The defects' first signs on the console.
+var (
+	// systemd gave up on a mount the boot needs.
+	emergencyRE = regexp.MustCompile(`You are in emergency mode|Cannot open access to console, the root account is locked`)
+	// initramfs-tools found no root device.
+	noRootRE = regexp.MustCompile(`Gave up waiting for root|ALERT! .* does not exist`)
+	// OVMF could not boot the NVMe disk.
+	noBootRE = regexp.MustCompile(`failed to load Boot[0-9A-F]+ "UEFI QEMU NVMe[^"]*".*Not Found|No bootable option|UEFI Interactive Shell`)
+	loginRE  = regexp.MustCompile(`[A-Za-z0-9._-]+ login:`)
+)
 
 func (b *variantBoot) run(ctx context.Context) {
 	r := b.r
