@@ -9,6 +9,14 @@
 #                                          (UEFI boots a reinstall-body deploy, BIOS a legacy-body
 #                                          one: both job shapes; --job-shape is ignored here; and
 #                                          BIOS boots the same image deployed as an OVA)
+#   scripts/boot-check.sh --variants       the image checks' proofs (issue 26): the test image's
+#                                          defective variants (build-test-image.sh --variant
+#                                          fstabdev, nonvme, nocloud, biosonly; xfsroot) are named
+#                                          by byoi inspect and deploy, and fail to boot (or ignore
+#                                          the ConfigDrive) on NVMe under OVMF; a two-NIC server
+#                                          answers SSH through the NIC network_data.json names,
+#                                          and not with networkData off (--no-network-negative
+#                                          skips that last boot)
 # Options:
 #   --firmware F           uefi (OVMF), bios (SeaBIOS) or both (default both)
 #   --no-configdrive       deploy a job without configdrive (expected to FAIL: no marker)
@@ -37,7 +45,7 @@ KEEP=0 ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --keep) KEEP=1; shift;;
-    --no-configdrive|--fail-fast|--acceptance) ARGS+=("$1"); shift;;
+    --no-configdrive|--fail-fast|--acceptance|--variants|--no-network-negative) ARGS+=("$1"); shift;;
     --firmware|--expect-hostname|--negative-firmware|--image|--timeout|--job-shape|--jobs) ARGS+=("$1" "$2"); shift 2;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2;;

@@ -16,6 +16,19 @@
 #   cloud    (default) linux-image-cloud-amd64: virtio, NVMe; the smallest and fastest to boot
 #   generic  linux-image-amd64: the drivers of real servers (megaraid_sas, mpt3sas, ...), for
 #            deploys behind emulated HBAs and RAID controllers (scripts/hw-check.sh)
+#   Derived variants: a defect planted in a copy of a base image above (its disk is copied, its
+#   root mounted and edited; no mmdebstrap), for the image checks' proofs (issue 26,
+#   scripts/boot-check.sh --variants). Each is stored as an uncompressed qcow2.
+#   fstabdev  (cloud)   /etc/fstab also mounts /dev/vdb1 on /data without nofail: no such disk on
+#                       the server sends systemd to emergency mode (the entry's own
+#                       x-systemd.device-timeout=10s shortens systemd's 90 s wait for it)
+#   nonvme    (generic) the initramfs is rebuilt without the NVMe driver (an initramfs-tools hook
+#                       drops drivers/nvme, as a host-only initramfs built on a virtio VM lacks it):
+#                       on an NVMe disk the initramfs gives up waiting for the root
+#   nocloud   (cloud)   cloud-init's datasource_list is [ NoCloud ]: the ConfigDrive is ignored
+#   biosonly  (cloud)   no EFI System Partition (p15 deleted, its fstab line out): legacy BIOS only
+#   xfsroot   (cloud)   the root filesystem is XFS (mkfs.xfs, same UUID and label, same files): for
+#                       the image checks' XFS reader (GRUB's core has no xfs module: not booted)
 # Env:   BYOI_TEST_IMAGE_CACHE   cache directory (default /var/cache/byoi-test-image)
 #        BYOI_TEST_IMAGE_COMPRESSION  zlib (default) or zstd
 #        BYOI_DEBIAN_MIRROR / BYOI_DEBIAN_SECURITY_MIRROR  override the mirrors read from
@@ -30,6 +43,13 @@ log() { printf '[build-test-image] %s\n' "$*" >&2; }
 # --- variants: what differs between the test images ------------------------------------------
 variant_cloud()   { KERNEL_PKG=linux-image-cloud-amd64; }
 variant_generic() { KERNEL_PKG=linux-image-amd64; }
+# derived variants: BASE is the variant copied, derive_NAME (below) plants the defect
+variant_fstabdev() { BASE=cloud; }
+variant_nonvme()   { BASE=generic; }
+variant_nocloud()  { BASE=cloud; }
+variant_biosonly() { BASE=cloud; }
+variant_xfsroot()  { BASE=cloud; }
+BASE=""
 VARIANT=cloud
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -42,7 +62,8 @@ declare -F "variant_$VARIANT" >/dev/null || { echo "unknown variant $VARIANT (se
 die() { log "ERROR: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "must run as root (loop devices, mount, chroot)"
-for t in mmdebstrap sgdisk losetup partx mkfs.ext4 mkfs.vfat mmd mcopy qemu-img blkid fstrim flock; do
+for t in mmdebstrap sgdisk losetup partx mkfs.ext4 mkfs.vfat mmd mcopy qemu-img blkid fstrim flock fallocate \
+  $([ "$VARIANT" != xfsroot ] || echo mkfs.xfs xfs_repair); do
   command -v "$t" >/dev/null || die "missing tool: $t (see scripts/install-test-deps.sh)"
 done
 
@@ -53,10 +74,19 @@ case "$COMP" in zlib|zstd) ;; *) die "BYOI_TEST_IMAGE_COMPRESSION must be zlib o
 CACHE=${BYOI_TEST_IMAGE_CACHE:-/var/cache/byoi-test-image}
 if [ "$VARIANT" = cloud ]; then
   OUT="$CACHE/debian-12-byoi-test-$KEY-$COMP.qcow2"
+elif [ -n "$BASE" ]; then
+  OUT="$CACHE/debian-12-byoi-test-$VARIANT-$KEY.qcow2" # uncompressed
 else
   OUT="$CACHE/debian-12-byoi-test-$VARIANT-$KEY-$COMP.qcow2"
 fi
 mkdir -p "$CACHE"
+
+# A derived variant's base is built (or found) first, by this script: before the lock, which
+# that run takes itself.
+if [ -n "$BASE" ]; then
+  BASE_OUT=$("$SELF" --variant "$BASE" | tail -1)
+  [ -s "$BASE_OUT" ] || die "base variant $BASE: no image"
+fi
 
 exec 9>"$CACHE/.lock"
 flock -w 1800 9 || die "timed out waiting for the cache lock $CACHE/.lock"
@@ -103,6 +133,113 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 mnt() { mount "$@"; MOUNTS+=("${@: -1}"); }
 
+# --- derived variants: a copy of the base image's disk, its root mounted and edited ------------
+attach() { # attach RAW PART...: the loop device in LOOP, partition nodes made with partx
+  LOOP=$(losetup --find --show --partscan "$1")
+  log "loop device: $LOOP (backing $1)"
+  partx -a "$LOOP" 2>/dev/null || partx -u "$LOOP" 2>/dev/null || true
+  local p
+  for p in "${@:2}"; do
+    for _ in $(seq 50); do [ -b "${LOOP}p$p" ] && break; sleep 0.1; done
+    [ -b "${LOOP}p$p" ] || die "partition node ${LOOP}p$p did not appear"
+  done
+}
+chroot_env() { # proc, sys and a private /dev (never the host's /dev) for a chroot into $ROOT
+  mnt -t proc proc "$ROOT/proc"
+  mnt -t sysfs sysfs "$ROOT/sys"
+  mnt -t tmpfs -o mode=755,size=16m devtmp "$ROOT/dev"
+  local n
+  for n in null zero full random urandom tty; do cp -a "/dev/$n" "$ROOT/dev/$n"; done
+  mkdir -p "$ROOT/dev/pts"
+  mnt -t devpts devpts "$ROOT/dev/pts"
+}
+unmount_all() { local i; for ((i=${#MOUNTS[@]}-1; i>=0; i--)); do umount "${MOUNTS[$i]}"; done; MOUNTS=(); }
+derive_root() { LANG=C.UTF-8 LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$ROOT" "$@"; }
+
+derive_fstabdev() {
+  mkdir -p "$ROOT/data"
+  printf '%s\n' '/dev/vdb1        /data      ext4  defaults,x-systemd.device-timeout=10s  0  2' >>"$ROOT/etc/fstab"
+}
+derive_nonvme() {
+  mkdir -p "$ROOT/etc/initramfs-tools/hooks"
+  cat >"$ROOT/etc/initramfs-tools/hooks/zz-no-nvme" <<'EOF'
+#!/bin/sh
+# byoi test image (variant nonvme): an initramfs without the NVMe driver
+case "$1" in prereqs) exit 0;; esac
+rm -rf "$DESTDIR"/lib/modules/*/kernel/drivers/nvme "$DESTDIR"/usr/lib/modules/*/kernel/drivers/nvme
+EOF
+  chmod 755 "$ROOT/etc/initramfs-tools/hooks/zz-no-nvme"
+  chroot_env
+  # the root's node and /dev/disk/by-uuid link, as the base build had them (the fsck hook
+  # looks the root's type up there)
+  cp -a "$LOOP" "${LOOP}p1" "$ROOT/dev/"
+  mkdir -p "$ROOT/dev/disk/by-uuid"
+  ln -s "../../$(basename "$LOOP")p1" "$ROOT/dev/disk/by-uuid/$(blkid -s UUID -o value "${LOOP}p1")"
+  derive_root update-initramfs -u -k all >&2
+  local i n=0
+  for i in "$ROOT"/boot/initrd.img-*; do
+    n=$((n+1))
+    derive_root lsinitramfs "/boot/${i##*/}" >"$WORK/lsinitramfs"
+    ! grep -E '(^|/)nvme[^/]*\.ko' "$WORK/lsinitramfs" >&2 || die "$i still holds an NVMe module"
+    grep -q '/virtio_blk\.ko' "$WORK/lsinitramfs" || die "$i lost virtio_blk too (the hook removes too much)"
+    grep -Eq 'sbin/(fsck\.ext4|e2fsck)$' "$WORK/lsinitramfs" || die "$i has no fsck.ext4 (the fsck hook did not find the root)"
+    log "$(basename "$i"): no nvme*.ko (lsinitramfs)"
+  done
+  [ $n -gt 0 ] || die "no initramfs in /boot"
+}
+derive_nocloud() {
+  sed -i 's/^datasource_list:.*/datasource_list: [ NoCloud ]/' "$ROOT/etc/cloud/cloud.cfg.d/90_byoi_test.cfg"
+  grep -q '^datasource_list: \[ NoCloud \]$' "$ROOT/etc/cloud/cloud.cfg.d/90_byoi_test.cfg" || die "datasource_list not replaced"
+}
+derive_biosonly() { # the partition itself goes once the disk is detached (derive_biosonly_disk)
+  sed -i '\#[[:space:]]/boot/efi[[:space:]]#d' "$ROOT/etc/fstab"
+  ! grep -q /boot/efi "$ROOT/etc/fstab" || die "the ESP's fstab line is still there"
+}
+derive_biosonly_disk() {
+  local start size
+  start=$(partx -g -o START -n 15 "$RAW") size=$(partx -g -o SECTORS -n 15 "$RAW")
+  fallocate -p -o $((start*512)) -l $((size*512)) "$RAW"
+  sgdisk -d 15 "$RAW" >/dev/null
+  ! sgdisk -p "$RAW" | grep -q EF00 || die "an EF00 partition is still there"
+}
+derive_xfsroot() { # the root's files out, mkfs.xfs with the same UUID and label, the files back
+  local uuid
+  uuid=$(blkid -s UUID -o value "${LOOP}p1")
+  tar -C "$ROOT" --numeric-owner --xattrs --xattrs-include='*' -cpf "$WORK/root.tar" .
+  umount "$ROOT"; MOUNTS=()
+  mkfs.xfs -q -f -L root -m uuid="$uuid" "${LOOP}p1"
+  mnt "${LOOP}p1" "$ROOT"
+  tar -C "$ROOT" --numeric-owner --xattrs --xattrs-include='*' -xpf "$WORK/root.tar"
+  rm -f "$WORK/root.tar"
+  sed -i "s#^UUID=$uuid[[:space:]].*#UUID=$uuid  /          xfs   defaults  0  1#" "$ROOT/etc/fstab"
+  grep -q "^UUID=$uuid .* xfs " "$ROOT/etc/fstab" || die "fstab's root line not changed to xfs"
+}
+
+if [ -n "$BASE" ]; then
+  START=$(date +%s)
+  log "deriving $VARIANT from $BASE_OUT ..."
+  qemu-img convert -O raw "$BASE_OUT" "$RAW"
+  attach "$RAW" 1
+  mkdir -p "$ROOT"
+  mnt "${LOOP}p1" "$ROOT"
+  "derive_$VARIANT"
+  unmount_all
+  case "$(blkid -s TYPE -o value "${LOOP}p1")" in
+    ext4) e2fsck -fy "${LOOP}p1" >&2 || [ $? -le 1 ] || die "e2fsck found errors";;
+    xfs) xfs_repair -n "${LOOP}p1" >&2 || die "xfs_repair -n found errors";;
+    *) die "unexpected root filesystem type";;
+  esac
+  partx -d "$LOOP" 2>/dev/null || true
+  losetup -d "$LOOP"; LOOP=""
+  if declare -F "derive_${VARIANT}_disk" >/dev/null; then "derive_${VARIANT}_disk"; fi
+  sgdisk -v "$RAW" | grep -q "No problems found" || die "sgdisk -v found problems"
+  qemu-img convert -O qcow2 "$RAW" "$WORK/out.qcow2"
+  mv "$WORK/out.qcow2" "$OUT"
+  log "built $OUT ($(du -h "$OUT" | cut -f1)) in $(( $(date +%s) - START )) s"
+  echo "$OUT"
+  exit 0
+fi
+
 START=$(date +%s)
 truncate -s 2G "$RAW"
 sgdisk -Z "$RAW" >/dev/null 2>&1 || true
@@ -144,7 +281,9 @@ unset IFS
 # The mmdebstrap result is cached as a tarball keyed by the package list and mirrors, so that
 # tweaking the configuration below does not download everything again.
 ROOTFS_KEY=$(printf '%s\n' "$INCLUDE" "$MIRROR" "$SECMIRROR" "v1" | sha256sum | cut -c1-16)
-ROOTFS_TAR="$CACHE/rootfs-$ROOTFS_KEY.tar"
+ROOTFS_TAR="$CACHE/rootfs-$VARIANT-$ROOTFS_KEY.tar"
+# (the name before it had the variant in it: taken over, not downloaded again)
+[ -s "$ROOTFS_TAR" ] || [ ! -s "$CACHE/rootfs-$ROOTFS_KEY.tar" ] || mv "$CACHE/rootfs-$ROOTFS_KEY.tar" "$ROOTFS_TAR"
 if [ ! -s "$ROOTFS_TAR" ] || [ "${BYOI_TEST_IMAGE_REBUILD:-0}" = 1 ]; then
   log "mmdebstrap bookworm (${#PKGS[@]} packages requested) ..."
   T0=$(date +%s)
@@ -159,7 +298,7 @@ if [ ! -s "$ROOTFS_TAR" ] || [ "${BYOI_TEST_IMAGE_REBUILD:-0}" = 1 ]; then
     "deb $MIRROR bookworm-updates main" \
     "deb $SECMIRROR bookworm-security main" >&2
   log "mmdebstrap took $(( $(date +%s) - T0 )) s"
-  rm -f "$CACHE"/rootfs-*.tar
+  rm -f "$CACHE/rootfs-$VARIANT"-*.tar # this variant's stale ones only
   mv "$WORK/rootfs.tar" "$ROOTFS_TAR"
 else
   log "reusing cached rootfs $ROOTFS_TAR"
