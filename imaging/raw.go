@@ -106,7 +106,7 @@ func WriteRaw(ctx context.Context, src io.Reader, dst Target, opts RawOptions) (
 
 	// The head: read and checked before anything is written.
 	head := make([]byte, HeadSize)
-	n, short, err := readFull(src, head) // short: the whole image fits in the head
+	n, short, err := ReadFull(src, head) // short: the whole image fits in the head
 	if err != nil {
 		return res, err
 	}
@@ -239,7 +239,7 @@ func (w *rawWriter) stream(ctx context.Context, src io.Reader, off int64) (int64
 			case <-ctx.Done():
 				return
 			}
-			n, eof, err := readFull(src, c.buf)
+			n, eof, err := ReadFull(src, c.buf)
 			if err != nil {
 				fail(err) // src's error, unchanged
 				return
@@ -339,11 +339,13 @@ func (w *rawWriter) write(ctx context.Context, p []byte, off int64) error {
 	return nil
 }
 
-// readFull fills buf from r like io.ReadFull, but tells a clean end (r
+// ReadFull fills buf from r like io.ReadFull, but tells a clean end (r
 // returned io.EOF: eof) from an error. io.ReadFull turns an early io.EOF
 // into io.ErrUnexpectedEOF, which is also what a truncated HTTP body
-// returns: the two must not be confused, a truncated download is an error.
-func readFull(r io.Reader, buf []byte) (n int, eof bool, err error) {
+// returns: the two must not be confused, a truncated download is an error
+// (the format writers' rule: the declared size decides). 100 empty reads
+// in a row are io.ErrNoProgress.
+func ReadFull(r io.Reader, buf []byte) (n int, eof bool, err error) {
 	empty := 0
 	for n < len(buf) {
 		k, err := r.Read(buf[n:])

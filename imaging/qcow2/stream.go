@@ -367,7 +367,7 @@ func (s *streamer) run(src io.Reader) (res *StreamResult, err error) {
 			return res, err
 		}
 		b := <-pool
-		n, eof, rerr := readFull(src, b.buf)
+		n, eof, rerr := imaging.ReadFull(src, b.buf)
 		if rerr != nil {
 			pool <- b
 			return res, rerr
@@ -1105,27 +1105,4 @@ func (s *streamer) zeroRest() (int64, error) {
 		c = e
 	}
 	return zeroed, nil
-}
-
-// readFull fills buf from r: eof when r ended (io.EOF), an early io.EOF
-// is not io.ErrUnexpectedEOF here (the declared size decides).
-func readFull(r io.Reader, buf []byte) (n int, eof bool, err error) {
-	empty := 0
-	for n < len(buf) {
-		k, err := r.Read(buf[n:])
-		n += k
-		switch {
-		case err == io.EOF:
-			return n, true, nil
-		case err != nil:
-			return n, false, err
-		case k == 0:
-			if empty++; empty >= 100 {
-				return n, false, io.ErrNoProgress
-			}
-		default:
-			empty = 0
-		}
-	}
-	return n, false, nil
 }
