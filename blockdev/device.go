@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 )
 
 // Device is an opened disk: a block device or a regular file. It implements
@@ -19,6 +20,16 @@ type Device struct {
 	sectorSize int64
 	physSize   int64
 	isBlock    bool
+
+	// small accumulates the writes smaller than writeBehindMin (a qcow2
+	// conversion writes a cluster at a time, 64 KiB, from parallel
+	// writers): once writeBehindMin of them are written, the writeback
+	// of the range they span is started.
+	smallMu          sync.Mutex
+	smallN           int64
+	smallLo, smallHi int64
+	// onWriteBehind, when set (tests), sees each writeback started.
+	onWriteBehind func(off, n int64)
 }
 
 // OpenOptions tune Open.
@@ -95,14 +106,42 @@ func (d *Device) WriteAt(p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("write of %d bytes at %d: %w", len(p), off, ErrPastEnd)
 	}
 	n, err := d.f.WriteAt(p, off)
-	if err == nil && len(p) >= writeBehindMin {
-		d.writeBehind(off, int64(n))
+	if err == nil {
+		if len(p) >= writeBehindMin {
+			d.writeBehind(off, int64(n))
+		} else {
+			d.smallWrite(off, int64(n))
+		}
 	}
 	return n, err
 }
 
-// writeBehindMin is the smallest write whose writeback is started at once.
+// writeBehindMin is the smallest write whose writeback is started at once;
+// smaller writes start the writeback of the range they span each time
+// that many bytes of them were written.
 const writeBehindMin = 1 << 20
+
+// smallWrite records a write smaller than writeBehindMin and starts the
+// writeback of the small writes' span once they add up to writeBehindMin.
+// Without it a conversion's cluster-sized writes all wait for the final
+// fsync (measured: half a second of a 3.4 s qcow2 deploy of 680 MB).
+func (d *Device) smallWrite(off, n int64) {
+	d.smallMu.Lock()
+	if d.smallN == 0 {
+		d.smallLo, d.smallHi = off, off+n
+	} else {
+		d.smallLo, d.smallHi = min(d.smallLo, off), max(d.smallHi, off+n)
+	}
+	d.smallN += n
+	if d.smallN < writeBehindMin {
+		d.smallMu.Unlock()
+		return
+	}
+	lo, hi := d.smallLo, d.smallHi
+	d.smallN = 0
+	d.smallMu.Unlock()
+	d.writeBehind(lo, hi-lo)
+}
 
 // ErrPastEnd is returned for writes beyond the end of the disk.
 var ErrPastEnd = errors.New("past the end of the disk")

@@ -91,6 +91,9 @@ const ioctlChunk = 1 << 30
 // the disk writes while the next chunks are downloaded or decompressed.
 // It is a hint: errors are left to the final fsync, which reports them.
 func (d *Device) writeBehind(off, n int64) {
+	if d.onWriteBehind != nil {
+		d.onWriteBehind(off, n)
+	}
 	rc, err := d.f.SyscallConn()
 	if err != nil {
 		return

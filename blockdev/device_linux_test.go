@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -316,5 +317,64 @@ func TestLoopBackingFileInUse(t *testing.T) {
 	cp := testutil.SparseFile(t, 1<<20)
 	if reason, err := s.InUseByPath(cp); err != nil || reason != "" {
 		t.Errorf("another file: %q, %v", reason, err)
+	}
+}
+
+// TestWriteBehindSmallWrites: cluster-sized writes (a qcow2 conversion's,
+// from parallel writers) start the writeback of the range they span each
+// time writeBehindMin of them were written, so the final fsync does not
+// write them all at once; a large write starts its own at once.
+func TestWriteBehindSmallWrites(t *testing.T) {
+	d, _ := openTarget(t, false, 64<<20, 512)
+	var mu sync.Mutex
+	var spans [][2]int64
+	var covered int64
+	d.onWriteBehind = func(off, n int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		spans = append(spans, [2]int64{off, n})
+		covered += n
+	}
+	const cluster = 64 << 10
+	buf := bytes.Repeat([]byte{0xa5}, cluster)
+	// 4 writers, 64 clusters each, interleaved over [8 MiB, 24 MiB).
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 64 {
+				off := int64(8<<20) + int64(i*4+w)*cluster
+				if _, err := d.WriteAt(buf, off); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	mu.Lock()
+	got := len(spans)
+	for _, s := range spans {
+		if s[0] < 8<<20 || s[0]+s[1] > 24<<20 || s[1] < writeBehindMin {
+			t.Errorf("writeback span [%d, +%d) outside the writes [8 MiB, 24 MiB) or smaller than %d", s[0], s[1], writeBehindMin)
+		}
+	}
+	mu.Unlock()
+	if want := 16 << 20 / writeBehindMin; got != want {
+		t.Fatalf("16 MiB of 64 KiB writes started %d writebacks, want %d", got, want)
+	}
+	// A write of writeBehindMin or more starts its own writeback at once.
+	big := bytes.Repeat([]byte{0x5a}, writeBehindMin)
+	if _, err := d.WriteAt(big, 40<<20); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	last := spans[len(spans)-1]
+	mu.Unlock()
+	if last != [2]int64{40 << 20, writeBehindMin} {
+		t.Fatalf("a 1 MiB write at 40 MiB started writeback %v", last)
+	}
+	// The data is there.
+	got2 := make([]byte, cluster)
+	if _, err := d.ReadAt(got2, 8<<20+5*cluster); err != nil || !bytes.Equal(got2, buf) {
+		t.Fatalf("read back: %v", err)
 	}
 }
