@@ -9,6 +9,7 @@ import (
 	"log/slog"
 
 	"github.com/byoi/byoi/agent"
+	"github.com/byoi/byoi/imaging/fetch"
 	"github.com/byoi/byoi/imaging/qcow2"
 	"github.com/sirupsen/logrus"
 )
@@ -41,6 +42,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 2
 	}
 	var err error
+	switch args[0] {
+	case "deploy", "agent", "inspect":
+		// Their first download needs the TLS roots: load them on the
+		// other core meanwhile.
+		fetch.PreloadRoots()
+	}
 	switch args[0] {
 	case "deploy":
 		err = cmdDeploy(ctx, args[1:], stdin, stdout, stderr)
