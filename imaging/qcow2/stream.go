@@ -118,6 +118,9 @@ type StreamResult struct {
 	Written, Zeroed int64
 	// LookBehindPeak is the most bytes kept for tables to come.
 	LookBehindPeak int64
+	// After the stream ended: the writers finishing their clusters, the
+	// clusters no write covered zeroed, the target flushed.
+	Drain, Zero, Sync time.Duration
 }
 
 // NotStreamableError is an image Stream cannot convert as it streams. It is
@@ -294,6 +297,7 @@ func Stream(ctx context.Context, src io.Reader, dst imaging.Target, opts StreamO
 	el := time.Since(start)
 	log.Info("qcow2 streamed", "bytes", res.Read, "virtual_size", s.info.VirtualSize, "written", res.Written,
 		"zeroed", res.Zeroed, "look_behind_peak", res.LookBehindPeak, "elapsed", el.Round(time.Millisecond),
+		"drain", res.Drain.Round(time.Millisecond), "zero", res.Zero.Round(time.Millisecond), "sync", res.Sync.Round(time.Millisecond),
 		"mb_per_s", float64(res.Read)/1e6/max(el.Seconds(), 1e-9))
 	return res, nil
 }
@@ -422,22 +426,28 @@ func (s *streamer) run(src io.Reader) (res *StreamResult, err error) {
 			return res, err
 		}
 	}
+	t := time.Now()
 	s.stopWriters()
 	if err := s.writerErr(); err != nil {
 		return res, err
 	}
+	res.Drain = time.Since(t)
+	t = time.Now()
 	zeroed, err := s.zeroRest()
 	res.Zeroed = zeroed
 	res.Written = s.written.Load()
 	if err != nil {
 		return res, &imaging.WriteError{Format: "qcow2", Err: err}
 	}
+	res.Zero = time.Since(t)
 	if err := s.ctx.Err(); err != nil {
 		return res, err
 	}
+	t = time.Now()
 	if err := s.dst.Sync(); err != nil {
 		return res, &imaging.WriteError{Format: "qcow2", Err: fmt.Errorf("sync: %w", err)}
 	}
+	res.Sync = time.Since(t)
 	return res, nil
 }
 
