@@ -344,10 +344,22 @@ func Check(r io.ReaderAt, fileSize int64, targetName string, targetSize int64) (
 	return info, nil
 }
 
+// isoDescriptor is where an ISO 9660 image's first volume descriptor
+// has its "CD001" (sector 16 of 2048 bytes, plus its type byte).
+const isoDescriptor = 16*2048 + 1
+
 // checkExtensions walks the header extensions (spec: after the header, in
-// the first cluster, each 8-byte aligned) and refuses an external data file
-// or an encryption header.
+// the first cluster, each 8-byte aligned) and refuses an external data file,
+// an encryption header, or a header cluster that is also an ISO image.
 func checkExtensions(info *Info, first []byte) error {
+	// A qcow2 whose header cluster also holds an ISO 9660 volume
+	// descriptor is two images in one: a reader of the ISO sees other
+	// contents than qemu does. OpenStack's format inspector refuses such
+	// a file ("Multiple formats detected"); qemu-img leaves the rest of
+	// the header cluster zero.
+	if len(first) >= isoDescriptor+5 && string(first[isoDescriptor:isoDescriptor+5]) == "CD001" {
+		return refuse("it is also an ISO 9660 image (a volume descriptor at offset %d, inside the qcow2 header cluster)", isoDescriptor)
+	}
 	be := binary.BigEndian
 	off := int(info.HeaderLength)
 	for {
