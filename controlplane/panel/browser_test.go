@@ -168,6 +168,28 @@ func openServerPage(t *testing.T, ctx context.Context, e *env, name string, grou
 	waitFor(t, ctx, "the status", `document.getElementById('status-message').textContent !== ''`, 10*time.Second)
 }
 
+// browserOnServer is the set-up of the browser tests on one server:
+// customer acme signed in, in a new browser, with server ns1 (its agent
+// sent the test inventory). The caller opens the page it needs. Skipped
+// with -short.
+func browserOnServer(t *testing.T) (*env, *agent, context.Context) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("browser test")
+	}
+	e := newEnv(t)
+	tok := e.customer("acme")
+	a := e.server("ns1", "acme")
+	a.inventory(inventory)
+	ctx := newBrowser(t)
+	signInBrowser(t, ctx, e, tok)
+	return e, a, ctx
+}
+
+// pwn is markup that would run a script or make an element if a page
+// put it in as HTML rather than text.
+const pwn = `<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script><b>bold</b>`
+
 // sshKey is a valid ed25519 public key line.
 func sshKey(t *testing.T, seed byte) string {
 	t.Helper()

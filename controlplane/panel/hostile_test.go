@@ -18,18 +18,9 @@ import (
 // appear on the page as text: the same characters, no element created, no
 // script run. The job the agent receives holds them exactly as typed.
 func TestBrowserHostile(t *testing.T) {
-	if testing.Short() {
-		t.Skip("browser test")
-	}
-	e := newEnv(t)
-	tok := e.customer("acme")
-	a := e.server("ns1", "acme")
-	a.inventory(inventory)
-	ctx := newBrowser(t)
-	signInBrowser(t, ctx, e, tok)
+	e, a, ctx := browserOnServer(t)
 	openServerPage(t, ctx, e, "ns1", 2)
 
-	const pwn = `<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script><b>bold</b>`
 	hostileURL := `http://127.0.0.1:9/` + pwn + `/"quotes"/'single'/ünïcødé ✓.qcow2`
 	meta := [][2]string{{`<b>key</b>"'ü`, pwn + ` "quotes" 'single' ünïcødé ✓`}}
 	setField(t, ctx, "#f-imageURL", hostileURL)
@@ -101,17 +92,8 @@ func TestBrowserHostile(t *testing.T) {
 // gone (byoi-api redacts what the agent sent), at most the last 200 lines
 // of each; a failure without logs says so.
 func TestBrowserFailureLogs(t *testing.T) {
-	if testing.Short() {
-		t.Skip("browser test")
-	}
-	e := newEnv(t)
-	tok := e.customer("acme")
-	a := e.server("ns1", "acme")
-	a.inventory(inventory)
-	ctx := newBrowser(t)
-	signInBrowser(t, ctx, e, tok)
+	e, a, ctx := browserOnServer(t)
 	openServerPage(t, ctx, e, "ns1", 2)
-	const pwn = `<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script><b>bold</b>`
 	const leaked = "byoi_ag_0123456789abcdef0123456789abcdef"
 	e.secret(leaked)
 	post := func() {

@@ -201,15 +201,7 @@ func errorTargetOf(field string, targets []string) string {
 // submit (when the field is left) and after submit; the valid case shows
 // none.
 func TestBrowserValidation(t *testing.T) {
-	if testing.Short() {
-		t.Skip("browser test")
-	}
-	e := newEnv(t)
-	tok := e.customer("acme")
-	a := e.server("ns1", "acme")
-	a.inventory(inventory)
-	ctx := newBrowser(t)
-	signInBrowser(t, ctx, e, tok)
+	e, a, ctx := browserOnServer(t)
 	for _, f := range validationCases {
 		field, msg := f.want(t)
 		openServerPage(t, ctx, e, "ns1", 2)
