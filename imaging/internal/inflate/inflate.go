@@ -17,6 +17,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"sync"
 )
 
@@ -56,19 +57,22 @@ const (
 
 // Table entries (uint32):
 //
-//	bits 0-4   code length in bits (for a sub-table pointer: unused)
-//	bits 8-12  extra bits (lengths and distances), or the sub-table's bits
+//	bits 0-7   bits to consume: the code's length plus its extra bits
+//	           (0 for a sub-table pointer or no code)
+//	bits 8-11  the code's length, or the sub-table's index bits
+//	bit  12    literal
 //	bit  13    sub-table pointer
 //	bit  14    end of block
 //	bit  15    invalid symbol (or no code: incomplete tree)
-//	bit  7     literal
 //	bits 16-31 literal byte, length or distance base, symbol, or sub-table offset
+//
+// So a length or distance is e>>16 + (b & (1<<(e&63)-1)) >> (e>>8&15),
+// consuming e&63 bits at once.
 const (
-	fLit     = 1 << 7
+	fLit     = 1 << 12
 	fSub     = 1 << 13
 	fEOB     = 1 << 14
 	fInvalid = 1 << 15
-	fSpecial = fLit | fSub | fEOB | fInvalid
 
 	litBits  = 11
 	distBits = 8
@@ -99,11 +103,11 @@ var litPayload, distPayload, clPayload = func() (l [288]uint32, d [32]uint32, c 
 	}
 	l[256] = fEOB
 	for s := 257; s < 286; s++ {
-		l[s] = lenBase[s-257]<<16 | lenExtra[s-257]<<8
+		l[s] = lenBase[s-257]<<16 | lenExtra[s-257]
 	}
 	l[286], l[287] = fInvalid, fInvalid
 	for s := range 30 {
-		d[s] = distBase[s]<<16 | distExtra[s]<<8
+		d[s] = distBase[s]<<16 | distExtra[s]
 	}
 	d[30], d[31] = fInvalid, fInvalid
 	for s := range maxCodes {
@@ -205,7 +209,7 @@ func build(table []uint32, lens []uint8, payload []uint32, mainBits uint) (minLe
 		c := next[l]
 		next[l]++
 		if l <= uint32(mainBits) {
-			e := payload[sym] | l
+			e := payload[sym] + l | l<<8
 			for i := reverse(c, l); i < mainSize; i += 1 << l {
 				table[i] = e
 			}
@@ -245,10 +249,10 @@ func build(table []uint32, lens []uint8, payload []uint32, mainBits uint) (minLe
 		c := next[l]
 		next[l]++
 		p := reverse(c>>(l-uint32(mainBits)), uint32(mainBits))
-		sb := table[p] >> 8 & 31
+		sb := table[p] >> 8 & 15
 		off := table[p] >> 16
 		rl := l - uint32(mainBits)
-		e := payload[sym] | l
+		e := payload[sym] + l | l<<8
 		for i := reverse(c&(1<<rl-1), rl); i < 1<<sb; i += 1 << rl {
 			table[off+i] = e
 		}
@@ -258,12 +262,7 @@ func build(table []uint32, lens []uint8, payload []uint32, mainBits uint) (minLe
 
 // reverse returns the low n bits of c in reverse order.
 func reverse(c, n uint32) uint32 {
-	var r uint32
-	for range n {
-		r = r<<1 | c&1
-		c >>= 1
-	}
-	return r
+	return uint32(bits.Reverse16(uint16(c))) >> (16 - n)
 }
 
 type decoder struct {
@@ -296,7 +295,7 @@ func Decode(dst, src []byte) (int, error) {
 // bits is the careful bit reader used for headers and the ends. Invariant:
 // consumed input bits = ip*8 - nb; the bits of b above nb are zero or the
 // next input bits (the fast loop's refill leaves those).
-type bits struct {
+type bitReader struct {
 	src []byte
 	ip  int
 	b   uint64
@@ -304,7 +303,7 @@ type bits struct {
 }
 
 // refill loads whole bytes while there is room and input.
-func (r *bits) refill() {
+func (r *bitReader) refill() {
 	for r.nb <= 56 && r.ip < len(r.src) {
 		r.b |= uint64(r.src[r.ip]) << r.nb
 		r.ip++
@@ -313,7 +312,7 @@ func (r *bits) refill() {
 }
 
 // need makes n (<= 57) bits available, or reports that the input ends.
-func (r *bits) need(n uint) bool {
+func (r *bitReader) need(n uint) bool {
 	if r.nb < n {
 		r.refill()
 		if r.nb < n {
@@ -323,7 +322,7 @@ func (r *bits) need(n uint) bool {
 	return true
 }
 
-func (r *bits) take(n uint) uint32 {
+func (r *bitReader) take(n uint) uint32 {
 	v := uint32(r.b & (1<<n - 1))
 	r.b >>= n
 	r.nb -= n
@@ -331,7 +330,7 @@ func (r *bits) take(n uint) uint32 {
 }
 
 func (d *decoder) decode(dst, src []byte) (int, error) {
-	r := bits{src: src}
+	r := bitReader{src: src}
 	pos := 0
 	for {
 		if pos >= len(dst) {
@@ -400,7 +399,7 @@ func (d *decoder) decode(dst, src []byte) (int, error) {
 // d.dist. It returns the fewest bits compress/flate reads for a
 // literal/length symbol: the shortest code, at least the end-of-block
 // code's length.
-func (d *decoder) readTables(r *bits) (uint32, error) {
+func (d *decoder) readTables(r *bitReader) (uint32, error) {
 	if !r.need(14) {
 		return 0, errTruncated
 	}
@@ -427,7 +426,7 @@ func (d *decoder) readTables(r *bits) (uint32, error) {
 	for i := 0; i < len(lens); {
 		r.refill()
 		e := d.cl[r.b&(clTableSize-1)]
-		l := uint(e & 31)
+		l := uint(e & 63)
 		if e&fInvalid != 0 || l == 0 {
 			return 0, errCodeLenTree
 		}
@@ -482,96 +481,130 @@ const (
 	// fastIn: input the fast loop keeps in reserve (two 8-byte refills
 	// an iteration, each advancing at most 7 bytes).
 	fastIn = 16
-	// fastOut: output margin: three literals and a 258-byte match
-	// copied in 8-byte words.
-	fastOut = 3 + 264
+	// fastOut: output margin: two literals and a 258-byte match copied
+	// in 16-byte steps (up to 15 bytes past its end).
+	fastOut = 2 + 258 + 15
 )
 
 // decodeBlock decodes one Huffman block's symbols from pos. It returns
 // eob=true at the end of the block, false when dst is full.
-func decodeBlock(dst []byte, pos int, r *bits, lt *[litTableSize]uint32, dt *[distTableSize]uint32, litMin uint32) (int, bool, error) {
+func decodeBlock(dst []byte, pos int, r *bitReader, lt *[litTableSize]uint32, dt *[distTableSize]uint32, litMin uint32) (int, bool, error) {
 	src := r.src
 	ip, b, nb := r.ip, r.b, r.nb
 	// Fast loop: no checks on the input end (there are fastIn bytes left
 	// at the top) nor the output end (fastOut bytes of room).
-	for ip <= len(src)-fastIn && pos <= len(dst)-fastOut {
-		b |= binary.LittleEndian.Uint64(src[ip:]) << nb
+	inLim, outLim := len(src)-fastIn, len(dst)-fastOut
+	for ip <= inLim && pos <= outLim {
+		b |= binary.LittleEndian.Uint64(src[ip:]) << (nb & 63)
 		ip += int(63-nb) >> 3
 		nb |= 56
-		// nb >= 56: up to three literals (15 bits each).
+		// nb >= 56: up to three literals (15 bits each), or two and a
+		// length code (20 bits with its extra bits).
 		e := lt[b&(1<<litBits-1)]
-		if e&fSub != 0 {
-			e = lt[e>>16+uint32(b>>litBits)&(1<<(e>>8&31)-1)]
-		}
 		if e&fLit != 0 {
-			b >>= e & 31
-			nb -= uint(e & 31)
+			b >>= e & 63
+			nb -= uint(e & 63)
 			dst[pos] = byte(e >> 16)
 			pos++
 			e = lt[b&(1<<litBits-1)]
-			if e&fSub != 0 {
-				e = lt[e>>16+uint32(b>>litBits)&(1<<(e>>8&31)-1)]
-			}
 			if e&fLit != 0 {
-				b >>= e & 31
-				nb -= uint(e & 31)
+				b >>= e & 63
+				nb -= uint(e & 63)
 				dst[pos] = byte(e >> 16)
 				pos++
 				e = lt[b&(1<<litBits-1)]
-				if e&fSub != 0 {
-					e = lt[e>>16+uint32(b>>litBits)&(1<<(e>>8&31)-1)]
-				}
 				if e&fLit != 0 {
-					b >>= e & 31
-					nb -= uint(e & 31)
+					b >>= e & 63
+					nb -= uint(e & 63)
 					dst[pos] = byte(e >> 16)
 					pos++
 					continue
 				}
 			}
 		}
-		// e was looked up with >= 15 bits; it and its extra bits need 20.
-		if e&fSpecial != 0 {
-			b >>= e & 31
-			nb -= uint(e & 31)
+		if e&fSub != 0 {
+			e = lt[e>>16+uint32(b>>litBits)&(1<<(e>>8&15)-1)]
+			if e&fLit != 0 {
+				b >>= e & 63
+				nb -= uint(e & 63)
+				dst[pos] = byte(e >> 16)
+				pos++
+				continue
+			}
+		}
+		if e&(fEOB|fInvalid) != 0 {
 			if e&fEOB != 0 {
+				b >>= e & 63
+				nb -= uint(e & 63)
 				r.ip, r.b, r.nb = ip, b, nb
 				return pos, true, nil
 			}
 			return pos, false, errSymbol
 		}
-		b >>= e & 31
-		nb -= uint(e & 31)
-		length := int(e>>16) + int(b&(1<<(e>>8&31)-1))
-		b >>= e >> 8 & 31
-		nb -= uint(e >> 8 & 31)
+		saved := b
+		b >>= e & 63
+		nb -= uint(e & 63)
+		length := int(e>>16) + int(saved&(1<<(e&63)-1)>>(e>>8&15))
 		if nb < 28 {
-			b |= binary.LittleEndian.Uint64(src[ip:]) << nb
+			b |= binary.LittleEndian.Uint64(src[ip:]) << (nb & 63)
 			ip += int(63-nb) >> 3
 			nb |= 56
 		}
 		e = dt[b&(1<<distBits-1)]
 		if e&fSub != 0 {
-			e = dt[e>>16+uint32(b>>distBits)&(1<<(e>>8&31)-1)]
+			e = dt[e>>16+uint32(b>>distBits)&(1<<(e>>8&15)-1)]
 		}
 		if e&fInvalid != 0 {
 			return pos, false, errDistSym
 		}
-		b >>= e & 31
-		nb -= uint(e & 31)
-		dist := int(e>>16) + int(b&(1<<(e>>8&31)-1))
-		b >>= e >> 8 & 31
-		nb -= uint(e >> 8 & 31)
+		saved = b
+		b >>= e & 63
+		nb -= uint(e & 63)
+		dist := int(e>>16) + int(saved&(1<<(e&63)-1)>>(e>>8&15))
 		if dist > pos {
 			return pos, false, errDistFar
 		}
-		pos = copyMatch(dst, pos, dist, length)
+		// Copy the match; the steps may write past its end (there is
+		// room, and later output overwrites them).
+		end := pos + length
+		s := pos - dist
+		switch {
+		case dist >= 16:
+			for pos < end {
+				v0 := binary.LittleEndian.Uint64(dst[s:])
+				v1 := binary.LittleEndian.Uint64(dst[s+8:])
+				binary.LittleEndian.PutUint64(dst[pos:], v0)
+				binary.LittleEndian.PutUint64(dst[pos+8:], v1)
+				pos += 16
+				s += 16
+			}
+		case dist >= 8:
+			for pos < end {
+				binary.LittleEndian.PutUint64(dst[pos:], binary.LittleEndian.Uint64(dst[s:]))
+				pos += 8
+				s += 8
+			}
+		case dist == 1:
+			v := uint64(dst[s]) * 0x0101010101010101
+			for pos < end {
+				binary.LittleEndian.PutUint64(dst[pos:], v)
+				binary.LittleEndian.PutUint64(dst[pos+8:], v)
+				pos += 16
+			}
+		default:
+			for pos < end {
+				dst[pos] = dst[s]
+				pos++
+				s++
+			}
+		}
+		pos = end
 	}
 
 	// Careful loop: every bit and every byte checked. The bits above nb
 	// that the fast refill left are dropped, so an exhausted input reads
 	// as zeros and nb tells how many bits are real.
-	b &= 1<<nb - 1
+	b &= 1<<(nb&63) - 1
 	r.ip, r.b, r.nb = ip, b, nb
 	for {
 		if pos >= len(dst) {
@@ -580,10 +613,10 @@ func decodeBlock(dst []byte, pos int, r *bits, lt *[litTableSize]uint32, dt *[di
 		r.refill()
 		e := lt[r.b&(1<<litBits-1)]
 		if e&fSub != 0 {
-			e = lt[e>>16+uint32(r.b>>litBits)&(1<<(e>>8&31)-1)]
+			e = lt[e>>16+uint32(r.b>>litBits)&(1<<(e>>8&15)-1)]
 		}
-		l := e & 31
-		if e&fInvalid != 0 && e&fSub == 0 && l == 0 {
+		l := e & 63
+		if e&fInvalid != 0 && l == 0 {
 			// No code (incomplete tree): compress/flate reads its
 			// minimum bits first, then refuses.
 			if uint32(r.nb) < litMin {
@@ -591,9 +624,12 @@ func decodeBlock(dst []byte, pos int, r *bits, lt *[litTableSize]uint32, dt *[di
 			}
 			return pos, false, errSymbol
 		}
+		// compress/flate reads at least litMin bits, then the code and
+		// its extra bits.
 		if uint32(r.nb) < max(l, litMin) {
 			return pos, false, errTruncated
 		}
+		saved := r.b
 		r.take(uint(l))
 		if e&fLit != 0 {
 			dst[pos] = byte(e >> 16)
@@ -606,29 +642,22 @@ func decodeBlock(dst []byte, pos int, r *bits, lt *[litTableSize]uint32, dt *[di
 		if e&fInvalid != 0 {
 			return pos, false, errSymbol
 		}
-		x := uint(e >> 8 & 31)
-		if !r.need(x) {
-			return pos, false, errTruncated
-		}
-		length := int(e>>16) + int(r.take(x))
+		length := int(e>>16) + int(saved&(1<<l-1)>>(e>>8&15))
 		r.refill()
 		e = dt[r.b&(1<<distBits-1)]
 		if e&fSub != 0 {
-			e = dt[e>>16+uint32(r.b>>distBits)&(1<<(e>>8&31)-1)]
+			e = dt[e>>16+uint32(r.b>>distBits)&(1<<(e>>8&15)-1)]
 		}
-		l = e & 31
+		l = e & 63
 		if e&fInvalid != 0 {
 			return pos, false, errDistSym
 		}
 		if uint32(r.nb) < l {
 			return pos, false, errTruncated
 		}
+		saved = r.b
 		r.take(uint(l))
-		x = uint(e >> 8 & 31)
-		if !r.need(x) {
-			return pos, false, errTruncated
-		}
-		dist := int(e>>16) + int(r.take(x))
+		dist := int(e>>16) + int(saved&(1<<l-1)>>(e>>8&15))
 		if dist > pos {
 			return pos, false, errDistFar
 		}
@@ -638,33 +667,4 @@ func decodeBlock(dst []byte, pos int, r *bits, lt *[litTableSize]uint32, dt *[di
 		}
 		pos += n
 	}
-}
-
-// copyMatch copies length bytes from dist back to pos, in the fast loop:
-// it may write up to 7 bytes past pos+length (there is room, and later
-// output overwrites them).
-func copyMatch(dst []byte, pos, dist, length int) int {
-	end := pos + length
-	s := pos - dist
-	switch {
-	case dist >= 8:
-		for pos < end {
-			binary.LittleEndian.PutUint64(dst[pos:], binary.LittleEndian.Uint64(dst[s:]))
-			pos += 8
-			s += 8
-		}
-	case dist == 1:
-		v := uint64(dst[s]) * 0x0101010101010101
-		for pos < end {
-			binary.LittleEndian.PutUint64(dst[pos:], v)
-			pos += 8
-		}
-	default:
-		for pos < end {
-			dst[pos] = dst[s]
-			pos++
-			s++
-		}
-	}
-	return end
 }
