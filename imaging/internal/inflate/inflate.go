@@ -170,13 +170,6 @@ func build(table []uint32, lens []uint8, payload []uint32, mainBits uint) (minLe
 			minLen = n
 		}
 	}
-	mainSize := uint32(1) << mainBits
-	if maxLen == 0 {
-		for i := range mainSize {
-			table[i] = fInvalid
-		}
-		return 0, true
-	}
 	// Kraft sum in units of 2^-maxLen, as compress/flate checks it.
 	var code uint32
 	var next [16]uint32
@@ -185,77 +178,81 @@ func build(table []uint32, lens []uint8, payload []uint32, mainBits uint) (minLe
 		next[n] = code
 		code += count[n]
 	}
-	complete := code == 1<<maxLen
-	if !complete && (code != 1 || maxLen != 1) {
+	if code != 1<<maxLen && (code != 1 || maxLen != 1) && maxLen != 0 {
 		return 0, false
 	}
-	if !complete {
-		for i := range mainSize {
-			table[i] = fInvalid
-		}
+	// The symbols sorted by code length (counting sort), so that the
+	// canonical codes come in order: next[len]++.
+	var offs [17]uint16
+	for n := 1; n < 16; n++ {
+		offs[n+1] = offs[n] + uint16(count[n])
 	}
-	// Canonical codes in symbol order are next[len]++. Codes longer than
-	// mainBits are grouped by their first mainBits bits (prefix p, the
-	// main-table index); each group gets a sub-table as deep as its
-	// longest code. First pass: the short codes, and the groups.
-	var subMax [1 << litBits]uint8
-	var groups [maxLit]uint16
-	ng := 0
+	var sorted [288]uint16
 	for sym, n := range lens {
-		if n == 0 {
-			continue
+		if n != 0 {
+			sorted[offs[n]] = uint16(sym)
+			offs[n]++
 		}
-		l := uint32(n)
-		c := next[l]
-		next[l]++
-		if l <= uint32(mainBits) {
-			e := payload[sym] + l | l<<8
-			for i := reverse(c, l); i < mainSize; i += 1 << l {
-				table[i] = e
-			}
-			continue
-		}
-		p := reverse(c>>(l-uint32(mainBits)), uint32(mainBits))
-		if subMax[p] == 0 {
-			groups[ng] = uint16(p)
-			ng++
-		}
-		subMax[p] = max(subMax[p], n)
 	}
-	used := mainSize
-	for _, p := range groups[:ng] {
-		sb := uint32(subMax[p]) - uint32(mainBits)
+	// The main table is built doubling: at length l, table[:1<<l] holds
+	// the codes up to l, each once (index: the code's bits reversed),
+	// then it is copied onto the next 1<<l entries for length l+1. The
+	// entries no code reaches (an incomplete code) stay invalid; those of
+	// the long codes' prefixes become sub-table pointers below.
+	table[0], table[1] = fInvalid, fInvalid
+	k := 0
+	for l := uint32(1); l <= uint32(mainBits); l++ {
+		if l > 1 {
+			copy(table[1<<(l-1):1<<l], table[:1<<(l-1)])
+		}
+		for range count[l] {
+			sym := sorted[k]
+			k++
+			c := next[l]
+			next[l]++
+			table[reverse(c, l)] = payload[sym] + l | l<<8
+		}
+	}
+	if maxLen <= uint32(mainBits) {
+		return minLen, true
+	}
+	// Codes longer than mainBits, in canonical order, grouped by their
+	// first mainBits bits (prefix p, the main-table index): a group is
+	// contiguous, a complete subtree, and its last code is its longest,
+	// which sets its sub-table's size.
+	used := uint32(1) << mainBits
+	long := sorted[k:offs[15]]
+	for i := 0; i < len(long); {
+		l := uint32(lens[long[i]])
+		p := reverse(next[l]>>(l-uint32(mainBits)), uint32(mainBits))
+		// Find the group's end and longest code.
+		j, nx := i, next
+		var deepest uint32
+		for ; j < len(long); j++ {
+			lj := uint32(lens[long[j]])
+			if reverse(nx[lj]>>(lj-uint32(mainBits)), uint32(mainBits)) != p {
+				break
+			}
+			nx[lj]++
+			deepest = lj
+		}
+		sb := deepest - uint32(mainBits)
 		if used+1<<sb > uint32(len(table)) {
 			return 0, false
 		}
 		table[p] = used<<16 | sb<<8 | fSub
+		for ; i < j; i++ {
+			sym := long[i]
+			l := uint32(lens[sym])
+			c := next[l]
+			next[l]++
+			rl := l - uint32(mainBits)
+			e := payload[sym] + l | l<<8
+			for x := reverse(c&(1<<rl-1), rl); x < 1<<sb; x += 1 << rl {
+				table[used+x] = e
+			}
+		}
 		used += 1 << sb
-	}
-	if ng == 0 {
-		return minLen, true
-	}
-	// Second pass: the long codes into their sub-tables.
-	code = 0
-	for n := uint32(1); n <= maxLen; n++ {
-		code <<= 1
-		next[n] = code
-		code += count[n]
-	}
-	for sym, n := range lens {
-		l := uint32(n)
-		if l <= uint32(mainBits) {
-			continue
-		}
-		c := next[l]
-		next[l]++
-		p := reverse(c>>(l-uint32(mainBits)), uint32(mainBits))
-		sb := table[p] >> 8 & 15
-		off := table[p] >> 16
-		rl := l - uint32(mainBits)
-		e := payload[sym] + l | l<<8
-		for i := reverse(c&(1<<rl-1), rl); i < 1<<sb; i += 1 << rl {
-			table[off+i] = e
-		}
 	}
 	return minLen, true
 }
