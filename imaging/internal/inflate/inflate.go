@@ -589,10 +589,19 @@ func decodeBlock(dst []byte, pos int, r *bitReader, lt *[litTableSize]uint32, dt
 				pos += 16
 			}
 		default:
+			// 2..7: eight bytes one at a time, then 8-byte steps from
+			// a multiple of dist that is at least 8 back (the bytes
+			// from s on repeat with period dist).
+			_ = dst[pos+7]
+			for i := range 8 {
+				dst[pos+i] = dst[s+i]
+			}
+			pos += 8
+			s = pos - dist*((8+dist-1)/dist)
 			for pos < end {
-				dst[pos] = dst[s]
-				pos++
-				s++
+				binary.LittleEndian.PutUint64(dst[pos:], binary.LittleEndian.Uint64(dst[s:]))
+				pos += 8
+				s += 8
 			}
 		}
 		pos = end

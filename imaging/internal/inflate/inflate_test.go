@@ -613,3 +613,59 @@ func TestWriteCorpus(t *testing.T) {
 		}
 	}
 }
+
+// fixedMatch writes a match with the fixed code.
+func (w *bitWriter) fixedMatch(length, dist int) {
+	for i := len(lenBase) - 1; i >= 0; i-- {
+		if int(lenBase[i]) <= length {
+			w.fixedLit(257 + i)
+			w.bits(uint64(length-int(lenBase[i])), uint(lenExtra[i]))
+			break
+		}
+	}
+	for i := len(distBase) - 1; i >= 0; i-- {
+		if int(distBase[i]) <= dist {
+			w.code(uint64(i), 5)
+			w.bits(uint64(dist-int(distBase[i])), uint(distExtra[i]))
+			break
+		}
+	}
+}
+
+// TestMatchCopies: every distance 1..40 with every length 3..258 (and
+// some after the first 32 KiB), in the fast loop (output and input to
+// spare) and the careful loop (output ending inside the match).
+func TestMatchCopies(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for dist := 1; dist <= 40; dist++ {
+		var w bitWriter
+		w.bits(1, 1)
+		w.bits(1, 2)
+		var want []byte
+		lit := func(n int) {
+			for range n {
+				c := byte('a' + rng.IntN(26))
+				w.fixedLit(int(c))
+				want = append(want, c)
+			}
+		}
+		lit(dist)
+		for length := 3; length <= 258; length++ {
+			w.fixedMatch(length, dist)
+			for range length {
+				want = append(want, want[len(want)-dist])
+			}
+			lit(rng.IntN(3))
+		}
+		lit(400)
+		w.fixedLit(256)
+		src := w.bytes()
+		dst := make([]byte, len(want))
+		if _, err := Decode(dst, src); err != nil || !bytes.Equal(dst, want) {
+			t.Fatalf("dist %d: err %v, equal %v", dist, err, bytes.Equal(dst, want))
+		}
+		for _, n := range []int{len(want), len(want) - 1, len(want) - 300, 1000, 100} {
+			check(t, src, n)
+		}
+	}
+}
