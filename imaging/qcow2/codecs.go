@@ -1,17 +1,17 @@
 package qcow2
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"sync"
 
-	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/zstd"
 	qcowreader "github.com/lima-vm/go-qcow2reader/image/qcow2"
 	qlog "github.com/lima-vm/go-qcow2reader/log"
+
+	"github.com/byoi/byoi/imaging/internal/inflate"
 )
 
 // Why our own decompressors: go-qcow2reader hands a decompressor an
@@ -55,19 +55,13 @@ func RouteWarnings(l *slog.Logger) {
 // decodeFunc decompresses src into dst, filling it completely.
 type decodeFunc func(dst, src []byte) error
 
-var flatePool = sync.Pool{New: func() any { return flate.NewReader(bytes.NewReader(nil)) }}
-
 // decodeDeflate: qcow2 "zlib" clusters are raw deflate (no zlib header).
 // The stream may be followed by the next cluster's bytes: deflate knows
-// where it ends, and we stop once dst is full.
+// where it ends, and we stop once dst is full. inflate.Decode decodes
+// straight into dst (the whole cluster is the window), with
+// compress/flate's verdicts.
 func decodeDeflate(dst, src []byte) error {
-	fr := flatePool.Get().(io.ReadCloser)
-	defer flatePool.Put(fr)
-	br := bytes.NewReader(src)
-	if err := fr.(flate.Resetter).Reset(br, nil); err != nil {
-		return err
-	}
-	if _, err := io.ReadFull(fr, dst); err != nil {
+	if _, err := inflate.Decode(dst, src); err != nil {
 		return fmt.Errorf("deflate: %w", err)
 	}
 	return nil
