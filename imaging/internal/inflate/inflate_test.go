@@ -362,62 +362,24 @@ func handCases() []handCase {
 	add("dynamic, literals before the last bits", src, na, bytes.Repeat([]byte("a"), na))
 
 	// Bad code-length codes.
-	w = bitWriter{}
-	w.bits(1, 1)
-	w.bits(2, 2)
-	w.bits(0, 5)
-	w.bits(0, 5)
-	w.bits(19-4, 4)
+	w = dynamicHeader()
 	for range 19 {
 		w.bits(1, 3)
 	}
 	w.bits(0, 16)
 	add("dynamic, oversubscribed code-length code", w.bytes(), 1, nil)
-	w = bitWriter{}
-	w.bits(1, 1)
-	w.bits(2, 2)
-	w.bits(0, 5)
-	w.bits(0, 5)
-	w.bits(19-4, 4)
-	for _, s := range codeOrder { // 16, 17, 18, 0 of length 2
-		if s == 16 || s == 17 || s == 18 || s == 0 {
-			w.bits(2, 3)
-		} else {
-			w.bits(0, 3)
-		}
-	}
+	w = dynamicHeader()
+	w.repeatCodes()
 	w.code(0, 2) // code for 0 is 00, 16 is 01 ... canonical: 0,16,17,18
 	w.code(1, 2) // 16 after one length: fine
 	w.bits(0, 2)
-	badStart := bitWriter{}
-	badStart.bits(1, 1)
-	badStart.bits(2, 2)
-	badStart.bits(0, 5)
-	badStart.bits(0, 5)
-	badStart.bits(19-4, 4)
-	for _, s := range codeOrder {
-		if s == 16 || s == 17 || s == 18 || s == 0 {
-			badStart.bits(2, 3)
-		} else {
-			badStart.bits(0, 3)
-		}
-	}
+	badStart := dynamicHeader()
+	badStart.repeatCodes()
 	badStart.code(1, 2) // 16 first
 	badStart.bits(0, 16)
 	add("dynamic, repeat code 16 first", badStart.bytes(), 1, nil)
-	long := bitWriter{}
-	long.bits(1, 1)
-	long.bits(2, 2)
-	long.bits(0, 5)
-	long.bits(0, 5)
-	long.bits(19-4, 4)
-	for _, s := range codeOrder {
-		if s == 16 || s == 17 || s == 18 || s == 0 {
-			long.bits(2, 3)
-		} else {
-			long.bits(0, 3)
-		}
-	}
+	long := dynamicHeader()
+	long.repeatCodes()
 	for range 2 { // 2 * 138 zeros > 258 lengths
 		long.code(3, 2)
 		long.bits(127, 7)
@@ -666,6 +628,30 @@ func TestMatchCopies(t *testing.T) {
 		}
 		for _, n := range []int{len(want), len(want) - 1, len(want) - 300, 1000, 100} {
 			check(t, src, n)
+		}
+	}
+}
+
+// dynamicHeader starts a final dynamic block with 257 literal/length
+// codes, 1 distance code and 19 code-length codes.
+func dynamicHeader() bitWriter {
+	w := bitWriter{}
+	w.bits(1, 1)
+	w.bits(2, 2)
+	w.bits(0, 5)
+	w.bits(0, 5)
+	w.bits(19-4, 4)
+	return w
+}
+
+// repeatCodes writes the code-length code lengths: 2 bits for 16, 17, 18
+// and 0 (canonical codes 00 for 0, then 16, 17, 18), none for the others.
+func (w *bitWriter) repeatCodes() {
+	for _, s := range codeOrder {
+		if s == 16 || s == 17 || s == 18 || s == 0 {
+			w.bits(2, 3)
+		} else {
+			w.bits(0, 3)
 		}
 	}
 }
