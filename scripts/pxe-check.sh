@@ -9,8 +9,13 @@
 # internal/harness/pxecheck (its package comment); the QEMU machines, consoles and reports
 # are internal/harness's.
 #
-# Usage: scripts/pxe-check.sh [--firmware bios|uefi|both] [--keep] [--timeout 25m]
-#   --keep   keep the work directory (consoles, byoi-api's log, disks) for inspection
+# Usage: scripts/pxe-check.sh [--firmware bios|uefi|both] [--keep] [--timeout 25m] [--ready-file F]
+#   --keep        keep the work directory (consoles, byoi-api's log, disks) for inspection
+#   --ready-file  write F once both machines hold their QEMU slots (scripts/test.sh starts the
+#                 other QEMU checks then, so that this one, the longest, goes first)
+# Every QEMU machine of the checks runs only while it holds a QEMU slot, one host CPU each,
+# shared by all the checks on the host (internal/harness/slots.go; BYOI_QEMU_SLOTS, default
+# /var/tmp/byoi-qemu-slots; BYOI_QEMU_SLOTS_N, default the number of CPUs).
 # Exit status: 0 every check passed; 1 a check failed; 2 setup error.
 # Needs root (the rescue and test image builders), go, qemu-system-x86, ovmf, ipxe-qemu,
 # qemu-utils, gdisk, mtools, openssh-client, openipmi, ipmitool (scripts/install-test-deps.sh).
@@ -21,7 +26,7 @@ KEEP=0 ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --keep) KEEP=1; shift;;
-    --firmware|--timeout) ARGS+=("$1" "$2"); shift 2;;
+    --firmware|--timeout|--ready-file) ARGS+=("$1" "$2"); shift 2;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2;;
   esac

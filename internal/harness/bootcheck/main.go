@@ -33,6 +33,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -56,6 +57,7 @@ type config struct {
 	byoiBin        string
 	deployArgs     []string
 	prepare        string // "" (byoi deploy) or "manual" (development only)
+	slots          harness.Slots
 }
 
 func main() {
@@ -80,6 +82,7 @@ func main() {
 	c.byoiBin = os.Getenv("BYOI_BIN")
 	c.deployArgs = strings.Fields(os.Getenv("BYOI_DEPLOY_ARGS"))
 	c.prepare = os.Getenv("BOOT_CHECK_PREPARE")
+	c.slots = harness.HostSlots()
 	bad := func(msg string) { fmt.Fprintln(os.Stderr, "bootcheck: "+msg); os.Exit(2) }
 	switch {
 	case c.firmware != "uefi" && c.firmware != "bios" && c.firmware != "both":
@@ -286,26 +289,46 @@ func orNothing(fails []string) string {
 	return strings.Join(fails, " ")
 }
 
-// boots runs the boots, up to --jobs at once (each QEMU is -smp 1); each
-// batch's reports are printed in order when it is done.
+// boots runs the boots, up to --jobs at once (each QEMU is -smp 1), in
+// order, each once a QEMU slot is free (harness.Slots: the host's CPUs,
+// shared with the other checks); their reports are printed in order when
+// all are done.
 func (r *runner) boots(ctx context.Context, bs []*boot) {
-	for i := 0; i < len(bs); i += r.c.jobs {
-		batch := bs[i:min(i+r.c.jobs, len(bs))]
-		done := make(chan struct{}, len(batch))
-		for _, b := range batch {
-			b.r = r
-			b.report = log.NewCase(b.name)
+	sem := make(chan struct{}, r.c.jobs)
+	var wg sync.WaitGroup
+	for _, b := range bs {
+		b.r = r
+		b.report = log.NewCase(b.name)
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			slot, err := r.slot(ctx, b.name)
+			if err != nil {
+				b.check("boot", false, "%v", err)
+				b.report.Fail("boot on "+b.fw, "%s", strings.Join(b.fails, " "))
+				return
+			}
+			defer slot.Release()
 			log.Info("booting [%s] under %s (console: %s)", b.name, b.fw, filepath.Join(r.c.work, "boot-"+b.name, "console-1.log"))
-			go func() {
-				defer func() { done <- struct{}{} }()
-				b.run(ctx)
-			}()
-		}
-		for range batch {
-			<-done
-		}
-		for _, b := range batch {
-			b.report.Print()
-		}
+			b.run(ctx)
+		}()
 	}
+	wg.Wait()
+	for _, b := range bs {
+		b.report.Print()
+	}
+}
+
+// slot waits for a QEMU slot for the machine name.
+func (r *runner) slot(ctx context.Context, name string) (*harness.Slot, error) {
+	s, err := r.c.slots.Acquire(ctx, "boot-check "+name)
+	if err != nil {
+		return nil, err
+	}
+	if s.Waited >= time.Second {
+		log.Info("[%s] QEMU slot %d after waiting %.0f s", name, s.CPU, s.Waited.Seconds())
+	}
+	return s, nil
 }

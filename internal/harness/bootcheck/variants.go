@@ -270,6 +270,12 @@ func (r *runner) variantsRun(ctx context.Context) error {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
+			slot, err := r.slot(ctx, b.name)
+			if err != nil {
+				b.report.Fail("boot", "%v", err)
+				return
+			}
+			defer slot.Release()
 			b.run(ctx)
 		}()
 	}

@@ -126,27 +126,38 @@ func run(ctx context.Context, repo, work string) int {
 	var mu sync.Mutex
 	sem := make(chan struct{}, 2)
 	var wg sync.WaitGroup
-	add := func(name string, fn func(c *harness.Case) error) {
+	// Each machine runs once it holds a QEMU slot (one host CPU, shared
+	// with the other checks), in order, two at a time at most.
+	add := func(name string, fn func(c *harness.Case, cpu int) error) {
 		c := log.NewCase(name)
 		mu.Lock()
 		cases = append(cases, c)
 		mu.Unlock()
+		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sem <- struct{}{}
 			defer func() { <-sem }()
+			slot, err := harness.HostSlots().Acquire(ctx, "hw-check "+name)
+			if err != nil {
+				c.Fail("machine", "%v", err)
+				return
+			}
+			defer slot.Release()
+			if slot.Waited >= time.Second {
+				log.Info("[%s] QEMU slot %d after waiting %.0f s", name, slot.CPU, slot.Waited.Seconds())
+			}
 			start := time.Now()
-			if err := fn(c); err != nil {
+			if err := fn(c, slot.CPU); err != nil {
 				c.Fail("machine", "%v", err)
 			}
 			c.Time("machine", time.Since(start))
 		}()
 	}
-	for i, m := range matrix(work) {
-		add(m.name, func(c *harness.Case) error { return e.rescueMachine(ctx, c, m, i) })
+	for _, m := range matrix(work) {
+		add(m.name, func(c *harness.Case, cpu int) error { return e.rescueMachine(ctx, c, m, cpu) })
 	}
-	add("usb-keyboard-unclaimed", func(c *harness.Case) error { return e.keyboardMachine(ctx, c) })
+	add("usb-keyboard-unclaimed", func(c *harness.Case, _ int) error { return e.keyboardMachine(ctx, c) })
 	wg.Wait()
 	failed := false
 	log.Say("== hw-check report")
@@ -258,14 +269,14 @@ func (e *env) call(method, path string, body, v any) error {
 	return json.NewDecoder(resp.Body).Decode(v)
 }
 
-// rescueMachine network-boots a machine of the matrix into rescue and
-// checks its inventory.
-func (e *env) rescueMachine(ctx context.Context, c *harness.Case, m *machine, i int) error {
+// rescueMachine network-boots a machine of the matrix into rescue (its
+// QEMU pinned to the host CPU cpu) and checks its inventory.
+func (e *env) rescueMachine(ctx context.Context, c *harness.Case, m *machine, cpu int) error {
 	dir := filepath.Join(e.work, m.name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	qm := &harness.Machine{Name: m.name, Dir: dir, Firmware: harness.BIOS, Memory: 1536, SMP: "1,maxcpus=2", GraphicsOff: true, HostCPU: i % 2,
+	qm := &harness.Machine{Name: m.name, Dir: dir, Firmware: harness.BIOS, Memory: 1536, SMP: "1,maxcpus=2", GraphicsOff: true, HostCPU: cpu,
 		NetDev: fmt.Sprintf("user,id=n0,bootfile=%s/boot/boot.ipxe", e.bootURL), NIC: m.nic + ",netdev=n0,mac=" + m.mac, NICBootIndex: true,
 		Devices: append([]string{"virtio-rng-pci"}, m.devices...)}
 	for size, names := range m.sizes {

@@ -30,12 +30,12 @@ type server struct {
 	bmc     *ipmisim.Sim
 }
 
-// newServer shapes the machine. The disks, in PCI order: group 1 (two
+// newServer shapes the machine, pinned to the host CPU cpu. The disks, in PCI order: group 1 (two
 // 6 GiB disks) around group 2 (one 4 GiB disk), so that group 2's disk is
 // neither the first NVMe nor the BIOS's first hard disk. Group 1's get
 // random bytes (not bootable), and their digest proves at the end that
 // nothing wrote them.
-func newServer(dir, fw, mac, bootURL string) (*server, error) {
+func newServer(dir, fw, mac, bootURL string, cpu int) (*server, error) {
 	s := &server{}
 	var err error
 	if s.sshPort, err = harness.FreePort(); err != nil {
@@ -54,11 +54,11 @@ func newServer(dir, fw, mac, bootURL string) (*server, error) {
 		// without the barrier the driver and the device can each miss the
 		// other's update, and an I/O is never seen (docs/pxe-findings.md).
 		SMP: "1,maxcpus=2", GraphicsOff: true,
-		// All of QEMU's threads on one host CPU (SeaBIOS's machine on the
-		// first, OVMF's on the second): the vCPU and the NVMe emulation
-		// then see each other's memory writes in order, a second guard
-		// against the lost doorbell besides maxcpus=2.
-		HostCPU: map[string]int{harness.BIOS: 0, harness.UEFI: 1}[fw],
+		// All of QEMU's threads on one host CPU, its QEMU slot's (each
+		// machine its own): the vCPU and the NVMe emulation then see each
+		// other's memory writes in order, a second guard against the lost
+		// doorbell besides maxcpus=2.
+		HostCPU: cpu,
 		// User-mode networking only: DHCP gives iPXE the boot file's URL;
 		// 10.0.2.2 is the host's 127.0.0.1; SSH to the deployed system
 		// through a forward on 127.0.0.1.

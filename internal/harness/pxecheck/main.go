@@ -86,6 +86,7 @@ type config struct {
 	repo, work string
 	firmwares  []string
 	total      time.Duration
+	readyFile  string
 }
 
 func main() {
@@ -95,6 +96,7 @@ func main() {
 	flag.StringVar(&c.work, "work", "", "work directory (disks, consoles, logs)")
 	flag.StringVar(&fw, "firmware", "both", "bios, uefi or both (in parallel)")
 	flag.DurationVar(&c.total, "timeout", 25*time.Minute, "the whole run's limit")
+	flag.StringVar(&c.readyFile, "ready-file", "", "a file written once every machine holds its QEMU slot (or the check failed before): scripts/test.sh then starts the other QEMU checks")
 	flag.Parse()
 	switch fw {
 	case "both":
@@ -120,7 +122,32 @@ func main() {
 var log = harness.NewLog("pxe-check")
 
 func run(ctx context.Context, c config) int {
-	env, err := setup(ctx, c)
+	// Each machine runs only while it holds a QEMU slot (one host CPU,
+	// shared with the other checks), taken first: its QEMU is pinned to
+	// the slot's CPU (newServer). The slots go when the run ends.
+	slots := map[string]*harness.Slot{}
+	defer func() {
+		for _, s := range slots {
+			s.Release()
+		}
+	}()
+	err := func() error {
+		defer ready(c.readyFile)
+		for _, fw := range c.firmwares {
+			s, err := harness.HostSlots().Acquire(ctx, "pxe-check "+fw)
+			if err != nil {
+				return err
+			}
+			slots[fw] = s
+			log.Info("[%s] QEMU slot %d (waited %.0f s)", fw, s.CPU, s.Waited.Seconds())
+		}
+		return nil
+	}()
+	if err != nil {
+		log.Say("FAIL setup: %v", err)
+		return 2
+	}
+	env, err := setup(ctx, c, slots)
 	if err != nil {
 		log.Say("FAIL setup: %v", err)
 		if env != nil {
@@ -137,6 +164,15 @@ func run(ctx context.Context, c config) int {
 		go func() {
 			defer wg.Done()
 			runs[i].main(ctx)
+			// The machine off (its BMC simulator stopped), its slot is
+			// another check's while the other firmware's run goes on.
+			if sv := env.servers[fw]; sv != nil {
+				if sv.bmc != nil {
+					sv.bmc.Close()
+				}
+				sv.Stop()
+			}
+			slots[fw].Release()
 		}()
 	}
 	wg.Wait()
@@ -203,7 +239,14 @@ type env struct {
 
 type credential struct{ ApplicationKey, ApplicationSecret, ConsumerKey string }
 
-func setup(ctx context.Context, c config) (*env, error) {
+// ready writes the ready file (if any).
+func ready(path string) {
+	if path != "" {
+		os.WriteFile(path, []byte("ready\n"), 0o644)
+	}
+}
+
+func setup(ctx context.Context, c config, slots map[string]*harness.Slot) (*env, error) {
 	e := &env{c: c, sha: map[string]string{}, servers: map[string]*server{}}
 	t0 := time.Now()
 	apiPort, err := harness.FreePort()
@@ -278,7 +321,7 @@ func setup(ctx context.Context, c config) (*env, error) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return e, err
 		}
-		sv, err := newServer(dir, fw, macOf(fw), e.bootURL)
+		sv, err := newServer(dir, fw, macOf(fw), e.bootURL, slots[fw].CPU)
 		if err != nil {
 			return e, err
 		}
