@@ -41,6 +41,15 @@ if [ "${BYOI_SKIP_BOOT:-0}" != 1 ] && [ "$(id -u)" = 0 ]; then
   PREP_PIDS+=($!)
 fi
 stop_prep() { for p in "${PREP_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+declare -A Q_NAME=() Q_KEY=() Q_T0=() # the QEMU checks running, by pid (below)
+stop_qemu_checks() { for p in "${!Q_NAME[@]}"; do kill "$p" 2>/dev/null || true; done; }
+PG_STARTED=
+cleanup() {
+  stop_qemu_checks
+  stop_prep
+  [ -z "$PG_STARTED" ] || scripts/pg-throwaway.sh stop "$BYOI_TEST_PG_DSN"
+}
+trap cleanup EXIT
 
 phase "go vet" go vet ./...
 # The store tests run against both SQLite and PostgreSQL: a throw-away
@@ -48,9 +57,7 @@ phase "go vet" go vet ./...
 if [ -z "${BYOI_TEST_PG_DSN:-}" ]; then
   BYOI_TEST_PG_DSN=$(scripts/pg-throwaway.sh start)
   export BYOI_TEST_PG_DSN
-  trap 'stop_prep; scripts/pg-throwaway.sh stop "$BYOI_TEST_PG_DSN"' EXIT
-else
-  trap stop_prep EXIT
+  PG_STARTED=1
 fi
 # -parallel 4: the end-to-end tests mostly wait (slowed servers, heartbeats,
 # kills), so four at a time on 2 cores.
@@ -60,9 +67,51 @@ if [ "${BYOI_SKIP_BOOT:-0}" != 1 ]; then
     wait "$p" || echo "== a background build failed (the check that needs it builds again and shows why): $PREP_LOG"
   done
   PREP_PIDS=()
-  phase "boot acceptance" scripts/boot-check.sh --acceptance
-  phase "image-check proofs (defective images named by byoi and failing on NVMe; two NICs and network_data.json)" scripts/boot-check.sh --variants
-  phase "network boot check (iPXE, rescue, deploy, reboot to disk; SeaBIOS and OVMF)" scripts/pxe-check.sh
-  phase "hardware matrix (the rescue on emulated NICs, controllers and a USB keyboard)" scripts/hw-check.sh
+  # The QEMU checks run side by side. Every machine runs only while it holds
+  # a QEMU slot, one host CPU each, shared by the checks (internal/harness/
+  # slots.go, first come first served): the CPUs are always busy with as many
+  # TCG machines as there are CPUs, never more. The network boot check (the
+  # longest chain of boots) takes its slots first; the others start once it
+  # holds them. Each check's output goes to its log and is printed when it
+  # ends, with its duration; the group's wall time follows.
+  QEMU_LOGS=$(mktemp -d /var/tmp/byoi-test-qemu.XXXXXX)
+  q_start() { # q_start KEY NAME CMD...: starts CMD in the background, output in $QEMU_LOGS/KEY.log
+    local key=$1 name=$2
+    shift 2
+    "$@" >"$QEMU_LOGS/$key.log" 2>&1 &
+    Q_NAME[$!]=$name Q_KEY[$!]=$key Q_T0[$!]=$(date +%s)
+    echo "== $name: started (log: $QEMU_LOGS/$key.log)"
+  }
+  TQ=$(date +%s)
+  q_start pxe "network boot check (iPXE, rescue, deploy, reboot to disk; SeaBIOS and OVMF)" \
+    scripts/pxe-check.sh --ready-file "$QEMU_LOGS/pxe.ready"
+  PXE_PID=$!
+  for _ in $(seq 600); do
+    [ ! -e "$QEMU_LOGS/pxe.ready" ] && kill -0 "$PXE_PID" 2>/dev/null || break
+    sleep 0.5
+  done
+  q_start acceptance "boot acceptance" scripts/boot-check.sh --acceptance
+  q_start hw "hardware matrix (the rescue on emulated NICs, controllers and a USB keyboard)" scripts/hw-check.sh
+  q_start variants "image-check proofs (defective images named by byoi and failing on NVMe; two NICs and network_data.json)" \
+    scripts/boot-check.sh --variants
+  FAILED=()
+  while [ ${#Q_NAME[@]} -gt 0 ]; do
+    pid= rc=0
+    wait -n -p pid "${!Q_NAME[@]}" || rc=$?
+    [ -n "$pid" ] || { echo "== wait for the QEMU checks failed (exit $rc)"; exit 2; }
+    name=${Q_NAME[$pid]} key=${Q_KEY[$pid]} t=${Q_T0[$pid]}
+    unset "Q_NAME[$pid]" "Q_KEY[$pid]" "Q_T0[$pid]"
+    echo "== $name"
+    cat "$QEMU_LOGS/$key.log"
+    echo "== $name: $(( $(date +%s) - t )) s$([ $rc = 0 ] || echo ", FAILED (exit $rc)")"
+    [ $rc = 0 ] || FAILED+=("$name")
+  done
+  echo "== QEMU checks side by side (network boot, boot acceptance, hardware matrix, image-check proofs): $(( $(date +%s) - TQ )) s"
+  if [ ${#FAILED[@]} -gt 0 ]; then
+    for f in "${FAILED[@]}"; do echo "== FAILED: $f"; done
+    echo "== the checks' logs: $QEMU_LOGS"
+    exit 1
+  fi
+  rm -rf "$QEMU_LOGS"
 fi
 echo "== all tests passed in $(( $(date +%s) - T0 )) s"
