@@ -60,8 +60,11 @@ if [ -z "${BYOI_TEST_PG_DSN:-}" ]; then
   PG_STARTED=1
 fi
 # -parallel 4: the end-to-end tests mostly wait (slowed servers, heartbeats,
-# kills), so four at a time on 2 cores.
-phase "go test" go test -count=1 -parallel 4 -timeout 20m ./...
+# kills), so four at a time on 2 cores. -p 4: four packages at a time (the
+# default is one per CPU): the loop-device and sparse-file tests wait on the
+# disk, and the agent's package, the longest, no longer runs alone at the end
+# (measured on 2 cores: 321 s for the Go tests, against 384 s with -p 2).
+phase "go test" go test -count=1 -p 4 -parallel 4 -timeout 20m ./...
 if [ "${BYOI_SKIP_BOOT:-0}" != 1 ]; then
   for p in "${PREP_PIDS[@]}"; do
     wait "$p" || echo "== a background build failed (the check that needs it builds again and shows why): $PREP_LOG"
