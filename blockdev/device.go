@@ -30,7 +30,30 @@ type Device struct {
 	smallLo, smallHi int64
 	// onWriteBehind, when set (tests), sees each writeback started.
 	onWriteBehind func(off, n int64)
+
+	// The flush-behind: once flushEvery bytes were written since the
+	// last one began, a flush (fsync) starts in the background, so that
+	// the disk (on a virtual server, the host under it) makes the data
+	// stable while the next bytes are downloaded and decompressed, and
+	// the final Sync has only the last bytes left. Its error is kept and
+	// returned by Sync: the kernel reports a writeback error to one fsync
+	// only, and the background one may be it.
+	flushMu      sync.Mutex
+	flushEvery   int64 // 0: defaultFlushEvery
+	flushPending int64
+	flushing     bool
+	closed       bool
+	flushErr     error
+	flushWG      sync.WaitGroup
+	// fsync is the flush (tests inject failures); nil: the file's Sync.
+	fsync func() error
 }
+
+// defaultFlushEvery is how many bytes are written between two
+// flush-behinds (64 MiB: measured on a 2-core virtual server, a 2 GiB
+// streamed qcow2's final fsync took 340 ms without them, 25 ms with them
+// every 64 MiB, 65 ms every 128 MiB, 80 ms every 256 MiB).
+const defaultFlushEvery = 64 << 20
 
 // OpenOptions tune Open.
 type OpenOptions struct {
@@ -112,8 +135,57 @@ func (d *Device) WriteAt(p []byte, off int64) (int, error) {
 		} else {
 			d.smallWrite(off, int64(n))
 		}
+		d.flushBehind(int64(n))
 	}
 	return n, err
+}
+
+// flushBehind counts n bytes written and starts a background flush once
+// flushEvery of them were written since the last one began (one at a
+// time).
+func (d *Device) flushBehind(n int64) {
+	every := d.flushEvery
+	if every <= 0 {
+		every = defaultFlushEvery
+	}
+	d.flushMu.Lock()
+	d.flushPending += n
+	if d.flushPending < every || d.flushing || d.closed {
+		d.flushMu.Unlock()
+		return
+	}
+	d.flushPending = 0
+	d.flushing = true
+	d.flushWG.Add(1)
+	d.flushMu.Unlock()
+	go func() {
+		defer d.flushWG.Done()
+		err := d.doFsync()
+		d.flushMu.Lock()
+		d.flushing = false
+		if err != nil && d.flushErr == nil {
+			d.flushErr = err
+		}
+		d.flushMu.Unlock()
+	}()
+}
+
+func (d *Device) doFsync() error {
+	if d.fsync != nil {
+		return d.fsync()
+	}
+	return d.f.Sync()
+}
+
+// takeFlushErr waits for a background flush and returns (and clears) the
+// error of any that failed.
+func (d *Device) takeFlushErr() error {
+	d.flushWG.Wait()
+	d.flushMu.Lock()
+	defer d.flushMu.Unlock()
+	err := d.flushErr
+	d.flushErr = nil
+	return err
 }
 
 // writeBehindMin is the smallest write whose writeback is started at once;
@@ -147,16 +219,25 @@ func (d *Device) smallWrite(off, n int64) {
 var ErrPastEnd = errors.New("past the end of the disk")
 
 // Sync flushes written data to stable storage (fsync, and the block
-// device's buffer cache).
+// device's buffer cache). It waits for a flush-behind still running and
+// returns its error too.
 func (d *Device) Sync() error {
-	if err := d.f.Sync(); err != nil {
+	bg := d.takeFlushErr()
+	if err := d.doFsync(); err != nil {
 		return fmt.Errorf("sync %s: %w", d.path, err)
+	}
+	if bg != nil {
+		return fmt.Errorf("sync %s: %w", d.path, bg)
 	}
 	return nil
 }
 
 // Close closes the device and reports the error of close.
 func (d *Device) Close() error {
+	d.flushMu.Lock()
+	d.closed = true
+	d.flushMu.Unlock()
+	d.flushWG.Wait() // the fd stays open until a background flush ended
 	if err := d.f.Close(); err != nil {
 		return fmt.Errorf("close %s: %w", d.path, err)
 	}

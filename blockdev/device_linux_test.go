@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -377,4 +378,124 @@ func TestWriteBehindSmallWrites(t *testing.T) {
 	if _, err := d.ReadAt(got2, 8<<20+5*cluster); err != nil || !bytes.Equal(got2, buf) {
 		t.Fatalf("read back: %v", err)
 	}
+}
+
+// The flush-behind: every flushEvery bytes written (from parallel writers)
+// start one background fsync at a time; Close waits for it before the
+// file is closed.
+func TestFlushBehind(t *testing.T) {
+	d, _ := openTarget(t, false, 64<<20, 512)
+	d.flushEvery = 1 << 20
+	var flushes, running, overlap atomic.Int32
+	release := make(chan struct{})
+	first := make(chan struct{}, 1)
+	d.fsync = func() error {
+		if running.Add(1) > 1 {
+			overlap.Add(1)
+		}
+		defer running.Add(-1)
+		if flushes.Add(1) == 1 {
+			first <- struct{}{}
+			<-release // the first flush is slow: the writers go on meanwhile
+		}
+		return d.f.Sync()
+	}
+	const cluster = 64 << 10
+	buf := bytes.Repeat([]byte{0xa5}, cluster)
+	write := func(from, n int) {
+		var wg sync.WaitGroup
+		for w := range 4 {
+			wg.Go(func() {
+				for i := from + w; i < from+n; i += 4 {
+					if _, err := d.WriteAt(buf, int64(i)*cluster); err != nil {
+						t.Error(err)
+					}
+				}
+			})
+		}
+		wg.Wait()
+	}
+	write(0, 16) // 1 MiB: one flush starts
+	select {
+	case <-first:
+	case <-time.After(5 * time.Second):
+		t.Fatal("1 MiB written with flushEvery 1 MiB started no background flush")
+	}
+	write(16, 64) // 4 MiB more while it hangs: no second one at once
+	if n := flushes.Load(); n != 1 {
+		t.Fatalf("%d flushes started while the first one ran, want 1 (one at a time)", n)
+	}
+	close(release)
+	// The next MiB after it ended starts another.
+	deadline := time.Now().Add(5 * time.Second)
+	for d.busyFlushing() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	write(80, 16)
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if n := flushes.Load(); n < 3 { // first, a later background one, Sync's own
+		t.Fatalf("%d flushes, want the first, a later background one and Sync's", n)
+	}
+	if overlap.Load() != 0 {
+		t.Fatal("two flushes ran at once")
+	}
+	// Close waits for a flush that is still running.
+	hold := make(chan struct{})
+	started := make(chan struct{})
+	d.fsync = func() error { close(started); <-hold; return nil }
+	write(96, 16)
+	select {
+	case <-started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no background flush started")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- d.Close() }()
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) while a background flush held the file", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(hold)
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A background flush's error reaches Sync even when Sync's own fsync
+// succeeds: the kernel reports a writeback error to one fsync only.
+func TestFlushBehindErrorReachesSync(t *testing.T) {
+	d, _ := openTarget(t, false, 8<<20, 512)
+	d.flushEvery = 1 << 20
+	eio := errors.New("input/output error (injected)")
+	calls := 0
+	d.fsync = func() error {
+		calls++
+		if calls == 1 {
+			return eio
+		}
+		return nil
+	}
+	if _, err := d.WriteAt(make([]byte, 1<<20), 0); err != nil {
+		t.Fatal(err)
+	}
+	err := d.Sync()
+	if !errors.Is(err, eio) {
+		t.Fatalf("Sync after a failed background flush: %v, want the injected error", err)
+	}
+	if calls != 2 {
+		t.Fatalf("%d fsyncs, want the background one and Sync's own", calls)
+	}
+	if err := d.Sync(); err != nil {
+		t.Fatalf("a second Sync reports the background error again: %v", err)
+	}
+}
+
+// busyFlushing tells whether a background flush is running .
+func (d *Device) busyFlushing() bool {
+	d.flushMu.Lock()
+	defer d.flushMu.Unlock()
+	return d.flushing
 }
